@@ -1,0 +1,33 @@
+//! confab-engine: the sans-IO core of the confab chat engine.
+//!
+//! Contract: no I/O, no clock (time is an argument), no threads, no locks, no randomness, no
+//! hash-ordered iteration. Given the same inputs in the same order, every state machine here
+//! produces the same outputs, which is what lets the simulator replay a seed byte for byte
+//! (G8) and lets unit tests and proptest drive the logic without actors.
+//!
+//! # Layout
+//! - [`types`]: names, sequence numbers, [`Time`], messages and [`RoomEvent`]s.
+//! - [`limits`]: every bound, as a named constant, gathered in [`Limits`].
+//! - [`error`]: the refusals ([`RoomError`], [`SessionError`], [`UploadError`], [`NameError`]).
+//! - [`room`]: [`Room`], the sequencer and fan-out planner. Inputs `handle_*`, output
+//!   [`Room::poll_delivery`] (one [`Delivery`] at a time, computed from current state).
+//! - [`session`]: [`Session`], one bidirectional client: frames in, [`SessionCommand`]s out.
+//! - [`upload`]: [`UploadAggregator`], folds chunks into a [`Batch`] committed at once (G6).
+//!
+//! Data flow: a transport turns client input into `handle_*` calls (through the actor layer);
+//! a room sequences messages and plans deliveries; the shell executes deliveries into bounded
+//! queues and reports full ones back, which the room turns into explicit lag markers (G2).
+
+pub mod error;
+pub mod limits;
+pub mod room;
+pub mod session;
+pub mod types;
+pub mod upload;
+
+pub use error::{NameError, RoomError, SessionError, UploadError};
+pub use limits::Limits;
+pub use room::{Delivery, HistoryPage, Room, Sent, SubscriberId, Subscription};
+pub use session::{ClientFrame, FrameError, ServerFrame, Session, SessionCommand};
+pub use types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};
+pub use upload::{Batch, Checksum, Receipt, UploadAggregator};

@@ -1,0 +1,99 @@
+//! Every limit the engine enforces, as a named constant with its reason, gathered in [`Limits`]
+//! so that a server can override them from flags while tests and the simulator use the defaults.
+
+/// Largest message body, in bytes (UTF-8). Bigger bodies are refused with
+/// [`RoomError::MessageTooBig`](crate::RoomError::MessageTooBig): a chat line, not a file transfer.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
+/// Longest room name, in bytes. Room names are also limited to `[A-Za-z0-9._-]` so that they are
+/// safe in logs, metrics labels and URLs.
+pub const ROOM_NAME_BYTES_MAX: usize = 64;
+
+/// Longest user name, in bytes.
+pub const USER_NAME_BYTES_MAX: usize = 64;
+
+/// Longest client message id, in bytes (room for a UUID or a ULID with a prefix).
+pub const CLIENT_MSG_ID_BYTES_MAX: usize = 64;
+
+/// Messages a room retains for `History` and resume. Older ones are dropped, oldest first.
+pub const HISTORY_LEN_MAX: usize = 10_000;
+
+/// Largest `History` page, in messages.
+pub const HISTORY_PAGE_MAX: usize = 1_000;
+
+/// Client message ids a room remembers for dedupe (G4). A retry older than the newest
+/// `DEDUPE_WINDOW_LEN` identified sends of that room is appended again.
+pub const DEDUPE_WINDOW_LEN: usize = 4_096;
+
+/// Subscribers of one room (streams and sessions together).
+pub const ROOM_SUBSCRIBERS_MAX: usize = 100_000;
+
+/// Rooms one session may be joined to at once.
+pub const SESSION_ROOMS_MAX: usize = 64;
+
+/// Messages in one upload (G6 commits them as one run, so this bounds one commit).
+pub const UPLOAD_MESSAGES_MAX: usize = 10_000;
+
+/// Bytes of bodies in one upload.
+pub const UPLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Events that may wait in one subscriber's queue before it is marked lagged (G2).
+pub const SUBSCRIBER_QUEUE_LEN_MAX: usize = 1_024;
+
+/// Frames that may wait for a session's client before the session stops reading its input.
+pub const SESSION_OUTBOUND_LEN_MAX: usize = 1_024;
+
+/// Rooms that may exist at once in one engine.
+pub const ROOMS_MAX: usize = 100_000;
+
+/// A room with no subscriber and no activity for this long is retired (its in-memory history
+/// is dropped and a later use creates it again with a new epoch).
+pub const ROOM_IDLE_MS: u64 = 60 * 60 * 1000;
+
+/// The limits one engine runs with. `Limits::default()` uses the constants of this module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`MESSAGE_BYTES_MAX`].
+    pub message_bytes_max: usize,
+    /// See [`HISTORY_LEN_MAX`].
+    pub history_len_max: usize,
+    /// See [`HISTORY_PAGE_MAX`].
+    pub history_page_max: usize,
+    /// See [`DEDUPE_WINDOW_LEN`].
+    pub dedupe_window_len: usize,
+    /// See [`ROOM_SUBSCRIBERS_MAX`].
+    pub room_subscribers_max: usize,
+    /// See [`SESSION_ROOMS_MAX`].
+    pub session_rooms_max: usize,
+    /// See [`UPLOAD_MESSAGES_MAX`].
+    pub upload_messages_max: usize,
+    /// See [`UPLOAD_BYTES_MAX`].
+    pub upload_bytes_max: usize,
+    /// See [`SUBSCRIBER_QUEUE_LEN_MAX`].
+    pub subscriber_queue_len_max: usize,
+    /// See [`SESSION_OUTBOUND_LEN_MAX`].
+    pub session_outbound_len_max: usize,
+    /// See [`ROOMS_MAX`].
+    pub rooms_max: usize,
+    /// See [`ROOM_IDLE_MS`].
+    pub room_idle_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            message_bytes_max: MESSAGE_BYTES_MAX,
+            history_len_max: HISTORY_LEN_MAX,
+            history_page_max: HISTORY_PAGE_MAX,
+            dedupe_window_len: DEDUPE_WINDOW_LEN,
+            room_subscribers_max: ROOM_SUBSCRIBERS_MAX,
+            session_rooms_max: SESSION_ROOMS_MAX,
+            upload_messages_max: UPLOAD_MESSAGES_MAX,
+            upload_bytes_max: UPLOAD_BYTES_MAX,
+            subscriber_queue_len_max: SUBSCRIBER_QUEUE_LEN_MAX,
+            session_outbound_len_max: SESSION_OUTBOUND_LEN_MAX,
+            rooms_max: ROOMS_MAX,
+            room_idle_ms: ROOM_IDLE_MS,
+        }
+    }
+}
