@@ -1,1 +1,37 @@
-//! placeholder
+//! confab-actors: the confab engine's state machines as kameo actors, behind one
+//! executor-agnostic [`Engine`] handle.
+//!
+//! # Layout
+//! - [`engine`]: the [`Engine`] handle and its streams ([`RoomEvents`], [`SessionEvents`]),
+//!   the upload ([`Upload`]) and the session input ([`SessionSender`]).
+//! - `registry`: the registry actor that creates, finds, lists and retires rooms.
+//! - `room_actor`: one actor per room around `confab_engine::Room`.
+//! - `session_actor`: one actor per bidirectional client around `confab_engine::Session`.
+//! - `upload_actor`: one actor per upload around `confab_engine::UploadAggregator`.
+//! - `directory`: how every part reaches a room (resolve, request, retry if it retired).
+//! - `sink`: the bounded, non-blocking queues a room delivers into.
+//! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
+//!
+//! Data flow: a transport calls the [`Engine`]; the directory resolves the room through the
+//! registry; the room actor feeds its state machine and pushes deliveries into subscriber
+//! sinks without waiting (a full sink becomes a lag marker, G2). Sessions receive deliveries
+//! in their own mailbox, so a session handles frames and room events in one order.
+//!
+//! Handlers never return `Err`: refusals are reply values, because kameo stops an actor whose
+//! `tell` handler fails.
+
+mod answer;
+mod clock;
+mod directory;
+pub mod engine;
+mod error;
+mod registry;
+mod room_actor;
+mod session_actor;
+mod sink;
+mod upload_actor;
+
+pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender, Upload};
+pub use error::EngineError;
+pub use room_actor::RoomInfo;
+pub use session_actor::SessionActor;

@@ -69,20 +69,18 @@ pub enum RoomError {
         /// The limit.
         len_max: usize,
     },
+    /// The engine holds `rooms_max` rooms and none is idle, so no room can be created.
+    #[error("too many rooms: the limit is {rooms_max}")]
+    TooManyRooms {
+        /// The limit.
+        rooms_max: usize,
+    },
     /// The room was retired for idleness while this request waited; ask the registry again.
     #[error("room was retired; retry")]
     Retired,
     /// `History` asked for a room that does not exist.
     #[error("no such room")]
     NotFound,
-    /// `after_seq` lies beyond the room's last sequence number in this epoch.
-    #[error("after_seq {after_seq} is beyond the last sequence number {last_seq}")]
-    AfterSeqAhead {
-        /// What was asked.
-        after_seq: Seq,
-        /// What the room has.
-        last_seq: Seq,
-    },
 }
 
 /// An upload refused a chunk, or could not commit.

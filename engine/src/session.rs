@@ -323,6 +323,19 @@ impl Session {
         self.finish_if_done();
     }
 
+    /// The client went away without closing: drop every subscription now (only `Unsubscribe`
+    /// commands follow; frames for the client are pointless).
+    pub fn handle_disconnect(&mut self) {
+        self.closing = true;
+        self.finished = true;
+        self.commands.clear();
+        for (room, joined) in std::mem::take(&mut self.joined) {
+            if let Some(subscriber) = joined.subscriber {
+                self.commands.push_back(SessionCommand::Unsubscribe { room, subscriber });
+            }
+        }
+    }
+
     /// Whether the session has finished.
     pub fn is_finished(&self) -> bool {
         self.finished

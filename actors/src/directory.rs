@@ -1,0 +1,68 @@
+//! The way every part of the actor layer reaches a room: resolve it through the registry and
+//! run a request, resolving again if the room retired in between (at most a few times).
+
+use confab_engine::{RoomError, RoomName};
+use kameo::actor::ActorRef;
+use kameo::error::SendError;
+use kameo::message::Message;
+
+use crate::answer::Answer;
+use crate::error::EngineError;
+use crate::registry::{Registry, Resolve};
+use crate::room_actor::RoomActor;
+
+/// How often a request is retried against a freshly resolved room after finding the old one
+/// retired. One retry suffices unless rooms retire within milliseconds; three is generous.
+const RETIRED_RETRIES_MAX: usize = 3;
+
+/// A handle to the registry, cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Directory {
+    registry: ActorRef<Registry>,
+}
+
+impl Directory {
+    pub(crate) fn new(registry: ActorRef<Registry>) -> Self {
+        Self { registry }
+    }
+
+    pub(crate) fn registry(&self) -> &ActorRef<Registry> {
+        &self.registry
+    }
+
+    /// The room's actor, creating the room if `create` is set.
+    pub(crate) async fn resolve(
+        &self,
+        room: &RoomName,
+        create: bool,
+    ) -> Result<Option<ActorRef<RoomActor>>, EngineError> {
+        let answer =
+            self.registry.ask(Resolve { room: room.clone(), create }).await.map_err(|_| EngineError::Stopped)?;
+        Ok(answer.0?)
+    }
+
+    /// Runs `make()` as a request to the room, creating the room if `create` is set; retries on
+    /// a room that retired meanwhile. `Ok(None)` if the room does not exist and `create` is off.
+    pub(crate) async fn request<M, T>(
+        &self,
+        room: &RoomName,
+        create: bool,
+        make: impl Fn() -> M,
+    ) -> Result<Option<(ActorRef<RoomActor>, T)>, EngineError>
+    where
+        M: Send + 'static,
+        T: Send + 'static,
+        RoomActor: Message<M, Reply = Answer<T, RoomError>>,
+    {
+        for _ in 0..=RETIRED_RETRIES_MAX {
+            let Some(actor) = self.resolve(room, create).await? else { return Ok(None) };
+            match actor.ask(make()).await {
+                Ok(Answer(Err(RoomError::Retired))) => continue,
+                Ok(Answer(result)) => return Ok(Some((actor, result?))),
+                Err(SendError::ActorNotRunning(_) | SendError::ActorStopped) => continue,
+                Err(_) => return Err(EngineError::Stopped),
+            }
+        }
+        Err(EngineError::Room(RoomError::Retired))
+    }
+}

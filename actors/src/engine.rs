@@ -1,0 +1,368 @@
+//! The [`Engine`] handle: the one API that transports, the simulator and embedders use.
+//!
+//! Its futures and streams only use tokio's runtime-independent channels, so they can be
+//! awaited from any executor (tokio, smol, async-std, `futures::executor`). The actors
+//! themselves always run on a tokio runtime: the caller's ([`Engine::start`]) or a thread of the
+//! engine's own ([`Engine::start_background`]). Actor spawns enter that runtime's context, so
+//! even those work from a thread that runs no tokio.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use confab_engine::{
+    ClientFrame, Draft, HistoryPage, Limits, Receipt, RoomError, RoomEvent, RoomName, Sent, Seq, ServerFrame, Session,
+    SubscriberId, UploadAggregator, UserName,
+};
+use futures::Stream;
+use kameo::actor::{ActorRef, Spawn};
+use kameo::mailbox;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::directory::Directory;
+use crate::error::EngineError;
+use crate::registry::{ListRooms, Registry, StopRooms, SweepIdle};
+use crate::room_actor::{History, Info, RoomActor, RoomInfo, SendMessage, Subscribe, Typing, Unsubscribe};
+use crate::session_actor::{Close, Disconnect, Frame, SessionActor};
+use crate::sink::Queued;
+use crate::upload_actor::{Chunk, Commit, UploadActor};
+
+/// Capacity of the registry's mailbox: every room lookup passes through it.
+const REGISTRY_MAILBOX_LEN: usize = 4_096;
+
+/// Capacity of an upload actor's mailbox: a client streams chunks into it.
+const UPLOAD_MAILBOX_LEN: usize = 64;
+
+/// How an engine is set up.
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    /// The limits it enforces.
+    pub limits: Limits,
+    /// Epoch of the first room created; later rooms count up from it. A server passes
+    /// something that differs between runs (its start time), the simulator passes 0.
+    pub epoch_base: u64,
+}
+
+/// A handle to a running engine. Cheap to clone; the engine stops when the last clone is
+/// dropped or [`Engine::shutdown`] is called.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use confab_actors::{Engine, EngineConfig};
+/// use confab_engine::{Draft, RoomName, UserName};
+/// use futures::StreamExt;
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let engine = Engine::start(EngineConfig::default())?;
+///     let room = RoomName::new("lobby")?;
+///     let mut events = engine.subscribe(&room, None, None).await?;
+///     let draft = Draft { user: UserName::new("ann")?, client_msg_id: None, body: "hello".into() };
+///     let sent = engine.send(&room, draft).await?;
+///     assert_eq!(sent.seq, 1);
+///     let _subscribed = events.next().await; // first event: where the subscription starts
+///     let message = events.next().await.expect("the message");
+///     assert_eq!(message.seq(), Some(1));
+///     Ok::<_, Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    directory: Directory,
+    limits: Arc<Limits>,
+    runtime: tokio::runtime::Handle,
+    /// For `start_background`: dropping it ends the runtime thread.
+    _background: Option<oneshot::Sender<()>>,
+}
+
+impl Engine {
+    /// Starts an engine on the current tokio runtime.
+    pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
+        Ok(Self::start_on(runtime, config, None))
+    }
+
+    /// Starts an engine on a tokio runtime thread of its own, for programs that run no tokio
+    /// (smol, async-std, plain threads). The thread ends when the last handle is dropped.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use confab_actors::{Engine, EngineConfig};
+    /// use confab_engine::{Draft, RoomName, UserName};
+    ///
+    /// let engine = Engine::start_background(EngineConfig::default())?;
+    /// let room = RoomName::new("lobby")?;
+    /// let draft = Draft { user: UserName::new("ann")?, client_msg_id: None, body: "hi".into() };
+    /// let sent = futures::executor::block_on(engine.send(&room, draft))?;
+    /// assert_eq!(sent.seq, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_background(config: EngineConfig) -> Result<Self, EngineError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| EngineError::Runtime(error.to_string()))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("confab-engine".into())
+            .spawn(move || {
+                // Runs the actors until every Engine handle is gone.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|error| EngineError::Runtime(error.to_string()))?;
+        Ok(Self::start_on(handle, config, Some(stop)))
+    }
+
+    fn start_on(
+        runtime: tokio::runtime::Handle,
+        config: EngineConfig,
+        background: Option<oneshot::Sender<()>>,
+    ) -> Self {
+        let limits = Arc::new(config.limits);
+        let registry = {
+            let _context = runtime.enter();
+            let clock = Clock::start();
+            let registry = Registry::new(Arc::clone(&limits), clock, config.epoch_base);
+            Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
+        };
+        let inner = Inner { directory: Directory::new(registry), limits, runtime, _background: background };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The limits this engine enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Sequences one message in `room` (created on first use). Returns its sequence number,
+    /// or the original one for a retry with the same client message id (G4). When this
+    /// returns, history and new subscriptions include the message (G7).
+    pub async fn send(&self, room: &RoomName, draft: Draft) -> Result<Sent, EngineError> {
+        let (_, sent) =
+            self.existing(self.inner.directory.request(room, true, || SendMessage(draft.clone())).await?)?;
+        Ok(sent)
+    }
+
+    /// A page of `room`'s retained history after `after_seq`. `RoomError::NotFound` if the
+    /// room does not exist.
+    pub async fn history(&self, room: &RoomName, after_seq: Seq, limit: usize) -> Result<HistoryPage, EngineError> {
+        let make = || History { after_seq, limit };
+        match self.inner.directory.request(room, false, make).await? {
+            Some((_, page)) => Ok(page),
+            None => Err(RoomError::NotFound.into()),
+        }
+    }
+
+    /// Subscribes to `room` (created on first use): live from now (`after_seq = None`) or
+    /// resuming after `after_seq` (G5). The stream starts with [`RoomEvent::Subscribed`], then
+    /// the backlog, then live events; it ends when the engine stops. A `user` counts in the
+    /// room's presence while subscribed.
+    pub async fn subscribe(
+        &self,
+        room: &RoomName,
+        user: Option<UserName>,
+        after_seq: Option<Seq>,
+    ) -> Result<RoomEvents, EngineError> {
+        let (sender, receiver) = mpsc::channel::<Queued>(self.inner.limits.subscriber_queue_len_max.max(1));
+        let make = || Subscribe { user: user.clone(), after_seq, sink: Box::new(sender.clone()) };
+        let (actor, subscription) = self.existing(self.inner.directory.request(room, true, make).await?)?;
+        let mut head = VecDeque::with_capacity(subscription.backlog.len() + 1);
+        head.push_back(RoomEvent::Subscribed {
+            room: room.clone(),
+            epoch: subscription.epoch,
+            recovered: subscription.recovered,
+            first_seq: subscription.first_seq,
+        });
+        head.extend(subscription.backlog.into_iter().map(RoomEvent::Message));
+        Ok(RoomEvents { head, receiver, room: Some((actor, subscription.id)) })
+    }
+
+    /// Tells `room`'s subscribers that `user` is typing.
+    pub async fn typing(&self, room: &RoomName, user: UserName) -> Result<(), EngineError> {
+        self.existing(self.inner.directory.request(room, true, || Typing(user.clone())).await?)?;
+        Ok(())
+    }
+
+    /// Starts an upload into `room`: push messages, then [`Upload::commit`] appends them as
+    /// one contiguous run (G6). Dropping the upload without committing aborts it.
+    pub fn upload(&self, room: &RoomName) -> Upload {
+        let aggregator = UploadAggregator::new(room.clone(), &self.inner.limits);
+        let actor = {
+            let _context = self.inner.runtime.enter();
+            let upload = UploadActor::new(aggregator, self.inner.directory.clone());
+            UploadActor::spawn_with_mailbox(upload, mailbox::bounded(UPLOAD_MAILBOX_LEN))
+        };
+        Upload { actor, finished: false }
+    }
+
+    /// Opens a bidirectional session for `user`: send [`ClientFrame`]s with the
+    /// [`SessionSender`], read [`ServerFrame`]s from [`SessionEvents`].
+    pub fn open_session(&self, user: UserName) -> (SessionSender, SessionEvents) {
+        let (outbound, frames) = mpsc::channel(self.inner.limits.session_outbound_len_max.max(1));
+        let session = Session::new(user, self.inner.limits.session_rooms_max);
+        let actor = {
+            let _context = self.inner.runtime.enter();
+            let actor = SessionActor::new(session, self.inner.directory.clone(), outbound);
+            // Room deliveries wait in this mailbox; its bound is the session's lag threshold.
+            let mailbox = mailbox::bounded(self.inner.limits.subscriber_queue_len_max.max(1));
+            SessionActor::spawn_with_mailbox(actor, mailbox)
+        };
+        (SessionSender { actor, closed: false }, SessionEvents { frames })
+    }
+
+    /// Every room, in name order.
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, EngineError> {
+        self.inner.directory.registry().ask(ListRooms).await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// One room's snapshot, `None` if it does not exist.
+    pub async fn room(&self, room: &RoomName) -> Result<Option<RoomInfo>, EngineError> {
+        match self.inner.directory.resolve(room, false).await? {
+            Some(actor) => actor.ask(Info).await.map(Some).map_err(|_| EngineError::Stopped),
+            None => Ok(None),
+        }
+    }
+
+    /// Retires idle rooms now (it also happens lazily); returns how many.
+    pub async fn retire_idle_rooms(&self) -> Result<usize, EngineError> {
+        self.inner.directory.registry().ask(SweepIdle).await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Stops every room: subscriptions end, sessions see their rooms go. Later calls fail or
+    /// start over with new rooms (new epochs).
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        self.inner.directory.registry().ask(StopRooms).await.map_err(|_| EngineError::Stopped)
+    }
+
+    fn existing<T>(&self, found: Option<T>) -> Result<T, EngineError> {
+        // Only requests that create the room come here, so `None` means the registry is gone.
+        found.ok_or(EngineError::Stopped)
+    }
+}
+
+/// The events of one room subscription. Dropping it unsubscribes.
+pub struct RoomEvents {
+    /// `Subscribed`, the backlog, and a message that waits behind its lag marker.
+    head: VecDeque<RoomEvent>,
+    receiver: mpsc::Receiver<Queued>,
+    room: Option<(ActorRef<RoomActor>, SubscriberId)>,
+}
+
+impl Stream for RoomEvents {
+    type Item = RoomEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<RoomEvent>> {
+        if let Some(event) = self.head.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        match self.receiver.poll_recv(cx) {
+            Poll::Ready(Some((Some(lag), event))) => {
+                let room = event.room().clone();
+                self.head.push_back(event);
+                Poll::Ready(Some(RoomEvent::Lagged { room, lag }))
+            }
+            Poll::Ready(Some((None, event))) => Poll::Ready(Some(event)),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for RoomEvents {
+    fn drop(&mut self) {
+        if let Some((actor, id)) = self.room.take() {
+            // If the room's mailbox is full, the room still drops this closed sink the next
+            // time it delivers or counts subscribers.
+            let _ = actor.tell(Unsubscribe(id)).try_send();
+        }
+    }
+}
+
+/// An upload in progress. Push messages, then commit; dropping it aborts (commits nothing).
+pub struct Upload {
+    actor: ActorRef<UploadActor>,
+    finished: bool,
+}
+
+impl Upload {
+    /// Adds one message. A refused message (too big, over the upload's limits) leaves the
+    /// upload as it was; the caller decides whether to abort.
+    pub async fn push(&mut self, draft: Draft) -> Result<(), EngineError> {
+        match self.actor.ask(Chunk(draft)).await {
+            Ok(answer) => answer.0,
+            Err(_) => Err(EngineError::Stopped),
+        }
+    }
+
+    /// Commits every pushed message to the room as one contiguous run and returns the receipt.
+    pub async fn commit(mut self) -> Result<Receipt, EngineError> {
+        self.finished = true;
+        match self.actor.ask(Commit).await {
+            Ok(answer) => answer.0,
+            Err(_) => Err(EngineError::Stopped),
+        }
+    }
+
+    /// Aborts: nothing reaches the room (G6). Same as dropping the upload.
+    pub fn abort(self) {}
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.actor.kill();
+        }
+    }
+}
+
+/// The client side of a session: frames in. Dropping it without [`SessionSender::close`]
+/// disconnects the session at once.
+pub struct SessionSender {
+    actor: ActorRef<SessionActor>,
+    closed: bool,
+}
+
+impl SessionSender {
+    /// Sends one frame; waits while the session's mailbox is full (backpressure).
+    pub async fn send(&self, frame: ClientFrame) -> Result<(), EngineError> {
+        self.actor.tell(Frame(frame)).await.map_err(|_| EngineError::SessionClosed)
+    }
+
+    /// Half-closes: the session finishes (its event stream ends) once the client's own
+    /// messages have come back to it.
+    pub async fn close(mut self) -> Result<(), EngineError> {
+        self.closed = true;
+        self.actor.tell(Close).await.map_err(|_| EngineError::SessionClosed)
+    }
+}
+
+impl Drop for SessionSender {
+    fn drop(&mut self) {
+        if !self.closed && self.actor.tell(Disconnect).try_send().is_err() {
+            self.actor.kill();
+        }
+    }
+}
+
+/// The server side of a session: frames out, in order. Ends when the session finishes.
+pub struct SessionEvents {
+    frames: mpsc::Receiver<ServerFrame>,
+}
+
+impl Stream for SessionEvents {
+    type Item = ServerFrame;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ServerFrame>> {
+        self.frames.poll_recv(cx)
+    }
+}

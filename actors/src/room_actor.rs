@@ -1,0 +1,198 @@
+//! `RoomActor`: one per room. Each handler feeds the [`Room`] state machine and then executes
+//! its deliveries into the subscribers' sinks, reporting full and closed ones back.
+
+use std::collections::BTreeMap;
+
+use confab_engine::{Draft, HistoryPage, Room, RoomError, RoomName, Sent, Seq, SubscriberId, Subscription, UserName};
+use kameo::Actor;
+use kameo::message::{Context, Message};
+
+use crate::answer::Answer;
+use crate::clock::Clock;
+use crate::sink::{EventSink, SinkError};
+
+/// A snapshot of a room, for listings, operations and tests.
+#[derive(Clone, Debug, PartialEq, Eq, kameo::Reply)]
+pub struct RoomInfo {
+    /// The room.
+    pub name: RoomName,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its last sequence number.
+    pub last_seq: Seq,
+    /// Its oldest retained sequence number.
+    pub first_retained_seq: Seq,
+    /// Subscribers (streams and sessions) right now.
+    pub subscribers: usize,
+    /// Users present, in name order.
+    pub present: Vec<UserName>,
+}
+
+/// The actor around one [`Room`].
+#[derive(Actor)]
+pub(crate) struct RoomActor {
+    room: Room,
+    /// Where each subscriber's deliveries go; keyed like the room's subscribers.
+    sinks: BTreeMap<SubscriberId, Box<dyn EventSink>>,
+    clock: Clock,
+}
+
+impl RoomActor {
+    pub(crate) fn new(room: Room, clock: Clock) -> Self {
+        Self { room, sinks: BTreeMap::new(), clock }
+    }
+
+    /// Executes every planned delivery. Full sinks become lag, closed ones are unsubscribed.
+    fn flush(&mut self) {
+        while let Some(delivery) = self.room.poll_delivery() {
+            let outcome = self.sinks.get(&delivery.to).map(|sink| sink.try_deliver(&delivery));
+            match outcome {
+                Some(Ok(())) => {}
+                Some(Err(SinkError::Full)) => self.room.handle_delivery_full(&delivery),
+                Some(Err(SinkError::Closed)) | None => self.drop_subscriber(delivery.to),
+            }
+        }
+    }
+
+    fn drop_subscriber(&mut self, id: SubscriberId) {
+        self.sinks.remove(&id);
+        self.room.handle_unsubscribe(id, self.clock.now());
+    }
+
+    fn info(&self) -> RoomInfo {
+        RoomInfo {
+            name: self.room.name().clone(),
+            epoch: self.room.epoch(),
+            last_seq: self.room.last_seq(),
+            first_retained_seq: self.room.first_retained_seq(),
+            subscribers: self.room.subscriber_count(),
+            present: self.room.present_users(),
+        }
+    }
+}
+
+/// Sequence one message.
+pub(crate) struct SendMessage(pub(crate) Draft);
+
+impl Message<SendMessage> for RoomActor {
+    type Reply = Answer<Sent, RoomError>;
+
+    async fn handle(&mut self, SendMessage(draft): SendMessage, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let result = self.room.handle_send(draft, self.clock.now());
+        self.flush();
+        Answer(result)
+    }
+}
+
+/// Sequence a batch as one contiguous run (an upload's commit).
+pub(crate) struct SendBatch(pub(crate) Vec<Draft>);
+
+impl Message<SendBatch> for RoomActor {
+    type Reply = Answer<Option<(Seq, Seq)>, RoomError>;
+
+    async fn handle(&mut self, SendBatch(drafts): SendBatch, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let result = self.room.handle_send_batch(drafts, self.clock.now());
+        self.flush();
+        Answer(result)
+    }
+}
+
+/// Add a subscriber whose deliveries go to `sink`.
+pub(crate) struct Subscribe {
+    pub(crate) user: Option<UserName>,
+    pub(crate) after_seq: Option<Seq>,
+    pub(crate) sink: Box<dyn EventSink>,
+}
+
+impl Message<Subscribe> for RoomActor {
+    type Reply = Answer<Subscription, RoomError>;
+
+    async fn handle(&mut self, subscribe: Subscribe, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        // Closed sinks would hold places in a room near its subscriber bound.
+        self.prune_closed();
+        let result = self.room.handle_subscribe(subscribe.user, subscribe.after_seq, self.clock.now());
+        if let Ok(subscription) = &result {
+            self.sinks.insert(subscription.id, subscribe.sink);
+        }
+        self.flush();
+        Answer(result)
+    }
+}
+
+impl RoomActor {
+    fn prune_closed(&mut self) {
+        let closed: Vec<SubscriberId> =
+            self.sinks.iter().filter(|(_, sink)| sink.is_closed()).map(|(&id, _)| id).collect();
+        for id in closed {
+            self.drop_subscriber(id);
+        }
+        self.flush();
+    }
+}
+
+/// Remove a subscriber.
+pub(crate) struct Unsubscribe(pub(crate) SubscriberId);
+
+impl Message<Unsubscribe> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, Unsubscribe(id): Unsubscribe, _: &mut Context<Self, Self::Reply>) {
+        self.drop_subscriber(id);
+        self.flush();
+    }
+}
+
+/// Someone is typing.
+pub(crate) struct Typing(pub(crate) UserName);
+
+impl Message<Typing> for RoomActor {
+    type Reply = Answer<(), RoomError>;
+
+    async fn handle(&mut self, Typing(user): Typing, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let result = self.room.handle_typing(user, self.clock.now());
+        self.flush();
+        Answer(result)
+    }
+}
+
+/// A page of history.
+pub(crate) struct History {
+    pub(crate) after_seq: Seq,
+    pub(crate) limit: usize,
+}
+
+impl Message<History> for RoomActor {
+    type Reply = Answer<HistoryPage, RoomError>;
+
+    async fn handle(&mut self, history: History, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        Answer(self.room.history(history.after_seq, history.limit))
+    }
+}
+
+/// A snapshot of the room (closed subscribers are pruned first, so counts are current).
+pub(crate) struct Info;
+
+impl Message<Info> for RoomActor {
+    type Reply = RoomInfo;
+
+    async fn handle(&mut self, _: Info, _: &mut Context<Self, Self::Reply>) -> RoomInfo {
+        self.prune_closed();
+        self.info()
+    }
+}
+
+/// Retire and stop if idle; replies whether it did.
+pub(crate) struct RetireIfIdle;
+
+impl Message<RetireIfIdle> for RoomActor {
+    type Reply = bool;
+
+    async fn handle(&mut self, _: RetireIfIdle, ctx: &mut Context<Self, Self::Reply>) -> bool {
+        self.prune_closed();
+        let retired = self.room.handle_retire_if_idle(self.clock.now());
+        if retired {
+            ctx.stop();
+        }
+        retired
+    }
+}
