@@ -43,6 +43,9 @@ pub struct EngineConfig {
     /// Epoch of the first room created; later rooms count up from it. A server passes
     /// something that differs between runs (its start time), the simulator passes 0.
     pub epoch_base: u64,
+    /// A deliberate defect in every room, to prove checkers catch it. Tests only.
+    #[doc(hidden)]
+    pub injected_bug: Option<confab_engine::InjectedBug>,
 }
 
 /// A handle to a running engine. Cheap to clone; the engine stops when the last clone is
@@ -132,7 +135,7 @@ impl Engine {
         let registry = {
             let _context = runtime.enter();
             let clock = Clock::start();
-            let registry = Registry::new(Arc::clone(&limits), clock, config.epoch_base);
+            let registry = Registry::new(Arc::clone(&limits), clock, config.epoch_base, config.injected_bug);
             Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
         };
         let inner = Inner { directory: Directory::new(registry), limits, runtime, _background: background };

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use confab_engine::{Limits, Room, RoomError, RoomName, Time};
+use confab_engine::{InjectedBug, Limits, Room, RoomError, RoomName, Time};
 use kameo::Actor;
 use kameo::actor::{ActorRef, Spawn};
 use kameo::mailbox;
@@ -28,11 +28,20 @@ pub(crate) struct Registry {
     /// never reuses an epoch within one engine.
     next_epoch: u64,
     last_sweep: Time,
+    /// Handed to every room created (tests of the checkers only).
+    injected_bug: Option<InjectedBug>,
 }
 
 impl Registry {
-    pub(crate) fn new(limits: Arc<Limits>, clock: Clock, epoch_base: u64) -> Self {
-        Self { rooms: BTreeMap::new(), limits, clock, next_epoch: epoch_base, last_sweep: Time::from_millis(0) }
+    pub(crate) fn new(limits: Arc<Limits>, clock: Clock, epoch_base: u64, injected_bug: Option<InjectedBug>) -> Self {
+        Self {
+            rooms: BTreeMap::new(),
+            limits,
+            clock,
+            next_epoch: epoch_base,
+            last_sweep: Time::from_millis(0),
+            injected_bug,
+        }
     }
 
     /// Retires every idle room. Returns how many.
@@ -84,7 +93,10 @@ impl Message<Resolve> for Registry {
         }
         let epoch = self.next_epoch;
         self.next_epoch += 1;
-        let room = Room::new(resolve.room.clone(), epoch, &self.limits, self.clock.now());
+        let mut room = Room::new(resolve.room.clone(), epoch, &self.limits, self.clock.now());
+        if let Some(bug) = self.injected_bug {
+            room.inject_bug(bug);
+        }
         let actor = RoomActor::spawn_with_mailbox(RoomActor::new(room, self.clock), mailbox::bounded(ROOM_MAILBOX_LEN));
         self.rooms.insert(resolve.room, actor.clone());
         Answer(Ok(Some(actor)))

@@ -16,6 +16,17 @@ use crate::error::RoomError;
 use crate::limits::Limits;
 use crate::types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};
 
+/// A deliberate defect, for proving that checkers catch violations (the simulator's
+/// `--inject-bug` and its tests). Never set in production; off by default.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// The sequencer skips this number (a G1/G2 violation).
+    SkipSeq(Seq),
+    /// The delivery of this message to the first subscriber is silently dropped (G2).
+    DropDelivery(Seq),
+}
+
 /// A subscriber of one room, numbered by the room in subscription order (never reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SubscriberId(pub u64);
@@ -119,6 +130,7 @@ pub struct Room {
     last_activity: Time,
     /// Set once the room agreed to retire; every later request gets `RoomError::Retired`.
     retired: bool,
+    injected_bug: Option<InjectedBug>,
 }
 
 impl Room {
@@ -143,7 +155,14 @@ impl Room {
             pending: VecDeque::new(),
             last_activity: now,
             retired: false,
+            injected_bug: None,
         }
+    }
+
+    /// Makes this room defective on purpose (see [`InjectedBug`]).
+    #[doc(hidden)]
+    pub fn inject_bug(&mut self, bug: InjectedBug) {
+        self.injected_bug = Some(bug);
     }
 
     /// Adds a subscriber. `after_seq = None` starts live (after the last message);
@@ -270,6 +289,10 @@ impl Room {
     /// The next delivery to execute, computed from current subscriber state.
     pub fn poll_delivery(&mut self) -> Option<Delivery> {
         loop {
+            let first_subscriber = match self.injected_bug {
+                Some(_) => self.subscribers.keys().next().copied(),
+                None => None,
+            };
             let pending = self.pending.front_mut()?;
             let start = pending.served_upto.map_or(Bound::Unbounded, Bound::Excluded);
             let next = self.subscribers.range_mut((start, Bound::Included(pending.subscribers_upto))).next();
@@ -278,6 +301,9 @@ impl Room {
                 continue;
             };
             pending.served_upto = Some(to);
+            if first_subscriber == Some(to) && pending.event.seq().map(InjectedBug::DropDelivery) == self.injected_bug {
+                continue;
+            }
             let lag = match pending.event.seq() {
                 Some(seq) => subscriber.lagging_from.take().map(|missed_from| {
                     assert!(missed_from < seq, "a lag must end before the message after it");
@@ -361,7 +387,11 @@ impl Room {
     }
 
     fn append(&mut self, draft: Draft, now: Time) -> Seq {
-        let seq = self.last_seq + 1;
+        let mut seq = self.last_seq + 1;
+        if self.injected_bug == Some(InjectedBug::SkipSeq(seq)) {
+            seq += 1;
+            self.history.clear();
+        }
         self.last_seq = seq;
         if let Some(id) = &draft.client_msg_id {
             self.remember(draft.user.clone(), id.clone(), seq);

@@ -25,7 +25,7 @@ fn draft(who: &str, id: &str, body: &str) -> Draft {
 }
 
 fn engine_with(limits: Limits) -> Engine {
-    Engine::start(EngineConfig { limits, epoch_base: 0 }).expect("inside a tokio runtime")
+    Engine::start(EngineConfig { limits, ..EngineConfig::default() }).expect("inside a tokio runtime")
 }
 
 /// Reads the `Subscribed` event and returns (recovered, first_seq).
