@@ -1,1 +1,13 @@
-//! placeholder
+//! confab: the gRPC server and command line around the confab chat engine.
+//!
+//! # Layout
+//! - [`grpc`]: the tonic transport: generated protos, conversion, status mapping, the two
+//!   services (`confab.v1.Chat` and the seed's `chat.ChatService`) and [`grpc::server::serve`].
+//! - [`cli`]: the `confab` command line (`serve`, `chat`), parsed with clap.
+//!
+//! Data flow: a gRPC call arrives in a service, [`grpc::convert`] turns it into engine types, the
+//! service calls the [`confab_actors::Engine`] handle, and results or refusals go back through
+//! `convert` and [`grpc::status`]. No engine or actor code knows which transport is in use.
+
+pub mod cli;
+pub mod grpc;

@@ -1,3 +1,5 @@
-//! The `confab` command line (filled in by the gRPC issue).
+//! The `confab` binary: see `confab --help`.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    confab::cli::main()
+}

@@ -1,0 +1,92 @@
+//! `confab chat`: a line-based terminal client of the confab.v1 Session RPC.
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+
+use crate::grpc::proto::confab_v1::{self as v1, chat_client::ChatClient, client_frame, room_event, server_frame};
+
+/// Flags of `confab chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_name = "URL")]
+    server: String,
+    /// Room to join.
+    #[arg(long, default_value = "lobby")]
+    room: String,
+    /// Your name.
+    #[arg(long, default_value = "anonymous")]
+    user: String,
+    /// Resume after this sequence number (replays what you missed); default: live only.
+    #[arg(long, value_name = "SEQ")]
+    after_seq: Option<u64>,
+}
+
+pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(chat(args))
+}
+
+fn frame(frame: client_frame::Frame) -> v1::ClientFrame {
+    v1::ClientFrame { frame: Some(frame) }
+}
+
+async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let mut client = ChatClient::connect(args.server.clone())
+        .await
+        .with_context(|| format!("--server {}: cannot connect", args.server))?;
+    let (frames, outgoing) = mpsc::channel(16);
+    frames
+        .send(frame(client_frame::Frame::Join(v1::Join { room: args.room.clone(), after_seq: args.after_seq })))
+        .await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+    let user = MetadataValue::try_from(args.user.as_str()).context("--user must be ASCII text")?;
+    request.metadata_mut().insert("user", user);
+    let mut incoming = client.session(request).await.context("opening the session")?.into_inner();
+    let room = args.room.clone();
+    let typing = tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.is_empty() {
+                continue;
+            }
+            let post = v1::Post { room: room.clone(), client_msg_id: String::new(), body: line };
+            if frames.send(frame(client_frame::Frame::Post(post))).await.is_err() {
+                break;
+            }
+        }
+        // Dropping `frames` half-closes: the server ends the session once our messages are back.
+    });
+    while let Some(frame) = incoming.message().await.context("reading from the server")? {
+        print_frame(frame);
+    }
+    typing.abort();
+    Ok(())
+}
+
+fn print_frame(frame: v1::ServerFrame) {
+    let Some(frame) = frame.frame else { return };
+    match frame {
+        server_frame::Frame::Event(event) => match event.event {
+            Some(room_event::Event::Subscribed(s)) => {
+                let how = if s.recovered { "resumed" } else { "joined (earlier history is gone)" };
+                println!("* {how} #{} at seq {}", s.room, s.first_seq);
+            }
+            Some(room_event::Event::Message(m)) => println!("[{} #{}] {}: {}", m.seq, m.room, m.user, m.body),
+            Some(room_event::Event::Lagged(l)) => {
+                println!("* missed {}..={} in #{} (too slow); see History", l.missed_from, l.missed_to, l.room)
+            }
+            Some(room_event::Event::Presence(p)) => {
+                println!("* {} {} #{}", p.user, if p.present { "joined" } else { "left" }, p.room)
+            }
+            Some(room_event::Event::Typing(t)) => println!("* {} is typing in #{}", t.user, t.room),
+            None => {}
+        },
+        server_frame::Frame::Ack(_) | server_frame::Frame::Left(_) => {}
+        server_frame::Frame::Error(e) => eprintln!("! {} (code {})", e.message, e.code),
+    }
+}

@@ -1,0 +1,46 @@
+//! The `confab` command line. Only this module parses flags; the library parts take their
+//! configuration as values.
+
+mod chat;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// confab: a chat engine with a gRPC server, a deterministic simulator and an embeddable core.
+#[derive(Debug, Parser)]
+#[command(name = "confab", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (confab.v1.Chat and the seed's chat.ChatService on one port).
+    Serve(serve::ServeArgs),
+    /// A terminal chat client for a running server (confab.v1 Session): type lines to send.
+    Chat(chat::ChatArgs),
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Chat(args) => chat::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("confab: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses a duration such as `10s`, `500ms` or `2m` (for flags).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("{error} (write it like 10s, 500ms or 2m)"))
+}

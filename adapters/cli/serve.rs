@@ -1,0 +1,149 @@
+//! `confab serve`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::Args;
+use confab_actors::{Engine, EngineConfig};
+use confab_engine::{Limits, limits};
+use tracing::{info, warn};
+
+use crate::grpc::server::serve;
+
+/// Flags of `confab serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// How long to wait for open calls to finish after SIGINT/SIGTERM before exiting anyway.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration, value_name = "DURATION")]
+    shutdown_grace: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Every engine limit as a flag; the defaults are the engine's named constants.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+struct LimitArgs {
+    /// Largest message body, in bytes (bigger: RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = limits::MESSAGE_BYTES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    message_bytes_max: u64,
+    /// Messages each room retains for History and resume.
+    #[arg(long, default_value_t = limits::HISTORY_LEN_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    history_len_max: u64,
+    /// Largest History page, in messages.
+    #[arg(long, default_value_t = limits::HISTORY_PAGE_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    history_page_max: u64,
+    /// Client message ids each room remembers for dedupe of retries.
+    #[arg(long, default_value_t = limits::DEDUPE_WINDOW_LEN as u64)]
+    dedupe_window_len: u64,
+    /// Subscribers (streams and sessions) per room.
+    #[arg(long, default_value_t = limits::ROOM_SUBSCRIBERS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    room_subscribers_max: u64,
+    /// Rooms one session may join at once.
+    #[arg(long, default_value_t = limits::SESSION_ROOMS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    session_rooms_max: u64,
+    /// Messages in one upload.
+    #[arg(long, default_value_t = limits::UPLOAD_MESSAGES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_messages_max: u64,
+    /// Body bytes in one upload.
+    #[arg(long, default_value_t = limits::UPLOAD_BYTES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_bytes_max: u64,
+    /// Events queued per subscriber before it is marked lagged.
+    #[arg(long, default_value_t = limits::SUBSCRIBER_QUEUE_LEN_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    subscriber_queue_len_max: u64,
+    /// Frames queued per session before the session stops reading its client.
+    #[arg(long, default_value_t = limits::SESSION_OUTBOUND_LEN_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    session_outbound_len_max: u64,
+    /// Rooms that may exist at once.
+    #[arg(long, default_value_t = limits::ROOMS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    rooms_max: u64,
+    /// A room with no subscriber and no activity for this long is retired (its history dropped).
+    #[arg(long, default_value = "1h", value_parser = super::parse_duration, value_name = "DURATION")]
+    room_idle: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        Limits {
+            message_bytes_max: size(self.message_bytes_max),
+            history_len_max: size(self.history_len_max),
+            history_page_max: size(self.history_page_max),
+            dedupe_window_len: size(self.dedupe_window_len),
+            room_subscribers_max: size(self.room_subscribers_max),
+            session_rooms_max: size(self.session_rooms_max),
+            upload_messages_max: size(self.upload_messages_max),
+            upload_bytes_max: size(self.upload_bytes_max),
+            subscriber_queue_len_max: size(self.subscriber_queue_len_max),
+            session_outbound_len_max: size(self.session_outbound_len_max),
+            rooms_max: size(self.rooms_max),
+            room_idle_ms: u64::try_from(self.room_idle.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve_until_signal(args))
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    // Epochs must differ between server runs so a client never mistakes a restarted room's
+    // numbers for the old ones; the start time does that.
+    let epoch_base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let engine = Engine::start(EngineConfig { limits: args.limits.limits(), epoch_base, ..EngineConfig::default() })?;
+    println!("confab listening on {address} (confab.v1.Chat, chat.ChatService); Ctrl-C stops");
+    info!(%address, limits = ?engine.limits(), "serving; no authentication, in-memory history");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, engine.clone(), async {
+        let _ = stopped.await;
+    }));
+    shutdown_signal().await;
+    info!(grace = ?args.shutdown_grace, "shutting down: ending open streams");
+    let _ = stop.send(());
+    match tokio::time::timeout(args.shutdown_grace, server).await {
+        Ok(Ok(Ok(()))) => info!("stopped cleanly"),
+        Ok(Ok(Err(error))) => return Err(error).context("serving"),
+        Ok(Err(error)) => return Err(error).context("the server task failed"),
+        Err(_) => warn!("calls still open after the grace period; exiting anyway"),
+    }
+    engine.shutdown().await.ok();
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,172 @@
+//! The one place where wire types (confab.v1 and the seed's chat) become engine types and back.
+
+use std::sync::Arc;
+
+use confab_actors::RoomInfo;
+use confab_engine::{
+    ChatMessage, ClientFrame, ClientMsgId, Draft, HistoryPage, Receipt, RoomEvent, RoomName, ServerFrame, UserName,
+};
+use tonic::metadata::MetadataMap;
+
+use super::proto::{chat, confab_v1 as v1};
+use super::status::{ApiError, frame_code};
+
+/// The room the seed's ChatService uses when the `room` metadata key is absent.
+pub const DEFAULT_ROOM: &str = "lobby";
+
+/// The user a confab.v1 Session has when the `user` metadata key is absent.
+pub const DEFAULT_USER: &str = "anonymous";
+
+/// A room name from a request field.
+pub fn room(name: &str) -> Result<RoomName, ApiError> {
+    RoomName::new(name).map_err(ApiError::name("room"))
+}
+
+/// A user name from a request field.
+pub fn user(name: &str) -> Result<UserName, ApiError> {
+    UserName::new(name).map_err(ApiError::name("user"))
+}
+
+/// An ASCII metadata value, or `default` when the key is absent.
+fn metadata<'a>(metadata: &'a MetadataMap, key: &'static str, default: &'a str) -> Result<&'a str, ApiError> {
+    match metadata.get(key) {
+        None => Ok(default),
+        Some(value) => value.to_str().map_err(|_| ApiError::Malformed(format!("metadata {key:?} is not ASCII text"))),
+    }
+}
+
+/// The room named by the `room` metadata key (the seed's ChatService), default `lobby`.
+pub fn metadata_room(map: &MetadataMap) -> Result<RoomName, ApiError> {
+    RoomName::new(metadata(map, "room", DEFAULT_ROOM)?).map_err(ApiError::name("metadata room"))
+}
+
+/// The user named by the `user` metadata key (confab.v1 Session), default `anonymous`.
+pub fn metadata_user(map: &MetadataMap) -> Result<UserName, ApiError> {
+    UserName::new(metadata(map, "user", DEFAULT_USER)?).map_err(ApiError::name("metadata user"))
+}
+
+/// A draft from its parts.
+pub fn draft(user_name: &str, client_msg_id: &str, body: String) -> Result<Draft, ApiError> {
+    Ok(Draft {
+        user: user(user_name)?,
+        client_msg_id: ClientMsgId::new(client_msg_id).map_err(ApiError::name("client_msg_id"))?,
+        body: Arc::from(body),
+    })
+}
+
+/// A sequenced message on the wire.
+pub fn message(message: &ChatMessage) -> v1::ChatMessage {
+    v1::ChatMessage {
+        room: message.room.to_string(),
+        seq: message.seq,
+        user: message.user.to_string(),
+        client_msg_id: message.client_msg_id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default(),
+        body: message.body.to_string(),
+        accepted_at_ms: message.accepted_at.as_millis(),
+    }
+}
+
+/// A room event on the wire.
+pub fn room_event(event: &RoomEvent) -> v1::RoomEvent {
+    use v1::room_event::Event;
+    let event = match event {
+        RoomEvent::Subscribed { room, epoch, recovered, first_seq } => Event::Subscribed(v1::Subscribed {
+            room: room.to_string(),
+            epoch: *epoch,
+            recovered: *recovered,
+            first_seq: *first_seq,
+        }),
+        RoomEvent::Message(m) => Event::Message(message(m)),
+        RoomEvent::Lagged { room, lag } => {
+            Event::Lagged(v1::Lagged { room: room.to_string(), missed_from: lag.missed_from, missed_to: lag.missed_to })
+        }
+        RoomEvent::Presence { room, user, present } => {
+            Event::Presence(v1::Presence { room: room.to_string(), user: user.to_string(), present: *present })
+        }
+        RoomEvent::Typing { room, user } => {
+            Event::Typing(v1::Typing { room: room.to_string(), user: user.to_string() })
+        }
+    };
+    v1::RoomEvent { event: Some(event) }
+}
+
+/// A history page on the wire.
+pub fn history(page: &HistoryPage) -> v1::HistoryResponse {
+    v1::HistoryResponse {
+        messages: page.messages.iter().map(|m| message(m)).collect(),
+        first_retained_seq: page.first_retained_seq,
+        last_seq: page.last_seq,
+        epoch: page.epoch,
+    }
+}
+
+/// A room snapshot on the wire.
+pub fn room_info(info: &RoomInfo) -> v1::RoomInfo {
+    v1::RoomInfo {
+        name: info.name.to_string(),
+        epoch: info.epoch,
+        last_seq: info.last_seq,
+        first_retained_seq: info.first_retained_seq,
+        subscribers: info.subscribers as u64,
+        present: info.present.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// An upload receipt on the wire.
+pub fn receipt(receipt: &Receipt) -> v1::UploadReceipt {
+    let (first_seq, last_seq) = receipt.seqs.unwrap_or((0, 0));
+    v1::UploadReceipt {
+        room: receipt.room.to_string(),
+        count: receipt.count as u64,
+        bytes: receipt.bytes as u64,
+        checksum: receipt.checksum.value(),
+        last_user: receipt.last_user.as_ref().map(ToString::to_string).unwrap_or_default(),
+        first_seq,
+        last_seq,
+    }
+}
+
+/// A session frame from the wire. Names are validated by the session itself (it answers with
+/// an error frame); only a frame with no content is malformed here.
+pub fn client_frame(frame: v1::ClientFrame) -> Result<ClientFrame, ApiError> {
+    use v1::client_frame::Frame;
+    let frame = frame.frame.ok_or_else(|| ApiError::Malformed("client frame has no content".into()))?;
+    Ok(match frame {
+        Frame::Join(join) => ClientFrame::Join { room: join.room, after_seq: join.after_seq },
+        Frame::Leave(leave) => ClientFrame::Leave { room: leave.room },
+        Frame::Post(post) => ClientFrame::Send { room: post.room, client_msg_id: post.client_msg_id, body: post.body },
+        Frame::Ack(ack) => ClientFrame::Ack { room: ack.room, seq: ack.seq },
+        Frame::Typing(typing) => ClientFrame::Typing { room: typing.room },
+    })
+}
+
+/// A session frame on the wire.
+pub fn server_frame(frame: &ServerFrame) -> v1::ServerFrame {
+    use v1::server_frame::Frame;
+    let frame = match frame {
+        ServerFrame::Event(event) => Frame::Event(room_event(event)),
+        ServerFrame::SendAck { room, client_msg_id, seq, duplicate } => Frame::Ack(v1::SendAck {
+            room: room.to_string(),
+            client_msg_id: client_msg_id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default(),
+            seq: *seq,
+            duplicate: *duplicate,
+        }),
+        ServerFrame::Left { room } => Frame::Left(v1::Left { room: room.to_string() }),
+        ServerFrame::Error { room, error } => Frame::Error(v1::Error {
+            room: room.as_ref().map(ToString::to_string).unwrap_or_default(),
+            code: frame_code(error) as i32,
+            message: error.to_string(),
+        }),
+    };
+    v1::ServerFrame { frame: Some(frame) }
+}
+
+/// The seed's message for a room message: who said it and what.
+pub fn seed_message(message: &ChatMessage) -> chat::Message {
+    chat::Message { user: message.user.to_string(), content: message.body.to_string() }
+}
+
+/// A seed message from the server itself.
+pub fn server_says(content: String) -> chat::Message {
+    chat::Message { user: "Server".into(), content }
+}

@@ -1,0 +1,13 @@
+//! Code generated from `proto/` by `build.rs` (protox + tonic-prost-build).
+
+/// `confab.v1`: the engine's own API.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod confab_v1 {
+    tonic::include_proto!("confab.v1");
+}
+
+/// `chat`: the seed's ChatService, unchanged.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod chat {
+    tonic::include_proto!("chat");
+}

@@ -1,0 +1,101 @@
+//! The one place where errors become gRPC statuses. Handlers work with [`ApiError`] and let `?`
+//! convert at the boundary, so every refusal gets the same code and a message naming the limit.
+
+use confab_actors::EngineError;
+use confab_engine::{FrameError, Lag, NameError, RoomError, SessionError, UploadError};
+use tonic::{Code, Status};
+
+/// Why a request failed, before it becomes a [`Status`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A name or id in the request is invalid.
+    #[error("{field}: {source}")]
+    Name {
+        /// The request field or metadata key.
+        field: &'static str,
+        /// What is wrong.
+        source: NameError,
+    },
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A malformed request (a missing oneof, a chunk naming another room, bytes that do not
+    /// decode).
+    #[error("{0}")]
+    Malformed(String),
+    /// The subscriber fell behind on a stream that cannot carry a lag marker.
+    #[error("fell behind: missed messages {} to {}; reconnect and fetch them with History", .0.missed_from, .0.missed_to)]
+    Lagged(Lag),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    /// A name error for `field`.
+    pub fn name(field: &'static str) -> impl FnOnce(NameError) -> ApiError {
+        move |source| ApiError::Name { field, source }
+    }
+}
+
+/// The status code for a room refusal.
+fn room_code(error: &RoomError) -> Code {
+    match error {
+        RoomError::MessageTooBig { .. }
+        | RoomError::RoomFull { .. }
+        | RoomError::BatchTooLong { .. }
+        | RoomError::TooManyRooms { .. } => Code::ResourceExhausted,
+        RoomError::Retired => Code::Unavailable,
+        RoomError::NotFound => Code::NotFound,
+    }
+}
+
+/// The status code for a refused session frame (also sent inside `Error` frames).
+pub fn frame_code(error: &FrameError) -> Code {
+    match error {
+        FrameError::Room(error) => room_code(error),
+        FrameError::Session(SessionError::Name(_)) => Code::InvalidArgument,
+        FrameError::Session(SessionError::TooManyRooms { .. }) => Code::ResourceExhausted,
+        FrameError::Session(
+            SessionError::NotJoined { .. }
+            | SessionError::AlreadyJoined { .. }
+            | SessionError::AckAhead { .. }
+            | SessionError::Closing,
+        ) => Code::FailedPrecondition,
+    }
+}
+
+fn engine_code(error: &EngineError) -> Code {
+    match error {
+        EngineError::Room(error) => room_code(error),
+        EngineError::Upload(UploadError::Room(error)) => room_code(error),
+        EngineError::Upload(UploadError::TooManyMessages { .. } | UploadError::TooManyBytes { .. }) => {
+            Code::ResourceExhausted
+        }
+        EngineError::Upload(UploadError::Aborted) => Code::Aborted,
+        EngineError::SessionClosed | EngineError::Stopped => Code::Unavailable,
+        EngineError::NoRuntime | EngineError::Runtime(_) => Code::Internal,
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let code = match &error {
+            ApiError::Name { .. } | ApiError::Malformed(_) => Code::InvalidArgument,
+            ApiError::Engine(error) => engine_code(error),
+            ApiError::Lagged(_) => Code::ResourceExhausted,
+            ApiError::ShuttingDown => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+/// A status from the inbound stream of a client-streaming call: a chunk that does not decode
+/// is the client's fault (tonic reports it as INTERNAL), anything else (cancelled, …) passes.
+pub fn inbound_status(status: Status) -> Status {
+    if status.code() == Code::Internal {
+        Status::invalid_argument(format!("malformed message: {}", status.message()))
+    } else {
+        status
+    }
+}

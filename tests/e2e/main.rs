@@ -1,0 +1,78 @@
+//! End-to-end tests: a real tonic server on 127.0.0.1:0 inside the test, real tonic clients.
+//! One binary with a module per area (link time on 2 cores).
+
+mod bad_input;
+mod confab_api;
+mod lifecycle;
+mod seed_api;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use confab::grpc::proto::{chat::chat_service_client::ChatServiceClient, confab_v1::chat_client::ChatClient};
+use confab::grpc::server::serve;
+use confab_actors::{Engine, EngineConfig};
+use confab_engine::Limits;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Every wait in these tests is bounded by this, so a bug fails a test instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A server running inside the test.
+struct TestServer {
+    address: SocketAddr,
+    engine: Engine,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        Self::start_with(Limits::default()).await
+    }
+
+    async fn start_with(limits: Limits) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let address = listener.local_addr().expect("address");
+        let engine = Engine::start(EngineConfig { limits, ..EngineConfig::default() }).expect("engine");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, engine.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self { address, engine, stop: Some(stop), task }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address)).expect("uri").connect().await.expect("connect")
+    }
+
+    async fn confab(&self) -> ChatClient<Channel> {
+        ChatClient::new(self.channel().await)
+    }
+
+    async fn seed(&self) -> ChatServiceClient<Channel> {
+        ChatServiceClient::new(self.channel().await)
+    }
+
+    /// Triggers shutdown and waits (bounded) for the server to finish.
+    async fn stop(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(PATIENCE, &mut self.task).await.expect("server stops in time").expect("server task")
+    }
+}
+
+/// A request with metadata `key: value`.
+fn with_metadata<T>(message: T, key: &'static str, value: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(key, value.parse().expect("ascii metadata"));
+    request
+}
+
+/// Awaits `future` for at most [`PATIENCE`].
+async fn bounded<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(PATIENCE, future).await.expect("finished within the test's patience")
+}
