@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README: "Run all tests"): formatting, lints with warnings denied,
-# every test of every crate (unit, integration, property, doc), and the docs without warnings.
+# every test of every crate (unit, integration, property, doc), the interop test against a
+# client nobody here wrote, and the docs without warnings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -9,8 +10,15 @@ echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the engine core depends on no runtime, actor or wire crate"
+if cargo tree -p confab-engine -e normal --locked | grep -E "tokio|kameo|prost|tonic"; then
+  echo "confab-engine must stay sans-IO: the crates above crept into its dependency tree" >&2
+  exit 1
+fi
 echo "== tests"
 cargo test --workspace --locked
+echo "== interop (Python grpcio peer client against confab serve)"
+bash scripts/interop.sh
 echo "== docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== all checks passed"
