@@ -61,21 +61,23 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         }
         // Dropping `frames` half-closes: the server ends the session once our messages are back.
     });
+    let resuming = args.after_seq.is_some();
     while let Some(frame) = incoming.message().await.context("reading from the server")? {
-        print_frame(frame);
+        print_frame(frame, resuming);
     }
     typing.abort();
     Ok(())
 }
 
-fn print_frame(frame: v1::ServerFrame) {
+fn print_frame(frame: v1::ServerFrame, resuming: bool) {
     let Some(frame) = frame.frame else { return };
     match frame {
         server_frame::Frame::Event(event) => match event.event {
-            Some(room_event::Event::Subscribed(s)) => {
-                let how = if s.recovered { "resumed" } else { "joined (earlier history is gone)" };
-                println!("* {how} #{} at seq {}", s.room, s.first_seq);
-            }
+            Some(room_event::Event::Subscribed(s)) => match (resuming, s.recovered) {
+                (false, _) => println!("* joined #{}; live from seq {}", s.room, s.first_seq),
+                (true, true) => println!("* resumed #{} exactly, from seq {}", s.room, s.first_seq),
+                (true, false) => println!("* resumed #{} from seq {}: earlier messages are gone", s.room, s.first_seq),
+            },
             Some(room_event::Event::Message(m)) => println!("[{} #{}] {}: {}", m.seq, m.room, m.user, m.body),
             Some(room_event::Event::Lagged(l)) => {
                 println!("* missed {}..={} in #{} (too slow); see History", l.missed_from, l.missed_to, l.room)

@@ -94,7 +94,8 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
 }
 
 async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
