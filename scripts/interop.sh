@@ -32,7 +32,9 @@ mkdir -p "$work/gen"
 
 cargo build --quiet --locked --bin confab
 log="$work/server.log"
-"$root/target/debug/confab" serve --listen 127.0.0.1:0 --shutdown-grace 5s >"$work/server.out" 2>"$log" &
+rm -rf "$work/data"
+"$root/target/debug/confab" serve --listen 127.0.0.1:0 --data-dir "$work/data" --shutdown-grace 5s \
+  >"$work/server.out" 2>"$log" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 address=""

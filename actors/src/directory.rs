@@ -52,7 +52,8 @@ impl Directory {
     where
         M: Send + 'static,
         T: Send + 'static,
-        RoomActor: Message<M, Reply = Answer<T, RoomError>>,
+        RoomActor: Message<M>,
+        <RoomActor as Message<M>>::Reply: kameo::Reply<Ok = Answer<T, RoomError>, Error = kameo::error::Infallible>,
     {
         for _ in 0..=RETIRED_RETRIES_MAX {
             let Some(actor) = self.resolve(room, create).await? else { return Ok(None) };

@@ -23,10 +23,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::EngineError;
-use crate::registry::{ListRooms, Registry, StopRooms, SweepIdle};
+use crate::registry::{ListRooms, Registry, StopRooms, Storage, SweepIdle};
 use crate::room_actor::{History, Info, RoomActor, RoomInfo, SendMessage, Subscribe, Typing, Unsubscribe};
 use crate::session_actor::{Close, Disconnect, Frame, SessionActor};
 use crate::sink::Queued;
+use crate::store::HistoryStore;
+use crate::store::writer::Writer;
 use crate::upload_actor::{Chunk, Commit, UploadActor};
 
 /// Capacity of the registry's mailbox: every room lookup passes through it.
@@ -36,16 +38,34 @@ const REGISTRY_MAILBOX_LEN: usize = 4_096;
 const UPLOAD_MAILBOX_LEN: usize = 64;
 
 /// How an engine is set up.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct EngineConfig {
     /// The limits it enforces.
     pub limits: Limits,
     /// Epoch of the first room created; later rooms count up from it. A server passes
     /// something that differs between runs (its start time), the simulator passes 0.
     pub epoch_base: u64,
+    /// Where history is made durable. `None`: in memory only (a message is acknowledged as
+    /// soon as it is sequenced, and a restart loses everything). With a store, a send is
+    /// acknowledged and delivered only after the store made it durable (group commit).
+    pub storage: Option<Arc<dyn HistoryStore>>,
+    /// What engine time (`accepted_at`) reads at start, in milliseconds. A server passes the
+    /// Unix time so timestamps survive restarts; the simulator passes 0.
+    pub time_origin_ms: u64,
     /// A deliberate defect in every room, to prove checkers catch it. Tests only.
     #[doc(hidden)]
     pub injected_bug: Option<confab_engine::InjectedBug>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("limits", &self.limits)
+            .field("epoch_base", &self.epoch_base)
+            .field("durable", &self.storage.is_some())
+            .field("time_origin_ms", &self.time_origin_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A handle to a running engine. Cheap to clone; the engine stops when the last clone is
@@ -90,7 +110,7 @@ impl Engine {
     /// Starts an engine on the current tokio runtime.
     pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
-        Ok(Self::start_on(runtime, config, None))
+        Self::start_on(runtime, config, None)
     }
 
     /// Starts an engine on a tokio runtime thread of its own, for programs that run no tokio
@@ -123,23 +143,31 @@ impl Engine {
                 let _ = runtime.block_on(stopped);
             })
             .map_err(|error| EngineError::Runtime(error.to_string()))?;
-        Ok(Self::start_on(handle, config, Some(stop)))
+        Self::start_on(handle, config, Some(stop))
     }
 
     fn start_on(
         runtime: tokio::runtime::Handle,
         config: EngineConfig,
         background: Option<oneshot::Sender<()>>,
-    ) -> Self {
+    ) -> Result<Self, EngineError> {
         let limits = Arc::new(config.limits);
+        let storage = match config.storage {
+            Some(store) => {
+                let writer =
+                    Writer::start(Arc::clone(&store)).map_err(|error| EngineError::Runtime(error.to_string()))?;
+                Some(Storage { store, writer })
+            }
+            None => None,
+        };
         let registry = {
             let _context = runtime.enter();
-            let clock = Clock::start();
-            let registry = Registry::new(Arc::clone(&limits), clock, config.epoch_base, config.injected_bug);
+            let clock = Clock::start(config.time_origin_ms);
+            let registry = Registry::new(Arc::clone(&limits), clock, config.epoch_base, config.injected_bug, storage);
             Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
         };
         let inner = Inner { directory: Directory::new(registry), limits, runtime, _background: background };
-        Self { inner: Arc::new(inner) }
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The limits this engine enforces.

@@ -11,6 +11,8 @@
 //! - `directory`: how every part reaches a room (resolve, request, retry if it retired).
 //! - `sink`: the bounded, non-blocking queues a room delivers into.
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
+//! - [`store`]: durable history: the [`store::HistoryStore`] trait, the redb store, the
+//!   in-memory store, and the writer thread that group-commits every room's messages.
 //!
 //! Data flow: a transport calls the [`Engine`]; the directory resolves the room through the
 //! registry; the room actor feeds its state machine and pushes deliveries into subscriber
@@ -29,6 +31,7 @@ mod registry;
 mod room_actor;
 mod session_actor;
 mod sink;
+pub mod store;
 mod upload_actor;
 
 pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender, Upload};

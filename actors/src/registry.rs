@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use confab_engine::{InjectedBug, Limits, Room, RoomError, RoomName, Time};
+use confab_engine::{InjectedBug, Limits, Persistence, Room, RoomError, RoomName, Time};
 use kameo::Actor;
 use kameo::actor::{ActorRef, Spawn};
 use kameo::mailbox;
@@ -14,6 +14,15 @@ use kameo::message::{Context, Message};
 use crate::answer::Answer;
 use crate::clock::Clock;
 use crate::room_actor::{Info, RetireIfIdle, RoomActor, RoomInfo};
+use crate::store::HistoryStore;
+use crate::store::writer::Writer;
+
+/// A durable engine's store, and the writer thread that appends to it.
+#[derive(Clone)]
+pub(crate) struct Storage {
+    pub(crate) store: Arc<dyn HistoryStore>,
+    pub(crate) writer: Writer,
+}
 
 /// Capacity of a room actor's mailbox: requests from many clients queue here.
 pub(crate) const ROOM_MAILBOX_LEN: usize = 4_096;
@@ -30,10 +39,18 @@ pub(crate) struct Registry {
     last_sweep: Time,
     /// Handed to every room created (tests of the checkers only).
     injected_bug: Option<InjectedBug>,
+    /// `None`: rooms live in memory only.
+    storage: Option<Storage>,
 }
 
 impl Registry {
-    pub(crate) fn new(limits: Arc<Limits>, clock: Clock, epoch_base: u64, injected_bug: Option<InjectedBug>) -> Self {
+    pub(crate) fn new(
+        limits: Arc<Limits>,
+        clock: Clock,
+        epoch_base: u64,
+        injected_bug: Option<InjectedBug>,
+        storage: Option<Storage>,
+    ) -> Self {
         Self {
             rooms: BTreeMap::new(),
             limits,
@@ -41,7 +58,56 @@ impl Registry {
             next_epoch: epoch_base,
             last_sweep: Time::from_millis(0),
             injected_bug,
+            storage,
         }
+    }
+
+    /// A room's state machine: restored from the store if it was stored, else a new room if
+    /// `create` is set, else `None`.
+    fn make_room(&mut self, name: &RoomName, create: bool) -> Result<Option<Room>, RoomError> {
+        let now = self.clock.now();
+        let stored = match &self.storage {
+            Some(storage) => {
+                storage.store.load_room(name).map_err(|error| RoomError::Storage { reason: error.to_string() })?
+            }
+            None => None,
+        };
+        let persistence = if self.storage.is_some() { Persistence::Deferred } else { Persistence::Immediate };
+        let mut room = match stored {
+            Some(stored) => {
+                Room::restore(name.clone(), stored.epoch, &self.limits, now, persistence, stored.last_seq, stored.tail)
+            }
+            None if create => {
+                let epoch = self.next_epoch;
+                self.next_epoch += 1;
+                let mut room = Room::new(name.clone(), epoch, &self.limits, now);
+                room.set_persistence(persistence);
+                room
+            }
+            None => return Ok(None),
+        };
+        if let Some(bug) = self.injected_bug {
+            room.inject_bug(bug);
+        }
+        Ok(Some(room))
+    }
+
+    async fn resolve(&mut self, name: RoomName, create: bool) -> Result<Option<ActorRef<RoomActor>>, RoomError> {
+        if let Some(room) = self.rooms.get(&name) {
+            if room.is_alive() {
+                return Ok(Some(room.clone()));
+            }
+            self.rooms.remove(&name);
+        }
+        if self.rooms.len() >= self.limits.rooms_max && self.sweep().await == 0 {
+            return Err(RoomError::TooManyRooms { rooms_max: self.limits.rooms_max });
+        }
+        let Some(room) = self.make_room(&name, create)? else { return Ok(None) };
+        let writer = self.storage.as_ref().map(|storage| storage.writer.clone());
+        let actor = RoomActor::new(room, self.clock, writer);
+        let actor = RoomActor::spawn_with_mailbox(actor, mailbox::bounded(ROOM_MAILBOX_LEN));
+        self.rooms.insert(name, actor.clone());
+        Ok(Some(actor))
     }
 
     /// Retires every idle room. Returns how many.
@@ -79,27 +145,7 @@ impl Message<Resolve> for Registry {
 
     async fn handle(&mut self, resolve: Resolve, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
         self.sweep_if_due().await;
-        if let Some(room) = self.rooms.get(&resolve.room) {
-            if room.is_alive() {
-                return Answer(Ok(Some(room.clone())));
-            }
-            self.rooms.remove(&resolve.room);
-        }
-        if !resolve.create {
-            return Answer(Ok(None));
-        }
-        if self.rooms.len() >= self.limits.rooms_max && self.sweep().await == 0 {
-            return Answer(Err(RoomError::TooManyRooms { rooms_max: self.limits.rooms_max }));
-        }
-        let epoch = self.next_epoch;
-        self.next_epoch += 1;
-        let mut room = Room::new(resolve.room.clone(), epoch, &self.limits, self.clock.now());
-        if let Some(bug) = self.injected_bug {
-            room.inject_bug(bug);
-        }
-        let actor = RoomActor::spawn_with_mailbox(RoomActor::new(room, self.clock), mailbox::bounded(ROOM_MAILBOX_LEN));
-        self.rooms.insert(resolve.room, actor.clone());
-        Answer(Ok(Some(actor)))
+        Answer(self.resolve(resolve.room, resolve.create).await)
     }
 }
 
@@ -111,6 +157,15 @@ impl Message<ListRooms> for Registry {
 
     async fn handle(&mut self, _: ListRooms, _: &mut Context<Self, Self::Reply>) -> Vec<RoomInfo> {
         self.sweep_if_due().await;
+        // Stored rooms count too, even if nobody used them since the start: load them.
+        let stored = self.storage.as_ref().map(|storage| storage.store.room_names());
+        if let Some(Ok(names)) = stored {
+            for name in names {
+                if !self.rooms.contains_key(&name) {
+                    let _ = self.resolve(name, false).await;
+                }
+            }
+        }
         let mut infos = Vec::with_capacity(self.rooms.len());
         for room in self.rooms.values() {
             if let Ok(info) = room.ask(Info).await {

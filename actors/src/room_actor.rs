@@ -1,15 +1,19 @@
 //! `RoomActor`: one per room. Each handler feeds the [`Room`] state machine and then executes
 //! its deliveries into the subscribers' sinks, reporting full and closed ones back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use confab_engine::{Draft, HistoryPage, Room, RoomError, RoomName, Sent, Seq, SubscriberId, Subscription, UserName};
 use kameo::Actor;
+use kameo::actor::ActorRef;
 use kameo::message::{Context, Message};
+use kameo::reply::{DelegatedReply, ReplySender};
 
 use crate::answer::Answer;
 use crate::clock::Clock;
 use crate::sink::{EventSink, SinkError};
+use crate::store::writer::{WriteRequest, Writer};
+use crate::store::{RoomAppend, StoreError};
 
 /// A snapshot of a room, for listings, operations and tests.
 #[derive(Clone, Debug, PartialEq, Eq, kameo::Reply)]
@@ -35,11 +39,80 @@ pub(crate) struct RoomActor {
     /// Where each subscriber's deliveries go; keyed like the room's subscribers.
     sinks: BTreeMap<SubscriberId, Box<dyn EventSink>>,
     clock: Clock,
+    /// The durable store's writer; `None` for an in-memory room (durable when sequenced).
+    writer: Option<Writer>,
+    /// Senders waiting for their message to become durable before they get an answer.
+    waiters: VecDeque<Waiter>,
+}
+
+/// A reply held back until the message it acknowledges is durable.
+enum Waiter {
+    Send { sent: Sent, reply: ReplySender<Answer<Sent, RoomError>> },
+    Batch { run: (Seq, Seq), reply: ReplySender<Answer<Option<(Seq, Seq)>, RoomError>> },
+}
+
+impl Waiter {
+    /// The sequence number that must be durable first.
+    fn seq(&self) -> Seq {
+        match self {
+            Waiter::Send { sent, .. } => sent.seq,
+            Waiter::Batch { run, .. } => run.1,
+        }
+    }
+
+    fn answer(self, outcome: Result<(), RoomError>) {
+        match self {
+            Waiter::Send { sent, reply } => reply.send(Answer(outcome.map(|()| sent))),
+            Waiter::Batch { run, reply } => reply.send(Answer(outcome.map(|()| Some(run)))),
+        }
+    }
 }
 
 impl RoomActor {
-    pub(crate) fn new(room: Room, clock: Clock) -> Self {
-        Self { room, sinks: BTreeMap::new(), clock }
+    pub(crate) fn new(room: Room, clock: Clock, writer: Option<Writer>) -> Self {
+        Self { room, sinks: BTreeMap::new(), clock, writer, waiters: VecDeque::new() }
+    }
+
+    /// Hands newly sequenced messages to the writer (durable rooms only).
+    fn persist(&mut self, me: &ActorRef<Self>) {
+        let messages = self.room.take_to_persist();
+        if messages.is_empty() {
+            return;
+        }
+        let Some(writer) = &self.writer else { return };
+        let append = RoomAppend { room: self.room.name().clone(), epoch: self.room.epoch(), messages };
+        if let Err(error) = writer.submit(WriteRequest { append, room: me.clone() }) {
+            self.persist_failed(&error);
+        }
+    }
+
+    fn persist_failed(&mut self, error: &StoreError) {
+        self.room.handle_persist_failed();
+        let failure = RoomError::Storage { reason: error.to_string() };
+        for waiter in self.waiters.drain(..) {
+            waiter.answer(Err(failure.clone()));
+        }
+    }
+
+    /// Answers now if `seq` is durable, or holds the reply until it is.
+    fn answer_when_durable<R>(
+        &mut self,
+        seq: Seq,
+        ctx: &mut Context<Self, DelegatedReply<Answer<R, RoomError>>>,
+        waiter: impl FnOnce(ReplySender<Answer<R, RoomError>>) -> Waiter,
+        now: Answer<R, RoomError>,
+    ) -> DelegatedReply<Answer<R, RoomError>>
+    where
+        R: Send + 'static,
+    {
+        if seq <= self.room.durable_seq() {
+            return ctx.reply(now);
+        }
+        let (delegated, reply) = ctx.reply_sender();
+        if let Some(reply) = reply {
+            self.waiters.push_back(waiter(reply));
+        }
+        delegated
     }
 
     /// Executes every planned delivery. Full sinks become lag, closed ones are unsubscribed.
@@ -75,12 +148,16 @@ impl RoomActor {
 pub(crate) struct SendMessage(pub(crate) Draft);
 
 impl Message<SendMessage> for RoomActor {
-    type Reply = Answer<Sent, RoomError>;
+    type Reply = DelegatedReply<Answer<Sent, RoomError>>;
 
-    async fn handle(&mut self, SendMessage(draft): SendMessage, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+    async fn handle(&mut self, SendMessage(draft): SendMessage, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let result = self.room.handle_send(draft, self.clock.now());
+        self.persist(ctx.actor_ref());
         self.flush();
-        Answer(result)
+        match result {
+            Ok(sent) => self.answer_when_durable(sent.seq, ctx, |reply| Waiter::Send { sent, reply }, Answer(Ok(sent))),
+            Err(error) => ctx.reply(Answer(Err(error))),
+        }
     }
 }
 
@@ -88,12 +165,41 @@ impl Message<SendMessage> for RoomActor {
 pub(crate) struct SendBatch(pub(crate) Vec<Draft>);
 
 impl Message<SendBatch> for RoomActor {
-    type Reply = Answer<Option<(Seq, Seq)>, RoomError>;
+    type Reply = DelegatedReply<Answer<Option<(Seq, Seq)>, RoomError>>;
 
-    async fn handle(&mut self, SendBatch(drafts): SendBatch, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+    async fn handle(&mut self, SendBatch(drafts): SendBatch, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let result = self.room.handle_send_batch(drafts, self.clock.now());
+        self.persist(ctx.actor_ref());
         self.flush();
-        Answer(result)
+        match result {
+            Ok(Some(run)) => {
+                self.answer_when_durable(run.1, ctx, |reply| Waiter::Batch { run, reply }, Answer(Ok(Some(run))))
+            }
+            other => ctx.reply(Answer(other)),
+        }
+    }
+}
+
+/// The writer's answer: messages up to this sequence number are durable, or writing failed.
+pub(crate) struct Persisted(pub(crate) Result<Seq, StoreError>);
+
+impl Message<Persisted> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, Persisted(outcome): Persisted, _: &mut Context<Self, Self::Reply>) {
+        match outcome {
+            Ok(upto) => {
+                self.room.handle_durable(upto);
+                let (ready, waiting): (VecDeque<Waiter>, VecDeque<Waiter>) =
+                    self.waiters.drain(..).partition(|waiter| waiter.seq() <= upto);
+                self.waiters = waiting;
+                for waiter in ready {
+                    waiter.answer(Ok(()));
+                }
+                self.flush();
+            }
+            Err(error) => self.persist_failed(&error),
+        }
     }
 }
 
@@ -189,6 +295,10 @@ impl Message<RetireIfIdle> for RoomActor {
 
     async fn handle(&mut self, _: RetireIfIdle, ctx: &mut Context<Self, Self::Reply>) -> bool {
         self.prune_closed();
+        if !self.waiters.is_empty() {
+            // Writes in flight: their senders are still owed an answer.
+            return false;
+        }
         let retired = self.room.handle_retire_if_idle(self.clock.now());
         if retired {
             ctx.stop();

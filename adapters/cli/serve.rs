@@ -1,10 +1,13 @@
 //! `confab serve`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Args;
+use confab_actors::store::{HistoryStore, RedbStore, Retention};
 use confab_actors::{Engine, EngineConfig};
 use confab_engine::{Limits, limits};
 use tracing::{info, warn};
@@ -20,6 +23,17 @@ pub struct ServeArgs {
     /// How long to wait for open calls to finish after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration, value_name = "DURATION")]
     shutdown_grace: Duration,
+    /// Directory of the durable history (created if missing). A send is acknowledged only once
+    /// it is on disk there; after a restart, numbering, History and resume carry on.
+    #[arg(long, default_value = "confab-data", value_name = "DIR", conflicts_with = "in_memory")]
+    data_dir: PathBuf,
+    /// Keep history in memory only: faster, but a restart loses every room.
+    #[arg(long)]
+    in_memory: bool,
+    /// Also drop stored messages older than this (by default only the newest
+    /// --history-len-max per room are kept).
+    #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
+    retention_age: Option<Duration>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -103,12 +117,21 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    // Epochs must differ between server runs so a client never mistakes a restarted room's
-    // numbers for the old ones; the start time does that.
-    let epoch_base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let engine = Engine::start(EngineConfig { limits: args.limits.limits(), epoch_base, ..EngineConfig::default() })?;
-    println!("confab listening on {address} (confab.v1.Chat, chat.ChatService); Ctrl-C stops");
-    info!(%address, limits = ?engine.limits(), "serving; no authentication, in-memory history");
+    let limits = args.limits.limits();
+    let storage = open_storage(&args, &limits)?;
+    let history = match &storage {
+        Some(_) => format!("durable history in {}", args.data_dir.join(RedbStore::FILE_NAME).display()),
+        None => "in-memory history (--in-memory: a restart loses it)".to_owned(),
+    };
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    // A new room's epoch must differ from any earlier run's, so a client never mistakes a
+    // recreated room's numbers for the old ones: start from the time, with room for 1,000
+    // rooms per millisecond.
+    let epoch_base = now_ms.saturating_mul(1_000);
+    let config = EngineConfig { limits, epoch_base, storage, time_origin_ms: now_ms, ..EngineConfig::default() };
+    let engine = Engine::start(config)?;
+    println!("confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; Ctrl-C stops");
+    info!(%address, limits = ?engine.limits(), "serving without authentication");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, engine.clone(), async {
         let _ = stopped.await;
@@ -124,6 +147,20 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     }
     engine.shutdown().await.ok();
     Ok(())
+}
+
+/// The durable store, unless `--in-memory`.
+fn open_storage(args: &ServeArgs, limits: &Limits) -> anyhow::Result<Option<Arc<dyn HistoryStore>>> {
+    if args.in_memory {
+        return Ok(None);
+    }
+    let retention = Retention {
+        len_max: limits.history_len_max,
+        age_max_ms: args.retention_age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let store = RedbStore::open(&args.data_dir, retention)
+        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    Ok(Some(Arc::new(store)))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

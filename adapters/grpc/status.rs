@@ -45,7 +45,7 @@ fn room_code(error: &RoomError) -> Code {
         | RoomError::RoomFull { .. }
         | RoomError::BatchTooLong { .. }
         | RoomError::TooManyRooms { .. } => Code::ResourceExhausted,
-        RoomError::Retired => Code::Unavailable,
+        RoomError::Retired | RoomError::Storage { .. } => Code::Unavailable,
         RoomError::NotFound => Code::NotFound,
     }
 }

@@ -78,6 +78,13 @@ pub enum RoomError {
     /// The room was retired for idleness while this request waited; ask the registry again.
     #[error("room was retired; retry")]
     Retired,
+    /// The history store failed, so the message could not be made durable (nothing was
+    /// acknowledged or delivered).
+    #[error("history could not be made durable: {reason}")]
+    Storage {
+        /// What the store said.
+        reason: String,
+    },
     /// `History` asked for a room that does not exist.
     #[error("no such room")]
     NotFound,

@@ -27,7 +27,7 @@ pub mod upload;
 
 pub use error::{NameError, RoomError, SessionError, UploadError};
 pub use limits::Limits;
-pub use room::{Delivery, HistoryPage, InjectedBug, Room, Sent, SubscriberId, Subscription};
+pub use room::{Delivery, HistoryPage, InjectedBug, Persistence, Room, Sent, SubscriberId, Subscription};
 pub use session::{ClientFrame, FrameError, ServerFrame, Session, SessionCommand};
 pub use types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};
 pub use upload::{Batch, Checksum, Receipt, UploadAggregator};

@@ -1,6 +1,12 @@
 //! One chat room: sequencing (G1), retained history and resume (G5), dedupe (G4), per-subscriber
 //! lag tracking (G2), presence and typing.
 //!
+//! Durability: a room made with [`Persistence::Deferred`] sequences a message at once but keeps
+//! it invisible (no delivery, not in history or backlogs) until the shell reports it durable with
+//! [`Room::handle_durable`]; [`Room::take_to_persist`] hands over what to write. A failed write
+//! is rolled back with [`Room::handle_persist_failed`]. With [`Persistence::Immediate`] (the
+//! in-memory engine) a message is durable as soon as it is sequenced.
+//!
 //! Call order: feed inputs with `handle_*`, then call [`Room::poll_delivery`] until it returns
 //! `None`, executing each delivery and reporting a full queue with
 //! [`Room::handle_delivery_full`] (or a gone subscriber with [`Room::handle_unsubscribe`])
@@ -15,6 +21,15 @@ use std::sync::Arc;
 use crate::error::RoomError;
 use crate::limits::Limits;
 use crate::types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};
+
+/// When a sequenced message counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// At once: nothing is written anywhere (the in-memory engine, the simulator).
+    Immediate,
+    /// When the shell says so with [`Room::handle_durable`], after writing it to a store.
+    Deferred,
+}
 
 /// A deliberate defect, for proving that checkers catch violations (the simulator's
 /// `--inject-bug` and its tests). Never set in production; off by default.
@@ -131,6 +146,13 @@ pub struct Room {
     /// Set once the room agreed to retire; every later request gets `RoomError::Retired`.
     retired: bool,
     injected_bug: Option<InjectedBug>,
+    persistence: Persistence,
+    /// The last sequence number known durable: everything visible is at or below it.
+    durable_seq: Seq,
+    /// Sequenced messages not yet durable, oldest first (also in `history`, but invisible).
+    undurable: VecDeque<Arc<ChatMessage>>,
+    /// Messages the shell has yet to hand to the store.
+    to_persist: Vec<Arc<ChatMessage>>,
 }
 
 impl Room {
@@ -156,7 +178,88 @@ impl Room {
             last_activity: now,
             retired: false,
             injected_bug: None,
+            persistence: Persistence::Immediate,
+            durable_seq: 0,
+            undurable: VecDeque::new(),
+            to_persist: Vec::new(),
         }
+    }
+
+    /// A room continuing from stored state: its epoch, the last sequence number it gave, and
+    /// its retained tail (contiguous, ending at `last_seq`, oldest first). Dedupe is rebuilt
+    /// from the tail's client message ids, so a retry after a restart is still recognised (G4).
+    pub fn restore(
+        name: RoomName,
+        epoch: u64,
+        limits: &Limits,
+        now: Time,
+        persistence: Persistence,
+        last_seq: Seq,
+        tail: Vec<ChatMessage>,
+    ) -> Self {
+        let mut room = Self::new(name, epoch, limits, now);
+        room.persistence = persistence;
+        room.last_seq = last_seq;
+        room.durable_seq = last_seq;
+        let skip = tail.len().saturating_sub(room.history_len_max);
+        for message in tail.into_iter().skip(skip) {
+            if let Some(id) = &message.client_msg_id {
+                room.remember(message.user.clone(), id.clone(), message.seq);
+            }
+            room.history.push_back(Arc::new(message));
+        }
+        room.assert_history_contiguous();
+        room
+    }
+
+    /// Sets when messages count as durable (a new room starts `Immediate`).
+    pub fn set_persistence(&mut self, persistence: Persistence) {
+        self.persistence = persistence;
+    }
+
+    /// Messages sequenced since the last call that the shell must write before reporting them
+    /// durable (always empty with `Persistence::Immediate`).
+    pub fn take_to_persist(&mut self) -> Vec<Arc<ChatMessage>> {
+        std::mem::take(&mut self.to_persist)
+    }
+
+    /// Everything up to `upto` is durable: it becomes visible and is delivered.
+    pub fn handle_durable(&mut self, upto: Seq) {
+        while let Some(message) = self.undurable.front() {
+            if message.seq > upto {
+                break;
+            }
+            let message = self.undurable.pop_front().expect("front exists");
+            self.durable_seq = message.seq;
+            self.queue(RoomEvent::Message(message));
+        }
+    }
+
+    /// Writing failed: every message not yet durable is dropped as if never sent (its sequence
+    /// numbers will be given again). Returns the dropped span, if any.
+    pub fn handle_persist_failed(&mut self) -> Option<(Seq, Seq)> {
+        let first = self.undurable.front()?.seq;
+        let last = self.last_seq;
+        while self.history.back().is_some_and(|message| message.seq > self.durable_seq) {
+            self.history.pop_back();
+        }
+        while let Some(key) = self.dedupe_order.back() {
+            if self.dedupe.get(key).is_some_and(|&seq| seq > self.durable_seq) {
+                self.dedupe.remove(key);
+                self.dedupe_order.pop_back();
+            } else {
+                break;
+            }
+        }
+        self.undurable.clear();
+        self.to_persist.clear();
+        self.last_seq = self.durable_seq;
+        Some((first, last))
+    }
+
+    /// The last durable (visible) sequence number.
+    pub fn durable_seq(&self) -> Seq {
+        self.durable_seq
     }
 
     /// Makes this room defective on purpose (see [`InjectedBug`]).
@@ -180,8 +283,8 @@ impl Room {
         self.last_activity = now;
         let first_retained = self.first_retained_seq();
         let (recovered, first_seq) = match after_seq {
-            None => (true, self.last_seq + 1),
-            Some(after) if after <= self.last_seq && after + 1 >= first_retained => (true, after + 1),
+            None => (true, self.durable_seq + 1),
+            Some(after) if after <= self.durable_seq && after + 1 >= first_retained => (true, after + 1),
             // Too old (trimmed) or from the future (another epoch): start at what we have.
             Some(_) => (false, first_retained),
         };
@@ -330,7 +433,7 @@ impl Room {
             epoch: self.epoch,
             messages: self.retained_from(from, limit),
             first_retained_seq: self.first_retained_seq(),
-            last_seq: self.last_seq,
+            last_seq: self.durable_seq,
         })
     }
 
@@ -344,14 +447,18 @@ impl Room {
         self.epoch
     }
 
-    /// The last sequence number given (0 before the first message).
+    /// The last sequence number given (0 before the first message). With deferred
+    /// persistence it may not be durable (visible) yet: see [`Room::durable_seq`].
     pub fn last_seq(&self) -> Seq {
         self.last_seq
     }
 
-    /// The oldest retained sequence number (`last_seq + 1` when nothing is retained).
+    /// The oldest retained durable sequence number (`durable_seq + 1` when none is retained).
     pub fn first_retained_seq(&self) -> Seq {
-        self.history.front().map_or(self.last_seq + 1, |message| message.seq)
+        match self.history.front() {
+            Some(message) if message.seq <= self.durable_seq => message.seq,
+            _ => self.durable_seq + 1,
+        }
     }
 
     /// How many subscribers the room has.
@@ -408,7 +515,16 @@ impl Room {
         if self.history.len() > self.history_len_max {
             self.history.pop_front();
         }
-        self.queue(RoomEvent::Message(message));
+        match self.persistence {
+            Persistence::Immediate => {
+                self.durable_seq = seq;
+                self.queue(RoomEvent::Message(message));
+            }
+            Persistence::Deferred => {
+                self.to_persist.push(Arc::clone(&message));
+                self.undurable.push_back(message);
+            }
+        }
         self.assert_history_contiguous();
         seq
     }
@@ -432,10 +548,12 @@ impl Room {
         self.pending.push_back(Pending { event, subscribers_upto, served_upto: None });
     }
 
+    /// Durable retained messages from `from` on, at most `limit`.
     fn retained_from(&self, from: Seq, limit: usize) -> Vec<Arc<ChatMessage>> {
-        let first = self.first_retained_seq();
+        let first = self.history.front().map_or(self.last_seq + 1, |message| message.seq);
         let skip = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
-        self.history.iter().skip(skip).take(limit).cloned().collect()
+        let durable = self.durable_seq;
+        self.history.iter().skip(skip).take(limit).take_while(|m| m.seq <= durable).cloned().collect()
     }
 
     fn assert_history_contiguous(&self) {

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod confab_api;
+mod crash;
 mod lifecycle;
 mod seed_api;
 

@@ -4,6 +4,7 @@
 mod embedding;
 mod ordering;
 mod sessions;
+mod storage;
 mod uploads;
 
 use std::sync::Arc;

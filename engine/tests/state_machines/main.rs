@@ -1,6 +1,7 @@
 //! Tests of the engine's state machines, driven directly (no actors, no clock).
 //! One binary with a module per area, to keep link time down.
 
+mod durability;
 mod properties;
 mod room;
 mod session;

@@ -1,0 +1,123 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use confab_actors::store::{HistoryStore, MemoryStore, RedbStore, Retention, StoreError};
+use confab_actors::{Engine, EngineConfig};
+use confab_engine::{Limits, RoomEvent};
+use futures::StreamExt;
+
+use super::{draft, room, subscribed};
+
+const RETENTION: Retention = Retention { len_max: 10_000, age_max_ms: None };
+
+fn durable_engine(store: Arc<dyn HistoryStore>) -> Engine {
+    Engine::start(EngineConfig { storage: Some(store), ..EngineConfig::default() }).expect("engine")
+}
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("confab-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends, "restarts" (a new engine on the same store), and checks that numbering, dedupe,
+/// history and resume carry on, with the same epoch.
+async fn survives_a_restart(store: Arc<dyn HistoryStore>) {
+    let lobby = room("lobby");
+    let first = durable_engine(Arc::clone(&store));
+    for i in 1..=5u64 {
+        let sent = first.send(&lobby, draft("ann", &format!("id{i}"), &format!("m{i}"))).await.expect("durable send");
+        assert_eq!(sent.seq, i);
+    }
+    let epoch = first.room(&lobby).await.expect("info").expect("exists").epoch;
+    first.shutdown().await.expect("shutdown");
+    drop(first);
+
+    let second = durable_engine(store);
+    let rooms = second.rooms().await.expect("rooms");
+    assert_eq!(
+        rooms.iter().map(|r| (r.name.to_string(), r.last_seq, r.epoch)).collect::<Vec<_>>(),
+        vec![("lobby".into(), 5, epoch)]
+    );
+    let retry = second.send(&lobby, draft("ann", "id3", "m3")).await.expect("retry");
+    assert_eq!((retry.seq, retry.duplicate), (3, true), "G4 across a restart");
+    assert_eq!(second.send(&lobby, draft("bob", "", "after")).await.expect("send").seq, 6, "numbers continue");
+    let page = second.history(&lobby, 0, 0).await.expect("history");
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+    assert_eq!(page.epoch, epoch, "the epoch changes only if history was lost");
+    let mut resumed = second.subscribe(&lobby, None, Some(4)).await.expect("subscribe");
+    assert_eq!(subscribed(&mut resumed).await, (true, 5), "G5 across a restart");
+    let next: Vec<_> = resumed.by_ref().take(2).map(|e| e.seq()).collect().await;
+    assert_eq!(next, vec![Some(5), Some(6)]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn history_survives_a_restart_in_the_memory_store() {
+    survives_a_restart(Arc::new(MemoryStore::new(RETENTION))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_restart_in_the_redb_store() {
+    let dir = TempDir::new("redb-restart");
+    let store = RedbStore::open(&dir.0, RETENTION).expect("open");
+    // A real process restart (reopening the file) is the crash test's job (tests/e2e/crash.rs).
+    survives_a_restart(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_sends_are_delivered_only_once_stored_and_retention_compacts() {
+    let dir = TempDir::new("redb-retention");
+    let store = Arc::new(RedbStore::open(&dir.0, Retention { len_max: 3, age_max_ms: None }).expect("open"));
+    let engine = Engine::start(EngineConfig {
+        storage: Some(store.clone()),
+        limits: Limits { history_len_max: 3, ..Limits::default() },
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let lobby = room("lobby");
+    let mut events = engine.subscribe(&lobby, None, None).await.expect("subscribe");
+    subscribed(&mut events).await;
+    for i in 1..=5 {
+        engine.send(&lobby, draft("ann", "", &i.to_string())).await.expect("send");
+    }
+    for seq in 1..=5 {
+        assert!(matches!(events.next().await, Some(RoomEvent::Message(m)) if m.seq == seq));
+    }
+    let stored = store.load_room(&lobby).expect("load").expect("stored");
+    assert_eq!(stored.last_seq, 5);
+    assert_eq!(stored.tail.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4, 5], "compacted to the newest 3");
+}
+
+#[test]
+fn a_damaged_or_foreign_file_is_a_clear_error() {
+    let dir = TempDir::new("redb-garbage");
+    std::fs::write(dir.0.join(RedbStore::FILE_NAME), b"this is not a database at all, just some bytes").expect("write");
+    let error = RedbStore::open(&dir.0, RETENTION).expect_err("garbage is refused");
+    assert!(matches!(&error, StoreError::Open { path, .. } if path.ends_with("confab.redb")), "{error}");
+
+    let foreign = TempDir::new("redb-foreign");
+    {
+        let database = redb::Database::create(foreign.0.join(RedbStore::FILE_NAME)).expect("create");
+        let txn = database.begin_write().expect("txn");
+        {
+            let mut meta = txn.open_table(redb::TableDefinition::<&str, &str>::new("meta")).expect("table");
+            meta.insert("format", "someone-elses-v9").expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let error = RedbStore::open(&foreign.0, RETENTION).expect_err("foreign is refused");
+    assert!(matches!(&error, StoreError::Foreign { found, .. } if found == "someone-elses-v9"), "{error}");
+    assert!(error.to_string().contains("confab.redb"), "names the file: {error}");
+}
