@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`grpc`]: the tonic transport: generated protos, conversion, status mapping, the two
 //!   services (`confab.v1.Chat` and the seed's `chat.ChatService`) and [`grpc::server::serve`].
-//! - [`cli`]: the `confab` command line (`serve`, `chat`), parsed with clap.
+//! - [`bench`](mod@bench): the load generator behind `confab bench` (scenarios, HDR latency, /proc readings).
+//! - [`cli`]: the `confab` command line (`serve`, `chat`, `bench`), parsed with clap.
 //!
 //! Data flow: a gRPC call arrives in a service, [`grpc::convert`] turns it into engine types, the
 //! service calls the [`confab_actors::Engine`] handle, and results or refusals go back through
 //! `convert` and [`grpc::status`]. No engine or actor code knows which transport is in use.
 
+pub mod bench;
 pub mod cli;
 pub mod grpc;

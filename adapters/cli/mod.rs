@@ -1,6 +1,7 @@
 //! The `confab` command line. Only this module parses flags; the library parts take their
 //! configuration as values.
 
+mod bench;
 mod chat;
 mod serve;
 
@@ -22,6 +23,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// A terminal chat client for a running server (confab.v1 Session): type lines to send.
     Chat(chat::ChatArgs),
+    /// Load a running server with one scenario and report rate, latency and errors.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -30,6 +33,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

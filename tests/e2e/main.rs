@@ -2,6 +2,7 @@
 //! One binary with a module per area (link time on 2 cores).
 
 mod bad_input;
+mod bench_tool;
 mod confab_api;
 mod crash;
 mod lifecycle;

@@ -164,14 +164,26 @@ impl HistoryStore for RedbStore {
                 }
                 rooms.insert(name, (append.epoch, last.seq)).map_err(|e| io(e.to_string()))?;
                 // Retention: keep the newest `len_max`, and nothing older than `age_max_ms`.
+                // Only the span being dropped is touched, so a commit costs the same however
+                // long the room's history is.
                 let keep_from = (last.seq + 1).saturating_sub(self.retention.len_max as u64);
-                let cutoff_ms = self.retention.age_max_ms.map(|age| now_ms.saturating_sub(age));
-                messages
-                    .retain_in((name, 0)..(name, last.seq), |(_, seq), value| {
-                        seq >= keep_from
-                            && cutoff_ms.is_none_or(|cutoff| accepted_at(value).is_none_or(|at| at >= cutoff))
-                    })
-                    .map_err(|e| io(e.to_string()))?;
+                if keep_from > 1 {
+                    messages.retain_in((name, 0)..(name, keep_from), |_, _| false).map_err(|e| io(e.to_string()))?;
+                }
+                if let Some(age_max_ms) = self.retention.age_max_ms {
+                    let cutoff = now_ms.saturating_sub(age_max_ms);
+                    let mut expired = Vec::new();
+                    for entry in messages.range((name, keep_from)..(name, last.seq)).map_err(|e| io(e.to_string()))? {
+                        let (key, value) = entry.map_err(|e| io(e.to_string()))?;
+                        if accepted_at(value.value()).is_some_and(|at| at >= cutoff) {
+                            break;
+                        }
+                        expired.push(key.value().1);
+                    }
+                    for seq in expired {
+                        messages.remove((name, seq)).map_err(|e| io(e.to_string()))?;
+                    }
+                }
             }
         }
         txn.commit().map_err(|e| io(e.to_string()))

@@ -121,3 +121,30 @@ fn a_damaged_or_foreign_file_is_a_clear_error() {
     assert!(matches!(&error, StoreError::Foreign { found, .. } if found == "someone-elses-v9"), "{error}");
     assert!(error.to_string().contains("confab.redb"), "names the file: {error}");
 }
+
+#[test]
+fn age_retention_drops_only_expired_messages() {
+    use confab_actors::store::RoomAppend;
+    use confab_engine::{ChatMessage, Time};
+    let dir = TempDir::new("redb-age");
+    let store = RedbStore::open(&dir.0, Retention { len_max: 100, age_max_ms: Some(1_000) }).expect("open");
+    let lobby = room("lobby");
+    let message = |seq: u64, at: u64| {
+        Arc::new(ChatMessage {
+            room: lobby.clone(),
+            seq,
+            user: super::user("ann"),
+            client_msg_id: None,
+            body: Arc::from("x"),
+            accepted_at: Time::from_millis(at),
+        })
+    };
+    let first = RoomAppend { room: lobby.clone(), epoch: 1, messages: vec![message(1, 1_000), message(2, 1_500)] };
+    store.append(&[first], 1_600).expect("append");
+    assert_eq!(store.load_room(&lobby).expect("load").expect("stored").tail.len(), 2, "nothing expired yet");
+    let second = RoomAppend { room: lobby.clone(), epoch: 1, messages: vec![message(3, 2_200)] };
+    store.append(&[second], 2_200).expect("append");
+    let stored = store.load_room(&lobby).expect("load").expect("stored");
+    assert_eq!(stored.tail.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3], "seq 1 is older than 1 s");
+    assert_eq!(stored.last_seq, 3);
+}

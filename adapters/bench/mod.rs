@@ -1,0 +1,63 @@
+//! The load generator behind `confab bench`: real tonic clients over real connections, one
+//! scenario at a time, latencies in an HDR histogram. It measures a server; it never starts one.
+//!
+//! - [`scenarios`]: what each scenario does (unary, pingpong, fanout, upload, mix).
+//! - [`report`]: the numbers collected and how they print (a line for people, JSON for tools).
+//! - [`process`]: a server process's CPU time and peak memory from `/proc`.
+
+pub mod process;
+pub mod report;
+pub mod scenarios;
+
+use std::time::Duration;
+
+pub use report::Report;
+pub use scenarios::Scenario;
+
+/// What to run, against what.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// `http://host:port` of the server.
+    pub server: String,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// HTTP/2 connections the clients spread over.
+    pub connections: usize,
+    /// Concurrent callers or streams (per scenario: callers, streams, subscribers, clients).
+    pub concurrency: usize,
+    /// How long to measure, after the warm-up.
+    pub duration: Duration,
+    /// How long to run before measuring.
+    pub warmup: Duration,
+    /// Message body size in bytes.
+    pub body_bytes: usize,
+    /// Messages per upload call (`upload`).
+    pub upload_batch: usize,
+    /// Messages per second the publisher sends (`fanout`, `mix`; 0 = as fast as replies allow).
+    pub rate: u64,
+    /// Rooms (`mix`).
+    pub rooms: usize,
+    /// The server's process id, to report its CPU and peak memory.
+    pub server_pid: Option<u32>,
+}
+
+/// A benchmark failed to run (not: the server answered errors, which are counted).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// No connection to the server.
+    #[error("cannot connect to {server}: {reason}")]
+    Connect {
+        /// The address.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// The options do not make sense for the scenario.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// Runs the scenario and returns its report.
+pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
+    scenarios::run(options).await
+}
