@@ -8,22 +8,24 @@ use kameo::message::Message;
 
 use crate::answer::Answer;
 use crate::error::EngineError;
-use crate::registry::{Registry, Resolve};
+use crate::registry::{Registry, Resolve, RoomTable};
 use crate::room_actor::RoomActor;
 
 /// How often a request is retried against a freshly resolved room after finding the old one
 /// retired. One retry suffices unless rooms retire within milliseconds; three is generous.
 const RETIRED_RETRIES_MAX: usize = 3;
 
-/// A handle to the registry, cheap to clone.
+/// A handle to the registry and its room table, cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Directory {
     registry: ActorRef<Registry>,
+    /// Read first: a known, live room is reached without a registry round trip.
+    rooms: RoomTable,
 }
 
 impl Directory {
-    pub(crate) fn new(registry: ActorRef<Registry>) -> Self {
-        Self { registry }
+    pub(crate) fn new(registry: ActorRef<Registry>, rooms: RoomTable) -> Self {
+        Self { registry, rooms }
     }
 
     pub(crate) fn registry(&self) -> &ActorRef<Registry> {
@@ -36,6 +38,14 @@ impl Directory {
         room: &RoomName,
         create: bool,
     ) -> Result<Option<ActorRef<RoomActor>>, EngineError> {
+        if let Some(actor) = self.rooms.get(room) {
+            return Ok(Some(actor));
+        }
+        self.ask_registry(room, create).await
+    }
+
+    /// The room's actor as the registry sees it now (it also retires idle rooms lazily here).
+    async fn ask_registry(&self, room: &RoomName, create: bool) -> Result<Option<ActorRef<RoomActor>>, EngineError> {
         let answer =
             self.registry.ask(Resolve { room: room.clone(), create }).await.map_err(|_| EngineError::Stopped)?;
         Ok(answer.0?)
@@ -55,8 +65,12 @@ impl Directory {
         RoomActor: Message<M>,
         <RoomActor as Message<M>>::Reply: kameo::Reply<Ok = Answer<T, RoomError>, Error = kameo::error::Infallible>,
     {
-        for _ in 0..=RETIRED_RETRIES_MAX {
-            let Some(actor) = self.resolve(room, create).await? else { return Ok(None) };
+        for attempt in 0..=RETIRED_RETRIES_MAX {
+            // A retry asks the registry itself: the table may still hold the retired room for
+            // a moment, while the registry has already replaced or dropped it.
+            let actor =
+                if attempt == 0 { self.resolve(room, create).await? } else { self.ask_registry(room, create).await? };
+            let Some(actor) = actor else { return Ok(None) };
             match actor.ask(make()).await {
                 Ok(Answer(Err(RoomError::Retired))) => continue,
                 Ok(Answer(result)) => return Ok(Some((actor, result?))),

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::EngineError;
-use crate::registry::{ListRooms, Registry, StopRooms, Storage, SweepIdle};
+use crate::registry::{ListRooms, Registry, RoomTable, StopRooms, Storage, SweepIdle};
 use crate::room_actor::{History, Info, RoomActor, RoomInfo, SendMessage, Subscribe, Typing, Unsubscribe};
 use crate::session_actor::{Close, Disconnect, Frame, SessionActor};
 use crate::sink::Queued;
@@ -160,13 +160,21 @@ impl Engine {
             }
             None => None,
         };
+        let rooms = RoomTable::default();
         let registry = {
             let _context = runtime.enter();
             let clock = Clock::start(config.time_origin_ms);
-            let registry = Registry::new(Arc::clone(&limits), clock, config.epoch_base, config.injected_bug, storage);
+            let registry = Registry::new(
+                Arc::clone(&limits),
+                clock,
+                config.epoch_base,
+                config.injected_bug,
+                storage,
+                rooms.clone(),
+            );
             Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
         };
-        let inner = Inner { directory: Directory::new(registry), limits, runtime, _background: background };
+        let inner = Inner { directory: Directory::new(registry, rooms), limits, runtime, _background: background };
         Ok(Self { inner: Arc::new(inner) })
     }
 

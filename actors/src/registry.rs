@@ -3,7 +3,7 @@
 //! every quarter of the idle time), so no timer task is needed and virtual time stays in charge.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use confab_engine::{InjectedBug, Limits, Persistence, Room, RoomError, RoomName, Time};
 use kameo::Actor;
@@ -16,6 +16,52 @@ use crate::clock::Clock;
 use crate::room_actor::{Info, RetireIfIdle, RoomActor, RoomInfo};
 use crate::store::HistoryStore;
 use crate::store::writer::Writer;
+
+/// The registry's map of live rooms, shared read-only with every [`Directory`](crate::directory)
+/// so that a request to a known room skips the registry's mailbox. Only the registry writes it.
+#[derive(Clone, Default)]
+pub(crate) struct RoomTable(Arc<RwLock<BTreeMap<RoomName, ActorRef<RoomActor>>>>);
+
+impl RoomTable {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<RoomName, ActorRef<RoomActor>>> {
+        // Writers only insert or remove one entry, so a poisoned lock still holds a valid map.
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<RoomName, ActorRef<RoomActor>>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The room's actor, if it is live.
+    pub(crate) fn get(&self, name: &RoomName) -> Option<ActorRef<RoomActor>> {
+        self.read().get(name).filter(|actor| actor.is_alive()).cloned()
+    }
+
+    fn contains(&self, name: &RoomName) -> bool {
+        self.read().contains_key(name)
+    }
+
+    fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    fn insert(&self, name: RoomName, actor: ActorRef<RoomActor>) {
+        self.write().insert(name, actor);
+    }
+
+    fn remove(&self, name: &RoomName) {
+        self.write().remove(name);
+    }
+
+    /// Every room, in name order (a copy, so no lock is held across awaits).
+    fn snapshot(&self) -> Vec<(RoomName, ActorRef<RoomActor>)> {
+        self.read().iter().map(|(name, actor)| (name.clone(), actor.clone())).collect()
+    }
+
+    fn take(&self) -> BTreeMap<RoomName, ActorRef<RoomActor>> {
+        std::mem::take(&mut *self.write())
+    }
+}
 
 /// A durable engine's store, and the writer thread that appends to it.
 #[derive(Clone)]
@@ -30,7 +76,7 @@ pub(crate) const ROOM_MAILBOX_LEN: usize = 4_096;
 /// The room registry actor.
 #[derive(Actor)]
 pub(crate) struct Registry {
-    rooms: BTreeMap<RoomName, ActorRef<RoomActor>>,
+    rooms: RoomTable,
     limits: Arc<Limits>,
     clock: Clock,
     /// Epoch of the next room created: `epoch_base + rooms created so far`, so a recreated room
@@ -50,16 +96,9 @@ impl Registry {
         epoch_base: u64,
         injected_bug: Option<InjectedBug>,
         storage: Option<Storage>,
+        rooms: RoomTable,
     ) -> Self {
-        Self {
-            rooms: BTreeMap::new(),
-            limits,
-            clock,
-            next_epoch: epoch_base,
-            last_sweep: Time::from_millis(0),
-            injected_bug,
-            storage,
-        }
+        Self { rooms, limits, clock, next_epoch: epoch_base, last_sweep: Time::from_millis(0), injected_bug, storage }
     }
 
     /// A room's state machine: restored from the store if it was stored, else a new room if
@@ -94,11 +133,9 @@ impl Registry {
 
     async fn resolve(&mut self, name: RoomName, create: bool) -> Result<Option<ActorRef<RoomActor>>, RoomError> {
         if let Some(room) = self.rooms.get(&name) {
-            if room.is_alive() {
-                return Ok(Some(room.clone()));
-            }
-            self.rooms.remove(&name);
+            return Ok(Some(room));
         }
+        self.rooms.remove(&name);
         if self.rooms.len() >= self.limits.rooms_max && self.sweep().await == 0 {
             return Err(RoomError::TooManyRooms { rooms_max: self.limits.rooms_max });
         }
@@ -114,14 +151,12 @@ impl Registry {
     async fn sweep(&mut self) -> usize {
         self.last_sweep = self.clock.now();
         let mut retired = Vec::new();
-        for (name, room) in &self.rooms {
+        for (name, room) in self.rooms.snapshot() {
             // A room that already stopped counts as retired.
             if room.ask(RetireIfIdle).await.unwrap_or(true) {
-                retired.push(name.clone());
+                self.rooms.remove(&name);
+                retired.push(name);
             }
-        }
-        for name in &retired {
-            self.rooms.remove(name);
         }
         retired.len()
     }
@@ -161,13 +196,14 @@ impl Message<ListRooms> for Registry {
         let stored = self.storage.as_ref().map(|storage| storage.store.room_names());
         if let Some(Ok(names)) = stored {
             for name in names {
-                if !self.rooms.contains_key(&name) {
+                if !self.rooms.contains(&name) {
                     let _ = self.resolve(name, false).await;
                 }
             }
         }
-        let mut infos = Vec::with_capacity(self.rooms.len());
-        for room in self.rooms.values() {
+        let rooms = self.rooms.snapshot();
+        let mut infos = Vec::with_capacity(rooms.len());
+        for (_, room) in rooms {
             if let Ok(info) = room.ask(Info).await {
                 infos.push(info);
             }
@@ -194,7 +230,7 @@ impl Message<StopRooms> for Registry {
     type Reply = ();
 
     async fn handle(&mut self, _: StopRooms, _: &mut Context<Self, Self::Reply>) {
-        for (_, room) in std::mem::take(&mut self.rooms) {
+        for (_, room) in self.rooms.take() {
             room.kill();
             room.wait_for_shutdown().await;
         }

@@ -64,9 +64,10 @@ impl Report {
         if let Some((before, after)) = self.server {
             let cpu = (after.cpu_seconds - before.cpu_seconds) / self.elapsed.as_secs_f64().max(f64::EPSILON);
             line.push_str(&format!(
-                "\nserver: cpu {:.0}% of a core, rss {} KiB, peak rss {} KiB",
+                "\nserver: cpu {:.0}% of a core, rss {} KiB (was {} KiB before the run), peak rss {} KiB",
                 cpu * 100.0,
                 after.rss_kib,
+                before.rss_kib,
                 after.peak_rss_kib
             ));
         }
@@ -77,8 +78,9 @@ impl Report {
     pub fn json(&self) -> String {
         let server = match self.server {
             Some((before, after)) => format!(
-                r#","server_cpu_seconds":{:.3},"server_rss_kib":{},"server_peak_rss_kib":{}"#,
+                r#","server_cpu_seconds":{:.3},"server_rss_before_kib":{},"server_rss_kib":{},"server_peak_rss_kib":{}"#,
                 after.cpu_seconds - before.cpu_seconds,
+                before.rss_kib,
                 after.rss_kib,
                 after.peak_rss_kib
             ),

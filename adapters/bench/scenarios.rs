@@ -36,17 +36,21 @@ pub enum Scenario {
     Upload,
     /// `Session` clients spread over rooms, each sending at its share of the rate.
     Mix,
+    /// `concurrency` idle `Subscribe` streams held open: with `--server-pid`, the server's
+    /// memory per idle stream.
+    Idle,
 }
 
 impl Scenario {
     /// Every scenario, with its command-line name.
-    pub const ALL: [(&'static str, Scenario); 6] = [
+    pub const ALL: [(&'static str, Scenario); 7] = [
         ("unary-send", Scenario::UnarySend),
         ("unary-hello", Scenario::UnaryHello),
         ("pingpong", Scenario::Pingpong),
         ("fanout", Scenario::Fanout),
         ("upload", Scenario::Upload),
         ("mix", Scenario::Mix),
+        ("idle", Scenario::Idle),
     ];
 
     /// The command-line name.
@@ -164,6 +168,7 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
         }
         Scenario::Fanout => ("delivery", fanout(options, &channels, window).await?),
         Scenario::Mix => ("delivery", mix(options, &channels, window).await),
+        Scenario::Idle => ("stream", idle(options, &channels, window).await),
     };
     let server = options.server_pid.and_then(|pid| Some((before?, process::sample(pid)?)));
     Ok(Report {
@@ -242,7 +247,7 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
                 }
             }
         }
-        Scenario::Fanout | Scenario::Mix => unreachable!("not a closed-loop scenario"),
+        Scenario::Fanout | Scenario::Mix | Scenario::Idle => unreachable!("not a closed-loop scenario"),
     }
     tally
 }
@@ -360,6 +365,34 @@ async fn fanout(options: &BenchOptions, channels: &[Channel], window: Window) ->
     };
     subscribers.push(publisher);
     Ok(join(subscribers).await)
+}
+
+/// Opens `concurrency` Subscribe streams over the connections (rooms of 1,000 streams each),
+/// then holds them until the window ends. Each stream that stays open counts once; its
+/// "latency" is how long opening it took.
+async fn idle(options: &BenchOptions, channels: &[Channel], window: Window) -> Tally {
+    /// Streams per room, so a large run does not hit the per-room subscriber limit.
+    const STREAMS_PER_ROOM: usize = 1_000;
+    let mut tally = Tally::new();
+    let mut streams = Vec::with_capacity(options.concurrency);
+    for stream in 0..options.concurrency {
+        let mut client = ChatClient::new(channels[stream % channels.len()].clone());
+        let room = format!("bench-idle-{}", stream / STREAMS_PER_ROOM);
+        let started = Instant::now();
+        let request = SubscribeRequest { room, after_seq: None, user: String::new() };
+        match client.subscribe(request).await {
+            Ok(response) => {
+                let mut events = response.into_inner();
+                let _ = events.message().await;
+                tally.latency_us.saturating_record(started.elapsed().as_micros().max(1) as u64);
+                streams.push(events);
+            }
+            Err(_) => tally.errors += 1,
+        }
+    }
+    tokio::time::sleep_until(window.end).await;
+    tally.operations = streams.len() as u64;
+    tally
 }
 
 /// `concurrency` Session clients in `rooms` rooms, sending stamped messages at `rate` in all.

@@ -26,7 +26,7 @@ async fn every_scenario_measures_real_operations() {
         let report = bounded(run(&options)).await.unwrap_or_else(|error| panic!("{name}: {error}"));
         assert!(report.operations > 0, "{name}: measured nothing: {}", report.human());
         assert_eq!(report.errors, 0, "{name}: {}", report.human());
-        assert!(report.latency_us.len() == report.operations, "{name}: one latency per operation");
+        assert_eq!(report.latency_us.len(), report.operations, "{name}: one latency per operation");
         assert!(report.server.is_some(), "{name}: reads /proc for --server-pid");
         assert!(report.json().contains(&format!("\"scenario\":\"{name}\"")));
     }
