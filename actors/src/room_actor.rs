@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use confab_engine::{Draft, HistoryPage, Room, RoomError, RoomName, Sent, Seq, SubscriberId, Subscription, UserName};
+use confab_engine::{
+    Delivery, Draft, HistoryPage, Room, RoomError, RoomName, Sent, Seq, SubscriberId, Subscription, UserName,
+};
 use kameo::Actor;
 use kameo::actor::ActorRef;
 use kameo::message::{Context, Message};
@@ -43,7 +45,15 @@ pub(crate) struct RoomActor {
     writer: Option<Writer>,
     /// Senders waiting for their message to become durable before they get an answer.
     waiters: VecDeque<Waiter>,
+    /// A subscriber's queue was full since the last lag-marker retry.
+    lagged: bool,
+    /// A [`RetryLagMarkers`] is on its way.
+    retry_scheduled: bool,
 }
+
+/// How long after a full queue the room retries a lone lag marker for that subscriber: it
+/// bounds how late a subscriber that drained its queue learns of a gap no message followed.
+pub(crate) const LAG_MARKER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A reply held back until the message it acknowledges is durable.
 enum Waiter {
@@ -70,7 +80,15 @@ impl Waiter {
 
 impl RoomActor {
     pub(crate) fn new(room: Room, clock: Clock, writer: Option<Writer>) -> Self {
-        Self { room, sinks: BTreeMap::new(), clock, writer, waiters: VecDeque::new() }
+        Self {
+            room,
+            sinks: BTreeMap::new(),
+            clock,
+            writer,
+            waiters: VecDeque::new(),
+            lagged: false,
+            retry_scheduled: false,
+        }
     }
 
     /// Hands newly sequenced messages to the writer (durable rooms only).
@@ -116,15 +134,38 @@ impl RoomActor {
     }
 
     /// Executes every planned delivery. Full sinks become lag, closed ones are unsubscribed.
-    fn flush(&mut self) {
+    fn flush(&mut self, me: &ActorRef<Self>) {
         while let Some(delivery) = self.room.poll_delivery() {
-            let outcome = self.sinks.get(&delivery.to).map(|sink| sink.try_deliver(&delivery));
-            match outcome {
-                Some(Ok(())) => {}
-                Some(Err(SinkError::Full)) => self.room.handle_delivery_full(&delivery),
-                Some(Err(SinkError::Closed)) | None => self.drop_subscriber(delivery.to),
-            }
+            self.deliver(&delivery);
         }
+        self.schedule_lag_markers(me);
+    }
+
+    fn deliver(&mut self, delivery: &Delivery) {
+        let outcome = self.sinks.get(&delivery.to).map(|sink| sink.try_deliver(delivery));
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(SinkError::Full)) => {
+                self.room.handle_delivery_full(delivery);
+                self.lagged = true;
+            }
+            Some(Err(SinkError::Closed)) | None => self.drop_subscriber(delivery.to),
+        }
+    }
+
+    /// After a full queue, comes back later with lone lag markers (G2 at the tail).
+    fn schedule_lag_markers(&mut self, me: &ActorRef<Self>) {
+        if !self.lagged || self.retry_scheduled {
+            return;
+        }
+        self.retry_scheduled = true;
+        let me = me.downgrade();
+        tokio::spawn(async move {
+            tokio::time::sleep(LAG_MARKER_RETRY).await;
+            if let Some(me) = me.upgrade() {
+                let _ = me.tell(RetryLagMarkers).await;
+            }
+        });
     }
 
     fn drop_subscriber(&mut self, id: SubscriberId) {
@@ -153,7 +194,7 @@ impl Message<SendMessage> for RoomActor {
     async fn handle(&mut self, SendMessage(draft): SendMessage, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let result = self.room.handle_send(draft, self.clock.now());
         self.persist(ctx.actor_ref());
-        self.flush();
+        self.flush(ctx.actor_ref());
         match result {
             Ok(sent) => self.answer_when_durable(sent.seq, ctx, |reply| Waiter::Send { sent, reply }, Answer(Ok(sent))),
             Err(error) => ctx.reply(Answer(Err(error))),
@@ -170,7 +211,7 @@ impl Message<SendBatch> for RoomActor {
     async fn handle(&mut self, SendBatch(drafts): SendBatch, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let result = self.room.handle_send_batch(drafts, self.clock.now());
         self.persist(ctx.actor_ref());
-        self.flush();
+        self.flush(ctx.actor_ref());
         match result {
             Ok(Some(run)) => {
                 self.answer_when_durable(run.1, ctx, |reply| Waiter::Batch { run, reply }, Answer(Ok(Some(run))))
@@ -186,7 +227,7 @@ pub(crate) struct Persisted(pub(crate) Result<Seq, StoreError>);
 impl Message<Persisted> for RoomActor {
     type Reply = ();
 
-    async fn handle(&mut self, Persisted(outcome): Persisted, _: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, Persisted(outcome): Persisted, ctx: &mut Context<Self, Self::Reply>) {
         match outcome {
             Ok(upto) => {
                 self.room.handle_durable(upto);
@@ -196,7 +237,7 @@ impl Message<Persisted> for RoomActor {
                 for waiter in ready {
                     waiter.answer(Ok(()));
                 }
-                self.flush();
+                self.flush(ctx.actor_ref());
             }
             Err(error) => self.persist_failed(&error),
         }
@@ -213,26 +254,26 @@ pub(crate) struct Subscribe {
 impl Message<Subscribe> for RoomActor {
     type Reply = Answer<Subscription, RoomError>;
 
-    async fn handle(&mut self, subscribe: Subscribe, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+    async fn handle(&mut self, subscribe: Subscribe, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
         // Closed sinks would hold places in a room near its subscriber bound.
-        self.prune_closed();
+        self.prune_closed(ctx.actor_ref());
         let result = self.room.handle_subscribe(subscribe.user, subscribe.after_seq, self.clock.now());
         if let Ok(subscription) = &result {
             self.sinks.insert(subscription.id, subscribe.sink);
         }
-        self.flush();
+        self.flush(ctx.actor_ref());
         Answer(result)
     }
 }
 
 impl RoomActor {
-    fn prune_closed(&mut self) {
+    fn prune_closed(&mut self, me: &ActorRef<Self>) {
         let closed: Vec<SubscriberId> =
             self.sinks.iter().filter(|(_, sink)| sink.is_closed()).map(|(&id, _)| id).collect();
         for id in closed {
             self.drop_subscriber(id);
         }
-        self.flush();
+        self.flush(me);
     }
 }
 
@@ -242,9 +283,9 @@ pub(crate) struct Unsubscribe(pub(crate) SubscriberId);
 impl Message<Unsubscribe> for RoomActor {
     type Reply = ();
 
-    async fn handle(&mut self, Unsubscribe(id): Unsubscribe, _: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, Unsubscribe(id): Unsubscribe, ctx: &mut Context<Self, Self::Reply>) {
         self.drop_subscriber(id);
-        self.flush();
+        self.flush(ctx.actor_ref());
     }
 }
 
@@ -254,9 +295,9 @@ pub(crate) struct Typing(pub(crate) UserName);
 impl Message<Typing> for RoomActor {
     type Reply = Answer<(), RoomError>;
 
-    async fn handle(&mut self, Typing(user): Typing, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+    async fn handle(&mut self, Typing(user): Typing, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let result = self.room.handle_typing(user, self.clock.now());
-        self.flush();
+        self.flush(ctx.actor_ref());
         Answer(result)
     }
 }
@@ -281,8 +322,8 @@ pub(crate) struct Info;
 impl Message<Info> for RoomActor {
     type Reply = RoomInfo;
 
-    async fn handle(&mut self, _: Info, _: &mut Context<Self, Self::Reply>) -> RoomInfo {
-        self.prune_closed();
+    async fn handle(&mut self, _: Info, ctx: &mut Context<Self, Self::Reply>) -> RoomInfo {
+        self.prune_closed(ctx.actor_ref());
         self.info()
     }
 }
@@ -294,7 +335,7 @@ impl Message<RetireIfIdle> for RoomActor {
     type Reply = bool;
 
     async fn handle(&mut self, _: RetireIfIdle, ctx: &mut Context<Self, Self::Reply>) -> bool {
-        self.prune_closed();
+        self.prune_closed(ctx.actor_ref());
         if !self.waiters.is_empty() {
             // Writes in flight: their senders are still owed an answer.
             return false;
@@ -304,5 +345,21 @@ impl Message<RetireIfIdle> for RoomActor {
             ctx.stop();
         }
         retired
+    }
+}
+
+/// Deliver lone lag markers to lagging subscribers whose queues may have drained.
+pub(crate) struct RetryLagMarkers;
+
+impl Message<RetryLagMarkers> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _: RetryLagMarkers, ctx: &mut Context<Self, Self::Reply>) {
+        self.retry_scheduled = false;
+        self.lagged = false;
+        for marker in self.room.take_lag_markers() {
+            self.deliver(&marker);
+        }
+        self.schedule_lag_markers(ctx.actor_ref());
     }
 }

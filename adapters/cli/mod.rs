@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod serve;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,9 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Load a running server with one scenario and report rate, latency and errors.
     Bench(bench::BenchArgs),
+    /// Simulate thousands of clients against the real engine in virtual time and check the
+    /// ordering guarantees (G1-G8); deterministic for a given --seed.
+    Sim(sim::SimArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -34,6 +38,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -367,10 +367,14 @@ impl Room {
     /// The subscriber now lags from the first sequence number that delivery carried (G2); an
     /// ephemeral event is simply dropped.
     pub fn handle_delivery_full(&mut self, delivery: &Delivery) {
-        let first_undelivered = match (delivery.lag, delivery.event.seq()) {
+        let first_undelivered = match (delivery.lag, &delivery.event) {
             (Some(lag), _) => lag.missed_from,
-            (None, Some(seq)) => seq,
-            (None, None) => return,
+            // A lone lag marker (see `take_lag_markers`) that did not fit either.
+            (None, RoomEvent::Lagged { lag, .. }) => lag.missed_from,
+            (None, event) => match event.seq() {
+                Some(seq) => seq,
+                None => return,
+            },
         };
         if let Some(subscriber) = self.subscribers.get_mut(&delivery.to) {
             // A repeated report must not move the start of the lag forward (that would hide
@@ -421,6 +425,27 @@ impl Room {
             }
             return Some(Delivery { to, lag, event: pending.event.clone() });
         }
+    }
+
+    /// Lone lag markers for every lagging subscriber, once every pending event is fanned out.
+    /// Without them a subscriber that overflowed after the room's last message would learn of
+    /// its gap only when another message comes, perhaps never: a silent hole at the tail (G2).
+    /// The shell calls this some time after a queue was full (when it may have drained) and
+    /// reports a marker that still does not fit with [`Room::handle_delivery_full`].
+    pub fn take_lag_markers(&mut self) -> Vec<Delivery> {
+        if !self.pending.is_empty() {
+            return Vec::new();
+        }
+        let (room, last) = (&self.name, self.durable_seq);
+        self.subscribers
+            .iter_mut()
+            .filter_map(|(&to, subscriber)| {
+                let missed_from = subscriber.lagging_from.filter(|&from| from <= last)?;
+                subscriber.lagging_from = None;
+                let lag = Lag { missed_from, missed_to: last };
+                Some(Delivery { to, lag: None, event: RoomEvent::Lagged { room: room.clone(), lag } })
+            })
+            .collect()
     }
 
     /// A page of history after `after_seq`, at most `limit` messages (0 or more than the page

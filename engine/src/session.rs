@@ -286,9 +286,17 @@ impl Session {
             self.commands
                 .push_back(SessionCommand::Emit(ServerFrame::Event(RoomEvent::Lagged { room: room.clone(), lag })));
         }
-        if let RoomEvent::Message(message) = &event {
-            assert_eq!(message.seq, joined.delivered + 1, "room deliveries must be contiguous (G2)");
-            joined.delivered = message.seq;
+        match &event {
+            RoomEvent::Message(message) => {
+                assert_eq!(message.seq, joined.delivered + 1, "room deliveries must be contiguous (G2)");
+                joined.delivered = message.seq;
+            }
+            // A lone lag marker: the room had no message to attach it to.
+            RoomEvent::Lagged { lag, .. } => {
+                assert_eq!(lag.missed_from, joined.delivered + 1, "a lag must start right after the last delivery");
+                joined.delivered = lag.missed_to;
+            }
+            _ => {}
         }
         if joined.echo_pending.is_some_and(|seq| seq <= joined.delivered) {
             joined.echo_pending = None;

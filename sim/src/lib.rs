@@ -1,1 +1,103 @@
-//! placeholder
+//! confab-sim: a deterministic simulator of the confab engine.
+//!
+//! [`run`] starts the real engine (the kameo actors, through the same [`confab_actors::Engine`]
+//! handle the transports use) on a single-threaded tokio runtime whose clock is paused, so time
+//! is virtual: it jumps to the next timer whenever every task waits. Seeded clients ([`driver`])
+//! send, subscribe, upload and misbehave (slow readers, disconnects with resume, retries,
+//! aborted uploads, room churn); the [`checker`] verifies G1–G7 online from what they observe
+//! and hashes every observation into a trace (G8). Same seed and options, same trace hash.
+//!
+//! ```
+//! use confab_sim::{SimOptions, run};
+//!
+//! let options = SimOptions { clients: 50, rooms: 3, ..SimOptions::with_seed(7) };
+//! let report = run(&options, None).expect("valid options");
+//! assert_eq!(report.violation_count, 0);
+//! assert_eq!(report.trace_hash, run(&options, None).expect("valid options").trace_hash);
+//! ```
+
+pub mod checker;
+mod driver;
+pub mod options;
+pub mod report;
+mod trace;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_actors::{Engine, EngineConfig};
+use confab_engine::RoomName;
+
+pub use checker::{Checker, Counts, SubId, Violation};
+pub use options::{DRAIN, FaultMix, OptionsError, SimOptions};
+pub use report::Report;
+
+/// Called with the virtual time elapsed, about a hundred times per run.
+pub type Progress = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// Why a run could not happen (a violation is not an error: it is in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// An option is out of range.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// The runtime or the engine did not start.
+    #[error("could not start the simulation: {0}")]
+    Start(String),
+}
+
+/// Runs one simulation to the end and reports what the checker found.
+pub fn run(options: &SimOptions, progress: Option<Progress>) -> Result<Report, SimError> {
+    options.validate()?;
+    let wall = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|error| SimError::Start(error.to_string()))?;
+    let checker = runtime.block_on(simulate(options, progress))?;
+    drop(runtime);
+    Ok(Report::new(options, &checker, wall.elapsed()))
+}
+
+/// Room names: `room-000`, `room-001`, … (as wide as the count needs, so they sort in order).
+fn room_names(rooms: u32) -> Vec<RoomName> {
+    let width = rooms.saturating_sub(1).to_string().len().max(3);
+    (0..rooms).map(|room| RoomName::new(&format!("room-{room:0width$}")).expect("a valid room name")).collect()
+}
+
+async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<Checker, SimError> {
+    let config =
+        EngineConfig { limits: options.limits(), injected_bug: options.injected_bug, ..EngineConfig::default() };
+    let engine = Engine::start(config).map_err(|error| SimError::Start(error.to_string()))?;
+    let rooms = room_names(options.rooms);
+    let span_ms = u64::try_from((options.duration + DRAIN).as_millis()).unwrap_or(u64::MAX);
+    let checker = Checker::new(rooms.clone(), span_ms);
+    let world = Arc::new(driver::World::new(engine.clone(), options.clone(), rooms, checker));
+    if let Some(progress) = progress {
+        let (start, end) = (world.start, world.end);
+        tokio::spawn(async move {
+            let step = (end - start) / 100;
+            let mut at = start;
+            while at < end {
+                at += step;
+                tokio::time::sleep_until(at).await;
+                progress(at - start);
+            }
+        });
+    }
+    let clients: Vec<_> =
+        (0..options.clients).map(|number| tokio::spawn(driver::run_client(world.clone(), number))).collect();
+    for client in clients {
+        // A client that panicked is a bug in the driver or the engine: let it surface.
+        if let Err(error) = client.await {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+    let now = world.now_ms();
+    world.checker().finish(now);
+    let _ = engine.shutdown().await;
+    drop(engine);
+    let world = Arc::into_inner(world).expect("every client task has ended");
+    Ok(world.checker.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}

@@ -7,6 +7,7 @@ mod confab_api;
 mod crash;
 mod lifecycle;
 mod seed_api;
+mod sim_cli;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -87,6 +87,34 @@ fn a_failed_lag_marker_extends_the_lag() {
 }
 
 #[test]
+fn a_lag_with_no_message_after_it_is_declared_by_a_lone_marker() {
+    // Found by the simulator (seed 1): a subscriber that overflowed on the room's last
+    // message must still be told, or its gap stays silent until someone speaks again.
+    let mut room = small_room(100);
+    let slow = room.handle_subscribe(None, None, at(0)).expect("subscribed");
+    room.handle_send_batch((0..3).map(|i| draft("u", "", &i.to_string())).collect(), at(1)).expect("batch");
+    while let Some(delivery) = room.poll_delivery() {
+        if delivery.event.seq() != Some(1) {
+            room.handle_delivery_full(&delivery);
+        }
+    }
+    let markers = room.take_lag_markers();
+    let lag = Lag { missed_from: 2, missed_to: 3 };
+    assert_eq!(
+        markers,
+        vec![Delivery { to: slow.id, lag: None, event: RoomEvent::Lagged { room: room_name("general"), lag } }]
+    );
+    assert!(!room.is_lagging(slow.id));
+    // The queue is still full: the marker is reported back and the lag stays, then grows.
+    room.handle_delivery_full(&markers[0]);
+    assert!(room.is_lagging(slow.id));
+    room.handle_send(draft("u", "", "4"), at(2)).expect("accepted");
+    let next = room.poll_delivery().expect("delivery");
+    assert_eq!((next.lag, next.event.seq()), (Some(Lag { missed_from: 2, missed_to: 3 }), Some(4)));
+    assert!(room.take_lag_markers().is_empty(), "nobody lags any more");
+}
+
+#[test]
 fn retried_send_returns_the_original_seq_within_the_window() {
     let mut room = small_room(100);
     let first = room.handle_send(draft("ann", "m1", "hello"), at(1)).expect("accepted");
