@@ -54,6 +54,7 @@ run() {
         out=$("$GO_CLIENT" -load -rpc=unary -conns=1 -streams=64 -duration="$DURATION" -addr=127.0.0.1:$port -server-pid=$pid || true)
         out=$(head -1 <<<"$out")
         rate=$(sed -n 's/.*msgs\/s=\([0-9.]*\).*/\1/p' <<<"$out")
+        p50=$(sed -n 's/.* p50=\([0-9.]*\)us.*/\1/p' <<<"$out" | awk '{printf "%.3f", $1/1000}')
         p99=$(sed -n 's/.* p99=\([0-9.]*\)us.*/\1/p' <<<"$out" | awk '{printf "%.3f", $1/1000}')
         errors=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$out")
         ;;
@@ -61,6 +62,7 @@ run() {
         out=$("$CONFAB" bench --scenario pingpong --concurrency "${scenario#pingpong-}" --connections 1 \
           --duration "$DURATION" --server http://127.0.0.1:$port --server-pid $pid --json || true)
         rate=$(sed -n 's/.*"rate":\([0-9.]*\).*/\1/p' <<<"$out")
+        p50=$(sed -n 's/.*"p50_ms":\([0-9.]*\).*/\1/p' <<<"$out")
         p99=$(sed -n 's/.*"p99_ms":\([0-9.]*\).*/\1/p' <<<"$out")
         errors=$(sed -n 's/.*"errors":\([0-9]*\).*/\1/p' <<<"$out")
         ;;
@@ -68,36 +70,40 @@ run() {
     read -r s1 t1 < <(steal_ticks)
     steal=$(( (s1 - s0) * 100 / ( (t1 - t0) > 0 ? (t1 - t0) : 1 ) ))
     if [ "$steal" -le "$STEAL_MAX" ]; then
-      echo "$rate $p99 $errors $steal"
+      echo "$rate $p50 $p99 $errors $steal"
       return
     fi
     echo "  (steal ${steal}% on $scenario/$server: rerun)" >&2
   done
-  echo "$rate $p99 $errors $steal"
+  echo "$rate $p50 $p99 $errors $steal"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-declare -A rates p99s
+declare -A rates p50s p99s
 for scenario in unary pingpong-1 pingpong-64; do
   for round in $(seq 1 "$ROUNDS"); do
     for server in go confab; do
-      read -r rate p99 errors steal < <(run "$scenario" "$server")
-      printf '%-12s round %d %-7s %10.0f /s  p99 %7.3f ms  errors %s  steal %s%%\n' \
-        "$scenario" "$round" "$server" "$rate" "$p99" "$errors" "$steal"
+      read -r rate p50 p99 errors steal < <(run "$scenario" "$server")
+      printf '%-12s round %d %-7s %10.0f /s  p50 %7.3f ms  p99 %7.3f ms  errors %s  steal %s%%\n' \
+        "$scenario" "$round" "$server" "$rate" "$p50" "$p99" "$errors" "$steal"
       rates[$scenario.$server]+="$rate "
+      p50s[$scenario.$server]+="$p50 "
       p99s[$scenario.$server]+="$p99 "
     done
   done
 done
 
 echo
-printf '| scenario | grpc-go /s | confab /s | confab/go | grpc-go p99 ms | confab p99 ms |\n|---|---|---|---|---|---|\n'
+printf '| scenario | grpc-go /s | confab /s | confab/go | grpc-go p50 ms | confab p50 ms | grpc-go p99 ms | confab p99 ms |\n|---|---|---|---|---|---|---|---|\n'
 for scenario in unary pingpong-1 pingpong-64; do
   go_rate=$(tr ' ' '\n' <<<"${rates[$scenario.go]}" | grep . | median)
   confab_rate=$(tr ' ' '\n' <<<"${rates[$scenario.confab]}" | grep . | median)
+  go_p50=$(tr ' ' '\n' <<<"${p50s[$scenario.go]}" | grep . | median)
+  confab_p50=$(tr ' ' '\n' <<<"${p50s[$scenario.confab]}" | grep . | median)
   go_p99=$(tr ' ' '\n' <<<"${p99s[$scenario.go]}" | grep . | median)
   confab_p99=$(tr ' ' '\n' <<<"${p99s[$scenario.confab]}" | grep . | median)
   ratio=$(awk -v a="$confab_rate" -v b="$go_rate" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')
-  printf '| %s | %.0f | %.0f | %s | %.3f | %.3f |\n' "$scenario" "$go_rate" "$confab_rate" "$ratio" "$go_p99" "$confab_p99"
+  printf '| %s | %.0f | %.0f | %s | %.3f | %.3f | %.3f | %.3f |\n' "$scenario" "$go_rate" "$confab_rate" "$ratio" \
+    "$go_p50" "$confab_p50" "$go_p99" "$confab_p99"
 done

@@ -14,7 +14,7 @@ pub const LATENCY_US_MAX: u64 = 60_000_000;
 pub struct Report {
     /// The scenario's name.
     pub scenario: String,
-    /// What one counted operation is (call, round trip, delivery, message).
+    /// What is counted, plural (calls, round trips, deliveries, messages).
     pub unit: &'static str,
     /// Operations completed in the measured window.
     pub operations: u64,
@@ -48,7 +48,7 @@ impl Report {
     /// One line for people.
     pub fn human(&self) -> String {
         let mut line = format!(
-            "{}: {:.0} {}s/s ({} in {:.1}s), latency p50 {:.3} ms p99 {:.3} ms p999 {:.3} ms max {:.3} ms, errors {}, lag events {}",
+            "{}: {:.0} {}/s ({} in {:.1}s), latency p50 {:.3} ms p99 {:.3} ms p999 {:.3} ms max {:.3} ms, errors {}, lag events {}",
             self.scenario,
             self.rate(),
             self.unit,

@@ -160,15 +160,15 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             });
             let tally = join(workers.collect()).await;
             let unit = match options.scenario {
-                Scenario::Pingpong => "round trip",
-                Scenario::Upload => "message",
-                _ => "call",
+                Scenario::Pingpong => "round trips",
+                Scenario::Upload => "messages",
+                _ => "calls",
             };
             (unit, tally)
         }
-        Scenario::Fanout => ("delivery", fanout(options, &channels, window).await?),
-        Scenario::Mix => ("delivery", mix(options, &channels, window).await),
-        Scenario::Idle => ("stream", idle(options, &channels, window).await),
+        Scenario::Fanout => ("deliveries", fanout(options, &channels, window).await?),
+        Scenario::Mix => ("deliveries", mix(options, &channels, window).await),
+        Scenario::Idle => ("streams", idle(options, &channels, window).await),
     };
     let server = options.server_pid.and_then(|pid| Some((before?, process::sample(pid)?)));
     Ok(Report {
