@@ -2,10 +2,10 @@
 //!
 //! [`run`] starts the real engine (the kameo actors, through the same [`confab_actors::Engine`]
 //! handle the transports use) on a single-threaded tokio runtime whose clock is paused, so time
-//! is virtual: it jumps to the next timer whenever every task waits. Seeded clients ([`driver`])
-//! send, subscribe, upload and misbehave (slow readers, disconnects with resume, retries,
-//! aborted uploads, room churn); the [`checker`] verifies G1–G7 online from what they observe
-//! and hashes every observation into a trace (G8). Same seed and options, same trace hash.
+//! is virtual: it jumps to the next timer whenever every task waits. Seeded clients (the
+//! private `driver` module) send, subscribe, upload and misbehave (slow readers, disconnects
+//! with resume, retries, aborted uploads, room churn); the [`checker`] verifies G1–G7 online
+//! from what they observe and hashes every observation into a trace (G8). Same seed and options, same trace hash.
 //!
 //! ```
 //! use confab_sim::{SimOptions, run};
