@@ -26,7 +26,7 @@ use crate::error::EngineError;
 use crate::registry::{ListRooms, Registry, RoomTable, StopRooms, Storage, SweepIdle};
 use crate::room_actor::{History, Info, RoomActor, RoomInfo, SendMessage, Subscribe, Typing, Unsubscribe};
 use crate::session_actor::{Close, Disconnect, Frame, SessionActor};
-use crate::sink::Queued;
+use crate::sink::{Queued, StallNotice, Stalled, StreamSink};
 use crate::store::HistoryStore;
 use crate::store::writer::Writer;
 use crate::upload_actor::{Chunk, Commit, UploadActor};
@@ -213,7 +213,12 @@ impl Engine {
         after_seq: Option<Seq>,
     ) -> Result<RoomEvents, EngineError> {
         let (sender, receiver) = mpsc::channel::<Queued>(self.inner.limits.subscriber_queue_len_max.max(1));
-        let make = || Subscribe { user: user.clone(), after_seq, sink: Box::new(sender.clone()) };
+        let stall_notice = StallNotice::default();
+        let make = || Subscribe {
+            user: user.clone(),
+            after_seq,
+            sink: Box::new(StreamSink { queue: sender.clone(), stall_notice: stall_notice.clone() }),
+        };
         let (actor, subscription) = self.existing(self.inner.directory.request(room, true, make).await?)?;
         let mut head = VecDeque::with_capacity(subscription.backlog.len() + 1);
         head.push_back(RoomEvent::Subscribed {
@@ -223,7 +228,7 @@ impl Engine {
             first_seq: subscription.first_seq,
         });
         head.extend(subscription.backlog.into_iter().map(RoomEvent::Message));
-        Ok(RoomEvents { head, receiver, room: Some((actor, subscription.id)) })
+        Ok(RoomEvents { head, receiver, room: Some((actor, subscription.id)), stall_notice, stall_told: false })
     }
 
     /// Tells `room`'s subscribers that `user` is typing.
@@ -248,15 +253,16 @@ impl Engine {
     /// [`SessionSender`], read [`ServerFrame`]s from [`SessionEvents`].
     pub fn open_session(&self, user: UserName) -> (SessionSender, SessionEvents) {
         let (outbound, frames) = mpsc::channel(self.inner.limits.session_outbound_len_max.max(1));
+        let stall_notice = StallNotice::default();
         let session = Session::new(user, self.inner.limits.session_rooms_max);
         let actor = {
             let _context = self.inner.runtime.enter();
-            let actor = SessionActor::new(session, self.inner.directory.clone(), outbound);
+            let actor = SessionActor::new(session, self.inner.directory.clone(), outbound, stall_notice.clone());
             // Room deliveries wait in this mailbox; its bound is the session's lag threshold.
             let mailbox = mailbox::bounded(self.inner.limits.subscriber_queue_len_max.max(1));
             SessionActor::spawn_with_mailbox(actor, mailbox)
         };
-        (SessionSender { actor, closed: false }, SessionEvents { frames })
+        (SessionSender { actor, closed: false }, SessionEvents { frames, stall_notice })
     }
 
     /// Every room, in name order.
@@ -295,6 +301,20 @@ pub struct RoomEvents {
     head: VecDeque<RoomEvent>,
     receiver: mpsc::Receiver<Queued>,
     room: Option<(ActorRef<RoomActor>, SubscriberId)>,
+    /// Set by the room if it closed this subscription for stalling.
+    stall_notice: StallNotice,
+    /// The final lag marker of a stalled subscription was given.
+    stall_told: bool,
+}
+
+impl RoomEvents {
+    /// Why the room closed this subscription, if it did: the reader took nothing for
+    /// [`Limits::subscriber_stall_ms`] while lagging. Once the stream has ended (after a
+    /// final [`RoomEvent::Lagged`] for what it missed), this tells a transport which status to
+    /// give; `None` means the engine stopped.
+    pub fn stalled(&self) -> Option<&Stalled> {
+        self.stall_notice.get()
+    }
 }
 
 impl Stream for RoomEvents {
@@ -311,7 +331,18 @@ impl Stream for RoomEvents {
                 Poll::Ready(Some(RoomEvent::Lagged { room, lag }))
             }
             Poll::Ready(Some((None, event))) => Poll::Ready(Some(event)),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                // What was queued came first; what the room sequenced after is the final gap
+                // (G2: the stream never ends on a silent hole).
+                let stalled = self.stall_notice.get().cloned();
+                match stalled {
+                    Some(stalled) if !self.stall_told => {
+                        self.stall_told = true;
+                        Poll::Ready(Some(RoomEvent::Lagged { room: stalled.room, lag: stalled.lag }))
+                    }
+                    _ => Poll::Ready(None),
+                }
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -396,6 +427,17 @@ impl Drop for SessionSender {
 /// The server side of a session: frames out, in order. Ends when the session finishes.
 pub struct SessionEvents {
     frames: mpsc::Receiver<ServerFrame>,
+    /// Set by a room that closed this session for stalling.
+    stall_notice: StallNotice,
+}
+
+impl SessionEvents {
+    /// Why the session was closed, if a room closed it: the client read nothing for
+    /// [`Limits::subscriber_stall_ms`] while lagging. Once the stream has ended, this tells a
+    /// transport which status to give.
+    pub fn stalled(&self) -> Option<&Stalled> {
+        self.stall_notice.get()
+    }
 }
 
 impl Stream for SessionEvents {

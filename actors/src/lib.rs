@@ -38,3 +38,4 @@ pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender,
 pub use error::EngineError;
 pub use room_actor::RoomInfo;
 pub use session_actor::SessionActor;
+pub use sink::Stalled;

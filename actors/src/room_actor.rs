@@ -13,7 +13,7 @@ use kameo::reply::{DelegatedReply, ReplySender};
 
 use crate::answer::Answer;
 use crate::clock::Clock;
-use crate::sink::{EventSink, SinkError};
+use crate::sink::{EventSink, SinkError, Stalled};
 use crate::store::writer::{WriteRequest, Writer};
 use crate::store::{RoomAppend, StoreError};
 
@@ -166,6 +166,16 @@ impl RoomActor {
                 let _ = me.tell(RetryLagMarkers).await;
             }
         });
+    }
+
+    /// Closes the subscribers that stalled (see [`Room::take_stalled`]), telling each why.
+    fn close_stalled(&mut self) {
+        for (id, lag) in self.room.take_stalled(self.clock.now()) {
+            if let Some(sink) = self.sinks.remove(&id) {
+                tracing::debug!(room = %self.room.name(), ?lag, "closing a stalled subscriber");
+                sink.close_stalled(Stalled { room: self.room.name().clone(), lag });
+            }
+        }
     }
 
     fn drop_subscriber(&mut self, id: SubscriberId) {
@@ -357,6 +367,11 @@ impl Message<RetryLagMarkers> for RoomActor {
     async fn handle(&mut self, _: RetryLagMarkers, ctx: &mut Context<Self, Self::Reply>) {
         self.retry_scheduled = false;
         self.lagged = false;
+        self.close_stalled();
+        // Closing a subscriber may have queued a presence change: fan it out first.
+        while let Some(delivery) = self.room.poll_delivery() {
+            self.deliver(&delivery);
+        }
         for marker in self.room.take_lag_markers() {
             self.deliver(&marker);
         }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::room_actor::{RoomActor, SendMessage, Subscribe, Typing, Unsubscribe};
+use crate::sink::{SessionSink, StallNotice};
 
 /// The actor around one [`Session`].
 #[derive(Actor)]
@@ -26,11 +27,18 @@ pub struct SessionActor {
     outbound: Option<mpsc::Sender<ServerFrame>>,
     /// The room actors this session subscribed to, to unsubscribe and send without a lookup.
     rooms: BTreeMap<RoomName, ActorRef<RoomActor>>,
+    /// Handed to every room sink of this session; the client side reads it when it ends.
+    stall_notice: StallNotice,
 }
 
 impl SessionActor {
-    pub(crate) fn new(session: Session, directory: Directory, outbound: mpsc::Sender<ServerFrame>) -> Self {
-        Self { session, directory, outbound: Some(outbound), rooms: BTreeMap::new() }
+    pub(crate) fn new(
+        session: Session,
+        directory: Directory,
+        outbound: mpsc::Sender<ServerFrame>,
+        stall_notice: StallNotice,
+    ) -> Self {
+        Self { session, directory, outbound: Some(outbound), rooms: BTreeMap::new(), stall_notice }
     }
 
     /// Executes the session's commands until none is left.
@@ -38,8 +46,12 @@ impl SessionActor {
         while let Some(command) = self.session.poll_command() {
             match command {
                 SessionCommand::Subscribe { room, user, after_seq } => {
-                    let me = ctx.actor_ref().clone();
-                    let make = || Subscribe { user: Some(user.clone()), after_seq, sink: Box::new(me.clone()) };
+                    let (me, stall_notice) = (ctx.actor_ref(), &self.stall_notice);
+                    let make = || Subscribe {
+                        user: Some(user.clone()),
+                        after_seq,
+                        sink: Box::new(SessionSink { actor: me.clone(), stall_notice: stall_notice.clone() }),
+                    };
                     let result = self.directory.request(&room, true, make).await;
                     let result = self.remember(&room, result);
                     self.session.handle_subscribed(room, result);

@@ -78,6 +78,10 @@ struct LimitArgs {
     /// A room with no subscriber and no activity for this long is retired (its history dropped).
     #[arg(long, default_value = "1h", value_parser = super::parse_duration, value_name = "DURATION")]
     room_idle: Duration,
+    /// A subscriber (stream or session) that stays lagged this long without reading a single
+    /// event is closed with RESOURCE_EXHAUSTED, naming what it missed.
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
+    subscriber_stall: Duration,
 }
 
 impl LimitArgs {
@@ -96,6 +100,7 @@ impl LimitArgs {
             session_outbound_len_max: size(self.session_outbound_len_max),
             rooms_max: size(self.rooms_max),
             room_idle_ms: u64::try_from(self.room_idle.as_millis()).unwrap_or(u64::MAX),
+            subscriber_stall_ms: u64::try_from(self.subscriber_stall.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }

@@ -180,7 +180,12 @@ impl ChatStream {
                     Err(_) => return,
                 },
                 frame = events.next() => {
-                    let Some(frame) = frame else { return };
+                    let Some(frame) = frame else {
+                        if let Some(stalled) = events.stalled() {
+                            return self.fail(ApiError::Stalled(stalled.clone()).into()).await;
+                        }
+                        return;
+                    };
                     let reply = match &frame {
                         ServerFrame::Event(RoomEvent::Message(message)) => Ok(convert::seed_message(message)),
                         ServerFrame::Event(RoomEvent::Lagged { lag, .. }) => Err(ApiError::Lagged(*lag).into()),

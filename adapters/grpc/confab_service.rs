@@ -68,8 +68,15 @@ impl v1::chat_server::Chat for ConfabChat {
         let room = convert::room(&request.room)?;
         let user = if request.user.is_empty() { None } else { Some(convert::user(&request.user)?) };
         let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
-        let stream = events.map(|event| Ok(convert::room_event(&event)));
-        Ok(Response::new(Box::pin(UntilShutdown::new(stream, &self.shutdown))))
+        // The events, then a status if the room closed the stream for stalling.
+        let stream = futures::stream::unfold(Some(events), |events| async move {
+            let mut events = events?;
+            match events.next().await {
+                Some(event) => Some((Ok(convert::room_event(&event)), Some(events))),
+                None => events.stalled().map(|stalled| (Err(ApiError::Stalled(stalled.clone()).into()), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(UntilShutdown::new(Box::pin(stream), &self.shutdown))))
     }
 
     async fn upload(
@@ -163,7 +170,12 @@ async fn drive_session(
                         return;
                     }
                 }
-                None => return,
+                None => {
+                    if let Some(stalled) = events.stalled() {
+                        let _ = responses.send(Err(ApiError::Stalled(stalled.clone()).into())).await;
+                    }
+                    return;
+                }
             },
         }
     }

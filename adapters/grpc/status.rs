@@ -1,7 +1,7 @@
 //! The one place where errors become gRPC statuses. Handlers work with [`ApiError`] and let `?`
 //! convert at the boundary, so every refusal gets the same code and a message naming the limit.
 
-use confab_actors::EngineError;
+use confab_actors::{EngineError, Stalled};
 use confab_engine::{FrameError, Lag, NameError, RoomError, SessionError, UploadError};
 use tonic::{Code, Status};
 
@@ -26,6 +26,13 @@ pub enum ApiError {
     /// The subscriber fell behind on a stream that cannot carry a lag marker.
     #[error("fell behind: missed messages {} to {}; reconnect and fetch them with History", .0.missed_from, .0.missed_to)]
     Lagged(Lag),
+    /// The room closed the stream because its reader took nothing for the stall time while
+    /// lagging.
+    #[error(
+        "closed for reading nothing while lagging (the server's --subscriber-stall): missed messages {} to {} of room {}; resubscribe with after_seq {} to fetch them",
+        .0.lag.missed_from, .0.lag.missed_to, .0.room, .0.lag.missed_from.saturating_sub(1)
+    )]
+    Stalled(Stalled),
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -83,7 +90,7 @@ impl From<ApiError> for Status {
         let code = match &error {
             ApiError::Name { .. } | ApiError::Malformed(_) => Code::InvalidArgument,
             ApiError::Engine(error) => engine_code(error),
-            ApiError::Lagged(_) => Code::ResourceExhausted,
+            ApiError::Lagged(_) | ApiError::Stalled(_) => Code::ResourceExhausted,
             ApiError::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, error.to_string())

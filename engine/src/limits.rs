@@ -50,6 +50,11 @@ pub const ROOMS_MAX: usize = 100_000;
 /// is dropped and a later use creates it again with a new epoch).
 pub const ROOM_IDLE_MS: u64 = 60 * 60 * 1000;
 
+/// A subscriber that stays lagged this long without taking a single event is closed (evicted):
+/// a stalled reader would otherwise hold its queue and its place in the room forever. A reader
+/// that takes anything, however slowly, starts the clock again, so only stalled ones go.
+pub const SUBSCRIBER_STALL_MS: u64 = 60 * 1000;
+
 /// The limits one engine runs with. `Limits::default()` uses the constants of this module.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -77,6 +82,8 @@ pub struct Limits {
     pub rooms_max: usize,
     /// See [`ROOM_IDLE_MS`].
     pub room_idle_ms: u64,
+    /// See [`SUBSCRIBER_STALL_MS`].
+    pub subscriber_stall_ms: u64,
 }
 
 impl Default for Limits {
@@ -94,6 +101,7 @@ impl Default for Limits {
             session_outbound_len_max: SESSION_OUTBOUND_LEN_MAX,
             rooms_max: ROOMS_MAX,
             room_idle_ms: ROOM_IDLE_MS,
+            subscriber_stall_ms: SUBSCRIBER_STALL_MS,
         }
     }
 }

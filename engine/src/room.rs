@@ -105,6 +105,11 @@ struct Subscriber {
     /// `Some(first)` while lagging: it missed every sequence number from `first` up to the
     /// message before the next one it is given.
     lagging_from: Option<Seq>,
+    /// Deliveries its queue took (planned and not reported full): the sign that it reads.
+    deliveries_taken: u64,
+    /// While lagging: when it was last seen taking something, and how many it had taken then.
+    /// A stalled subscriber's count does not move (see [`Room::take_stalled`]).
+    progress_mark: Option<(Time, u64)>,
 }
 
 /// An event waiting to be fanned out.
@@ -130,6 +135,7 @@ pub struct Room {
     dedupe_window_len: usize,
     subscribers_max: usize,
     idle_ms: u64,
+    stall_ms: u64,
     last_seq: Seq,
     /// Retained messages, contiguous, ending at `last_seq`.
     history: VecDeque<Arc<ChatMessage>>,
@@ -167,6 +173,7 @@ impl Room {
             dedupe_window_len: limits.dedupe_window_len,
             subscribers_max: limits.room_subscribers_max,
             idle_ms: limits.room_idle_ms,
+            stall_ms: limits.subscriber_stall_ms,
             last_seq: 0,
             history: VecDeque::new(),
             dedupe: BTreeMap::new(),
@@ -298,7 +305,7 @@ impl Room {
         }
         let id = SubscriberId(self.next_subscriber_id);
         self.next_subscriber_id += 1;
-        self.subscribers.insert(id, Subscriber { user, lagging_from: None });
+        self.subscribers.insert(id, Subscriber { user, lagging_from: None, deliveries_taken: 0, progress_mark: None });
         Ok(Subscription { id, epoch: self.epoch, recovered, first_seq, backlog })
     }
 
@@ -367,6 +374,10 @@ impl Room {
     /// The subscriber now lags from the first sequence number that delivery carried (G2); an
     /// ephemeral event is simply dropped.
     pub fn handle_delivery_full(&mut self, delivery: &Delivery) {
+        if let Some(subscriber) = self.subscribers.get_mut(&delivery.to) {
+            // It did not take this one after all (counted when planned, in `poll_delivery`).
+            subscriber.deliveries_taken = subscriber.deliveries_taken.saturating_sub(1);
+        }
         let first_undelivered = match (delivery.lag, &delivery.event) {
             (Some(lag), _) => lag.missed_from,
             // A lone lag marker (see `take_lag_markers`) that did not fit either.
@@ -423,6 +434,7 @@ impl Room {
                 // Keep a lagging subscriber's queue free for the lag marker.
                 continue;
             }
+            subscriber.deliveries_taken += 1;
             return Some(Delivery { to, lag, event: pending.event.clone() });
         }
     }
@@ -442,10 +454,39 @@ impl Room {
             .filter_map(|(&to, subscriber)| {
                 let missed_from = subscriber.lagging_from.filter(|&from| from <= last)?;
                 subscriber.lagging_from = None;
+                subscriber.deliveries_taken += 1;
                 let lag = Lag { missed_from, missed_to: last };
                 Some(Delivery { to, lag: None, event: RoomEvent::Lagged { room: room.clone(), lag } })
             })
             .collect()
+    }
+
+    /// Removes every subscriber that has been lagging for the stall time without taking a
+    /// single delivery, and returns each with the span it missed (from where its deliveries
+    /// stopped to the room's last message): the shell closes it, giving it that lag marker
+    /// and a reason. The shell calls this while any subscriber lags (with the lag-marker
+    /// retries); the stall clock of a subscriber starts at the first call that sees it lag.
+    pub fn take_stalled(&mut self, now: Time) -> Vec<(SubscriberId, Lag)> {
+        let (stall_ms, last) = (self.stall_ms, self.durable_seq);
+        let mut stalled = Vec::new();
+        for (&id, subscriber) in &mut self.subscribers {
+            let Some(missed_from) = subscriber.lagging_from else {
+                subscriber.progress_mark = None;
+                continue;
+            };
+            match subscriber.progress_mark {
+                Some((since, taken)) if taken == subscriber.deliveries_taken => {
+                    if now.millis_since(since) >= stall_ms {
+                        stalled.push((id, Lag { missed_from, missed_to: last.max(missed_from) }));
+                    }
+                }
+                _ => subscriber.progress_mark = Some((now, subscriber.deliveries_taken)),
+            }
+        }
+        for &(id, _) in &stalled {
+            self.handle_unsubscribe(id, now);
+        }
+        stalled
     }
 
     /// A page of history after `after_seq`, at most `limit` messages (0 or more than the page

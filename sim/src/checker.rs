@@ -53,6 +53,9 @@ pub struct Counts {
     pub subscriptions: u64,
     /// Slow-reader stalls.
     pub stalls: u64,
+    /// Subscriptions the room closed because their reader stalled too long (the client then
+    /// resumes, like after a disconnect).
+    pub stalled_closed: u64,
     /// Disconnects.
     pub disconnects: u64,
     /// Room changes.
@@ -72,6 +75,8 @@ pub enum Action {
     Disconnect,
     /// A client changed rooms.
     Churn,
+    /// The room closed a subscription whose reader stalled too long.
+    ClosedForStalling,
 }
 
 /// One room epoch's log as subscribers observed it.
@@ -446,6 +451,7 @@ impl Checker {
             Action::Stall => &mut self.counts.stalls,
             Action::Disconnect => &mut self.counts.disconnects,
             Action::Churn => &mut self.counts.churns,
+            Action::ClosedForStalling => &mut self.counts.stalled_closed,
         };
         *counter += 1;
         self.trace.record(&[11, sub.map_or(u64::MAX, |sub| u64::from(sub.0)), action as u64, now_ms]);

@@ -134,6 +134,14 @@ impl Conn {
             Conn::Stream { sub, .. } | Conn::Session { sub, .. } => *sub,
         }
     }
+
+    /// Whether the room closed this connection because its reader stalled too long.
+    fn closed_for_stalling(&self) -> bool {
+        match self {
+            Conn::Stream { events, .. } => events.stalled().is_some(),
+            Conn::Session { events, .. } => events.stalled().is_some(),
+        }
+    }
 }
 
 /// One simulated client.
@@ -169,6 +177,16 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
         tokio::select! {
             biased;
             item = next_item(&mut conn) => {
+                if let Item::Ended = item {
+                    if !conn.closed_for_stalling() {
+                        return;
+                    }
+                    match Box::pin(client.resume_after_stall(conn)).await {
+                        Some(next) => conn = next,
+                        None => return,
+                    }
+                    continue;
+                }
                 if !client.observe(&mut conn, item) {
                     return;
                 }
@@ -294,6 +312,20 @@ impl Client {
             Item::Frame(ServerFrame::Error { .. }) => self.world.checker().refused(sub, now),
         }
         true
+    }
+
+    /// The room closed the connection for stalling (after its final lag marker): the client
+    /// comes back at once, resuming like after a disconnect.
+    async fn resume_after_stall(&mut self, conn: Conn) -> Option<Conn> {
+        let now = self.now_ms();
+        let resume = {
+            let mut checker = self.world.checker();
+            checker.action(Some(conn.sub()), Action::ClosedForStalling, now);
+            checker.close(conn.sub(), now);
+            checker.resume_point(conn.sub())
+        };
+        drop(conn);
+        self.connect(resume).await
     }
 
     /// Performs one action; `None` if the client has to give up (the engine stopped).

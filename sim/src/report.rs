@@ -218,8 +218,13 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "faults: {} stalls, {} disconnects, {} room changes; {} read-your-writes checks; {} refusals",
-            counts.stalls, counts.disconnects, counts.churns, counts.read_checks, counts.refusals
+            "faults: {} stalls ({} closed by the room), {} disconnects, {} room changes; {} read-your-writes checks; {} refusals",
+            counts.stalls,
+            counts.stalled_closed,
+            counts.disconnects,
+            counts.churns,
+            counts.read_checks,
+            counts.refusals
         )?;
         writeln!(
             f,

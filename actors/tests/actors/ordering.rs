@@ -186,3 +186,59 @@ async fn an_idle_room_retires_and_comes_back_with_a_new_epoch() {
     assert_ne!(info.epoch, epoch);
     assert_eq!(info.last_seq, 0);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stalled_stream_and_a_stalled_session_are_closed_with_what_they_missed() {
+    let limits = Limits {
+        subscriber_queue_len_max: 4,
+        session_outbound_len_max: 4,
+        subscriber_stall_ms: 5_000,
+        ..Limits::default()
+    };
+    let engine = engine_with(limits);
+    let lobby = room("lobby");
+    let mut stalled = engine.subscribe(&lobby, None, None).await.expect("subscribed");
+    let (session, mut session_frames) = engine.open_session(super::user("sam"));
+    let join = confab_engine::ClientFrame::Join { room: "lobby".into(), after_seq: None };
+    session.send(join).await.expect("joined");
+    let mut reader = engine.subscribe(&lobby, None, None).await.expect("subscribed");
+    subscribed(&mut reader).await;
+    // Neither the stream nor the session is read while 50 messages go by, one a second.
+    for i in 1..=50u64 {
+        engine.send(&lobby, draft("pub", "", &i.to_string())).await.expect("sent");
+        let got = messages(&mut reader, 1).await;
+        assert_eq!(got[0].0, i, "a reader that keeps up is not disturbed");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    // The stream: what was queued before it stalled, then one lag marker to the room's last
+    // message when it was closed, then the end, with the reason.
+    assert_eq!(subscribed(&mut stalled).await, (true, 1));
+    let mut queued = Vec::new();
+    let lag = loop {
+        match stalled.next().await {
+            Some(RoomEvent::Message(message)) => queued.push(message.seq),
+            Some(RoomEvent::Presence { .. }) => {}
+            Some(RoomEvent::Lagged { lag, .. }) => break lag,
+            other => panic!("expected queued messages then a final lag marker, got {other:?}"),
+        }
+    };
+    // Its queue of 4 held the session's presence and the first messages.
+    assert_eq!(queued, (1..=queued.len() as u64).collect::<Vec<_>>());
+    assert!((3..=4).contains(&queued.len()), "{queued:?}");
+    assert_eq!(lag.missed_from, queued.len() as u64 + 1, "G2: the marker starts where delivery stopped");
+    // About 5 s (one message a second) after the stall clock started, well before the end.
+    assert!((lag.missed_from + 4..=lag.missed_from + 7).contains(&lag.missed_to), "{lag:?}");
+    assert_eq!(stalled.next().await, None);
+    assert_eq!(stalled.stalled().map(|s| (s.room.clone(), s.lag)), Some((lobby.clone(), lag)));
+    // The session: its frames end, and it says why.
+    let mut frames = 0;
+    while let Some(_frame) = session_frames.next().await {
+        frames += 1;
+        assert!(frames < 100, "a closed session's frames end");
+    }
+    let reason = session_frames.stalled().expect("closed for stalling");
+    assert_eq!(reason.room, lobby);
+    assert!(session.send(confab_engine::ClientFrame::Typing { room: "lobby".into() }).await.is_err());
+    // The room counts only the reader now.
+    assert_eq!(engine.room(&lobby).await.expect("info").expect("exists").subscribers, 1);
+}

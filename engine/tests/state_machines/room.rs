@@ -233,3 +233,75 @@ fn room_full_is_a_refusal() {
     room.handle_subscribe(None, None, at(0)).expect("first fits");
     assert_eq!(room.handle_subscribe(None, None, at(0)), Err(RoomError::RoomFull { subscribers_max: 1 }));
 }
+
+/// One round of a room under load: a message to everyone, then the lag-marker retry that also
+/// closes stalled subscribers. `full_for` says whose queue is full this round.
+fn load_round(room: &mut Room, seq: u64, now_ms: u64, full_for: &[confab_engine::SubscriberId]) -> Vec<Delivery> {
+    room.handle_send(draft("pub", "", &seq.to_string()), at(now_ms)).expect("accepted");
+    let mut taken = Vec::new();
+    for delivery in drain(room) {
+        if full_for.contains(&delivery.to) {
+            room.handle_delivery_full(&delivery);
+        } else {
+            taken.push(delivery);
+        }
+    }
+    for marker in room.take_lag_markers() {
+        if full_for.contains(&marker.to) {
+            room.handle_delivery_full(&marker);
+        } else {
+            taken.push(marker);
+        }
+    }
+    taken
+}
+
+#[test]
+fn a_stalled_subscriber_is_closed_with_what_it_missed_and_a_slow_reader_is_not() {
+    let limits = Limits { subscriber_stall_ms: 1_000, ..Limits::default() };
+    let mut room = Room::new(room_name("general"), 7, &limits, at(0));
+    let stalled = room.handle_subscribe(Some(user("stuck")), None, at(0)).expect("subscribed");
+    let slow = room.handle_subscribe(Some(user("slow")), None, at(0)).expect("subscribed");
+    let fast = room.handle_subscribe(None, None, at(0)).expect("subscribed");
+    drain(&mut room);
+    // Message 1 reaches everyone; from message 2 on the stalled queue is full for good, and the
+    // slow reader's is full every other round (it takes something now and then).
+    load_round(&mut room, 1, 0, &[]);
+    let mut closed = Vec::new();
+    let mut presence_left = Vec::new();
+    for seq in 2..=30u64 {
+        let now_ms = seq * 100;
+        let mut full = vec![stalled.id];
+        if seq % 2 == 0 {
+            full.push(slow.id);
+        }
+        for delivery in load_round(&mut room, seq, now_ms, &full) {
+            if delivery.to != fast.id {
+                continue;
+            }
+            if let RoomEvent::Presence { user, present: false, .. } = &delivery.event {
+                presence_left.push(user.as_str().to_owned());
+            }
+        }
+        let stalled_now = room.take_stalled(at(now_ms));
+        if !stalled_now.is_empty() {
+            closed.push((seq, stalled_now));
+        }
+    }
+    assert_eq!(closed.len(), 1, "closed once, and only the stalled one: {closed:?}");
+    let (closed_at_seq, ref who) = closed[0];
+    assert_eq!(who.len(), 1);
+    assert_eq!(who[0].0, stalled.id);
+    // Its clock started at the first check that saw it lag (message 2, 200 ms), so it closes
+    // at the first check 1,000 ms later, and it missed everything from 2 to then.
+    assert_eq!(closed_at_seq, 12);
+    assert_eq!(who[0].1, Lag { missed_from: 2, missed_to: 12 });
+    assert_eq!(room.subscriber_count(), 2, "the slow reader and the fast one stay");
+    assert!(!room.present_users().iter().any(|u| u.as_str() == "stuck"));
+    assert!(room.present_users().iter().any(|u| u.as_str() == "slow"));
+    assert_eq!(presence_left, vec!["stuck".to_owned()], "the fast subscriber sees the stalled user leave");
+    room.handle_send(draft("pub", "", "after"), at(4_000)).expect("accepted");
+    let after = drain(&mut room);
+    assert!(after.iter().all(|delivery| delivery.to != stalled.id), "nothing goes to a closed subscriber");
+    assert!(after.iter().any(|delivery| delivery.to == fast.id));
+}
