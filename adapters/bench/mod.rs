@@ -37,6 +37,12 @@ pub struct BenchOptions {
     pub rate: u64,
     /// Rooms (`mix`).
     pub rooms: usize,
+    /// `mix`: each client drops its connection after a random time of this mean and comes
+    /// back resuming where it left off; `None` keeps every client connected.
+    pub disconnect_mean: Option<Duration>,
+    /// Extra `fanout` subscribers that never read after subscribing, on connections of their
+    /// own: how the server copes with stalled readers (`--subscriber-stall` closes them).
+    pub stalled: usize,
     /// The server's process id, to report its CPU and peak memory.
     pub server_pid: Option<u32>,
 }

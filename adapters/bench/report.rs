@@ -26,8 +26,27 @@ pub struct Report {
     pub errors: u64,
     /// Lag markers received (fanout, mix).
     pub lag_events: u64,
+    /// Order checks that failed: a gap no lag marker declared, a repeat, a resume that did not
+    /// continue right after the last message seen (fanout, mix). Must be 0.
+    pub order_violations: u64,
+    /// Reconnects after a chosen disconnect (mix with `--disconnect-every`).
+    pub reconnects: u64,
     /// The server process before and after the measured window, if `--server-pid` was given.
     pub server: Option<(ProcessSample, ProcessSample)>,
+    /// What became of the stalled subscribers (`fanout --stalled`).
+    pub stalled: Option<StalledTally>,
+}
+
+/// How the server treated subscribers that stopped reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StalledTally {
+    /// Stalled subscribers opened.
+    pub streams: u64,
+    /// Those that, read again at the end, showed a final lag marker and then
+    /// RESOURCE_EXHAUSTED: closed by the server, and told why.
+    pub closed: u64,
+    /// Those still open at the end (the server had not closed them yet).
+    pub open: u64,
 }
 
 impl Report {
@@ -61,6 +80,18 @@ impl Report {
             self.errors,
             self.lag_events,
         );
+        if matches!(self.scenario.as_str(), "fanout" | "mix") {
+            line.push_str(&format!(", order violations {}", self.order_violations));
+        }
+        if self.reconnects > 0 {
+            line.push_str(&format!(", reconnects {}", self.reconnects));
+        }
+        if let Some(stalled) = self.stalled {
+            line.push_str(&format!(
+                "\nstalled subscribers: {}, closed with a lag marker and RESOURCE_EXHAUSTED {}, still open {}",
+                stalled.streams, stalled.closed, stalled.open
+            ));
+        }
         if let Some((before, after)) = self.server {
             let cpu = (after.cpu_seconds - before.cpu_seconds) / self.elapsed.as_secs_f64().max(f64::EPSILON);
             line.push_str(&format!(
@@ -86,8 +117,15 @@ impl Report {
             ),
             None => String::new(),
         };
+        let stalled = match self.stalled {
+            Some(stalled) => format!(
+                r#","stalled_streams":{},"stalled_closed":{},"stalled_open":{}"#,
+                stalled.streams, stalled.closed, stalled.open
+            ),
+            None => String::new(),
+        };
         format!(
-            r#"{{"scenario":"{}","unit":"{}","operations":{},"seconds":{:.3},"rate":{:.1},"p50_ms":{:.3},"p99_ms":{:.3},"p999_ms":{:.3},"max_ms":{:.3},"errors":{},"lag_events":{}{}}}"#,
+            r#"{{"scenario":"{}","unit":"{}","operations":{},"seconds":{:.3},"rate":{:.1},"p50_ms":{:.3},"p99_ms":{:.3},"p999_ms":{:.3},"max_ms":{:.3},"errors":{},"lag_events":{},"order_violations":{},"reconnects":{}{}{}}}"#,
             self.scenario,
             self.unit,
             self.operations,
@@ -99,7 +137,10 @@ impl Report {
             self.latency_us.max() as f64 / 1_000.0,
             self.errors,
             self.lag_events,
-            server
+            self.order_violations,
+            self.reconnects,
+            server,
+            stalled
         )
     }
 }

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::process;
-use super::report::Report;
+use super::report::{Report, StalledTally};
 use super::{BenchError, BenchOptions};
 use crate::grpc::proto::chat::{Message, chat_service_client::ChatServiceClient};
 use crate::grpc::proto::confab_v1::{
@@ -108,12 +109,16 @@ struct Tally {
     operations: u64,
     errors: u64,
     lag_events: u64,
+    /// Order checks that failed (fanout, mix: see [`OrderCheck`]).
+    order_violations: u64,
+    /// Reconnects after a chosen disconnect (mix).
+    reconnects: u64,
     latency_us: Histogram<u64>,
 }
 
 impl Tally {
     fn new() -> Self {
-        Self { operations: 0, errors: 0, lag_events: 0, latency_us: Report::histogram() }
+        Self { operations: 0, errors: 0, lag_events: 0, order_violations: 0, reconnects: 0, latency_us: Report::histogram() }
     }
 
     fn record(&mut self, window: &Window, done_at: Instant, latency: Duration) {
@@ -128,6 +133,8 @@ impl Tally {
         self.operations += other.operations;
         self.errors += other.errors;
         self.lag_events += other.lag_events;
+        self.order_violations += other.order_violations;
+        self.reconnects += other.reconnects;
         // Same bounds everywhere, so adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
     }
@@ -137,20 +144,17 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     if options.connections == 0 || options.concurrency == 0 {
         return Err(BenchError::Options("--connections and --concurrency must be at least 1".into()));
     }
+    if options.stalled > 0 && options.scenario != Scenario::Fanout {
+        return Err(BenchError::Options("--stalled applies to the fanout scenario only".into()));
+    }
     let mut channels = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
-        let endpoint = Channel::from_shared(options.server.clone())
-            .map_err(|error| BenchError::Connect { server: options.server.clone(), reason: error.to_string() })?
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| BenchError::Connect { server: options.server.clone(), reason: error.to_string() })?;
-        channels.push(channel);
+        channels.push(connect(options).await?);
     }
     let now = Instant::now();
     let window = Window { origin: now, start: now + options.warmup, end: now + options.warmup + options.duration };
     let before = options.server_pid.and_then(process::sample);
+    let mut stalled = None;
     let (unit, tally) = match options.scenario {
         Scenario::UnarySend | Scenario::UnaryHello | Scenario::Pingpong | Scenario::Upload => {
             let workers = (0..options.concurrency).map(|worker| {
@@ -166,7 +170,11 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             };
             (unit, tally)
         }
-        Scenario::Fanout => ("deliveries", fanout(options, &channels, window).await?),
+        Scenario::Fanout => {
+            let (tally, stalled_tally) = fanout(options, &channels, window).await?;
+            stalled = stalled_tally;
+            ("deliveries", tally)
+        }
         Scenario::Mix => ("deliveries", mix(options, &channels, window).await),
         Scenario::Idle => ("streams", idle(options, &channels, window).await),
     };
@@ -179,8 +187,18 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
         latency_us: tally.latency_us,
         errors: tally.errors,
         lag_events: tally.lag_events,
+        order_violations: tally.order_violations,
+        reconnects: tally.reconnects,
         server,
+        stalled,
     })
+}
+
+/// One more HTTP/2 connection to the server.
+async fn connect(options: &BenchOptions) -> Result<Channel, BenchError> {
+    let failed = |error: &dyn std::fmt::Display| BenchError::Connect { server: options.server.clone(), reason: error.to_string() };
+    let endpoint = Channel::from_shared(options.server.clone()).map_err(|error| failed(&error))?.tcp_nodelay(true);
+    endpoint.connect().await.map_err(|error| failed(&error))
 }
 
 async fn join(workers: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
@@ -296,9 +314,33 @@ async fn pingpong(
     }
 }
 
-/// One publisher, `concurrency` subscribers of one room over the connections.
-async fn fanout(options: &BenchOptions, channels: &[Channel], window: Window) -> Result<Tally, BenchError> {
+/// One publisher, `concurrency` subscribers of one room over the connections, and
+/// `stalled` subscribers that never read.
+async fn fanout(
+    options: &BenchOptions,
+    channels: &[Channel],
+    window: Window,
+) -> Result<(Tally, Option<StalledTally>), BenchError> {
     const ROOM: &str = "bench-fanout";
+    /// Stalled subscribers per connection of their own (HTTP/2 flow control is per
+    /// connection: a stalled reader must not share one with the readers being measured).
+    const STALLED_PER_CONNECTION: usize = 100;
+    let mut stalled = Vec::with_capacity(options.stalled);
+    let mut stalled_channel = None;
+    for index in 0..options.stalled {
+        if index % STALLED_PER_CONNECTION == 0 {
+            stalled_channel = Some(connect(options).await?);
+        }
+        let Some(channel) = stalled_channel.clone() else { unreachable!("connected just above") };
+        let request = SubscribeRequest { room: ROOM.into(), after_seq: None, user: String::new() };
+        let mut stream = ChatClient::new(channel)
+            .subscribe(request)
+            .await
+            .map_err(|status| BenchError::Options(format!("subscribe failed: {status}")))?
+            .into_inner();
+        let _ = stream.message().await;
+        stalled.push(stream);
+    }
     let mut subscribers = Vec::with_capacity(options.concurrency);
     for subscriber in 0..options.concurrency {
         let mut client = ChatClient::new(channels[subscriber % channels.len()].clone());
@@ -312,20 +354,28 @@ async fn fanout(options: &BenchOptions, channels: &[Channel], window: Window) ->
         let _ = stream.message().await;
         subscribers.push(tokio::spawn(async move {
             let mut tally = Tally::new();
+            let mut order = OrderCheck::default();
             let deadline = tokio::time::sleep_until(window.end);
             tokio::pin!(deadline);
             loop {
                 let event = tokio::select! {
-                    _ = &mut deadline => return tally,
+                    _ = &mut deadline => {
+                        tally.order_violations += order.violations;
+                        return tally;
+                    }
                     event = stream.message() => event,
                 };
                 match event.map(|event| event.and_then(|e| e.event)) {
                     Ok(Some(room_event::Event::Message(message))) => {
+                        order.message(message.seq);
                         if let Some(latency) = window.latency_of(&message.body) {
                             tally.record(&window, Instant::now(), latency);
                         }
                     }
-                    Ok(Some(room_event::Event::Lagged(_))) => tally.lag_events += 1,
+                    Ok(Some(room_event::Event::Lagged(lag))) => {
+                        order.lagged(lag.missed_from, lag.missed_to);
+                        tally.lag_events += 1;
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
                         tally.errors += 1;
@@ -364,7 +414,47 @@ async fn fanout(options: &BenchOptions, channels: &[Channel], window: Window) ->
         })
     };
     subscribers.push(publisher);
-    Ok(join(subscribers).await)
+    let tally = join(subscribers).await;
+    if stalled.is_empty() {
+        return Ok((tally, None));
+    }
+    Ok((tally, Some(read_stalled(stalled).await)))
+}
+
+/// Reads each stalled subscriber again, briefly: a closed one shows a lag marker and then
+/// RESOURCE_EXHAUSTED once its buffered messages are through.
+async fn read_stalled(streams: Vec<tonic::Streaming<v1::RoomEvent>>) -> StalledTally {
+    /// How long one stream may take to show how it ended.
+    const READ_PATIENCE: Duration = Duration::from_secs(10);
+    let readers = streams.into_iter().map(|mut stream| {
+        tokio::spawn(async move {
+            let mut lagged = false;
+            let ending = tokio::time::timeout(READ_PATIENCE, async {
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => lagged |= matches!(event.event, Some(room_event::Event::Lagged(_))),
+                        Ok(None) => return None,
+                        Err(status) => return Some(status.code()),
+                    }
+                }
+            })
+            .await;
+            match ending {
+                Ok(Some(tonic::Code::ResourceExhausted)) if lagged => (1, 0),
+                Err(_) => (0, 1),
+                Ok(_) => (0, 0),
+            }
+        })
+    });
+    let mut tally = StalledTally::default();
+    for reader in readers.collect::<Vec<_>>() {
+        tally.streams += 1;
+        if let Ok((closed, open)) = reader.await {
+            tally.closed += closed;
+            tally.open += open;
+        }
+    }
+    tally
 }
 
 /// Opens `concurrency` Subscribe streams over the connections (rooms of 1,000 streams each),
@@ -396,70 +486,205 @@ async fn idle(options: &BenchOptions, channels: &[Channel], window: Window) -> T
 }
 
 /// `concurrency` Session clients in `rooms` rooms, sending stamped messages at `rate` in all.
+/// With `disconnect_mean`, each client drops its connection now and then (exponential gaps,
+/// seeded by its index) and comes back resuming after the last message it saw. Every client
+/// checks its room's order as it goes (see [`OrderCheck`]).
 async fn mix(options: &BenchOptions, channels: &[Channel], window: Window) -> Tally {
     let rooms = options.rooms.max(1);
     let per_client_rate = options.rate as f64 / options.concurrency as f64;
     let workers = (0..options.concurrency).map(|client_index| {
-        let mut client = ChatClient::new(channels[client_index % channels.len()].clone());
+        let client = ChatClient::new(channels[client_index % channels.len()].clone());
         let room = format!("bench-mix-{}", client_index % rooms);
-        let body_bytes = options.body_bytes;
+        let (body_bytes, disconnect_mean) = (options.body_bytes, options.disconnect_mean);
         tokio::spawn(async move {
             let mut tally = Tally::new();
-            let (outgoing, requests) = mpsc::channel::<v1::ClientFrame>(16);
-            let join = client_frame::Frame::Join(v1::Join { room: room.clone(), after_seq: None });
-            let _ = outgoing.send(v1::ClientFrame { frame: Some(join) }).await;
-            let mut request = tonic::Request::new(ReceiverStream::new(requests));
-            request.metadata_mut().insert("user", format!("mix{client_index}").parse().expect("ascii user"));
-            let Ok(response) = client.session(request).await else {
-                tally.errors += 1;
-                return tally;
-            };
-            let mut incoming = response.into_inner();
-            let sender = tokio::spawn(async move {
-                if per_client_rate <= 0.0 {
-                    return;
+            let mut order = OrderCheck::default();
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(client_index as u64);
+            while window.open() {
+                let online_for = disconnect_mean.map(|mean| {
+                    let uniform: f64 = rng.random_range(f64::EPSILON..1.0);
+                    mean.mul_f64(-uniform.ln())
+                });
+                let resume = order.last_seq();
+                let connection = MixConnection { client: client.clone(), client_index, room: room.clone(), body_bytes };
+                let ended = connection.run(per_client_rate, resume, online_for, window, &mut tally, &mut order).await;
+                if ended == MixEnd::Failed || disconnect_mean.is_none() {
+                    break;
                 }
-                let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / per_client_rate));
-                while window.open() {
-                    ticks.tick().await;
-                    let post = v1::Post {
-                        room: room.clone(),
-                        client_msg_id: String::new(),
-                        body: window.stamped_body(body_bytes),
-                    };
-                    if outgoing.send(v1::ClientFrame { frame: Some(client_frame::Frame::Post(post)) }).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let deadline = tokio::time::sleep_until(window.end);
-            tokio::pin!(deadline);
-            loop {
-                let frame = tokio::select! {
-                    _ = &mut deadline => break,
-                    frame = incoming.next() => frame,
-                };
-                match frame.map(|frame| frame.map(|f| f.frame)) {
-                    Some(Ok(Some(server_frame::Frame::Event(event)))) => match event.event {
-                        Some(room_event::Event::Message(message)) => {
-                            if let Some(latency) = window.latency_of(&message.body) {
-                                tally.record(&window, Instant::now(), latency);
-                            }
-                        }
-                        Some(room_event::Event::Lagged(_)) => tally.lag_events += 1,
-                        _ => {}
-                    },
-                    Some(Ok(Some(server_frame::Frame::Error(_)))) => tally.errors += 1,
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        tally.errors += 1;
-                        break;
-                    }
-                }
+                tally.reconnects += 1;
             }
-            sender.abort();
+            tally.order_violations += order.violations;
             tally
         })
     });
     join(workers.collect()).await
+}
+
+/// How one mix connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MixEnd {
+    /// The window closed or the client chose to disconnect.
+    Done,
+    /// The call failed or the server ended it.
+    Failed,
+}
+
+/// One `Session` call of a mix client.
+struct MixConnection {
+    client: ChatClient<Channel>,
+    client_index: usize,
+    room: String,
+    body_bytes: usize,
+}
+
+impl MixConnection {
+    async fn run(
+        mut self,
+        per_client_rate: f64,
+        resume: Option<u64>,
+        online_for: Option<Duration>,
+        window: Window,
+        tally: &mut Tally,
+        order: &mut OrderCheck,
+    ) -> MixEnd {
+        let (outgoing, requests) = mpsc::channel::<v1::ClientFrame>(16);
+        let join = client_frame::Frame::Join(v1::Join { room: self.room.clone(), after_seq: resume });
+        let _ = outgoing.send(v1::ClientFrame { frame: Some(join) }).await;
+        let mut request = tonic::Request::new(ReceiverStream::new(requests));
+        request.metadata_mut().insert("user", format!("mix{}", self.client_index).parse().expect("ascii user"));
+        let Ok(response) = self.client.session(request).await else {
+            tally.errors += 1;
+            return MixEnd::Failed;
+        };
+        order.joining(resume);
+        let mut incoming = response.into_inner();
+        let (room, body_bytes) = (self.room.clone(), self.body_bytes);
+        let sender = tokio::spawn(async move {
+            if per_client_rate <= 0.0 {
+                return;
+            }
+            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / per_client_rate));
+            while window.open() {
+                ticks.tick().await;
+                let post = v1::Post { room: room.clone(), client_msg_id: String::new(), body: window.stamped_body(body_bytes) };
+                if outgoing.send(v1::ClientFrame { frame: Some(client_frame::Frame::Post(post)) }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let until = online_for.map_or(window.end, |online| (Instant::now() + online).min(window.end));
+        let deadline = tokio::time::sleep_until(until);
+        tokio::pin!(deadline);
+        let ended = loop {
+            let frame = tokio::select! {
+                _ = &mut deadline => break MixEnd::Done,
+                frame = incoming.next() => frame,
+            };
+            match frame.map(|frame| frame.map(|f| f.frame)) {
+                Some(Ok(Some(server_frame::Frame::Event(event)))) => match event.event {
+                    Some(room_event::Event::Message(message)) => {
+                        order.message(message.seq);
+                        if let Some(latency) = window.latency_of(&message.body) {
+                            tally.record(&window, Instant::now(), latency);
+                        }
+                    }
+                    Some(room_event::Event::Lagged(lag)) => {
+                        order.lagged(lag.missed_from, lag.missed_to);
+                        tally.lag_events += 1;
+                    }
+                    Some(room_event::Event::Subscribed(subscribed)) => order.subscribed(subscribed.first_seq),
+                    _ => {}
+                },
+                Some(Ok(Some(server_frame::Frame::Error(_)))) => tally.errors += 1,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    tally.errors += 1;
+                    break MixEnd::Failed;
+                }
+            }
+        };
+        // Dropping the call's streams is the disconnect: the server sees the client go.
+        sender.abort();
+        ended
+    }
+}
+
+/// One client's check of its room's order, the guarantees a client can see for itself: after
+/// `Subscribed`, sequence numbers follow one another with no gap except one a lag marker
+/// declares (G1, G2), and a resume continues right after the last message seen (G5; the room
+/// retains far more than a bench client misses while offline).
+#[derive(Debug, Default)]
+struct OrderCheck {
+    /// The next sequence number due; `None` before the first `Subscribed`.
+    expected: Option<u64>,
+    /// The last message seen, to resume after.
+    last_seen: Option<u64>,
+    /// The `after_seq` of the join in progress.
+    resuming_after: Option<u64>,
+    violations: u64,
+}
+
+impl OrderCheck {
+    fn last_seq(&self) -> Option<u64> {
+        self.last_seen
+    }
+
+    fn joining(&mut self, after_seq: Option<u64>) {
+        self.expected = None;
+        self.resuming_after = after_seq;
+    }
+
+    fn subscribed(&mut self, first_seq: u64) {
+        if let Some(after) = self.resuming_after.take() {
+            if first_seq != after + 1 {
+                self.violations += 1;
+            }
+        }
+        self.expected = Some(first_seq);
+    }
+
+    fn message(&mut self, seq: u64) {
+        if self.expected.is_some_and(|expected| seq != expected) {
+            self.violations += 1;
+        }
+        self.expected = Some(seq + 1);
+        self.last_seen = Some(seq);
+    }
+
+    fn lagged(&mut self, missed_from: u64, missed_to: u64) {
+        if self.expected.is_some_and(|expected| missed_from != expected) || missed_to < missed_from {
+            self.violations += 1;
+        }
+        self.expected = Some(missed_to + 1);
+        self.last_seen = Some(missed_to);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderCheck;
+
+    #[test]
+    fn order_check_accepts_declared_gaps_and_exact_resumes_only() {
+        let mut order = OrderCheck::default();
+        order.joining(None);
+        order.subscribed(5);
+        order.message(5);
+        order.lagged(6, 9);
+        order.message(10);
+        assert_eq!((order.violations, order.last_seq()), (0, Some(10)));
+        order.message(12);
+        assert_eq!(order.violations, 1, "a silent gap");
+        order.message(12);
+        assert_eq!(order.violations, 2, "a repeat");
+        order.lagged(20, 21);
+        assert_eq!(order.violations, 3, "a lag marker that does not start where delivery stopped");
+        order.joining(Some(21));
+        order.subscribed(23);
+        assert_eq!(order.violations, 4, "a resume that skips a message");
+        order.joining(Some(21));
+        order.subscribed(22);
+        order.message(22);
+        assert_eq!(order.violations, 4);
+    }
 }

@@ -40,6 +40,15 @@ pub struct BenchArgs {
     /// Rooms for mix.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     rooms: u64,
+    /// Mix only: each client disconnects after a random time of this mean (exponential) and
+    /// reconnects resuming after the last message it saw. Off by default.
+    #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
+    disconnect_every: Option<Duration>,
+    /// Fanout only: this many more subscribers that never read after subscribing, on
+    /// connections of their own (100 per connection). At the end each is read once more to
+    /// see how the server closed it.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    stalled: u64,
     /// The server's process id: report its CPU use and peak memory (Linux).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
@@ -60,6 +69,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         upload_batch: args.upload_batch as usize,
         rate: args.rate,
         rooms: args.rooms as usize,
+        stalled: args.stalled as usize,
+        disconnect_mean: args.disconnect_every,
         server_pid: args.server_pid,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

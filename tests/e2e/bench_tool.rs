@@ -22,6 +22,8 @@ async fn every_scenario_measures_real_operations() {
             rate: 200,
             rooms: 2,
             server_pid: Some(std::process::id()),
+            stalled: 0,
+            disconnect_mean: None,
         };
         let report = bounded(run(&options)).await.unwrap_or_else(|error| panic!("{name}: {error}"));
         assert!(report.operations > 0, "{name}: measured nothing: {}", report.human());
@@ -29,5 +31,52 @@ async fn every_scenario_measures_real_operations() {
         assert_eq!(report.latency_us.len(), report.operations, "{name}: one latency per operation");
         assert!(report.server.is_some(), "{name}: reads /proc for --server-pid");
         assert!(report.json().contains(&format!("\"scenario\":\"{name}\"")));
+        assert_eq!(report.order_violations, 0, "{name}: {}", report.human());
     }
+}
+
+fn options(server: &TestServer, scenario: Scenario) -> BenchOptions {
+    BenchOptions {
+        server: format!("http://{}", server.address),
+        scenario,
+        connections: 1,
+        concurrency: 4,
+        duration: Duration::from_millis(1_500),
+        warmup: Duration::from_millis(100),
+        body_bytes: 32,
+        upload_batch: 10,
+        rate: 400,
+        rooms: 1,
+        server_pid: None,
+        stalled: 0,
+        disconnect_mean: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mix_clients_that_disconnect_resume_in_order() {
+    let server = TestServer::start().await;
+    let options = BenchOptions { disconnect_mean: Some(Duration::from_millis(150)), ..options(&server, Scenario::Mix) };
+    let report = bounded(run(&options)).await.expect("runs");
+    assert!(report.reconnects >= 4, "every client came back at least once: {}", report.human());
+    assert!(report.operations > 0, "{}", report.human());
+    assert_eq!((report.errors, report.order_violations), (0, 0), "{}", report.human());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reports_how_the_server_closed_stalled_subscribers() {
+    let limits = confab_engine::Limits {
+        subscriber_queue_len_max: 4,
+        subscriber_stall_ms: 300,
+        ..confab_engine::Limits::default()
+    };
+    let server = TestServer::start_with(limits).await;
+    // 16 KiB bodies fill the stalled streams' buffers (2 MiB client window, 400 KiB server
+    // send buffer) within the run.
+    let options = BenchOptions { stalled: 3, body_bytes: 16 * 1024, rate: 2_000, ..options(&server, Scenario::Fanout) };
+    let report = bounded(run(&options)).await.expect("runs");
+    let stalled = report.stalled.expect("a stalled tally");
+    assert_eq!((stalled.streams, stalled.closed, stalled.open), (3, 3, 0), "{}", report.human());
+    assert_eq!(report.order_violations, 0, "{}", report.human());
+    assert!(report.human().contains("stalled subscribers: 3"));
 }
