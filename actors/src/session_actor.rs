@@ -4,6 +4,7 @@
 //! awaited one by one, which is what makes a stream's messages keep their order, G3).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use confab_engine::{
     ClientFrame, Lag, RoomEvent, RoomName, ServerFrame, Session, SessionCommand, SubscriberId, Subscription,
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::room_actor::{RoomActor, SendMessage, Subscribe, Typing, Unsubscribe};
+use crate::stats::{EngineStats, SessionGuard};
 
 /// The actor around one [`Session`].
 #[derive(Actor)]
@@ -26,11 +28,20 @@ pub struct SessionActor {
     outbound: Option<mpsc::Sender<ServerFrame>>,
     /// The room actors this session subscribed to, to unsubscribe and send without a lookup.
     rooms: BTreeMap<RoomName, ActorRef<RoomActor>>,
+    /// The engine's counters; the guard counts this session as open until the actor is dropped.
+    stats: Arc<EngineStats>,
+    _open: SessionGuard,
 }
 
 impl SessionActor {
-    pub(crate) fn new(session: Session, directory: Directory, outbound: mpsc::Sender<ServerFrame>) -> Self {
-        Self { session, directory, outbound: Some(outbound), rooms: BTreeMap::new() }
+    pub(crate) fn new(
+        session: Session,
+        directory: Directory,
+        outbound: mpsc::Sender<ServerFrame>,
+        stats: Arc<EngineStats>,
+    ) -> Self {
+        let open = stats.session_opened();
+        Self { session, directory, outbound: Some(outbound), rooms: BTreeMap::new(), stats, _open: open }
     }
 
     /// Executes the session's commands until none is left.
@@ -68,6 +79,9 @@ impl SessionActor {
                     }
                 }
                 SessionCommand::Emit(frame) => {
+                    if matches!(frame, ServerFrame::Error { .. }) {
+                        self.stats.session_frame_refused();
+                    }
                     let delivered = match &self.outbound {
                         Some(outbound) => outbound.send(frame).await.is_ok(),
                         None => false,

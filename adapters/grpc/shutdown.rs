@@ -15,13 +15,40 @@ use super::status::ApiError;
 pub struct UntilShutdown<S> {
     inner: S,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Yield what `inner` has ready before ending (see [`UntilShutdown::ready_first`]).
+    ready_first: bool,
     done: bool,
 }
 
 impl<S> UntilShutdown<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`; at shutdown it ends at once, even if `inner` has items ready (a busy
+    /// stream must not delay shutdown).
     pub fn new(inner: S, shutdown: &CancellationToken) -> Self {
-        Self { inner, cancelled: Box::pin(shutdown.clone().cancelled_owned()), done: false }
+        Self { inner, cancelled: Box::pin(shutdown.clone().cancelled_owned()), ready_first: false, done: false }
+    }
+
+    /// Wraps `inner`; at shutdown it first yields what `inner` has ready, then ends. For streams
+    /// that report the shutdown itself (health's NOT_SERVING), set just before it starts.
+    pub fn ready_first(inner: S, shutdown: &CancellationToken) -> Self {
+        Self { ready_first: true, ..Self::new(inner, shutdown) }
+    }
+}
+
+impl<S, T> UntilShutdown<S>
+where
+    S: Stream<Item = Result<T, Status>> + Unpin,
+{
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            // A stream ends after its first error status.
+            self.done = true;
+        }
+        polled
+    }
+
+    fn shutdown_started(&mut self, cx: &mut Context<'_>) -> bool {
+        self.cancelled.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -35,15 +62,18 @@ where
         if self.done {
             return Poll::Ready(None);
         }
-        if self.cancelled.as_mut().poll(cx).is_ready() {
-            self.done = true;
+        let this = &mut *self;
+        let ending = !this.ready_first && this.shutdown_started(cx);
+        if !ending {
+            let polled = this.poll_inner(cx);
+            if polled.is_ready() {
+                return polled;
+            }
+        }
+        if ending || this.shutdown_started(cx) {
+            this.done = true;
             return Poll::Ready(Some(Err(ApiError::ShuttingDown.into())));
         }
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            // A stream ends after its first error status.
-            self.done = true;
-        }
-        polled
+        Poll::Pending
     }
 }
