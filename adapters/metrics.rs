@@ -46,48 +46,70 @@ pub const RPC_FINISHED: &str = "confab_rpc_finished";
 /// Time from a call's arrival to its response head, by RPC (`confab_rpc_handling_seconds`).
 pub const RPC_HANDLING_SECONDS: &str = "confab_rpc_handling_seconds";
 
-/// Engine metrics: name (without the `_total` a counter gets), help, kind, and how to read it
-/// from a [`StatsSnapshot`].
-pub const ENGINE_METRICS: &[(&str, &str, EngineMetricKind, fn(&StatsSnapshot) -> u64)] = &[
-    ("confab_rooms", "Rooms live now.", EngineMetricKind::Gauge, |s| s.rooms),
-    (
-        "confab_rooms_created",
-        "Rooms created or restored from the store since start.",
-        EngineMetricKind::Counter,
-        |s| s.rooms_created,
-    ),
-    ("confab_sessions", "Bidirectional Session streams open now.", EngineMetricKind::Gauge, |s| s.sessions),
-    ("confab_sessions_opened", "Sessions opened since start.", EngineMetricKind::Counter, |s| s.sessions_opened),
-    (
-        "confab_messages_appended",
-        "Messages numbered by rooms (Send, session posts, upload commits; retries not counted).",
-        EngineMetricKind::Counter,
-        |s| s.messages_appended,
-    ),
-    (
-        "confab_deliveries",
-        "Room events queued to a subscriber (stream or session), one per subscriber per event.",
-        EngineMetricKind::Counter,
-        |s| s.deliveries,
-    ),
-    (
-        "confab_deliveries_dropped",
-        "Room events not queued because the subscriber's queue was full.",
-        EngineMetricKind::Counter,
-        |s| s.deliveries_dropped,
-    ),
-    (
-        "confab_lag_events",
-        "Lag markers (Lagged: you missed a to b) handed to subscribers.",
-        EngineMetricKind::Counter,
-        |s| s.lag_markers,
-    ),
-    (
-        "confab_session_frames_refused",
-        "Session frames refused with an Error frame (the session went on).",
-        EngineMetricKind::Counter,
-        |s| s.session_frames_refused,
-    ),
+/// One engine metric: read from a [`StatsSnapshot`] at each scrape.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineMetric {
+    /// Its name (a counter is exported with `_total` appended).
+    pub name: &'static str,
+    /// What it counts.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: EngineMetricKind,
+    /// How to read it.
+    pub read: fn(&StatsSnapshot) -> u64,
+}
+
+/// Every engine metric.
+pub const ENGINE_METRICS: &[EngineMetric] = &[
+    EngineMetric { name: "confab_rooms", help: "Rooms live now.", kind: EngineMetricKind::Gauge, read: |s| s.rooms },
+    EngineMetric {
+        name: "confab_rooms_created",
+        help: "Rooms created or restored from the store since start.",
+        kind: EngineMetricKind::Counter,
+        read: |s| s.rooms_created,
+    },
+    EngineMetric {
+        name: "confab_sessions",
+        help: "Bidirectional Session streams open now.",
+        kind: EngineMetricKind::Gauge,
+        read: |s| s.sessions,
+    },
+    EngineMetric {
+        name: "confab_sessions_opened",
+        help: "Sessions opened since start.",
+        kind: EngineMetricKind::Counter,
+        read: |s| s.sessions_opened,
+    },
+    EngineMetric {
+        name: "confab_messages_appended",
+        help: "Messages numbered by rooms (Send, session posts, upload commits; retries not counted).",
+        kind: EngineMetricKind::Counter,
+        read: |s| s.messages_appended,
+    },
+    EngineMetric {
+        name: "confab_deliveries",
+        help: "Room events queued to a subscriber (stream or session), one per subscriber per event.",
+        kind: EngineMetricKind::Counter,
+        read: |s| s.deliveries,
+    },
+    EngineMetric {
+        name: "confab_deliveries_dropped",
+        help: "Room events not queued because the subscriber's queue was full.",
+        kind: EngineMetricKind::Counter,
+        read: |s| s.deliveries_dropped,
+    },
+    EngineMetric {
+        name: "confab_lag_events",
+        help: "Lag markers (Lagged: you missed a to b) handed to subscribers.",
+        kind: EngineMetricKind::Counter,
+        read: |s| s.lag_markers,
+    },
+    EngineMetric {
+        name: "confab_session_frames_refused",
+        help: "Session frames refused with an Error frame (the session went on).",
+        kind: EngineMetricKind::Counter,
+        read: |s| s.session_frames_refused,
+    },
 ];
 
 /// Whether an engine metric only goes up or goes up and down.
@@ -183,7 +205,7 @@ impl std::fmt::Debug for EngineCollector {
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.engine.stats();
-        for (name, help, kind, read) in ENGINE_METRICS {
+        for EngineMetric { name, help, kind, read } in ENGINE_METRICS {
             let value = read(&stats);
             match kind {
                 EngineMetricKind::Counter => {

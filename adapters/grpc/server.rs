@@ -21,6 +21,7 @@ use super::health::ServerHealth;
 use super::observe::ObserveLayer;
 use super::proto::{chat::chat_service_server::ChatServiceServer, confab_v1::chat_server::ChatServer};
 use super::reflection;
+use super::shutdown::EndAtShutdown;
 use crate::metrics::RpcMetrics;
 
 /// Why serving failed.
@@ -70,8 +71,8 @@ pub async fn serve_observed(
         .add_service(confab)
         .add_service(seed)
         .add_service(health_service)
-        .add_service(reflection::v1()?)
-        .add_service(reflection::v1alpha()?)
+        .add_service(EndAtShutdown::new(reflection::v1()?, &streams_end))
+        .add_service(EndAtShutdown::new(reflection::v1alpha()?, &streams_end))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             health.not_serving().await;

@@ -73,7 +73,8 @@ async fn reflected_services(channel: Channel) -> BTreeSet<String> {
 async fn reflection_lists_and_describes_the_services() {
     let server = TestServer::start().await;
     let services = reflected_services(server.channel().await).await;
-    for expected in ["confab.v1.Chat", "chat.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]
+    for expected in
+        ["confab.v1.Chat", "chat.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]
     {
         assert!(services.contains(expected), "{expected} is listed in {services:?}");
     }
@@ -82,9 +83,7 @@ async fn reflection_lists_and_describes_the_services() {
     let mut client = ServerReflectionClient::new(server.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(server_reflection_request::MessageRequest::FileContainingSymbol(
-            "confab.v1.Chat".into(),
-        )),
+        message_request: Some(server_reflection_request::MessageRequest::FileContainingSymbol("confab.v1.Chat".into())),
     };
     let mut responses =
         client.server_reflection_info(tokio_stream::iter([request])).await.expect("reflection").into_inner();
@@ -145,8 +144,7 @@ async fn metrics_count_what_the_engine_and_the_rpcs_did() {
     let server = tokio::spawn(serve_observed(listener, engine, rpc_metrics, async {
         let _ = stopped.await;
     }));
-    let channel =
-        Channel::from_shared(format!("http://{address}")).expect("uri").connect().await.expect("connect");
+    let channel = Channel::from_shared(format!("http://{address}")).expect("uri").connect().await.expect("connect");
     let mut client = ChatClient::new(channel);
 
     // Two subscribers of room r.
@@ -261,7 +259,8 @@ async fn http_get(address: SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_flag_serves_prometheus_text_over_http() {
     let mut child = start_with_metrics().await;
-    let channel = Channel::from_shared(format!("http://{}", child.grpc)).expect("uri").connect().await.expect("connect");
+    let channel =
+        Channel::from_shared(format!("http://{}", child.grpc)).expect("uri").connect().await.expect("connect");
     let mut client = ChatClient::new(channel);
     for id in ["a", "b"] {
         client.send(send_request("lobby", id)).await.expect("send");
@@ -276,4 +275,26 @@ async fn the_metrics_flag_serves_prometheus_text_over_http() {
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     child.process.start_kill().expect("stop");
     child.process.wait().await.expect("reaped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_reflection_stream_ends_with_unavailable_at_shutdown() {
+    let server = TestServer::start().await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    // The client keeps its request stream open, as a tool does between lookups.
+    let (requests, outgoing) = mpsc::channel(1);
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    requests.send(list).await.expect("queue");
+    let mut responses =
+        client.server_reflection_info(ReceiverStream::new(outgoing)).await.expect("reflection").into_inner();
+    bounded(responses.message()).await.expect("ok").expect("a response");
+    let stopping = tokio::spawn(server.stop());
+    let ended = bounded(responses.message()).await.expect_err("ends with a status");
+    assert_eq!(ended.code(), Code::Unavailable);
+    assert!(ended.message().contains("shutting down"), "{ended:?}");
+    bounded(stopping).await.expect("task").expect("an open reflection stream does not hold the shutdown open");
+    drop(requests);
 }

@@ -61,8 +61,12 @@ async fn sender(address: String, id: usize, acked: Arc<Mutex<Vec<(String, u64, S
     for i in 0.. {
         let room = ROOMS[i % ROOMS.len()];
         let msg_id = format!("s{id}-{i}");
-        let request =
-            SendRequest { room: room.into(), user: format!("sender{id}"), client_msg_id: msg_id.clone(), body: "x".into() };
+        let request = SendRequest {
+            room: room.into(),
+            user: format!("sender{id}"),
+            client_msg_id: msg_id.clone(),
+            body: "x".into(),
+        };
         match client.send(request).await {
             Ok(reply) => acked.lock().expect("acks").push((room.into(), reply.into_inner().seq, msg_id)),
             Err(_) => return,

@@ -28,7 +28,10 @@ async fn stats_count_messages_deliveries_lag_and_sessions() {
     subscribed(&mut slow).await;
     messages(&mut slow, 2).await;
     engine.send(&lobby, draft("ann", "m6", "x")).await.expect("sent");
-    assert_eq!(slow.next().await, Some(RoomEvent::Lagged { room: lobby.clone(), lag: Lag { missed_from: 3, missed_to: 5 } }));
+    assert_eq!(
+        slow.next().await,
+        Some(RoomEvent::Lagged { room: lobby.clone(), lag: Lag { missed_from: 3, missed_to: 5 } })
+    );
     let stats = engine.stats();
     assert_eq!(stats.messages_appended, 6);
     assert_eq!((stats.deliveries, stats.deliveries_dropped, stats.lag_markers), (3, 3, 1));
