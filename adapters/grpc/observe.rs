@@ -150,7 +150,7 @@ impl Call {
     fn start(metrics: RpcMetrics, rpc: &'static str, streaming: bool, peer: Option<SocketAddr>) -> Self {
         metrics.started(rpc);
         if streaming {
-            debug!(rpc, peer = ?peer, "stream opened");
+            debug!(rpc, peer = peer.map(display), "stream opened");
         }
         Self { metrics, rpc, streaming, peer, started: Instant::now(), finished: false }
     }
@@ -166,14 +166,16 @@ impl Call {
         let (rpc, peer, elapsed_ms) = (self.rpc, self.peer, self.started.elapsed().as_millis());
         let reason = status.message();
         match code {
-            Code::Ok if self.streaming => debug!(rpc, peer = ?peer, elapsed_ms, "stream closed"),
-            Code::Ok => trace!(rpc, peer = ?peer, elapsed_ms, "call finished"),
+            Code::Ok if self.streaming => debug!(rpc, peer = peer.map(display), elapsed_ms, "stream closed"),
+            Code::Ok => trace!(rpc, peer = peer.map(display), elapsed_ms, "call finished"),
             // The client went away, or the server is stopping (logged once, not per stream).
-            Code::Cancelled | Code::Unavailable => debug!(rpc, peer = ?peer, code = code_name, reason, "call ended"),
-            Code::Internal | Code::Unknown | Code::DataLoss => {
-                warn!(rpc, peer = ?peer, code = code_name, reason, "call failed")
+            Code::Cancelled | Code::Unavailable => {
+                debug!(rpc, peer = peer.map(display), code = code_name, reason, "call ended")
             }
-            _ => info!(rpc, peer = ?peer, code = code_name, reason, "refused"),
+            Code::Internal | Code::Unknown | Code::DataLoss => {
+                warn!(rpc, peer = peer.map(display), code = code_name, reason, "call failed")
+            }
+            _ => info!(rpc, peer = peer.map(display), code = code_name, reason, "refused"),
         }
     }
 }

@@ -63,7 +63,7 @@ pub async fn serve_observed(
     let seed = ChatServiceServer::new(SeedChat::new(engine, streams_end.clone()));
     let (health, health_service) = ServerHealth::serving(&streams_end).await;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).inspect(|accepted| match accepted {
-        Ok(stream) => debug!(peer = ?stream.peer_addr().ok(), "connection accepted"),
+        Ok(stream) => debug!(peer = stream.peer_addr().ok().map(display), "connection accepted"),
         Err(error) => warn!(%error, "accepting a connection failed"),
     });
     Server::builder()

@@ -118,6 +118,11 @@ async fn sigterm_ends_streams_exits_in_grace_and_loses_no_acknowledged_message()
     let joined = bounded(session.message()).await.expect("ok").and_then(|frame| frame.frame);
     assert!(matches!(joined, Some(server_frame::Frame::Event(_))), "joined: {joined:?}");
 
+    // A refusal, which the logs must record with its reason.
+    let refused =
+        SendRequest { room: "bad room!".into(), user: "x".into(), client_msg_id: String::new(), body: "x".into() };
+    assert_eq!(client.send(refused).await.expect_err("a bad room name").code(), Code::InvalidArgument);
+
     // Senders run while the server is told to stop.
     let acked = Arc::new(Mutex::new(Vec::new()));
     let senders: Vec<_> =
@@ -149,11 +154,17 @@ async fn sigterm_ends_streams_exits_in_grace_and_loses_no_acknowledged_message()
     drop(frames);
 
     let logs = bounded(logs).await.expect("log reader");
-    let messages: Vec<String> = logs
+    let entries: Vec<serde_json::Value> = logs
         .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("JSON log line: {line}")))
-        .filter_map(|entry| entry["fields"]["message"].as_str().map(str::to_owned))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("JSON log line: {line}")))
         .collect();
+    let refusal = entries.iter().find(|entry| entry["fields"]["message"] == "refused").expect("the refusal is logged");
+    assert_eq!(refusal["level"], "INFO");
+    assert_eq!(refusal["fields"]["rpc"], "confab.v1.Chat/Send");
+    assert_eq!(refusal["fields"]["code"], "INVALID_ARGUMENT");
+    assert!(refusal["fields"]["reason"].as_str().is_some_and(|reason| reason.contains("room")), "{refusal}");
+    assert!(refusal["fields"]["peer"].as_str().is_some_and(|peer| peer.starts_with("127.0.0.1:")), "{refusal}");
+    let messages: Vec<&str> = entries.iter().filter_map(|entry| entry["fields"]["message"].as_str()).collect();
     for expected in ["shutting down", "NOT_SERVING", "stopped cleanly"] {
         assert!(messages.iter().any(|m| m.contains(expected)), "a log line says {expected:?}: {messages:?}");
     }
