@@ -117,18 +117,16 @@ where
         let (rpc, streaming) = rpc_of(request.uri().path());
         // With TLS the connect info is another type; the peer is then left out of the logs.
         let peer = request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
-        let call = Call::start(self.metrics.clone(), rpc, streaming, peer);
+        // Dropped with the future if the call ends before responding (the client cancelled).
+        let mut call = Call::start(self.metrics.clone(), rpc, streaming, peer);
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             call.metrics.responded(rpc, call.started.elapsed());
             let (parts, body) = response.into_parts();
-            let mut call = Some(call);
             if let Some(status) = Status::from_header_map(&parts.headers) {
                 // Trailers-only: the call failed (or finished) without a body.
-                if let Some(call) = call.as_mut() {
-                    call.finish(&status);
-                }
+                call.finish(&status);
             }
             Ok(http::Response::from_parts(parts, ObservedBody { inner: body, call }))
         })
@@ -192,8 +190,8 @@ impl Drop for Call {
 /// A response body that reports the call's final status from its trailers.
 pub struct ObservedBody<B> {
     inner: B,
-    /// `None` only if the response future was never completed (then there is no body).
-    call: Option<Call>,
+    /// Closed when the body is dropped: after its trailers, or when the client went away.
+    call: Call,
 }
 
 impl<B> Body for ObservedBody<B>
@@ -210,9 +208,7 @@ where
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(status) = frame.trailers_ref().and_then(Status::from_header_map) {
-                if let Some(call) = self.call.as_mut() {
-                    call.finish(&status);
-                }
+                self.call.finish(&status);
             }
         }
         polled

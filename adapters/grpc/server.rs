@@ -2,7 +2,7 @@
 //! future as arguments; only the binary parses flags and waits for signals.
 //!
 //! Besides `confab.v1.Chat` and `chat.ChatService`, the same port serves operations: health
-//! ([`health`](super::health)) and reflection ([`reflection`](super::reflection)), and every
+//! ([`health`](super::health)) and reflection ([`reflection`]), and every
 //! call passes the [`observe`](super::observe) layer (metrics and logs).
 
 use std::future::Future;
