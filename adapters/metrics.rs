@@ -94,7 +94,7 @@ pub const ENGINE_METRICS: &[EngineMetric] = &[
     },
     EngineMetric {
         name: "confab_deliveries_dropped",
-        help: "Room events not queued because the subscriber's queue was full.",
+        help: "Deliveries not queued because the subscriber's queue was full (a lag marker follows).",
         kind: EngineMetricKind::Counter,
         read: |s| s.deliveries_dropped,
     },

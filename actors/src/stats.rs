@@ -40,7 +40,8 @@ pub struct StatsSnapshot {
     pub messages_appended: u64,
     /// Room events queued to a subscriber (a stream or a session): one per subscriber per event.
     pub deliveries: u64,
-    /// Room events not queued because the subscriber's queue was full (it will get a lag marker).
+    /// Deliveries not queued because the subscriber's queue was full: it gets a lag marker instead
+    /// (a lone lag marker that still finds the queue full, and is retried, counts too).
     pub deliveries_dropped: u64,
     /// Lag markers (`Lagged`: "you missed a to b") handed to subscribers.
     pub lag_markers: u64,
