@@ -4,6 +4,8 @@
 //! - [`grpc`]: the tonic transport: generated protos, conversion, status mapping, the two
 //!   services (`confab.v1.Chat` and the seed's `chat.ChatService`) and [`grpc::server::serve`].
 //! - [`bench`](mod@bench): the load generator behind `confab bench` (scenarios, HDR latency, /proc readings).
+//! - [`metrics`]: Prometheus metrics (engine counters read at scrape time, per-RPC counters fed
+//!   by [`grpc::observe`]) served on `GET /metrics` for `confab serve --metrics-listen`.
 //! - [`cli`]: the `confab` command line (`serve`, `chat`, `bench`), parsed with clap.
 //!
 //! Data flow: a gRPC call arrives in a service, [`grpc::convert`] turns it into engine types, the
@@ -13,3 +15,4 @@
 pub mod bench;
 pub mod cli;
 pub mod grpc;
+pub mod metrics;

@@ -27,6 +27,7 @@ use crate::registry::{ListRooms, Registry, RoomTable, StopRooms, Storage, SweepI
 use crate::room_actor::{History, Info, RoomActor, RoomInfo, SendMessage, Subscribe, Typing, Unsubscribe};
 use crate::session_actor::{Close, Disconnect, Frame, SessionActor};
 use crate::sink::{Queued, StallNotice, Stalled, StreamSink};
+use crate::stats::{EngineStats, StatsSnapshot};
 use crate::store::HistoryStore;
 use crate::store::writer::Writer;
 use crate::upload_actor::{Chunk, Commit, UploadActor};
@@ -100,6 +101,9 @@ pub struct Engine {
 
 struct Inner {
     directory: Directory,
+    /// The room table, read by [`Engine::stats`] to count live rooms.
+    rooms: RoomTable,
+    stats: Arc<EngineStats>,
     limits: Arc<Limits>,
     runtime: tokio::runtime::Handle,
     /// For `start_background`: dropping it ends the runtime thread.
@@ -161,6 +165,7 @@ impl Engine {
             None => None,
         };
         let rooms = RoomTable::default();
+        let stats = Arc::new(EngineStats::default());
         let registry = {
             let _context = runtime.enter();
             let clock = Clock::start(config.time_origin_ms);
@@ -171,16 +176,25 @@ impl Engine {
                 config.injected_bug,
                 storage,
                 rooms.clone(),
+                Arc::clone(&stats),
             );
             Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
         };
-        let inner = Inner { directory: Directory::new(registry, rooms), limits, runtime, _background: background };
+        let directory = Directory::new(registry, rooms.clone());
+        let inner = Inner { directory, rooms, stats, limits, runtime, _background: background };
         Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The limits this engine enforces.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// A snapshot of the engine's counters (rooms, sessions, messages, deliveries, lag), for
+    /// metrics. Cheap: a few relaxed atomic loads and one pass over the room table.
+    pub fn stats(&self) -> StatsSnapshot {
+        let rooms = u64::try_from(self.inner.rooms.live_len()).unwrap_or(u64::MAX);
+        self.inner.stats.snapshot(rooms)
     }
 
     /// Sequences one message in `room` (created on first use). Returns its sequence number,
@@ -257,7 +271,8 @@ impl Engine {
         let session = Session::new(user, self.inner.limits.session_rooms_max);
         let actor = {
             let _context = self.inner.runtime.enter();
-            let actor = SessionActor::new(session, self.inner.directory.clone(), outbound, stall_notice.clone());
+            let stats = Arc::clone(&self.inner.stats);
+            let actor = SessionActor::new(session, self.inner.directory.clone(), outbound, stall_notice.clone(), stats);
             // Room deliveries wait in this mailbox; its bound is the session's lag threshold.
             let mailbox = mailbox::bounded(self.inner.limits.subscriber_queue_len_max.max(1));
             SessionActor::spawn_with_mailbox(actor, mailbox)

@@ -10,6 +10,8 @@
 //! - `upload_actor`: one actor per upload around `confab_engine::UploadAggregator`.
 //! - `directory`: how every part reaches a room (resolve, request, retry if it retired).
 //! - `sink`: the bounded, non-blocking queues a room delivers into.
+//! - `stats`: the engine's counters (rooms, sessions, messages, deliveries, lag) that rooms and
+//!   sessions bump and [`Engine::stats`] snapshots as a [`StatsSnapshot`] for metrics.
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
 //! - [`store`]: durable history: the [`store::HistoryStore`] trait, the redb store, the
 //!   in-memory store, and the writer thread that group-commits every room's messages.
@@ -31,6 +33,7 @@ mod registry;
 mod room_actor;
 mod session_actor;
 mod sink;
+mod stats;
 pub mod store;
 mod upload_actor;
 
@@ -39,3 +42,4 @@ pub use error::EngineError;
 pub use room_actor::RoomInfo;
 pub use session_actor::SessionActor;
 pub use sink::Stalled;
+pub use stats::StatsSnapshot;

@@ -14,6 +14,7 @@ use kameo::message::{Context, Message};
 use crate::answer::Answer;
 use crate::clock::Clock;
 use crate::room_actor::{Info, RetireIfIdle, RoomActor, RoomInfo};
+use crate::stats::EngineStats;
 use crate::store::HistoryStore;
 use crate::store::writer::Writer;
 
@@ -43,6 +44,12 @@ impl RoomTable {
 
     fn len(&self) -> usize {
         self.read().len()
+    }
+
+    /// Rooms whose actor is still running (a retired room may linger in the map until the
+    /// next lookup of its name).
+    pub(crate) fn live_len(&self) -> usize {
+        self.read().values().filter(|actor| actor.is_alive()).count()
     }
 
     fn insert(&self, name: RoomName, actor: ActorRef<RoomActor>) {
@@ -87,6 +94,8 @@ pub(crate) struct Registry {
     injected_bug: Option<InjectedBug>,
     /// `None`: rooms live in memory only.
     storage: Option<Storage>,
+    /// The engine's counters, handed to every room.
+    stats: Arc<EngineStats>,
 }
 
 impl Registry {
@@ -97,8 +106,10 @@ impl Registry {
         injected_bug: Option<InjectedBug>,
         storage: Option<Storage>,
         rooms: RoomTable,
+        stats: Arc<EngineStats>,
     ) -> Self {
-        Self { rooms, limits, clock, next_epoch: epoch_base, last_sweep: Time::from_millis(0), injected_bug, storage }
+        let last_sweep = Time::from_millis(0);
+        Self { rooms, limits, clock, next_epoch: epoch_base, last_sweep, injected_bug, storage, stats }
     }
 
     /// A room's state machine: restored from the store if it was stored, else a new room if
@@ -141,7 +152,8 @@ impl Registry {
         }
         let Some(room) = self.make_room(&name, create)? else { return Ok(None) };
         let writer = self.storage.as_ref().map(|storage| storage.writer.clone());
-        let actor = RoomActor::new(room, self.clock, writer);
+        let actor = RoomActor::new(room, self.clock, writer, Arc::clone(&self.stats));
+        self.stats.room_created();
         let actor = RoomActor::spawn_with_mailbox(actor, mailbox::bounded(ROOM_MAILBOX_LEN));
         self.rooms.insert(name, actor.clone());
         Ok(Some(actor))

@@ -2,6 +2,7 @@
 //! its deliveries into the subscribers' sinks, reporting full and closed ones back.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use confab_engine::{
     Delivery, Draft, HistoryPage, Room, RoomError, RoomName, Sent, Seq, SubscriberId, Subscription, UserName,
@@ -14,6 +15,7 @@ use kameo::reply::{DelegatedReply, ReplySender};
 use crate::answer::Answer;
 use crate::clock::Clock;
 use crate::sink::{EventSink, SinkError, Stalled};
+use crate::stats::{EngineStats, RoomCounts};
 use crate::store::writer::{WriteRequest, Writer};
 use crate::store::{RoomAppend, StoreError};
 
@@ -49,6 +51,9 @@ pub(crate) struct RoomActor {
     lagged: bool,
     /// A [`RetryLagMarkers`] is on its way.
     retry_scheduled: bool,
+    /// The engine's counters, and this room's delivery counts not yet added to them.
+    stats: Arc<EngineStats>,
+    counts: RoomCounts,
 }
 
 /// How long after a full queue the room retries a lone lag marker for that subscriber: it
@@ -79,7 +84,7 @@ impl Waiter {
 }
 
 impl RoomActor {
-    pub(crate) fn new(room: Room, clock: Clock, writer: Option<Writer>) -> Self {
+    pub(crate) fn new(room: Room, clock: Clock, writer: Option<Writer>, stats: Arc<EngineStats>) -> Self {
         Self {
             room,
             sinks: BTreeMap::new(),
@@ -88,6 +93,8 @@ impl RoomActor {
             waiters: VecDeque::new(),
             lagged: false,
             retry_scheduled: false,
+            stats,
+            counts: RoomCounts::default(),
         }
     }
 
@@ -138,14 +145,19 @@ impl RoomActor {
         while let Some(delivery) = self.room.poll_delivery() {
             self.deliver(&delivery);
         }
+        self.counts.publish(&self.stats);
         self.schedule_lag_markers(me);
     }
 
     fn deliver(&mut self, delivery: &Delivery) {
         let outcome = self.sinks.get(&delivery.to).map(|sink| sink.try_deliver(delivery));
         match outcome {
-            Some(Ok(())) => {}
+            Some(Ok(())) => {
+                self.counts.deliveries += 1;
+                self.counts.lag_markers += u64::from(delivery.lag.is_some());
+            }
             Some(Err(SinkError::Full)) => {
+                self.counts.deliveries_dropped += 1;
                 self.room.handle_delivery_full(delivery);
                 self.lagged = true;
             }
@@ -174,6 +186,7 @@ impl RoomActor {
             if let Some(sink) = self.sinks.remove(&id) {
                 tracing::debug!(room = %self.room.name(), ?lag, "closing a stalled subscriber");
                 sink.close_stalled(Stalled { room: self.room.name().clone(), lag });
+                self.stats.subscriber_closed_stalled();
             }
         }
     }
@@ -203,6 +216,9 @@ impl Message<SendMessage> for RoomActor {
 
     async fn handle(&mut self, SendMessage(draft): SendMessage, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let result = self.room.handle_send(draft, self.clock.now());
+        if matches!(&result, Ok(sent) if !sent.duplicate) {
+            self.stats.messages_appended(1);
+        }
         self.persist(ctx.actor_ref());
         self.flush(ctx.actor_ref());
         match result {
@@ -220,6 +236,9 @@ impl Message<SendBatch> for RoomActor {
 
     async fn handle(&mut self, SendBatch(drafts): SendBatch, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let result = self.room.handle_send_batch(drafts, self.clock.now());
+        if let Ok(Some((first, last))) = &result {
+            self.stats.messages_appended(last - first + 1);
+        }
         self.persist(ctx.actor_ref());
         self.flush(ctx.actor_ref());
         match result {
@@ -375,6 +394,7 @@ impl Message<RetryLagMarkers> for RoomActor {
         for marker in self.room.take_lag_markers() {
             self.deliver(&marker);
         }
+        self.counts.publish(&self.stats);
         self.schedule_lag_markers(ctx.actor_ref());
     }
 }

@@ -4,6 +4,7 @@
 //! awaited one by one, which is what makes a stream's messages keep their order, G3).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use confab_engine::{
     ClientFrame, Lag, RoomEvent, RoomName, ServerFrame, Session, SessionCommand, SubscriberId, Subscription,
@@ -17,6 +18,7 @@ use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::room_actor::{RoomActor, SendMessage, Subscribe, Typing, Unsubscribe};
 use crate::sink::{SessionSink, StallNotice};
+use crate::stats::{EngineStats, SessionGuard};
 
 /// The actor around one [`Session`].
 #[derive(Actor)]
@@ -29,6 +31,9 @@ pub struct SessionActor {
     rooms: BTreeMap<RoomName, ActorRef<RoomActor>>,
     /// Handed to every room sink of this session; the client side reads it when it ends.
     stall_notice: StallNotice,
+    /// The engine's counters; the guard counts this session as open until the actor is dropped.
+    stats: Arc<EngineStats>,
+    _open: SessionGuard,
 }
 
 impl SessionActor {
@@ -37,8 +42,10 @@ impl SessionActor {
         directory: Directory,
         outbound: mpsc::Sender<ServerFrame>,
         stall_notice: StallNotice,
+        stats: Arc<EngineStats>,
     ) -> Self {
-        Self { session, directory, outbound: Some(outbound), rooms: BTreeMap::new(), stall_notice }
+        let open = stats.session_opened();
+        Self { session, directory, outbound: Some(outbound), rooms: BTreeMap::new(), stall_notice, stats, _open: open }
     }
 
     /// Executes the session's commands until none is left.
@@ -80,6 +87,9 @@ impl SessionActor {
                     }
                 }
                 SessionCommand::Emit(frame) => {
+                    if matches!(frame, ServerFrame::Error { .. }) {
+                        self.stats.session_frame_refused();
+                    }
                     let delivered = match &self.outbound {
                         Some(outbound) => outbound.send(frame).await.is_ok(),
                         None => false,

@@ -118,7 +118,14 @@ struct Tally {
 
 impl Tally {
     fn new() -> Self {
-        Self { operations: 0, errors: 0, lag_events: 0, order_violations: 0, reconnects: 0, latency_us: Report::histogram() }
+        Self {
+            operations: 0,
+            errors: 0,
+            lag_events: 0,
+            order_violations: 0,
+            reconnects: 0,
+            latency_us: Report::histogram(),
+        }
     }
 
     fn record(&mut self, window: &Window, done_at: Instant, latency: Duration) {
@@ -196,7 +203,10 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
 
 /// One more HTTP/2 connection to the server.
 async fn connect(options: &BenchOptions) -> Result<Channel, BenchError> {
-    let failed = |error: &dyn std::fmt::Display| BenchError::Connect { server: options.server.clone(), reason: error.to_string() };
+    let failed = |error: &dyn std::fmt::Display| BenchError::Connect {
+        server: options.server.clone(),
+        reason: error.to_string(),
+    };
     let endpoint = Channel::from_shared(options.server.clone()).map_err(|error| failed(&error))?.tcp_nodelay(true);
     endpoint.connect().await.map_err(|error| failed(&error))
 }
@@ -566,7 +576,11 @@ impl MixConnection {
             let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / per_client_rate));
             while window.open() {
                 ticks.tick().await;
-                let post = v1::Post { room: room.clone(), client_msg_id: String::new(), body: window.stamped_body(body_bytes) };
+                let post = v1::Post {
+                    room: room.clone(),
+                    client_msg_id: String::new(),
+                    body: window.stamped_body(body_bytes),
+                };
                 if outgoing.send(v1::ClientFrame { frame: Some(client_frame::Frame::Post(post)) }).await.is_err() {
                     return;
                 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use confab_actors::store::{HistoryStore, RedbStore, Retention};
 use confab_actors::{Engine, EngineConfig};
 use confab_engine::{Limits, limits};
 use tracing::{info, warn};
 
-use crate::grpc::server::serve;
+use crate::grpc::server::serve_observed;
+use crate::metrics::{METRICS_PATH, Metrics, RpcMetrics, serve_metrics};
 
 /// Flags of `confab serve`.
 #[derive(Debug, Args)]
@@ -34,8 +35,25 @@ pub struct ServeArgs {
     /// --history-len-max per room are kept).
     #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
     retention_age: Option<Duration>,
+    /// Also serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics. Off by default;
+    /// port 0 picks a free port (the chosen address is printed).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors. Filter with RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields included.
+    Json,
 }
 
 /// Every engine limit as a flag; the defaults are the engine's named constants.
@@ -106,15 +124,18 @@ impl LimitArgs {
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logs();
+    init_logs(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve_until_signal(args))
 }
 
-fn init_logs() {
+fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
@@ -134,15 +155,38 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     // rooms per millisecond.
     let epoch_base = now_ms.saturating_mul(1_000);
     let config = EngineConfig { limits, epoch_base, storage, time_origin_ms: now_ms, ..EngineConfig::default() };
+    let metrics_listener = match args.metrics_listen {
+        Some(metrics_address) => Some(
+            tokio::net::TcpListener::bind(metrics_address)
+                .await
+                .with_context(|| format!("--metrics-listen {metrics_address}: cannot bind"))?,
+        ),
+        None => None,
+    };
     let engine = Engine::start(config)?;
     println!("confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; Ctrl-C stops");
     info!(%address, limits = ?engine.limits(), "serving without authentication");
+    let rpc_metrics = RpcMetrics::default();
+    // Metrics stay up while the server drains, so the drain itself can be watched.
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(metrics_listener) = metrics_listener {
+        let metrics_address = metrics_listener.local_addr().context("reading the metrics address")?;
+        let metrics = Arc::new(Metrics::new(engine.clone(), &rpc_metrics));
+        println!("metrics on http://{metrics_address}{METRICS_PATH}");
+        info!(address = %metrics_address, path = METRICS_PATH, "serving metrics");
+        let stop = metrics_stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(error) = serve_metrics(metrics_listener, metrics, stop).await {
+                warn!(%error, "the metrics endpoint failed");
+            }
+        });
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, engine.clone(), async {
+    let server = tokio::spawn(serve_observed(listener, engine.clone(), rpc_metrics, async {
         let _ = stopped.await;
     }));
     shutdown_signal().await;
-    info!(grace = ?args.shutdown_grace, "shutting down: ending open streams");
+    info!(grace = ?args.shutdown_grace, "shutting down: refusing new connections, ending open streams");
     let _ = stop.send(());
     match tokio::time::timeout(args.shutdown_grace, server).await {
         Ok(Ok(Ok(()))) => info!("stopped cleanly"),
@@ -150,6 +194,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         Ok(Err(error)) => return Err(error).context("the server task failed"),
         Err(_) => warn!("calls still open after the grace period; exiting anyway"),
     }
+    metrics_stop.cancel();
     engine.shutdown().await.ok();
     Ok(())
 }

@@ -5,12 +5,18 @@
 //! - [`status`]: every error -> `tonic::Status`, in one place.
 //! - [`confab_service`]: `confab.v1.Chat`; [`chat_service`]: `chat.ChatService`.
 //! - [`shutdown`]: ends open response streams with UNAVAILABLE when the server stops.
-//! - [`server`]: [`server::serve`] runs both services on a listener until a shutdown future.
+//! - [`health`]: `grpc.health.v1.Health`, NOT_SERVING once shutdown begins.
+//! - [`reflection`]: server reflection (v1 and v1alpha) from the compiled-in descriptors.
+//! - [`observe`]: the layer every call passes: per-RPC metrics and logs of refusals and streams.
+//! - [`server`]: [`server::serve`] runs all of them on a listener until a shutdown future.
 
 pub mod chat_service;
 pub mod confab_service;
 pub mod convert;
+pub mod health;
+pub mod observe;
 pub mod proto;
+pub mod reflection;
 pub mod server;
 pub mod shutdown;
 pub mod status;

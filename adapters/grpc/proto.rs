@@ -11,3 +11,7 @@ pub mod confab_v1 {
 pub mod chat {
     tonic::include_proto!("chat");
 }
+
+/// Both protos (and what they import) as an encoded `FileDescriptorSet`, written by `build.rs`,
+/// for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/confab_descriptor.bin"));

@@ -6,7 +6,9 @@ mod bench_tool;
 mod confab_api;
 mod crash;
 mod lifecycle;
+mod operations;
 mod seed_api;
+mod shutdown;
 mod sim_cli;
 mod slow_consumers;
 
@@ -14,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use confab::grpc::proto::{chat::chat_service_client::ChatServiceClient, confab_v1::chat_client::ChatClient};
-use confab::grpc::server::serve;
+use confab::grpc::server::{ServeError, serve};
 use confab_actors::{Engine, EngineConfig};
 use confab_engine::Limits;
 use tokio::sync::oneshot;
@@ -29,7 +31,7 @@ struct TestServer {
     address: SocketAddr,
     engine: Engine,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    task: JoinHandle<Result<(), ServeError>>,
 }
 
 impl TestServer {
@@ -61,7 +63,7 @@ impl TestServer {
     }
 
     /// Triggers shutdown and waits (bounded) for the server to finish.
-    async fn stop(mut self) -> Result<(), tonic::transport::Error> {
+    async fn stop(mut self) -> Result<(), ServeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

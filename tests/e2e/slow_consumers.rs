@@ -52,6 +52,8 @@ async fn a_stalled_subscriber_is_closed_with_a_lag_marker_and_a_status_while_a_r
     })
     .await;
 
+    assert_eq!(server.engine.stats().subscribers_closed_stalled, 1, "counted for the metrics");
+
     // Reading again: the messages buffered before it stalled, one lag marker from where they
     // stop, then RESOURCE_EXHAUSTED saying what was missed and how to resume.
     let mut seqs = Vec::new();
@@ -68,7 +70,9 @@ async fn a_stalled_subscriber_is_closed_with_a_lag_marker_and_a_status_while_a_r
     assert!(!seqs.is_empty() && (seqs.len() as u64) < MESSAGES, "some were buffered, not all: {}", seqs.len());
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "in order, no gap");
     assert_eq!(lag.missed_from, seqs.len() as u64 + 1, "G2: the marker starts where delivery stopped");
-    assert_eq!(lag.missed_to, MESSAGES);
+    // It ends at the room's last message when the room closed the stream (on a busy machine
+    // that may be before the publisher finished).
+    assert!((lag.missed_from..=MESSAGES).contains(&lag.missed_to), "{lag:?}");
     let status = bounded(stalled.message()).await.expect_err("closed with a status");
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(

@@ -4,6 +4,7 @@
 mod embedding;
 mod ordering;
 mod sessions;
+mod stats;
 mod storage;
 mod uploads;
 

@@ -1,0 +1,162 @@
+//! Engine-level counters for operations (metrics): what rooms and sessions did, counted in the
+//! actor layer so that `confab-engine` stays free of any dependency.
+//!
+//! The hot path stays cheap: counters are `Relaxed` atomics (a scrape needs no ordering between
+//! them), and a room adds up its deliveries in plain integers ([`RoomCounts`]) and publishes them
+//! once per batch of deliveries rather than once per subscriber. [`Engine::stats`] reads a
+//! [`StatsSnapshot`]; a transport turns it into whatever format it exports.
+//!
+//! [`Engine::stats`]: crate::Engine::stats
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The engine's counters, shared by every actor of one engine.
+#[derive(Debug, Default)]
+pub(crate) struct EngineStats {
+    rooms_created: AtomicU64,
+    sessions_open: AtomicU64,
+    sessions_opened: AtomicU64,
+    messages_appended: AtomicU64,
+    deliveries: AtomicU64,
+    deliveries_dropped: AtomicU64,
+    lag_markers: AtomicU64,
+    session_frames_refused: AtomicU64,
+    subscribers_closed_stalled: AtomicU64,
+}
+
+/// A point-in-time copy of the engine's counters (each read on its own, so two counters may be
+/// a few events apart under load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Rooms live now (created or restored, not yet retired).
+    pub rooms: u64,
+    /// Rooms created or restored from the store since the engine started.
+    pub rooms_created: u64,
+    /// Bidirectional sessions open now.
+    pub sessions: u64,
+    /// Sessions opened since the engine started.
+    pub sessions_opened: u64,
+    /// Messages the rooms numbered (a recognised retry of an earlier send does not count).
+    pub messages_appended: u64,
+    /// Room events queued to a subscriber (a stream or a session): one per subscriber per event.
+    pub deliveries: u64,
+    /// Deliveries not queued because the subscriber's queue was full: it gets a lag marker instead
+    /// (a lone lag marker that still finds the queue full, and is retried, counts too).
+    pub deliveries_dropped: u64,
+    /// Lag markers (`Lagged`: "you missed a to b") handed to subscribers.
+    pub lag_markers: u64,
+    /// Session frames refused with an `Error` frame (the session went on).
+    pub session_frames_refused: u64,
+    /// Subscribers (streams or sessions) closed for taking nothing while lagging for the
+    /// stall time (`Limits::subscriber_stall_ms`).
+    pub subscribers_closed_stalled: u64,
+}
+
+impl EngineStats {
+    /// Reads every counter; `rooms` is counted by the caller, who owns the room table.
+    pub(crate) fn snapshot(&self, rooms: u64) -> StatsSnapshot {
+        StatsSnapshot {
+            rooms,
+            rooms_created: self.rooms_created.load(Ordering::Relaxed),
+            sessions: self.sessions_open.load(Ordering::Relaxed),
+            sessions_opened: self.sessions_opened.load(Ordering::Relaxed),
+            messages_appended: self.messages_appended.load(Ordering::Relaxed),
+            deliveries: self.deliveries.load(Ordering::Relaxed),
+            deliveries_dropped: self.deliveries_dropped.load(Ordering::Relaxed),
+            lag_markers: self.lag_markers.load(Ordering::Relaxed),
+            session_frames_refused: self.session_frames_refused.load(Ordering::Relaxed),
+            subscribers_closed_stalled: self.subscribers_closed_stalled.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn room_created(&self) {
+        self.rooms_created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn messages_appended(&self, count: u64) {
+        self.messages_appended.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn subscriber_closed_stalled(&self) {
+        self.subscribers_closed_stalled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn session_frame_refused(&self) {
+        self.session_frames_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a session as open until the returned guard is dropped (with the session actor).
+    pub(crate) fn session_opened(self: &Arc<Self>) -> SessionGuard {
+        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        self.sessions_open.fetch_add(1, Ordering::Relaxed);
+        SessionGuard(Arc::clone(self))
+    }
+}
+
+/// Held by a session actor: the session counts as open while it lives, however it stops.
+#[derive(Debug)]
+pub(crate) struct SessionGuard(Arc<EngineStats>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.sessions_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A room's delivery counts since it last published them: plain integers on the fan-out path,
+/// added to the shared atomics once per batch by [`RoomCounts::publish`].
+#[derive(Debug, Default)]
+pub(crate) struct RoomCounts {
+    pub(crate) deliveries: u64,
+    pub(crate) deliveries_dropped: u64,
+    pub(crate) lag_markers: u64,
+}
+
+impl RoomCounts {
+    /// Adds the counts to `stats` and starts again from zero.
+    pub(crate) fn publish(&mut self, stats: &EngineStats) {
+        let counts = std::mem::take(self);
+        if counts.deliveries > 0 {
+            stats.deliveries.fetch_add(counts.deliveries, Ordering::Relaxed);
+        }
+        if counts.deliveries_dropped > 0 {
+            stats.deliveries_dropped.fetch_add(counts.deliveries_dropped, Ordering::Relaxed);
+        }
+        if counts.lag_markers > 0 {
+            stats.lag_markers.fetch_add(counts.lag_markers, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_counts_as_open_while_its_guard_lives() {
+        let stats = Arc::new(EngineStats::default());
+        let first = stats.session_opened();
+        let second = stats.session_opened();
+        assert_eq!(stats.snapshot(0).sessions, 2);
+        drop(first);
+        assert_eq!(stats.snapshot(0).sessions, 1);
+        drop(second);
+        let snapshot = stats.snapshot(0);
+        assert_eq!(snapshot.sessions, 0);
+        assert_eq!(snapshot.sessions_opened, 2);
+    }
+
+    #[test]
+    fn room_counts_are_published_once_and_reset() {
+        let stats = EngineStats::default();
+        let mut counts = RoomCounts { deliveries: 5, deliveries_dropped: 2, lag_markers: 1 };
+        counts.publish(&stats);
+        counts.publish(&stats);
+        let snapshot = stats.snapshot(3);
+        assert_eq!(snapshot.rooms, 3);
+        assert_eq!(snapshot.deliveries, 5);
+        assert_eq!(snapshot.deliveries_dropped, 2);
+        assert_eq!(snapshot.lag_markers, 1);
+    }
+}
