@@ -5,11 +5,16 @@
 //!   services (`confab.v1.Chat` and the seed's `chat.ChatService`) and [`grpc::server::serve`].
 //! - [`bench`](mod@bench): the load generator behind `confab bench` (scenarios, HDR latency, /proc readings).
 //! - [`cli`]: the `confab` command line (`serve`, `chat`, `bench`), parsed with clap.
+//! - [`transport`]: the boundary every transport follows to turn its protocol into `Engine`
+//!   calls, and the session pump that gRPC and WebSocket sessions share.
+//! - [`ws`]: the WebSocket transport (protobuf or JSON frames) and the embedded web chat page.
 //!
-//! Data flow: a gRPC call arrives in a service, [`grpc::convert`] turns it into engine types, the
+//! Data flow: a gRPC call (or WebSocket frame) arrives in a service, [`grpc::convert`] turns it into engine types, the
 //! service calls the [`confab_actors::Engine`] handle, and results or refusals go back through
 //! `convert` and [`grpc::status`]. No engine or actor code knows which transport is in use.
 
 pub mod bench;
 pub mod cli;
 pub mod grpc;
+pub mod transport;
+pub mod ws;

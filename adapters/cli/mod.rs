@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod serve;
 mod sim;
+mod web;
 
 use clap::{Parser, Subcommand};
 

@@ -36,6 +36,8 @@ pub struct ServeArgs {
     retention_age: Option<Duration>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    web: super::web::WebArgs,
 }
 
 /// Every engine limit as a flag; the defaults are the engine's named constants.
@@ -131,6 +133,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let config = EngineConfig { limits, epoch_base, storage, time_origin_ms: now_ms, ..EngineConfig::default() };
     let engine = Engine::start(config)?;
     println!("confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; Ctrl-C stops");
+    let web = args.web.start(engine.clone()).await?;
     info!(%address, limits = ?engine.limits(), "serving without authentication");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, engine.clone(), async {
@@ -139,7 +142,15 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     info!(grace = ?args.shutdown_grace, "shutting down: ending open streams");
     let _ = stop.send(());
-    match tokio::time::timeout(args.shutdown_grace, server).await {
+    let web_stopped = async {
+        match web {
+            Some(web) => web.stop(args.shutdown_grace).await,
+            None => Ok(()),
+        }
+    };
+    let (served, web_stopped) = tokio::join!(tokio::time::timeout(args.shutdown_grace, server), web_stopped);
+    web_stopped?;
+    match served {
         Ok(Ok(Ok(()))) => info!("stopped cleanly"),
         Ok(Ok(Err(error))) => return Err(error).context("serving"),
         Ok(Err(error)) => return Err(error).context("the server task failed"),

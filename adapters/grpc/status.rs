@@ -26,6 +26,14 @@ pub enum ApiError {
     /// The subscriber fell behind on a stream that cannot carry a lag marker.
     #[error("fell behind: missed messages {} to {}; reconnect and fetch them with History", .0.missed_from, .0.missed_to)]
     Lagged(Lag),
+    /// A transport frame over the transport's size limit (the WebSocket's frames).
+    #[error("frame is over {flag} ({bytes_max} bytes)")]
+    FrameTooBig {
+        /// The limit, in bytes.
+        bytes_max: usize,
+        /// The server flag that sets it.
+        flag: &'static str,
+    },
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -83,7 +91,7 @@ impl From<ApiError> for Status {
         let code = match &error {
             ApiError::Name { .. } | ApiError::Malformed(_) => Code::InvalidArgument,
             ApiError::Engine(error) => engine_code(error),
-            ApiError::Lagged(_) => Code::ResourceExhausted,
+            ApiError::Lagged(_) | ApiError::FrameTooBig { .. } => Code::ResourceExhausted,
             ApiError::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, error.to_string())

@@ -8,6 +8,7 @@ mod crash;
 mod lifecycle;
 mod seed_api;
 mod sim_cli;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::time::Duration;
