@@ -61,17 +61,15 @@ impl WebArgs {
     pub(crate) async fn start(&self, engine: Engine) -> anyhow::Result<Option<Web>> {
         let listener = match self.ws_listen {
             Some(WsListen::Off) => return Ok(None),
-            Some(WsListen::At(address)) => TcpListener::bind(address)
-                .await
-                .with_context(|| format!("--ws-listen {address}: cannot bind"))?,
+            Some(WsListen::At(address)) => {
+                TcpListener::bind(address).await.with_context(|| format!("--ws-listen {address}: cannot bind"))?
+            }
             None => bind_default().await?,
         };
         let address = listener.local_addr().context("reading the web address")?;
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
-        let config = WsConfig {
-            frame_bytes_max: size(self.ws_frame_bytes_max),
-            connections_max: size(self.ws_connections_max),
-        };
+        let config =
+            WsConfig { frame_bytes_max: size(self.ws_frame_bytes_max), connections_max: size(self.ws_connections_max) };
         println!("confab web chat on http://{address}/ (WebSocket ws://{address}/ws); open it in a browser");
         info!(%address, ?config, "serving the web chat page and WebSocket transport");
         let (stop, stopped) = oneshot::channel::<()>();

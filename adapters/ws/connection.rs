@@ -67,8 +67,9 @@ impl FrameSource for Frames {
                 Some(Err(error)) => return self.read_error(error),
             };
             let frame = match (message, self.format) {
-                (Message::Binary(bytes), Format::Binary) => v1::ClientFrame::decode(bytes)
-                    .map_err(|error| ApiError::Malformed(format!("binary frame is not a confab.v1.ClientFrame: {error}"))),
+                (Message::Binary(bytes), Format::Binary) => v1::ClientFrame::decode(bytes).map_err(|error| {
+                    ApiError::Malformed(format!("binary frame is not a confab.v1.ClientFrame: {error}"))
+                }),
                 (Message::Text(text), Format::Json) => serde_json::from_str::<json::ClientFrame>(text.as_str())
                     .map(v1::ClientFrame::from)
                     .map_err(|error| ApiError::Malformed(format!("text frame is not a JSON client frame: {error}"))),

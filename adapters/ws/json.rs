@@ -175,12 +175,9 @@ pub fn server_frame(frame: v1::ServerFrame) -> Option<ServerFrame> {
     use v1::server_frame::Frame;
     Some(match frame.frame? {
         Frame::Event(event) => match event.event? {
-            Event::Subscribed(s) => ServerFrame::Subscribed {
-                room: s.room,
-                epoch: s.epoch,
-                recovered: s.recovered,
-                first_seq: s.first_seq,
-            },
+            Event::Subscribed(s) => {
+                ServerFrame::Subscribed { room: s.room, epoch: s.epoch, recovered: s.recovered, first_seq: s.first_seq }
+            }
             Event::Message(m) => ServerFrame::Message {
                 room: m.room,
                 seq: m.seq,

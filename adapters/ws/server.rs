@@ -109,7 +109,11 @@ struct ConnectQuery {
 }
 
 /// `GET /ws?user=NAME&format=json|binary`: upgrades to a session.
-async fn connect(State(shared): State<Arc<Shared>>, Query(query): Query<ConnectQuery>, upgrade: WebSocketUpgrade) -> Response {
+async fn connect(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<ConnectQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let user = match convert::user(query.user.as_deref().unwrap_or(convert::DEFAULT_USER)) {
         Ok(user) => user,
         Err(error) => return http_refusal(error),

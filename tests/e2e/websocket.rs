@@ -188,7 +188,8 @@ async fn json_frames_resume_after_seq_exactly_and_dedupe_retries() {
     let server = WsServer::start().await;
     let lobby = RoomName::new("lobby").expect("room");
     for i in 1..=4 {
-        let draft = Draft { user: UserName::new("grpc").expect("user"), client_msg_id: None, body: format!("m{i}").into() };
+        let draft =
+            Draft { user: UserName::new("grpc").expect("user"), client_msg_id: None, body: format!("m{i}").into() };
         server.engine.send(&lobby, draft).await.expect("sent");
     }
     let mut ann = server.connect("user=ann&format=json").await;
