@@ -119,6 +119,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
+    let web_listener = args.web.bind().await?;
     let limits = args.limits.limits();
     let storage = open_storage(&args, &limits)?;
     let history = match &storage {
@@ -133,7 +134,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let config = EngineConfig { limits, epoch_base, storage, time_origin_ms: now_ms, ..EngineConfig::default() };
     let engine = Engine::start(config)?;
     println!("confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; Ctrl-C stops");
-    let web = args.web.start(engine.clone()).await?;
+    let web = web_listener.map(|listener| listener.start(engine.clone())).transpose()?;
     info!(%address, limits = ?engine.limits(), "serving without authentication");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, engine.clone(), async {

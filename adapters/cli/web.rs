@@ -56,9 +56,15 @@ pub(crate) struct Web {
     task: JoinHandle<std::io::Result<()>>,
 }
 
+/// The web server's listener, bound before anything is printed so a busy address fails first.
+pub(crate) struct WebListener {
+    listener: TcpListener,
+    config: WsConfig,
+}
+
 impl WebArgs {
-    /// Binds and starts serving (unless `--ws-listen off`); prints the page's URL.
-    pub(crate) async fn start(&self, engine: Engine) -> anyhow::Result<Option<Web>> {
+    /// Binds the web address, unless `--ws-listen off`.
+    pub(crate) async fn bind(&self) -> anyhow::Result<Option<WebListener>> {
         let listener = match self.ws_listen {
             Some(WsListen::Off) => return Ok(None),
             Some(WsListen::At(address)) => {
@@ -66,17 +72,24 @@ impl WebArgs {
             }
             None => bind_default().await?,
         };
-        let address = listener.local_addr().context("reading the web address")?;
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         let config =
             WsConfig { frame_bytes_max: size(self.ws_frame_bytes_max), connections_max: size(self.ws_connections_max) };
+        Ok(Some(WebListener { listener, config }))
+    }
+}
+
+impl WebListener {
+    /// Starts serving and prints the page's URL.
+    pub(crate) fn start(self, engine: Engine) -> anyhow::Result<Web> {
+        let address = self.listener.local_addr().context("reading the web address")?;
         println!("confab web chat on http://{address}/ (WebSocket ws://{address}/ws); open it in a browser");
-        info!(%address, ?config, "serving the web chat page and WebSocket transport");
+        info!(%address, config = ?self.config, "serving the web chat page and WebSocket transport");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, engine, config, async {
+        let task = tokio::spawn(serve(self.listener, engine, self.config, async {
             let _ = stopped.await;
         }));
-        Ok(Some(Web { stop, task }))
+        Ok(Web { stop, task })
     }
 }
 

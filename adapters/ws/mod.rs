@@ -13,7 +13,7 @@
 //! - [`connection`]: one connection as a session, through [`crate::transport::pump_session`].
 //! - [`json`]: the JSON text encoding of the `confab.v1` frames.
 //! - [`close`]: refusals -> close codes and HTTP statuses, in one place.
-//! - [`page`]: the embedded page.
+//! - `page`: the embedded page (`page/index.html`, `page/app.js`).
 
 pub mod close;
 pub mod connection;

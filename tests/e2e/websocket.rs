@@ -350,3 +350,45 @@ async fn shutdown_closes_open_sockets_with_going_away() {
     assert_eq!(code, u16::from(CloseCode::Away), "{reason}");
     assert!(reason.contains("shutting down"), "{reason}");
 }
+
+#[tokio::test]
+async fn confab_serve_prints_the_page_url_and_closes_sockets_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--in-memory",
+            "--shutdown-grace",
+            "5s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start confab serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut url = None;
+    for _ in 0..2 {
+        let line = bounded(lines.next_line()).await.expect("read").expect("a start-up line");
+        if let Some(rest) = line.strip_prefix("confab web chat on http://") {
+            url = rest.split('/').next().map(str::to_owned);
+        }
+    }
+    let address = url.expect("the web chat line names the page's URL");
+    let mut socket =
+        bounded(connect_async(format!("ws://{address}/ws?user=ann&format=json"))).await.expect("upgraded").0;
+    send_json(&mut socket, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_chat_json(&mut socket).await["type"], "subscribed");
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+    assert!(killed.success());
+    let (code, reason) = close_of(&mut socket).await;
+    assert_eq!(code, u16::from(CloseCode::Away), "{reason}");
+    let status = bounded(child.wait()).await.expect("exit status");
+    assert!(status.success(), "confab serve exits cleanly on SIGTERM: {status}");
+}
