@@ -108,8 +108,14 @@ pub async fn pump_session<Source, Sink>(
             },
             event = events.next() => match event {
                 Some(frame) => {
-                    if sink.deliver(&frame).await.is_err() {
-                        return;
+                    // A client that stops reading must not hold shutdown up: stop waiting
+                    // for it once shutdown starts.
+                    tokio::select! {
+                        delivered = sink.deliver(&frame) => if delivered.is_err() { return },
+                        _ = shutdown.cancelled() => {
+                            sink.end(Some(ApiError::ShuttingDown)).await;
+                            return;
+                        }
                     }
                 }
                 None => {

@@ -1,5 +1,6 @@
 //! The `--ws-*` flags of `confab serve`: the web chat page and the WebSocket transport.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -83,7 +84,12 @@ impl WebListener {
     /// Starts serving and prints the page's URL.
     pub(crate) fn start(self, engine: Engine) -> anyhow::Result<Web> {
         let address = self.listener.local_addr().context("reading the web address")?;
-        println!("confab web chat on http://{address}/ (WebSocket ws://{address}/ws); open it in a browser");
+        // Not println!: a parent that read only the first line may have closed the pipe, and
+        // a failed print must not stop the server.
+        let _ = writeln!(
+            std::io::stdout(),
+            "confab web chat on http://{address}/ (WebSocket ws://{address}/ws); open it in a browser"
+        );
         info!(%address, config = ?self.config, "serving the web chat page and WebSocket transport");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(self.listener, engine, self.config, async {

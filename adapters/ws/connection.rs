@@ -1,6 +1,8 @@
 //! One WebSocket connection as a session: its two halves implement the transport boundary's
 //! [`FrameSource`] and [`FrameSink`], and [`pump_session`] does the rest.
 
+use std::time::Duration;
+
 use axum::extract::ws::{Message, WebSocket};
 use confab_actors::Engine;
 use confab_engine::{ServerFrame, UserName};
@@ -15,6 +17,9 @@ use crate::grpc::convert;
 use crate::grpc::proto::confab_v1 as v1;
 use crate::grpc::status::ApiError;
 use crate::transport::{FrameSink, FrameSource, Gone, Inbound, pump_session};
+
+/// How long a connection's close frame may take to send before the socket is dropped instead.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a connection's frames are encoded, chosen with the `format` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +136,11 @@ impl FrameSink for Replies {
     }
 
     async fn end(mut self, reason: Option<ApiError>) {
-        let _ = self.sink.send(Message::Close(Some(close_frame(reason)))).await;
-        let _ = self.sink.close().await;
+        let closing = async {
+            let _ = self.sink.send(Message::Close(Some(close_frame(reason)))).await;
+            let _ = self.sink.close().await;
+        };
+        // A client that reads nothing cannot take the close frame; then the socket just drops.
+        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, closing).await;
     }
 }

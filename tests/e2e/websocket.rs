@@ -392,3 +392,22 @@ async fn confab_serve_prints_the_page_url_and_closes_sockets_on_sigterm() {
     let status = bounded(child.wait()).await.expect("exit status");
     assert!(status.success(), "confab serve exits cleanly on SIGTERM: {status}");
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
+    let server = WsServer::start().await;
+    let mut stalled = server.connect("user=stalled&format=json").await;
+    send_json(&mut stalled, json!({"type": "join", "room": "flood"})).await;
+    assert_eq!(next_chat_json(&mut stalled).await["type"], "subscribed");
+    // The client reads nothing from here on; enough big messages fill the socket's buffers so
+    // the server's writes to it block.
+    let flood = RoomName::new("flood").expect("room");
+    let body: String = "x".repeat(60_000);
+    for _ in 0..400 {
+        let draft =
+            Draft { user: UserName::new("loud").expect("user"), client_msg_id: None, body: body.as_str().into() };
+        server.engine.send(&flood, draft).await.expect("sent");
+    }
+    tokio::time::timeout(PATIENCE, server.stop()).await.expect("stops in time").expect("stopped");
+    drop(stalled);
+}
