@@ -7,8 +7,11 @@
 //! - [`metrics`]: Prometheus metrics (engine counters read at scrape time, per-RPC counters fed
 //!   by [`grpc::observe`]) served on `GET /metrics` for `confab serve --metrics-listen`.
 //! - [`cli`]: the `confab` command line (`serve`, `chat`, `bench`), parsed with clap.
+//! - [`transport`]: the boundary every transport follows to turn its protocol into `Engine`
+//!   calls, and the session pump that gRPC and WebSocket sessions share.
+//! - [`ws`]: the WebSocket transport (protobuf or JSON frames) and the embedded web chat page.
 //!
-//! Data flow: a gRPC call arrives in a service, [`grpc::convert`] turns it into engine types, the
+//! Data flow: a gRPC call (or WebSocket frame) arrives in a service, [`grpc::convert`] turns it into engine types, the
 //! service calls the [`confab_actors::Engine`] handle, and results or refusals go back through
 //! `convert` and [`grpc::status`]. No engine or actor code knows which transport is in use.
 
@@ -16,3 +19,5 @@ pub mod bench;
 pub mod cli;
 pub mod grpc;
 pub mod metrics;
+pub mod transport;
+pub mod ws;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README: "Run all tests"): formatting, lints with warnings denied,
 # every test of every crate (unit, integration, property, doc), the interop test against a
-# client nobody here wrote, and the docs without warnings.
+# client nobody here wrote, the browser test of the web chat, and the docs without warnings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -19,6 +19,8 @@ echo "== tests"
 cargo test --workspace --locked
 echo "== interop (Python grpcio peer client against confab serve)"
 bash scripts/interop.sh
+echo "== browser (two headless Chromium pages chat through confab serve's web page)"
+bash scripts/browser.sh
 echo "== docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== all checks passed"

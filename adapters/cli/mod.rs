@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod serve;
 mod sim;
+mod web;
 
 use clap::{Parser, Subcommand};
 
@@ -20,7 +21,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC server (confab.v1.Chat and the seed's chat.ChatService on one port).
+    /// Run the gRPC server (confab.v1.Chat and the seed's chat.ChatService on one port), and the
+    /// web chat page with the WebSocket transport on a second port (--ws-listen).
     Serve(serve::ServeArgs),
     /// A terminal chat client for a running server (confab.v1 Session): type lines to send.
     Chat(chat::ChatArgs),

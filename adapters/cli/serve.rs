@@ -45,6 +45,8 @@ pub struct ServeArgs {
     log_format: LogFormat,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    web: super::web::WebArgs,
 }
 
 /// How log lines are written.
@@ -143,6 +145,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
+    let web_listener = args.web.bind().await?;
     let limits = args.limits.limits();
     let storage = open_storage(&args, &limits)?;
     let history = match &storage {
@@ -165,6 +168,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     };
     let engine = Engine::start(config)?;
     println!("confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; Ctrl-C stops");
+    let web = web_listener.map(|listener| listener.start(engine.clone())).transpose()?;
     info!(%address, limits = ?engine.limits(), "serving without authentication");
     let rpc_metrics = RpcMetrics::default();
     // Metrics stay up while the server drains, so the drain itself can be watched.
@@ -188,7 +192,15 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     info!(grace = ?args.shutdown_grace, "shutting down: refusing new connections, ending open streams");
     let _ = stop.send(());
-    match tokio::time::timeout(args.shutdown_grace, server).await {
+    let web_stopped = async {
+        match web {
+            Some(web) => web.stop(args.shutdown_grace).await,
+            None => Ok(()),
+        }
+    };
+    let (served, web_stopped) = tokio::join!(tokio::time::timeout(args.shutdown_grace, server), web_stopped);
+    web_stopped?;
+    match served {
         Ok(Ok(Ok(()))) => info!("stopped cleanly"),
         Ok(Ok(Err(error))) => return Err(error).context("serving"),
         Ok(Err(error)) => return Err(error).context("the server task failed"),

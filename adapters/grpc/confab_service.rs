@@ -3,7 +3,7 @@
 use std::pin::Pin;
 
 use confab_actors::{Engine, Upload};
-use confab_engine::RoomName;
+use confab_engine::{RoomName, ServerFrame};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,6 +14,7 @@ use super::convert;
 use super::proto::confab_v1 as v1;
 use super::shutdown::UntilShutdown;
 use super::status::{ApiError, inbound_status};
+use crate::transport::{FrameSink, FrameSource, Gone, Inbound, pump_session};
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -117,66 +118,44 @@ impl v1::chat_server::Chat for ConfabChat {
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let user = convert::metadata_user(request.metadata())?;
-        let inbound = request.into_inner();
-        let (frames, session_events) = self.engine.open_session(user);
+        let inbound = GrpcFrames(request.into_inner());
         let (responses, stream) = mpsc::channel(RESPONSE_BUFFER_LEN);
-        tokio::spawn(drive_session(inbound, frames, session_events, responses, self.shutdown.clone()));
+        let (engine, shutdown) = (self.engine.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            pump_session(&engine, user, inbound, GrpcResponses(responses), &shutdown).await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 }
 
-/// Pumps one Session RPC: client frames into the session, session frames out. Ends when the
-/// session finishes (after the client half-closed), the client goes away, or shutdown starts.
-async fn drive_session(
-    mut inbound: Streaming<v1::ClientFrame>,
-    frames: confab_actors::SessionSender,
-    mut events: confab_actors::SessionEvents,
-    responses: mpsc::Sender<Result<v1::ServerFrame, Status>>,
-    shutdown: CancellationToken,
-) {
-    // Dropping the sender without closing disconnects the session.
-    let mut frames = Some(frames);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = responses.send(Err(ApiError::ShuttingDown.into())).await;
-                return;
-            }
-            frame = inbound.message(), if frames.is_some() => match frame {
-                Ok(Some(frame)) => {
-                    let sent = match convert::client_frame(frame) {
-                        Ok(frame) => frames.as_ref().map(|frames| frames.send(frame)),
-                        Err(error) => {
-                            let _ = responses.send(Err(error.into())).await;
-                            return;
-                        }
-                    };
-                    if let Some(sent) = sent {
-                        if sent.await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(None) => {
-                    if let Some(frames) = frames.take() {
-                        let _ = frames.close().await;
-                    }
-                }
-                Err(_) => return,
+/// The inbound half of a Session RPC for [`pump_session`].
+struct GrpcFrames(Streaming<v1::ClientFrame>);
+
+impl FrameSource for GrpcFrames {
+    async fn receive(&mut self) -> Inbound {
+        match self.0.message().await {
+            Ok(Some(frame)) => match convert::client_frame(frame) {
+                Ok(frame) => Inbound::Frame(frame),
+                Err(error) => Inbound::Malformed(error),
             },
-            event = events.next() => match event {
-                Some(frame) => {
-                    if responses.send(Ok(convert::server_frame(&frame))).await.is_err() {
-                        return;
-                    }
-                }
-                None => {
-                    if let Some(stalled) = events.stalled() {
-                        let _ = responses.send(Err(ApiError::Stalled(stalled.clone()).into())).await;
-                    }
-                    return;
-                }
-            },
+            Ok(None) => Inbound::Finished,
+            Err(_) => Inbound::Gone,
+        }
+    }
+}
+
+/// The outbound half of a Session RPC: the response stream's channel.
+struct GrpcResponses(mpsc::Sender<Result<v1::ServerFrame, Status>>);
+
+impl FrameSink for GrpcResponses {
+    async fn deliver(&mut self, frame: &ServerFrame) -> Result<(), Gone> {
+        self.0.send(Ok(convert::server_frame(frame))).await.map_err(|_| Gone)
+    }
+
+    async fn end(self, reason: Option<ApiError>) {
+        // A normal end is the response stream ending (status OK) when the sender drops.
+        if let Some(error) = reason {
+            let _ = self.0.send(Err(error.into())).await;
         }
     }
 }

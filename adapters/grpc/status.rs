@@ -33,6 +33,14 @@ pub enum ApiError {
         .0.lag.missed_from, .0.lag.missed_to, .0.room, .0.lag.missed_from.saturating_sub(1)
     )]
     Stalled(Stalled),
+    /// A transport frame over the transport's size limit (the WebSocket's frames).
+    #[error("frame is over {flag} ({bytes_max} bytes)")]
+    FrameTooBig {
+        /// The limit, in bytes.
+        bytes_max: usize,
+        /// The server flag that sets it.
+        flag: &'static str,
+    },
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -90,7 +98,7 @@ impl From<ApiError> for Status {
         let code = match &error {
             ApiError::Name { .. } | ApiError::Malformed(_) => Code::InvalidArgument,
             ApiError::Engine(error) => engine_code(error),
-            ApiError::Lagged(_) | ApiError::Stalled(_) => Code::ResourceExhausted,
+            ApiError::Lagged(_) | ApiError::Stalled(_) | ApiError::FrameTooBig { .. } => Code::ResourceExhausted,
             ApiError::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, error.to_string())

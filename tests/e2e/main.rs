@@ -6,11 +6,13 @@ mod bench_tool;
 mod confab_api;
 mod crash;
 mod lifecycle;
+mod line_chat;
 mod operations;
 mod seed_api;
 mod shutdown;
 mod sim_cli;
 mod slow_consumers;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,129 @@
+//! The `--ws-*` flags of `confab serve`: the web chat page and the WebSocket transport.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use confab_actors::Engine;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::ws::server::{WS_CONNECTIONS_MAX, WS_FRAME_BYTES_MAX, WsConfig, serve};
+
+/// Where the page is served when `--ws-listen` is not given. If this port is taken, a free
+/// port is used instead (the printed line says which), so `confab serve` always starts.
+pub(crate) const WS_LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+
+/// Flags of the web chat page and WebSocket transport.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Web chat and WebSocket")]
+pub(crate) struct WebArgs {
+    /// Address of the web chat page and the WebSocket transport (ws://ADDR/ws), or `off`.
+    /// Default: 127.0.0.1:8080, or a free port if 8080 is taken; an address given here must bind.
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_ws_listen)]
+    ws_listen: Option<WsListen>,
+    /// Largest WebSocket message a client may send, in bytes (bigger: the connection closes
+    /// with code 1009).
+    #[arg(long, default_value_t = WS_FRAME_BYTES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    ws_frame_bytes_max: u64,
+    /// WebSocket connections open at once (more: HTTP 503 before the upgrade).
+    #[arg(long, default_value_t = WS_CONNECTIONS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    ws_connections_max: u64,
+}
+
+/// The value of `--ws-listen`.
+#[derive(Debug, Clone, Copy)]
+enum WsListen {
+    /// No page, no WebSocket.
+    Off,
+    /// Exactly this address.
+    At(SocketAddr),
+}
+
+fn parse_ws_listen(text: &str) -> Result<WsListen, String> {
+    if text == "off" {
+        return Ok(WsListen::Off);
+    }
+    text.parse().map(WsListen::At).map_err(|error| format!("{error} (write an address like 127.0.0.1:8080, or off)"))
+}
+
+/// A running web server.
+pub(crate) struct Web {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// The web server's listener, bound before anything is printed so a busy address fails first.
+pub(crate) struct WebListener {
+    listener: TcpListener,
+    config: WsConfig,
+}
+
+impl WebArgs {
+    /// Binds the web address, unless `--ws-listen off`.
+    pub(crate) async fn bind(&self) -> anyhow::Result<Option<WebListener>> {
+        let listener = match self.ws_listen {
+            Some(WsListen::Off) => return Ok(None),
+            Some(WsListen::At(address)) => {
+                TcpListener::bind(address).await.with_context(|| format!("--ws-listen {address}: cannot bind"))?
+            }
+            None => bind_default().await?,
+        };
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        let config =
+            WsConfig { frame_bytes_max: size(self.ws_frame_bytes_max), connections_max: size(self.ws_connections_max) };
+        Ok(Some(WebListener { listener, config }))
+    }
+}
+
+impl WebListener {
+    /// Starts serving and prints the page's URL.
+    pub(crate) fn start(self, engine: Engine) -> anyhow::Result<Web> {
+        let address = self.listener.local_addr().context("reading the web address")?;
+        // Not println!: a parent that read only the first line may have closed the pipe, and
+        // a failed print must not stop the server.
+        let _ = writeln!(
+            std::io::stdout(),
+            "confab web chat on http://{address}/ (WebSocket ws://{address}/ws); open it in a browser"
+        );
+        info!(%address, config = ?self.config, "serving the web chat page and WebSocket transport");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(self.listener, engine, self.config, async {
+            let _ = stopped.await;
+        }));
+        Ok(Web { stop, task })
+    }
+}
+
+/// The default address, or a free port beside it when something else holds it.
+async fn bind_default() -> anyhow::Result<TcpListener> {
+    let address: SocketAddr = WS_LISTEN_DEFAULT.parse().context("the default web address")?;
+    match TcpListener::bind(address).await {
+        Ok(listener) => Ok(listener),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            warn!(%address, "port taken; serving the web chat on a free port instead (see --ws-listen)");
+            TcpListener::bind(SocketAddr::new(address.ip(), 0)).await.context("binding a free port for the web chat")
+        }
+        Err(error) => Err(error).with_context(|| format!("--ws-listen {address}: cannot bind")),
+    }
+}
+
+impl Web {
+    /// Closes every WebSocket (1001, going away) and waits for them, at most `grace`.
+    pub(crate) async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(grace, self.task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(error).context("serving the web chat"),
+            Ok(Err(error)) => Err(error).context("the web server task failed"),
+            Err(_) => {
+                warn!("WebSocket connections still open after the grace period; exiting anyway");
+                Ok(())
+            }
+        }
+    }
+}

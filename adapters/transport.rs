@@ -1,0 +1,130 @@
+//! The transport boundary: how a frontend turns its protocol into [`Engine`] calls.
+//!
+//! The engine and its actors never learn which transport a client uses. Everything a
+//! transport knows lives in the adapter, and every adapter follows the same recipe:
+//!
+//! 1. **Identity.** Decide who the client is from the protocol (gRPC: the `user` metadata key;
+//!    WebSocket: the `user` query parameter) and make a [`UserName`] with
+//!    [`convert::user`](crate::grpc::convert::user) (or `metadata_user`), so every transport
+//!    refuses the same names with the same message.
+//! 2. **Decode.** Turn the wire frame into a `confab.v1` message (prost for protobuf bytes, or
+//!    another encoding of the same message, like the WebSocket's JSON), then into an engine type
+//!    with [`crate::grpc::convert`]. That module is the one place where wire meets engine.
+//! 3. **Call the handle.** [`Engine::send`], `history`, `subscribe`, `upload`, or, for a
+//!    long-lived connection, [`Engine::open_session`]. [`pump_session`] below drives a session
+//!    for any framed transport, so a new one only implements [`FrameSource`] and [`FrameSink`].
+//! 4. **Encode.** Engine results go back through `convert` (and the transport's encoding).
+//! 5. **Refuse.** Every refusal is an [`ApiError`]; the transport maps it to its own vocabulary
+//!    in exactly one place (gRPC: [`crate::grpc::status`]; WebSocket: [`crate::ws::close`]).
+//! 6. **Stop.** Open streams and sessions end when the server's shutdown token is cancelled,
+//!    so a shutdown never waits on an idle client.
+//!
+//! Users of this boundary: the gRPC `confab.v1.Chat` and `chat.ChatService` services
+//! ([`crate::grpc`]), the WebSocket transport ([`crate::ws`]), and `examples/line_chat.rs`,
+//! which embeds the engine in a smol program without this crate's servers.
+
+use std::future::Future;
+
+use confab_actors::{Engine, SessionSender};
+use confab_engine::{ClientFrame, ServerFrame, UserName};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::grpc::status::ApiError;
+
+/// What a transport read from its client.
+#[derive(Debug)]
+pub enum Inbound {
+    /// One decoded frame for the session.
+    Frame(ClientFrame),
+    /// The client will send nothing more (a half-close): the session finishes once the
+    /// client's own messages have come back to it.
+    Finished,
+    /// The client sent something that is not a frame: the session ends with this error.
+    Malformed(ApiError),
+    /// The client went away: the session disconnects at once.
+    Gone,
+}
+
+/// The client is gone; nothing more can be delivered.
+#[derive(Debug)]
+pub struct Gone;
+
+/// The inbound half of a framed transport.
+pub trait FrameSource: Send {
+    /// The next thing the client sent. Must be cancel-safe: [`pump_session`] races it against
+    /// outbound frames and shutdown.
+    fn receive(&mut self) -> impl Future<Output = Inbound> + Send;
+}
+
+/// The outbound half of a framed transport.
+pub trait FrameSink: Send {
+    /// Delivers one session frame to the client, in order.
+    fn deliver(&mut self, frame: &ServerFrame) -> impl Future<Output = Result<(), Gone>> + Send;
+
+    /// Ends the conversation: `None` when the session finished normally, or the reason it was
+    /// ended (a malformed frame, shutdown).
+    fn end(self, reason: Option<ApiError>) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs one session for `user` over a framed transport until the session finishes, the client
+/// goes away, or `shutdown` is cancelled (then the sink ends with [`ApiError::ShuttingDown`]).
+pub async fn pump_session<Source, Sink>(
+    engine: &Engine,
+    user: UserName,
+    mut source: Source,
+    mut sink: Sink,
+    shutdown: &CancellationToken,
+) where
+    Source: FrameSource,
+    Sink: FrameSink,
+{
+    let (frames, mut events) = engine.open_session(user);
+    // Dropping the sender without closing disconnects the session; `None` once half-closed.
+    let mut frames: Option<SessionSender> = Some(frames);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                sink.end(Some(ApiError::ShuttingDown)).await;
+                return;
+            }
+            inbound = source.receive(), if frames.is_some() => match inbound {
+                Inbound::Frame(frame) => {
+                    let Some(sender) = frames.as_ref() else { continue };
+                    if sender.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Inbound::Finished => {
+                    if let Some(sender) = frames.take() {
+                        let _ = sender.close().await;
+                    }
+                }
+                Inbound::Malformed(error) => {
+                    sink.end(Some(error)).await;
+                    return;
+                }
+                Inbound::Gone => return,
+            },
+            event = events.next() => match event {
+                Some(frame) => {
+                    // A client that stops reading must not hold shutdown up: stop waiting
+                    // for it once shutdown starts.
+                    tokio::select! {
+                        delivered = sink.deliver(&frame) => if delivered.is_err() { return },
+                        _ = shutdown.cancelled() => {
+                            sink.end(Some(ApiError::ShuttingDown)).await;
+                            return;
+                        }
+                    }
+                }
+                None => {
+                    // A room closed the session for stalling: say so; otherwise it finished.
+                    let reason = events.stalled().map(|stalled| ApiError::Stalled(stalled.clone()));
+                    sink.end(reason).await;
+                    return;
+                }
+            },
+        }
+    }
+}

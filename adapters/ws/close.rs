@@ -1,0 +1,89 @@
+//! The one place where refusals become WebSocket close frames and HTTP responses.
+//!
+//! An [`ApiError`] is first classified by the gRPC mapping ([`crate::grpc::status`]), so every
+//! transport agrees on what kind of refusal it is; this module only translates that class into
+//! the WebSocket's close codes (RFC 6455 section 7.4.1) and HTTP statuses. The reason text is
+//! the same message a gRPC client would get.
+
+use axum::extract::ws::{CloseFrame, close_code};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tonic::{Code, Status};
+
+use crate::grpc::status::ApiError;
+
+/// A close frame's reason is at most this many bytes (125 of control-frame payload, minus the
+/// two-byte code).
+const CLOSE_REASON_BYTES_MAX: usize = 123;
+
+/// The close frame that ends a connection: `None` when the session finished normally.
+pub fn close_frame(reason: Option<ApiError>) -> CloseFrame {
+    let Some(error) = reason else {
+        return CloseFrame { code: close_code::NORMAL, reason: "session finished".into() };
+    };
+    let shutting_down = matches!(error, ApiError::ShuttingDown);
+    // Closed for reading nothing while lagging: a policy, not a frame too big (1009).
+    let stalled = matches!(error, ApiError::Stalled(_));
+    let status = Status::from(error);
+    let code = match status.code() {
+        _ if shutting_down => close_code::AWAY,
+        _ if stalled => close_code::POLICY,
+        Code::InvalidArgument => close_code::INVALID,
+        Code::ResourceExhausted => close_code::SIZE,
+        Code::Unavailable => close_code::AGAIN,
+        _ => close_code::ERROR,
+    };
+    CloseFrame { code, reason: truncate(status.message(), CLOSE_REASON_BYTES_MAX).into() }
+}
+
+/// The HTTP response for a request refused before (or instead of) an upgrade.
+pub fn http_refusal(error: ApiError) -> Response {
+    let status = Status::from(error);
+    let http = match status.code() {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (http, format!("{}\n", status.message())).into_response()
+}
+
+/// The refusal of a connection over `--ws-connections-max`.
+pub fn too_many_connections(connections_max: usize) -> Response {
+    let message = format!("too many WebSocket connections (--ws-connections-max {connections_max}); try again later\n");
+    (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+}
+
+/// `text` cut to at most `bytes_max` bytes on a character boundary.
+fn truncate(text: &str, bytes_max: usize) -> &str {
+    let mut end = text.len().min(bytes_max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fit_a_control_frame_and_keep_whole_characters() {
+        let long = "é".repeat(100);
+        let cut = truncate(&long, CLOSE_REASON_BYTES_MAX);
+        assert!(cut.len() <= CLOSE_REASON_BYTES_MAX);
+        assert_eq!(cut.len(), 122);
+    }
+
+    #[test]
+    fn each_refusal_gets_its_close_code() {
+        assert_eq!(close_frame(None).code, close_code::NORMAL);
+        assert_eq!(close_frame(Some(ApiError::ShuttingDown)).code, close_code::AWAY);
+        assert_eq!(close_frame(Some(ApiError::Malformed("x".into()))).code, close_code::INVALID);
+        let too_big = ApiError::FrameTooBig { bytes_max: 10, flag: "--ws-frame-bytes-max" };
+        let frame = close_frame(Some(too_big));
+        assert_eq!(frame.code, close_code::SIZE);
+        assert!(frame.reason.as_str().contains("--ws-frame-bytes-max"), "{}", frame.reason.as_str());
+    }
+}

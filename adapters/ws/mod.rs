@@ -1,0 +1,22 @@
+//! The WebSocket transport and the web chat page, on a port of their own (`--ws-listen`).
+//!
+//! `GET /ws?user=NAME&format=binary|json` upgrades to one session with the same operations
+//! as the gRPC `Session` RPC ([`confab_actors::Engine::open_session`]): join (with
+//! `after_seq` to resume), leave, post, ack and typing in; events, acks, lag markers and
+//! errors out. `user` is the session's identity (default `anonymous`, as gRPC). Frames are
+//! protobuf `confab.v1.ClientFrame` / `ServerFrame` in binary messages (`format=binary`, the
+//! default), or JSON objects in text messages (`format=json`, see [`json`]). A refused frame
+//! comes back as an `error` frame and the session goes on; a frame that does not decode, or is
+//! over `--ws-frame-bytes-max`, closes the connection with a close code and the reason.
+//!
+//! - [`server`]: the routes (`/` the page, `/ws`, `/rooms/{room}`), limits, shutdown.
+//! - [`connection`]: one connection as a session, through [`crate::transport::pump_session`].
+//! - [`json`]: the JSON text encoding of the `confab.v1` frames.
+//! - [`close`]: refusals -> close codes and HTTP statuses, in one place.
+//! - `page`: the embedded page (`page/index.html`, `page/app.js`).
+
+pub mod close;
+pub mod connection;
+pub mod json;
+mod page;
+pub mod server;
