@@ -10,11 +10,11 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::process;
 use super::report::Report;
 use super::{BenchError, BenchOptions};
+use crate::grpc::client::{ClientChannel as Channel, ClientError, connect};
 use crate::grpc::proto::chat::{Message, chat_service_client::ChatServiceClient};
 use crate::grpc::proto::confab_v1::{
     self as v1, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame, room_event,
@@ -139,13 +139,10 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     }
     let mut channels = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
-        let endpoint = Channel::from_shared(options.server.clone())
-            .map_err(|error| BenchError::Connect { server: options.server.clone(), reason: error.to_string() })?
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| BenchError::Connect { server: options.server.clone(), reason: error.to_string() })?;
+        let channel = connect(&options.server, &options.security).await.map_err(|error| match error {
+            ClientError::Options(message) => BenchError::Options(message),
+            ClientError::Connect { server, reason } => BenchError::Connect { server, reason },
+        })?;
         channels.push(channel);
     }
     let now = Instant::now();
@@ -183,6 +180,12 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     })
 }
 
+/// The user name a client puts in its messages: its own, or none with a token, since an
+/// authenticated server takes the sender from the token and refuses any other name.
+fn user_name(options: &BenchOptions, name: String) -> String {
+    if options.security.token.is_some() { String::new() } else { name }
+}
+
 async fn join(workers: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     let mut total = Tally::new();
     for worker in workers {
@@ -205,7 +208,7 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
                 let started = Instant::now();
                 let request = SendRequest {
                     room: "bench-unary".into(),
-                    user: format!("w{worker}"),
+                    user: user_name(&options, format!("w{worker}")),
                     client_msg_id: String::new(),
                     body: body.clone(),
                 };
@@ -219,7 +222,8 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
             let mut client = ChatServiceClient::new(channel);
             while window.open() {
                 let started = Instant::now();
-                let mut request = tonic::Request::new(Message { user: format!("w{worker}"), content: body.clone() });
+                let user = user_name(&options, format!("w{worker}"));
+                let mut request = tonic::Request::new(Message { user, content: body.clone() });
                 request.metadata_mut().insert("room", tonic::metadata::MetadataValue::from_static("bench-hello"));
                 match client.say_hello(request).await {
                     Ok(_) => tally.record(&window, Instant::now(), started.elapsed()),
@@ -227,14 +231,21 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
                 }
             }
         }
-        Scenario::Pingpong => pingpong(ChatServiceClient::new(channel), worker, &body, window, &mut tally).await,
+        Scenario::Pingpong => {
+            let user = user_name(&options, format!("w{worker}"));
+            pingpong(ChatServiceClient::new(channel), worker, user, &body, window, &mut tally).await
+        }
         Scenario::Upload => {
             let mut client = ChatClient::new(channel);
             while window.open() {
                 let started = Instant::now();
                 let room = format!("bench-upload-{worker}");
                 let chunks: Vec<UploadChunk> = (0..options.upload_batch)
-                    .map(|_| UploadChunk { room: room.clone(), user: format!("w{worker}"), body: body.clone() })
+                    .map(|_| UploadChunk {
+                        room: room.clone(),
+                        user: user_name(&options, format!("w{worker}")),
+                        body: body.clone(),
+                    })
                     .collect();
                 match client.upload(tokio_stream::iter(chunks)).await {
                     Ok(receipt) => {
@@ -255,6 +266,7 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
 async fn pingpong(
     mut client: ChatServiceClient<Channel>,
     worker: usize,
+    user: String,
     body: &str,
     window: Window,
     tally: &mut Tally,
@@ -263,7 +275,6 @@ async fn pingpong(
     let mut request = tonic::Request::new(ReceiverStream::new(requests));
     let room = format!("bench-pingpong-{worker}");
     request.metadata_mut().insert("room", room.parse().expect("ascii room"));
-    let user = format!("w{worker}");
     let first = Instant::now();
     if outgoing.send(Message { user: user.clone(), content: body.to_owned() }).await.is_err() {
         tally.errors += 1;
@@ -351,7 +362,7 @@ async fn fanout(options: &BenchOptions, channels: &[Channel], window: Window) ->
                 }
                 let request = SendRequest {
                     room: ROOM.into(),
-                    user: "publisher".into(),
+                    user: user_name(&options, "publisher".into()),
                     client_msg_id: String::new(),
                     body: window.stamped_body(options.body_bytes),
                 };
@@ -402,6 +413,7 @@ async fn mix(options: &BenchOptions, channels: &[Channel], window: Window) -> Ta
     let workers = (0..options.concurrency).map(|client_index| {
         let mut client = ChatClient::new(channels[client_index % channels.len()].clone());
         let room = format!("bench-mix-{}", client_index % rooms);
+        let user = user_name(options, format!("mix{client_index}"));
         let body_bytes = options.body_bytes;
         tokio::spawn(async move {
             let mut tally = Tally::new();
@@ -409,7 +421,9 @@ async fn mix(options: &BenchOptions, channels: &[Channel], window: Window) -> Ta
             let join = client_frame::Frame::Join(v1::Join { room: room.clone(), after_seq: None });
             let _ = outgoing.send(v1::ClientFrame { frame: Some(join) }).await;
             let mut request = tonic::Request::new(ReceiverStream::new(requests));
-            request.metadata_mut().insert("user", format!("mix{client_index}").parse().expect("ascii user"));
+            if !user.is_empty() {
+                request.metadata_mut().insert("user", user.parse().expect("ascii user"));
+            }
             let Ok(response) = client.session(request).await else {
                 tally.errors += 1;
                 return tally;

@@ -46,6 +46,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    security: super::chat::SecurityArgs,
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -61,6 +63,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         rate: args.rate,
         rooms: args.rooms as usize,
         server_pid: args.server_pid,
+        security: args.security.client(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     if !args.json {

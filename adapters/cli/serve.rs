@@ -9,10 +9,11 @@ use anyhow::Context as _;
 use clap::Args;
 use confab_actors::store::{HistoryStore, RedbStore, Retention};
 use confab_actors::{Engine, EngineConfig};
-use confab_engine::{Limits, limits};
+use confab_engine::{Limits, SendRate, limits};
 use tracing::{info, warn};
 
-use crate::grpc::server::serve;
+use crate::grpc::auth::Tokens;
+use crate::grpc::server::{ServerOptions, serve_with};
 
 /// Flags of `confab serve`.
 #[derive(Debug, Args)]
@@ -35,7 +36,40 @@ pub struct ServeArgs {
     #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
     retention_age: Option<Duration>,
     #[command(flatten)]
+    security: SecurityArgs,
+    #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// Who may call, and over what.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Security")]
+struct SecurityArgs {
+    /// Require `authorization: Bearer <token>` on every call, with the tokens in FILE: one
+    /// `TOKEN USER` per line, `#` comments (README, "Running in production"). The sender of a
+    /// message is the token's user. Without it the server is open: anyone may call as anyone.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    fn tokens(&self) -> anyhow::Result<Option<Tokens>> {
+        let Some(path) = &self.tokens else { return Ok(None) };
+        Tokens::load(path).map(Some).with_context(|| format!("--tokens {}", path.display()))
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::grpc::tls::server_config(cert, key)?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Every engine limit as a flag; the defaults are the engine's named constants.
@@ -78,6 +112,17 @@ struct LimitArgs {
     /// A room with no subscriber and no activity for this long is retired (its history dropped).
     #[arg(long, default_value = "1h", value_parser = super::parse_duration, value_name = "DURATION")]
     room_idle: Duration,
+    /// Calls (HTTP/2 streams) open at once on one connection; clients queue calls beyond it.
+    #[arg(long, default_value_t = limits::STREAMS_PER_CONNECTION_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    streams_per_connection_max: u32,
+    /// Sends per second per Session (an over-rate post gets an Error frame; a seed ChatStream is
+    /// paced), and per user (with --tokens) or per connection for unary Send and SayHello
+    /// (RESOURCE_EXHAUSTED). 0 turns the limit off (for load tests).
+    #[arg(long, default_value_t = limits::SENDS_PER_SECOND_MAX)]
+    sends_per_second_max: u32,
+    /// Sends allowed at once after a quiet spell, above the sustained --sends-per-second-max.
+    #[arg(long, default_value_t = limits::SEND_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    send_burst_max: u32,
 }
 
 impl LimitArgs {
@@ -113,6 +158,9 @@ fn init_logs() {
 }
 
 async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
+    // Checked before binding, so a bad file never leaves a half-started server.
+    let tokens = args.security.tokens()?.map(Arc::new);
+    let tls = args.security.tls()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
@@ -130,10 +178,36 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let epoch_base = now_ms.saturating_mul(1_000);
     let config = EngineConfig { limits, epoch_base, storage, time_origin_ms: now_ms, ..EngineConfig::default() };
     let engine = Engine::start(config)?;
-    println!("confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; Ctrl-C stops");
-    info!(%address, limits = ?engine.limits(), "serving without authentication");
+    let access = match (&tokens, &args.security.tokens) {
+        (Some(tokens), Some(path)) => format!(
+            "bearer tokens required ({} tokens of {} users from {})",
+            tokens.len(),
+            tokens.user_count(),
+            path.display()
+        ),
+        _ => "OPEN: serving without authentication, anyone may send as anyone (--tokens FILE to require tokens)"
+            .to_owned(),
+    };
+    let transport = if tls.is_some() { "TLS" } else { "plaintext" };
+    println!(
+        "confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; {access}; {transport}; Ctrl-C stops"
+    );
+    if tokens.is_none() {
+        warn!(%address, "serving without authentication: anyone who can reach this address may send as anyone");
+        if !address.ip().is_loopback() {
+            warn!(%address, "an open server on a non-loopback address: use --tokens (and TLS) unless this network is trusted");
+        }
+    }
+    let rate = SendRate { per_second: args.limits.sends_per_second_max, burst: args.limits.send_burst_max };
+    info!(%address, limits = ?engine.limits(), send_rate = ?rate, transport, "serving");
+    let options = ServerOptions {
+        tokens,
+        tls,
+        streams_per_connection_max: args.limits.streams_per_connection_max,
+        send_rate: rate,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, engine.clone(), async {
+    let server = tokio::spawn(serve_with(listener, engine.clone(), options, async {
         let _ = stopped.await;
     }));
     shutdown_signal().await;

@@ -10,8 +10,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::caller;
 use super::convert;
 use super::proto::confab_v1 as v1;
+use super::rate::{SendLimiter, SessionRate};
 use super::shutdown::UntilShutdown;
 use super::status::{ApiError, inbound_status};
 
@@ -26,21 +28,30 @@ pub(crate) const RESPONSE_BUFFER_LEN: usize = 64;
 pub struct ConfabChat {
     engine: Engine,
     shutdown: CancellationToken,
+    limiter: SendLimiter,
 }
 
 impl ConfabChat {
-    /// A service over `engine` whose streams end when `shutdown` is cancelled.
+    /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
+    /// send rate.
     pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
-        Self { engine, shutdown }
+        Self { engine, shutdown, limiter: SendLimiter::default() }
+    }
+
+    /// The same service with `limiter`'s send rate (shared with the other service).
+    pub fn with_limiter(self, limiter: SendLimiter) -> Self {
+        Self { limiter, ..self }
     }
 }
 
 #[tonic::async_trait]
 impl v1::chat_server::Chat for ConfabChat {
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
+        let caller = caller(&request)?;
+        self.limiter.check_unary(&caller, request.remote_addr())?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
-        let draft = convert::draft(&request.user, &request.client_msg_id, request.body)?;
+        let draft = convert::draft_by(caller.user(&request.user, "user")?, &request.client_msg_id, request.body)?;
         let sent = self.engine.send(&room, draft).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::SendResponse { seq: sent.seq, duplicate: sent.duplicate }))
     }
@@ -64,9 +75,10 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
-        let user = if request.user.is_empty() { None } else { Some(convert::user(&request.user)?) };
+        let user = caller.optional_user(&request.user, "user")?;
         let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
         let stream = events.map(|event| Ok(convert::room_event(&event)));
         Ok(Response::new(Box::pin(UntilShutdown::new(stream, &self.shutdown))))
@@ -76,6 +88,7 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
+        let caller = caller(&request)?;
         let mut inbound = request.into_inner();
         // Created on the first chunk, which names the room. Dropped on any error: aborted (G6).
         let mut upload: Option<(RoomName, Upload)> = None;
@@ -94,7 +107,8 @@ impl v1::chat_server::Chat for ConfabChat {
                 let message = format!("chunk names room {:?} but the upload goes to {room}", chunk.room);
                 return Err(ApiError::Malformed(message).into());
             }
-            current.push(convert::draft(&chunk.user, "", chunk.body)?).await.map_err(ApiError::from)?;
+            let user = caller.user(&chunk.user, "user")?;
+            current.push(convert::draft_by(user, "", chunk.body)?).await.map_err(ApiError::from)?;
         }
         let Some((_, upload)) = upload else {
             return Err(ApiError::Malformed("upload has no chunk, so it names no room".into()).into());
@@ -109,62 +123,80 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let user = convert::metadata_user(request.metadata())?;
+        let user = caller(&request)?.metadata_user(request.metadata())?;
         let inbound = request.into_inner();
         let (frames, session_events) = self.engine.open_session(user);
         let (responses, stream) = mpsc::channel(RESPONSE_BUFFER_LEN);
-        tokio::spawn(drive_session(inbound, frames, session_events, responses, self.shutdown.clone()));
+        let pump =
+            SessionPump { frames: Some(frames), events: session_events, responses, rate: self.limiter.session() };
+        tokio::spawn(pump.run(inbound, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 }
 
-/// Pumps one Session RPC: client frames into the session, session frames out. Ends when the
-/// session finishes (after the client half-closed), the client goes away, or shutdown starts.
-async fn drive_session(
-    mut inbound: Streaming<v1::ClientFrame>,
-    frames: confab_actors::SessionSender,
-    mut events: confab_actors::SessionEvents,
+/// One Session RPC: client frames into the session, session frames out.
+struct SessionPump {
+    /// `None` once the client half-closed. Dropping the sender without closing disconnects the
+    /// session.
+    frames: Option<confab_actors::SessionSender>,
+    events: confab_actors::SessionEvents,
     responses: mpsc::Sender<Result<v1::ServerFrame, Status>>,
-    shutdown: CancellationToken,
-) {
-    // Dropping the sender without closing disconnects the session.
-    let mut frames = Some(frames);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = responses.send(Err(ApiError::ShuttingDown.into())).await;
-                return;
+    /// The session's send rate: posts over it get an error frame and go no further.
+    rate: SessionRate,
+}
+
+impl SessionPump {
+    /// Runs until the session finishes (after the client half-closed), the client goes away,
+    /// or shutdown starts.
+    async fn run(mut self, mut inbound: Streaming<v1::ClientFrame>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = self.responses.send(Err(ApiError::ShuttingDown.into())).await;
+                    return;
+                }
+                frame = inbound.message(), if self.frames.is_some() => match frame {
+                    Ok(Some(frame)) => {
+                        if !self.forward(frame).await {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        if let Some(frames) = self.frames.take() {
+                            let _ = frames.close().await;
+                        }
+                    }
+                    Err(_) => return,
+                },
+                event = self.events.next() => match event {
+                    Some(frame) => {
+                        if self.responses.send(Ok(convert::server_frame(&frame))).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
             }
-            frame = inbound.message(), if frames.is_some() => match frame {
-                Ok(Some(frame)) => {
-                    let sent = match convert::client_frame(frame) {
-                        Ok(frame) => frames.as_ref().map(|frames| frames.send(frame)),
-                        Err(error) => {
-                            let _ = responses.send(Err(error.into())).await;
-                            return;
-                        }
-                    };
-                    if let Some(sent) = sent {
-                        if sent.await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(None) => {
-                    if let Some(frames) = frames.take() {
-                        let _ = frames.close().await;
-                    }
-                }
-                Err(_) => return,
-            },
-            event = events.next() => match event {
-                Some(frame) => {
-                    if responses.send(Ok(convert::server_frame(&frame))).await.is_err() {
-                        return;
-                    }
-                }
-                None => return,
-            },
+        }
+    }
+
+    /// Passes one client frame to the session, or refuses it; false once the call is over.
+    async fn forward(&mut self, frame: v1::ClientFrame) -> bool {
+        let frame = match convert::client_frame(frame) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let _ = self.responses.send(Err(error.into())).await;
+                return false;
+            }
+        };
+        if let confab_engine::ClientFrame::Send { room, .. } = &frame {
+            if let Err(limited) = self.rate.try_take() {
+                return self.responses.send(Ok(convert::error_frame(room, limited.into()))).await.is_ok();
+            }
+        }
+        match self.frames.as_ref() {
+            Some(frames) => frames.send(frame).await.is_ok(),
+            None => true,
         }
     }
 }

@@ -6,11 +6,19 @@
 //! - [`confab_service`]: `confab.v1.Chat`; [`chat_service`]: `chat.ChatService`.
 //! - [`shutdown`]: ends open response streams with UNAVAILABLE when the server stops.
 //! - [`server`]: [`server::serve`] runs both services on a listener until a shutdown future.
+//! - [`auth`]: bearer tokens, the interceptor in front of both services, the identity rule.
+//! - [`tls`]: the server's certificate and key; [`client`]: connecting with a token and TLS.
+//! - [`rate`]: send-rate limits per session, user or connection; [`deadline`]: `grpc-timeout`.
 
+pub mod auth;
 pub mod chat_service;
+pub mod client;
 pub mod confab_service;
 pub mod convert;
+pub mod deadline;
 pub mod proto;
+pub mod rate;
 pub mod server;
 pub mod shutdown;
 pub mod status;
+pub mod tls;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use confab::grpc::proto::{chat::chat_service_client::ChatServiceClient, confab_v1::chat_client::ChatClient};
-use confab::grpc::server::serve;
+use confab::grpc::server::{ServerOptions, serve_with};
 use confab_actors::{Engine, EngineConfig};
 use confab_engine::Limits;
 use tokio::sync::oneshot;
@@ -37,11 +37,15 @@ impl TestServer {
     }
 
     async fn start_with(limits: Limits) -> Self {
+        Self::start_with_options(limits, ServerOptions::default()).await
+    }
+
+    async fn start_with_options(limits: Limits, options: ServerOptions) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let address = listener.local_addr().expect("address");
         let engine = Engine::start(EngineConfig { limits, ..EngineConfig::default() }).expect("engine");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, engine.clone(), async {
+        let task = tokio::spawn(serve_with(listener, engine.clone(), options, async {
             let _ = stopped.await;
         }));
         Self { address, engine, stop: Some(stop), task }
