@@ -6,6 +6,7 @@ mod bench_tool;
 mod confab_api;
 mod crash;
 mod lifecycle;
+mod security;
 mod seed_api;
 mod sim_cli;
 
