@@ -9,8 +9,10 @@
 //! - [`auth`]: bearer tokens, the interceptor in front of both services, the identity rule.
 //! - [`tls`]: the server's certificate and key; [`client`]: connecting with a token and TLS.
 //! - [`rate`]: send-rate limits per session, user or connection; [`deadline`]: `grpc-timeout`.
+//! - [`cancel`]: a client's reset is an error for the handler, not the end of its stream.
 
 pub mod auth;
+pub mod cancel;
 pub mod chat_service;
 pub mod client;
 pub mod confab_service;

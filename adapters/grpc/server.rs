@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use super::auth::{Authenticator, Tokens};
+use super::cancel::CancelLayer;
 use super::chat_service::SeedChat;
 use super::confab_service::ConfabChat;
 use super::deadline::DeadlineLayer;
@@ -75,6 +76,7 @@ pub async fn serve_with(
     }
     builder
         .layer(DeadlineLayer)
+        .layer(CancelLayer)
         .add_service(ChatServer::with_interceptor(confab, auth.clone()))
         .add_service(ChatServiceServer::with_interceptor(seed, auth))
         .serve_with_incoming_shutdown(incoming, async move {

@@ -5,7 +5,9 @@ mod bad_input;
 mod bench_tool;
 mod confab_api;
 mod crash;
+mod deadlines;
 mod lifecycle;
+mod limits;
 mod security;
 mod seed_api;
 mod sim_cli;
@@ -42,9 +44,13 @@ impl TestServer {
     }
 
     async fn start_with_options(limits: Limits, options: ServerOptions) -> Self {
+        Self::start_with_engine(EngineConfig { limits, ..EngineConfig::default() }, options).await
+    }
+
+    async fn start_with_engine(config: EngineConfig, options: ServerOptions) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let address = listener.local_addr().expect("address");
-        let engine = Engine::start(EngineConfig { limits, ..EngineConfig::default() }).expect("engine");
+        let engine = Engine::start(config).expect("engine");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_with(listener, engine.clone(), options, async {
             let _ = stopped.await;
