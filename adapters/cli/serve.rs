@@ -120,7 +120,8 @@ struct LimitArgs {
     /// (RESOURCE_EXHAUSTED). 0 turns the limit off (for load tests).
     #[arg(long, default_value_t = limits::SENDS_PER_SECOND_MAX)]
     sends_per_second_max: u32,
-    /// Sends allowed at once after a quiet spell, above the sustained --sends-per-second-max.
+    /// Sends allowed at once after a quiet spell (the token bucket's size, refilled at
+    /// --sends-per-second-max).
     #[arg(long, default_value_t = limits::SEND_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     send_burst_max: u32,
 }
