@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
+
+use confab::bench::{BenchOptions, Scenario, run};
 
 use confab::grpc::auth::Tokens;
 use confab::grpc::client::{ClientChannel, ClientSecurity, connect};
@@ -15,7 +18,7 @@ use confab::grpc::proto::confab_v1::{
 };
 use confab::grpc::server::ServerOptions;
 use confab::grpc::tls::server_config;
-use confab_engine::Limits;
+use confab_engine::{Limits, SendRate};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -345,4 +348,47 @@ async fn confab_chat_connects_with_a_token_over_tls() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("[1 #cli] bob: hello over tls"), "{stdout}");
+}
+
+/// `confab bench` with a token: every scenario works against a server with `--tokens`, which
+/// means the tool leaves every user name to the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confab_bench_runs_against_an_authenticated_server() {
+    let options = ServerOptions { tokens: Some(tokens()), send_rate: SendRate::UNLIMITED, ..Default::default() };
+    let server = TestServer::start_with_options(Limits::default(), options).await;
+    for (name, scenario) in Scenario::ALL {
+        let options = BenchOptions {
+            server: format!("http://{}", server.address),
+            scenario,
+            connections: 1,
+            concurrency: 2,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(50),
+            body_bytes: 32,
+            upload_batch: 5,
+            rate: 100,
+            rooms: 1,
+            server_pid: None,
+            security: ClientSecurity { token: Some(ANN.into()), tls_ca: None },
+        };
+        let report = bounded(run(&options)).await.unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert!(report.operations > 0, "{name}: measured nothing: {}", report.human());
+        assert_eq!(report.errors, 0, "{name}: {}", report.human());
+    }
+    let options = BenchOptions {
+        server: format!("http://{}", server.address),
+        scenario: Scenario::UnarySend,
+        connections: 1,
+        concurrency: 1,
+        duration: Duration::from_millis(100),
+        warmup: Duration::ZERO,
+        body_bytes: 8,
+        upload_batch: 1,
+        rate: 0,
+        rooms: 1,
+        server_pid: None,
+        security: ClientSecurity::default(),
+    };
+    let report = bounded(run(&options)).await.expect("runs");
+    assert!(report.errors > 0 && report.operations == 0, "without a token every call fails: {}", report.human());
 }
