@@ -67,9 +67,16 @@ pub enum TokensError {
 }
 
 /// The token table: token -> user.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tokens {
     users: HashMap<String, UserName>,
+}
+
+impl std::fmt::Debug for Tokens {
+    /// The count only: tokens are secrets, and options structs get logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").field("len", &self.users.len()).finish_non_exhaustive()
+    }
 }
 
 impl Tokens {
@@ -270,6 +277,12 @@ mod tests {
         assert_eq!(tokens.len(), 2);
         assert_eq!(tokens.user(ANN).map(UserName::as_str), Some("ann"));
         assert_eq!(tokens.user("bob-token-9876543210").map(UserName::as_str), Some("Bob Smith"));
+    }
+
+    #[test]
+    fn debug_output_shows_no_token() {
+        let printed = format!("{:?}", tokens());
+        assert!(!printed.contains(ANN) && printed.contains('2'), "{printed}");
     }
 
     #[test]

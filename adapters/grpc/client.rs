@@ -17,12 +17,22 @@ use super::tls::error_chain;
 pub type ClientChannel = InterceptedService<Channel, BearerToken>;
 
 /// How a client proves who it is and checks whom it talks to.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ClientSecurity {
     /// The bearer token (the server's `--tokens` file maps it to a user).
     pub token: Option<String>,
     /// The CA certificate (PEM) that signed the server's certificate; needs an `https://` URL.
     pub tls_ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientSecurity {
+    /// Without the token itself: it is a secret, and options structs get logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
+            .finish()
+    }
 }
 
 /// The client could not be set up or could not connect. Each message names the flag to fix.
@@ -42,7 +52,7 @@ pub enum ClientError {
 }
 
 /// Adds `authorization: Bearer <token>` to every call (nothing without a token).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct BearerToken {
     header: Option<MetadataValue<Ascii>>,
 }
@@ -58,6 +68,12 @@ impl BearerToken {
             })
             .transpose()?;
         Ok(Self { header })
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerToken").field("set", &self.header.is_some()).finish()
     }
 }
 

@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::Either;
 use tonic::Status;
 use tonic::codegen::http::{self, HeaderMap};
 use tower::{Layer, Service};
@@ -56,7 +57,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    /// Calls without a deadline (most) go through as they are, with no allocation.
+    type Future = Either<S::Future, BoxFuture<Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -65,8 +67,8 @@ where
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         let timeout = grpc_timeout(request.headers());
         let call = self.inner.call(request);
-        Box::pin(async move {
-            let Some(timeout) = timeout else { return call.await };
+        let Some(timeout) = timeout else { return Either::Left(call) };
+        Either::Right(Box::pin(async move {
             match tokio::time::timeout(timeout.saturating_sub(AHEAD_OF_TONIC), call).await {
                 Ok(response) => response,
                 Err(_) => {
@@ -74,7 +76,7 @@ where
                     Ok(Status::deadline_exceeded(message).into_http())
                 }
             }
-        })
+        }))
     }
 }
 
