@@ -30,6 +30,7 @@ use confab_engine::{ClientFrame, ServerFrame, UserName};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::grpc::rate::SessionRate;
 use crate::grpc::status::ApiError;
 
 /// What a transport read from its client.
@@ -62,6 +63,10 @@ pub trait FrameSink: Send {
     /// Delivers one session frame to the client, in order.
     fn deliver(&mut self, frame: &ServerFrame) -> impl Future<Output = Result<(), Gone>> + Send;
 
+    /// Refuses one client frame about `room` without ending the session (an `Error` frame),
+    /// for refusals the transport makes itself, such as the send rate.
+    fn refuse(&mut self, room: &str, error: ApiError) -> impl Future<Output = Result<(), Gone>> + Send;
+
     /// Ends the conversation: `None` when the session finished normally, or the reason it was
     /// ended (a malformed frame, shutdown).
     fn end(self, reason: Option<ApiError>) -> impl Future<Output = ()> + Send;
@@ -74,6 +79,7 @@ pub async fn pump_session<Source, Sink>(
     user: UserName,
     mut source: Source,
     mut sink: Sink,
+    mut rate: SessionRate,
     shutdown: &CancellationToken,
 ) where
     Source: FrameSource,
@@ -90,6 +96,15 @@ pub async fn pump_session<Source, Sink>(
             }
             inbound = source.receive(), if frames.is_some() => match inbound {
                 Inbound::Frame(frame) => {
+                    if let ClientFrame::Send { room, .. } = &frame {
+                        // Over the session's send rate: refused here, the session goes on.
+                        if let Err(limited) = rate.try_take() {
+                            if sink.refuse(room, limited.into()).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                     let Some(sender) = frames.as_ref() else { continue };
                     if sender.send(frame).await.is_err() {
                         return;

@@ -20,18 +20,26 @@ rm -rf "$work" && mkdir -p "$work"
 
 cargo build --release --locked --quiet --bin confab
 CONFAB=target/release/confab
-"$CONFAB" serve --listen 127.0.0.1:$PORT --data-dir "$work/data" 2>"$work/server.log" &
+"$CONFAB" serve --listen 127.0.0.1:$PORT --data-dir "$work/data" --ws-listen off 2>"$work/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 
 echo "soak: $CLIENTS clients in $ROOMS rooms, $RATE msg/s, disconnect every ~$DISCONNECT_EVERY, for $DURATION"
+# The server's RSS once a minute, to tell a plateau (retained history filling up) from a leak.
+( while kill -0 $server 2>/dev/null; do
+    sleep 60
+    awk -v t="$(date +%T)" '/^VmRSS/{print "soak: " t " server rss " $2 " KiB"}' /proc/$server/status 2>/dev/null
+  done ) >&2 &
+sampler=$!
+trap 'kill $server $sampler 2>/dev/null || true' EXIT
 "$CONFAB" bench --server http://127.0.0.1:$PORT --scenario mix --connections 8 \
   --concurrency "$CLIENTS" --rooms "$ROOMS" --rate "$RATE" --body-bytes 64 \
   --disconnect-every "$DISCONNECT_EVERY" --duration "$DURATION" --warmup 2s \
   --server-pid $server --json | tee "$work/report.json"
 kill -TERM $server
 wait $server || { echo "soak: the server did not stop cleanly" >&2; exit 1; }
+kill $sampler 2>/dev/null || true
 trap - EXIT
 python3 - "$work/report.json" <<'PY'
 import json, sys

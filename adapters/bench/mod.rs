@@ -17,7 +17,7 @@ pub use scenarios::Scenario;
 /// What to run, against what.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// `http://host:port` of the server.
+    /// `http://host:port` (or `https://` with a TLS CA) of the server.
     pub server: String,
     /// The scenario.
     pub scenario: Scenario,
@@ -45,6 +45,8 @@ pub struct BenchOptions {
     pub stalled: usize,
     /// The server's process id, to report its CPU and peak memory.
     pub server_pid: Option<u32>,
+    /// The bearer token and TLS CA for a server that wants them.
+    pub security: crate::grpc::client::ClientSecurity,
 }
 
 /// A benchmark failed to run (not: the server answered errors, which are counted).

@@ -11,11 +11,11 @@ use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::process;
 use super::report::{Report, StalledTally};
 use super::{BenchError, BenchOptions};
+use crate::grpc::client::{ClientChannel as Channel, ClientError, connect};
 use crate::grpc::proto::chat::{Message, chat_service_client::ChatServiceClient};
 use crate::grpc::proto::confab_v1::{
     self as v1, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame, room_event,
@@ -156,7 +156,7 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     }
     let mut channels = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
-        channels.push(connect(options).await?);
+        channels.push(open_connection(options).await?);
     }
     let now = Instant::now();
     let window = Window { origin: now, start: now + options.warmup, end: now + options.warmup + options.duration };
@@ -201,14 +201,18 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     })
 }
 
-/// One more HTTP/2 connection to the server.
-async fn connect(options: &BenchOptions) -> Result<Channel, BenchError> {
-    let failed = |error: &dyn std::fmt::Display| BenchError::Connect {
-        server: options.server.clone(),
-        reason: error.to_string(),
-    };
-    let endpoint = Channel::from_shared(options.server.clone()).map_err(|error| failed(&error))?.tcp_nodelay(true);
-    endpoint.connect().await.map_err(|error| failed(&error))
+/// One more HTTP/2 connection to the server, with the run's token and TLS settings.
+async fn open_connection(options: &BenchOptions) -> Result<Channel, BenchError> {
+    connect(&options.server, &options.security).await.map_err(|error| match error {
+        ClientError::Options(message) => BenchError::Options(message),
+        ClientError::Connect { server, reason } => BenchError::Connect { server, reason },
+    })
+}
+
+/// The user name a client puts in its messages: its own, or none with a token, since an
+/// authenticated server takes the sender from the token and refuses any other name.
+fn user_name(options: &BenchOptions, name: String) -> String {
+    if options.security.token.is_some() { String::new() } else { name }
 }
 
 async fn join(workers: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
@@ -233,7 +237,7 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
                 let started = Instant::now();
                 let request = SendRequest {
                     room: "bench-unary".into(),
-                    user: format!("w{worker}"),
+                    user: user_name(&options, format!("w{worker}")),
                     client_msg_id: String::new(),
                     body: body.clone(),
                 };
@@ -247,7 +251,8 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
             let mut client = ChatServiceClient::new(channel);
             while window.open() {
                 let started = Instant::now();
-                let mut request = tonic::Request::new(Message { user: format!("w{worker}"), content: body.clone() });
+                let user = user_name(&options, format!("w{worker}"));
+                let mut request = tonic::Request::new(Message { user, content: body.clone() });
                 request.metadata_mut().insert("room", tonic::metadata::MetadataValue::from_static("bench-hello"));
                 match client.say_hello(request).await {
                     Ok(_) => tally.record(&window, Instant::now(), started.elapsed()),
@@ -255,14 +260,21 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
                 }
             }
         }
-        Scenario::Pingpong => pingpong(ChatServiceClient::new(channel), worker, &body, window, &mut tally).await,
+        Scenario::Pingpong => {
+            let user = user_name(&options, format!("w{worker}"));
+            pingpong(ChatServiceClient::new(channel), worker, user, &body, window, &mut tally).await
+        }
         Scenario::Upload => {
             let mut client = ChatClient::new(channel);
             while window.open() {
                 let started = Instant::now();
                 let room = format!("bench-upload-{worker}");
                 let chunks: Vec<UploadChunk> = (0..options.upload_batch)
-                    .map(|_| UploadChunk { room: room.clone(), user: format!("w{worker}"), body: body.clone() })
+                    .map(|_| UploadChunk {
+                        room: room.clone(),
+                        user: user_name(&options, format!("w{worker}")),
+                        body: body.clone(),
+                    })
                     .collect();
                 match client.upload(tokio_stream::iter(chunks)).await {
                     Ok(receipt) => {
@@ -283,6 +295,7 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
 async fn pingpong(
     mut client: ChatServiceClient<Channel>,
     worker: usize,
+    user: String,
     body: &str,
     window: Window,
     tally: &mut Tally,
@@ -291,7 +304,6 @@ async fn pingpong(
     let mut request = tonic::Request::new(ReceiverStream::new(requests));
     let room = format!("bench-pingpong-{worker}");
     request.metadata_mut().insert("room", room.parse().expect("ascii room"));
-    let user = format!("w{worker}");
     let first = Instant::now();
     if outgoing.send(Message { user: user.clone(), content: body.to_owned() }).await.is_err() {
         tally.errors += 1;
@@ -339,7 +351,7 @@ async fn fanout(
     let mut stalled_channel = None;
     for index in 0..options.stalled {
         if index % STALLED_PER_CONNECTION == 0 {
-            stalled_channel = Some(connect(options).await?);
+            stalled_channel = Some(open_connection(options).await?);
         }
         let Some(channel) = stalled_channel.clone() else { unreachable!("connected just above") };
         let request = SubscribeRequest { room: ROOM.into(), after_seq: None, user: String::new() };
@@ -411,7 +423,7 @@ async fn fanout(
                 }
                 let request = SendRequest {
                     room: ROOM.into(),
-                    user: "publisher".into(),
+                    user: user_name(&options, "publisher".into()),
                     client_msg_id: String::new(),
                     body: window.stamped_body(options.body_bytes),
                 };
@@ -505,6 +517,7 @@ async fn mix(options: &BenchOptions, channels: &[Channel], window: Window) -> Ta
     let workers = (0..options.concurrency).map(|client_index| {
         let client = ChatClient::new(channels[client_index % channels.len()].clone());
         let room = format!("bench-mix-{}", client_index % rooms);
+        let user = user_name(options, format!("mix{client_index}"));
         let (body_bytes, disconnect_mean) = (options.body_bytes, options.disconnect_mean);
         tokio::spawn(async move {
             let mut tally = Tally::new();
@@ -516,7 +529,8 @@ async fn mix(options: &BenchOptions, channels: &[Channel], window: Window) -> Ta
                     mean.mul_f64(-uniform.ln())
                 });
                 let resume = order.last_seq();
-                let connection = MixConnection { client: client.clone(), client_index, room: room.clone(), body_bytes };
+                let connection =
+                    MixConnection { client: client.clone(), user: user.clone(), room: room.clone(), body_bytes };
                 let ended = connection.run(per_client_rate, resume, online_for, window, &mut tally, &mut order).await;
                 if ended == MixEnd::Failed || disconnect_mean.is_none() {
                     break;
@@ -542,7 +556,8 @@ enum MixEnd {
 /// One `Session` call of a mix client.
 struct MixConnection {
     client: ChatClient<Channel>,
-    client_index: usize,
+    /// The `user` metadata: empty with a token (the server takes the token's user).
+    user: String,
     room: String,
     body_bytes: usize,
 }
@@ -561,7 +576,9 @@ impl MixConnection {
         let join = client_frame::Frame::Join(v1::Join { room: self.room.clone(), after_seq: resume });
         let _ = outgoing.send(v1::ClientFrame { frame: Some(join) }).await;
         let mut request = tonic::Request::new(ReceiverStream::new(requests));
-        request.metadata_mut().insert("user", format!("mix{}", self.client_index).parse().expect("ascii user"));
+        if !self.user.is_empty() {
+            request.metadata_mut().insert("user", self.user.parse().expect("ascii user"));
+        }
         let Ok(response) = self.client.session(request).await else {
             tally.errors += 1;
             return MixEnd::Failed;

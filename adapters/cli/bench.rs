@@ -55,6 +55,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    security: super::chat::SecurityArgs,
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -72,6 +74,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         stalled: args.stalled as usize,
         disconnect_mean: args.disconnect_every,
         server_pid: args.server_pid,
+        security: args.security.client(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     if !args.json {

@@ -1,5 +1,7 @@
 //! `confab chat`: a line-based terminal client of the confab.v1 Session RPC.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -7,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 
+use crate::grpc::client::{ClientSecurity, connect};
 use crate::grpc::proto::confab_v1::{self as v1, chat_client::ChatClient, client_frame, room_event, server_frame};
 
 /// Flags of `confab chat`.
@@ -18,12 +21,32 @@ pub struct ChatArgs {
     /// Room to join.
     #[arg(long, default_value = "lobby")]
     room: String,
-    /// Your name.
-    #[arg(long, default_value = "anonymous")]
-    user: String,
+    /// Your name (default: your token's user, or "anonymous" on an open server). With a token,
+    /// any other name is refused.
+    #[arg(long)]
+    user: Option<String>,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Resume after this sequence number (replays what you missed); default: live only.
     #[arg(long, value_name = "SEQ")]
     after_seq: Option<u64>,
+}
+
+/// How a client authenticates and verifies the server (`confab chat` and `confab bench`).
+#[derive(Debug, Args)]
+pub(crate) struct SecurityArgs {
+    /// Bearer token for a server started with --tokens.
+    #[arg(long, env = "CONFAB_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// CA certificate (PEM) that signed the server's TLS certificate; use an https:// URL.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    pub(crate) fn client(&self) -> ClientSecurity {
+        ClientSecurity { token: self.token.clone(), tls_ca: self.tls_ca.clone() }
+    }
 }
 
 pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
@@ -36,16 +59,16 @@ fn frame(frame: client_frame::Frame) -> v1::ClientFrame {
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
-    let mut client = ChatClient::connect(args.server.clone())
-        .await
-        .with_context(|| format!("--server {}: cannot connect", args.server))?;
+    let mut client = ChatClient::new(connect(&args.server, &args.security.client()).await?);
     let (frames, outgoing) = mpsc::channel(16);
     frames
         .send(frame(client_frame::Frame::Join(v1::Join { room: args.room.clone(), after_seq: args.after_seq })))
         .await?;
     let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
-    let user = MetadataValue::try_from(args.user.as_str()).context("--user must be ASCII text")?;
-    request.metadata_mut().insert("user", user);
+    if let Some(user) = &args.user {
+        let user = MetadataValue::try_from(user.as_str()).context("--user must be ASCII text")?;
+        request.metadata_mut().insert("user", user);
+    }
     let mut incoming = client.session(request).await.context("opening the session")?.into_inner();
     let room = args.room.clone();
     let typing = tokio::spawn(async move {

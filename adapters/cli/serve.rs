@@ -1,5 +1,6 @@
 //! `confab serve`.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,10 +10,11 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use confab_actors::store::{HistoryStore, RedbStore, Retention};
 use confab_actors::{Engine, EngineConfig};
-use confab_engine::{Limits, limits};
+use confab_engine::{Limits, SendRate, limits};
 use tracing::{info, warn};
 
-use crate::grpc::server::serve_observed;
+use crate::grpc::auth::Tokens;
+use crate::grpc::server::{ServerOptions, serve_with};
 use crate::metrics::{METRICS_PATH, Metrics, RpcMetrics, serve_metrics};
 
 /// Flags of `confab serve`.
@@ -44,6 +46,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(flatten)]
+    security: SecurityArgs,
+    #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
     web: super::web::WebArgs,
@@ -56,6 +60,37 @@ enum LogFormat {
     Text,
     /// One JSON object per line, fields included.
     Json,
+}
+
+/// Who may call, and over what.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Security")]
+struct SecurityArgs {
+    /// Require `authorization: Bearer <token>` on every call, with the tokens in FILE: one
+    /// `TOKEN USER` per line, `#` comments (README, "Running in production"). The sender of a
+    /// message is the token's user. Without it the server is open: anyone may call as anyone.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    fn tokens(&self) -> anyhow::Result<Option<Tokens>> {
+        let Some(path) = &self.tokens else { return Ok(None) };
+        Tokens::load(path).map(Some).with_context(|| format!("--tokens {}", path.display()))
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::grpc::tls::server_config(cert, key)?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Every engine limit as a flag; the defaults are the engine's named constants.
@@ -102,6 +137,18 @@ struct LimitArgs {
     /// event is closed with RESOURCE_EXHAUSTED, naming what it missed.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
     subscriber_stall: Duration,
+    /// Calls (HTTP/2 streams) open at once on one connection; clients queue calls beyond it.
+    #[arg(long, default_value_t = limits::STREAMS_PER_CONNECTION_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    streams_per_connection_max: u32,
+    /// Sends per second per Session (an over-rate post gets an Error frame; a seed ChatStream is
+    /// paced), and per user (with --tokens) or per connection for unary Send and SayHello
+    /// (RESOURCE_EXHAUSTED). 0 turns the limit off (for load tests).
+    #[arg(long, default_value_t = limits::SENDS_PER_SECOND_MAX)]
+    sends_per_second_max: u32,
+    /// Sends allowed at once after a quiet spell (the token bucket's size, refilled at
+    /// --sends-per-second-max).
+    #[arg(long, default_value_t = limits::SEND_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    send_burst_max: u32,
 }
 
 impl LimitArgs {
@@ -141,6 +188,9 @@ fn init_logs(format: LogFormat) {
 }
 
 async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
+    // Checked before binding, so a bad file never leaves a half-started server.
+    let tokens = args.security.tokens()?.map(Arc::new);
+    let tls = args.security.tls()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
@@ -167,16 +217,39 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let engine = Engine::start(config)?;
-    println!("confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; Ctrl-C stops");
-    let web = web_listener.map(|listener| listener.start(engine.clone())).transpose()?;
-    info!(%address, limits = ?engine.limits(), "serving without authentication");
+    let access = match (&tokens, &args.security.tokens) {
+        (Some(tokens), Some(path)) => format!(
+            "bearer tokens required ({} tokens of {} users from {})",
+            tokens.len(),
+            tokens.user_count(),
+            path.display()
+        ),
+        _ => "OPEN: serving without authentication, anyone may send as anyone (--tokens FILE to require tokens)"
+            .to_owned(),
+    };
+    let transport = if tls.is_some() { "TLS" } else { "plaintext" };
+    // Not println!: a parent that read only the first line may have closed the pipe, and a
+    // failed print must not stop the server.
+    let _ = writeln!(
+        std::io::stdout(),
+        "confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; {access}; {transport}; Ctrl-C stops"
+    );
+    if tokens.is_none() {
+        warn!(%address, "serving without authentication: anyone who can reach this address may send as anyone");
+        if !address.ip().is_loopback() {
+            warn!(%address, "an open server on a non-loopback address: use --tokens (and TLS) unless this network is trusted");
+        }
+    }
+    let rate = SendRate { per_second: args.limits.sends_per_second_max, burst: args.limits.send_burst_max };
+    let web = web_listener.map(|listener| listener.with_send_rate(rate).start(engine.clone())).transpose()?;
+    info!(%address, limits = ?engine.limits(), send_rate = ?rate, transport, "serving");
     let rpc_metrics = RpcMetrics::default();
     // Metrics stay up while the server drains, so the drain itself can be watched.
     let metrics_stop = tokio_util::sync::CancellationToken::new();
     if let Some(metrics_listener) = metrics_listener {
         let metrics_address = metrics_listener.local_addr().context("reading the metrics address")?;
         let metrics = Arc::new(Metrics::new(engine.clone(), &rpc_metrics));
-        println!("metrics on http://{metrics_address}{METRICS_PATH}");
+        let _ = writeln!(std::io::stdout(), "metrics on http://{metrics_address}{METRICS_PATH}");
         info!(address = %metrics_address, path = METRICS_PATH, "serving metrics");
         let stop = metrics_stop.clone().cancelled_owned();
         tokio::spawn(async move {
@@ -185,8 +258,15 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let options = ServerOptions {
+        tokens,
+        tls,
+        streams_per_connection_max: args.limits.streams_per_connection_max,
+        send_rate: rate,
+        metrics: rpc_metrics,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_observed(listener, engine.clone(), rpc_metrics, async {
+    let server = tokio::spawn(serve_with(listener, engine.clone(), options, async {
         let _ = stopped.await;
     }));
     shutdown_signal().await;

@@ -74,13 +74,22 @@ impl WebArgs {
             None => bind_default().await?,
         };
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
-        let config =
-            WsConfig { frame_bytes_max: size(self.ws_frame_bytes_max), connections_max: size(self.ws_connections_max) };
+        let config = WsConfig {
+            frame_bytes_max: size(self.ws_frame_bytes_max),
+            connections_max: size(self.ws_connections_max),
+            ..WsConfig::default()
+        };
         Ok(Some(WebListener { listener, config }))
     }
 }
 
 impl WebListener {
+    /// Holds every WebSocket session to `rate`, like the gRPC sessions.
+    pub(crate) fn with_send_rate(mut self, rate: confab_engine::SendRate) -> Self {
+        self.config.send_rate = rate;
+        self
+    }
+
     /// Starts serving and prints the page's URL.
     pub(crate) fn start(self, engine: Engine) -> anyhow::Result<Web> {
         let address = self.listener.local_addr().context("reading the web address")?;

@@ -9,9 +9,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{Caller, caller};
 use super::confab_service::{RESPONSE_BUFFER_LEN, ResponseStream};
 use super::convert;
 use super::proto::chat;
+use super::rate::{SendLimiter, SessionRate};
 use super::shutdown::UntilShutdown;
 use super::status::{ApiError, frame_code, inbound_status};
 
@@ -19,12 +21,19 @@ use super::status::{ApiError, frame_code, inbound_status};
 pub struct SeedChat {
     engine: Engine,
     shutdown: CancellationToken,
+    limiter: SendLimiter,
 }
 
 impl SeedChat {
-    /// A service over `engine` whose streams end when `shutdown` is cancelled.
+    /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
+    /// send rate.
     pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
-        Self { engine, shutdown }
+        Self { engine, shutdown, limiter: SendLimiter::default() }
+    }
+
+    /// The same service with `limiter`'s send rate (shared with the other service).
+    pub fn with_limiter(self, limiter: SendLimiter) -> Self {
+        Self { limiter, ..self }
     }
 
     /// The room's retained history, oldest first, up to what it held when the call began.
@@ -53,10 +62,13 @@ impl SeedChat {
 #[tonic::async_trait]
 impl chat::chat_service_server::ChatService for SeedChat {
     async fn say_hello(&self, request: Request<chat::Message>) -> Result<Response<chat::Message>, Status> {
+        let caller = caller(&request)?;
+        self.limiter.check_unary(&caller, request.remote_addr())?;
         let room = convert::metadata_room(request.metadata())?;
         let message = request.into_inner();
-        let greeting = format!("Hello, {}! Thanks for your message.", message.user);
-        let draft = convert::draft(&message.user, "", message.content)?;
+        let user = caller.user(&message.user, "user")?;
+        let greeting = format!("Hello, {user}! Thanks for your message.");
+        let draft = convert::draft_by(user, "", message.content)?;
         self.engine.send(&room, draft).await.map_err(ApiError::from)?;
         Ok(Response::new(convert::server_says(greeting)))
     }
@@ -79,6 +91,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
         &self,
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<chat::Message>, Status> {
+        let caller = caller(&request)?;
         let room = convert::metadata_room(request.metadata())?;
         let mut inbound = request.into_inner();
         // Dropped on any error before commit: the upload is aborted and commits nothing (G6).
@@ -89,7 +102,8 @@ impl chat::chat_service_server::ChatService for SeedChat {
                 message = inbound.message() => message.map_err(inbound_status)?,
             };
             let Some(message) = message else { break };
-            upload.push(convert::draft(&message.user, "", message.content)?).await.map_err(ApiError::from)?;
+            let user = caller.user(&message.user, "user")?;
+            upload.push(convert::draft_by(user, "", message.content)?).await.map_err(ApiError::from)?;
         }
         let receipt = upload.commit().await.map_err(ApiError::from)?;
         let last_user = receipt.last_user.as_ref().map(UserName::as_str).unwrap_or_default();
@@ -103,27 +117,39 @@ impl chat::chat_service_server::ChatService for SeedChat {
         &self,
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        let caller = caller(&request)?;
         let room = convert::metadata_room(request.metadata())?;
         let inbound = request.into_inner();
         let (responses, stream) = mpsc::channel(RESPONSE_BUFFER_LEN);
-        let chat = ChatStream { engine: self.engine.clone(), room, responses, shutdown: self.shutdown.clone() };
+        let chat = ChatStream {
+            engine: self.engine.clone(),
+            room,
+            responses,
+            shutdown: self.shutdown.clone(),
+            caller,
+            rate: self.limiter.session(),
+        };
         tokio::spawn(chat.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 }
 
-/// One ChatStream call: a live room chat. The first message's user is the stream's identity;
-/// the stream carries every room message from the moment it joined, its own included, and ends
-/// OK once the client half-closed and its own messages have come back.
+/// One ChatStream call: a live room chat. The first message's user is the stream's identity
+/// (on a server with `--tokens`, the token's user); the stream carries every room message from
+/// the moment it joined, its own included, and ends OK once the client half-closed and its own
+/// messages have come back.
 struct ChatStream {
     engine: Engine,
     room: RoomName,
     responses: mpsc::Sender<Result<chat::Message, Status>>,
     shutdown: CancellationToken,
+    caller: Caller,
+    /// Paces the stream's messages: this protocol cannot refuse one message and go on.
+    rate: SessionRate,
 }
 
 impl ChatStream {
-    async fn run(self, mut inbound: Streaming<chat::Message>) {
+    async fn run(mut self, mut inbound: Streaming<chat::Message>) {
         let first = tokio::select! {
             _ = self.shutdown.cancelled() => return self.fail(ApiError::ShuttingDown.into()).await,
             first = inbound.message() => first,
@@ -134,20 +160,24 @@ impl ChatStream {
             Ok(None) => return,
             Err(status) => return self.fail(inbound_status(status)).await,
         };
-        let user = match convert::user(&first.user) {
+        let user = match self.caller.user(&first.user, "user") {
             Ok(user) => user,
             Err(error) => return self.fail(error.into()).await,
         };
         let (frames, events) = self.engine.open_session(user.clone());
         let join = ClientFrame::Join { room: self.room.to_string(), after_seq: None };
-        if frames.send(join).await.is_err() || frames.send(self.post(first.content)).await.is_err() {
+        if frames.send(join).await.is_err() {
+            return self.fail(ApiError::Engine(confab_actors::EngineError::SessionClosed).into()).await;
+        }
+        self.rate.take_paced().await;
+        if frames.send(self.post(first.content)).await.is_err() {
             return self.fail(ApiError::Engine(confab_actors::EngineError::SessionClosed).into()).await;
         }
         self.pump(inbound, frames, events, user).await;
     }
 
     async fn pump(
-        self,
+        mut self,
         mut inbound: Streaming<chat::Message>,
         frames: SessionSender,
         mut events: SessionEvents,
@@ -160,10 +190,10 @@ impl ChatStream {
                 _ = self.shutdown.cancelled() => return self.fail(ApiError::ShuttingDown.into()).await,
                 message = inbound.message(), if frames.is_some() => match message {
                     Ok(Some(message)) => {
-                        if message.user != user.as_str() {
-                            let error = format!("user changed mid-stream from {:?} to {:?}", user.as_str(), message.user);
-                            return self.fail(ApiError::Malformed(error).into()).await;
+                        if let Err(error) = self.same_user(&user, &message.user) {
+                            return self.fail(error.into()).await;
                         }
+                        self.rate.take_paced().await;
                         let sent = match frames.as_ref() {
                             Some(frames) => frames.send(self.post(message.content)).await,
                             None => Ok(()),
@@ -198,6 +228,18 @@ impl ChatStream {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// A later message must come from the stream's identity: the same name on an open server
+    /// (another name is INVALID_ARGUMENT), the token's user or empty with `--tokens`.
+    fn same_user(&self, identity: &UserName, claimed: &str) -> Result<(), ApiError> {
+        match &self.caller {
+            Caller::User(_) => self.caller.user(claimed, "user").map(drop),
+            Caller::Anyone if claimed == identity.as_str() => Ok(()),
+            Caller::Anyone => {
+                Err(ApiError::Malformed(format!("user changed mid-stream from {:?} to {claimed:?}", identity.as_str())))
             }
         }
     }

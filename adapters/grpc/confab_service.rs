@@ -10,8 +10,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::caller;
 use super::convert;
 use super::proto::confab_v1 as v1;
+use super::rate::SendLimiter;
 use super::shutdown::UntilShutdown;
 use super::status::{ApiError, inbound_status};
 use crate::transport::{FrameSink, FrameSource, Gone, Inbound, pump_session};
@@ -27,21 +29,30 @@ pub(crate) const RESPONSE_BUFFER_LEN: usize = 64;
 pub struct ConfabChat {
     engine: Engine,
     shutdown: CancellationToken,
+    limiter: SendLimiter,
 }
 
 impl ConfabChat {
-    /// A service over `engine` whose streams end when `shutdown` is cancelled.
+    /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
+    /// send rate.
     pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
-        Self { engine, shutdown }
+        Self { engine, shutdown, limiter: SendLimiter::default() }
+    }
+
+    /// The same service with `limiter`'s send rate (shared with the other service).
+    pub fn with_limiter(self, limiter: SendLimiter) -> Self {
+        Self { limiter, ..self }
     }
 }
 
 #[tonic::async_trait]
 impl v1::chat_server::Chat for ConfabChat {
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
+        let caller = caller(&request)?;
+        self.limiter.check_unary(&caller, request.remote_addr())?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
-        let draft = convert::draft(&request.user, &request.client_msg_id, request.body)?;
+        let draft = convert::draft_by(caller.user(&request.user, "user")?, &request.client_msg_id, request.body)?;
         let sent = self.engine.send(&room, draft).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::SendResponse { seq: sent.seq, duplicate: sent.duplicate }))
     }
@@ -65,9 +76,10 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
-        let user = if request.user.is_empty() { None } else { Some(convert::user(&request.user)?) };
+        let user = caller.optional_user(&request.user, "user")?;
         let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
         // The events, then a status if the room closed the stream for stalling.
         let stream = futures::stream::unfold(Some(events), |events| async move {
@@ -84,6 +96,7 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
+        let caller = caller(&request)?;
         let mut inbound = request.into_inner();
         // Created on the first chunk, which names the room. Dropped on any error: aborted (G6).
         let mut upload: Option<(RoomName, Upload)> = None;
@@ -102,7 +115,8 @@ impl v1::chat_server::Chat for ConfabChat {
                 let message = format!("chunk names room {:?} but the upload goes to {room}", chunk.room);
                 return Err(ApiError::Malformed(message).into());
             }
-            current.push(convert::draft(&chunk.user, "", chunk.body)?).await.map_err(ApiError::from)?;
+            let user = caller.user(&chunk.user, "user")?;
+            current.push(convert::draft_by(user, "", chunk.body)?).await.map_err(ApiError::from)?;
         }
         let Some((_, upload)) = upload else {
             return Err(ApiError::Malformed("upload has no chunk, so it names no room".into()).into());
@@ -117,12 +131,12 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let user = convert::metadata_user(request.metadata())?;
+        let user = caller(&request)?.metadata_user(request.metadata())?;
         let inbound = GrpcFrames(request.into_inner());
         let (responses, stream) = mpsc::channel(RESPONSE_BUFFER_LEN);
-        let (engine, shutdown) = (self.engine.clone(), self.shutdown.clone());
+        let (engine, shutdown, rate) = (self.engine.clone(), self.shutdown.clone(), self.limiter.session());
         tokio::spawn(async move {
-            pump_session(&engine, user, inbound, GrpcResponses(responses), &shutdown).await;
+            pump_session(&engine, user, inbound, GrpcResponses(responses), rate, &shutdown).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
@@ -150,6 +164,10 @@ struct GrpcResponses(mpsc::Sender<Result<v1::ServerFrame, Status>>);
 impl FrameSink for GrpcResponses {
     async fn deliver(&mut self, frame: &ServerFrame) -> Result<(), Gone> {
         self.0.send(Ok(convert::server_frame(frame))).await.map_err(|_| Gone)
+    }
+
+    async fn refuse(&mut self, room: &str, error: ApiError) -> Result<(), Gone> {
+        self.0.send(Ok(convert::error_frame(room, error))).await.map_err(|_| Gone)
     }
 
     async fn end(self, reason: Option<ApiError>) {

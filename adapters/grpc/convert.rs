@@ -47,8 +47,13 @@ pub fn metadata_user(map: &MetadataMap) -> Result<UserName, ApiError> {
 
 /// A draft from its parts.
 pub fn draft(user_name: &str, client_msg_id: &str, body: String) -> Result<Draft, ApiError> {
+    draft_by(user(user_name)?, client_msg_id, body)
+}
+
+/// A draft by a user already established (from the caller's token, see `auth`).
+pub fn draft_by(user: UserName, client_msg_id: &str, body: String) -> Result<Draft, ApiError> {
     Ok(Draft {
-        user: user(user_name)?,
+        user,
         client_msg_id: ClientMsgId::new(client_msg_id).map_err(ApiError::name("client_msg_id"))?,
         body: Arc::from(body),
     })
@@ -159,6 +164,13 @@ pub fn server_frame(frame: &ServerFrame) -> v1::ServerFrame {
         }),
     };
     v1::ServerFrame { frame: Some(frame) }
+}
+
+/// An error frame for a refusal the transport makes itself inside a session (the send rate).
+pub fn error_frame(room: &str, error: ApiError) -> v1::ServerFrame {
+    let status = tonic::Status::from(error);
+    let error = v1::Error { room: room.to_owned(), code: status.code() as i32, message: status.message().to_owned() };
+    v1::ServerFrame { frame: Some(v1::server_frame::Frame::Error(error)) }
 }
 
 /// The seed's message for a room message: who said it and what.

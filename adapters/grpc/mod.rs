@@ -9,14 +9,24 @@
 //! - [`reflection`]: server reflection (v1 and v1alpha) from the compiled-in descriptors.
 //! - [`observe`]: the layer every call passes: per-RPC metrics and logs of refusals and streams.
 //! - [`server`]: [`server::serve`] runs all of them on a listener until a shutdown future.
+//! - [`auth`]: bearer tokens, the interceptor in front of both services, the identity rule.
+//! - [`tls`]: the server's certificate and key; [`client`]: connecting with a token and TLS.
+//! - [`rate`]: send-rate limits per session, user or connection; [`deadline`]: `grpc-timeout`.
+//! - [`cancel`]: a client's reset is an error for the handler, not the end of its stream.
 
+pub mod auth;
+pub mod cancel;
 pub mod chat_service;
+pub mod client;
 pub mod confab_service;
 pub mod convert;
+pub mod deadline;
 pub mod health;
 pub mod observe;
 pub mod proto;
+pub mod rate;
 pub mod reflection;
 pub mod server;
 pub mod shutdown;
 pub mod status;
+pub mod tls;

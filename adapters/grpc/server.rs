@@ -3,23 +3,32 @@
 //!
 //! Besides `confab.v1.Chat` and `chat.ChatService`, the same port serves operations: health
 //! ([`health`](super::health)) and reflection ([`reflection`]), and every
-//! call passes the [`observe`](super::observe) layer (metrics and logs).
+//! call passes the [`observe`](super::observe) layer (metrics and logs). The two chat services
+//! sit behind the token check ([`auth`](super::auth)); health and reflection do not, so load
+//! balancers and tools can use them without a token.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use confab_actors::Engine;
+use confab_engine::SendRate;
+use confab_engine::limits::STREAMS_PER_CONNECTION_MAX;
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{debug, info, warn};
 
+use super::auth::{Authenticator, Tokens};
+use super::cancel::CancelLayer;
 use super::chat_service::SeedChat;
 use super::confab_service::ConfabChat;
+use super::deadline::DeadlineLayer;
 use super::health::ServerHealth;
 use super::observe::ObserveLayer;
 use super::proto::{chat::chat_service_server::ChatServiceServer, confab_v1::chat_server::ChatServer};
+use super::rate::SendLimiter;
 use super::reflection;
 use super::shutdown::EndAtShutdown;
 use crate::metrics::RpcMetrics;
@@ -27,7 +36,7 @@ use crate::metrics::RpcMetrics;
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The transport failed (accepting, serving a connection).
+    /// The transport failed (accepting, serving a connection, a bad TLS configuration).
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
     /// The descriptors compiled in for reflection do not decode (a build defect).
@@ -35,41 +44,87 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Serves `confab.v1.Chat` and `chat.ChatService` on `listener` until `shutdown` completes.
-/// Then it stops accepting, ends every open stream with UNAVAILABLE, and returns once the
-/// in-flight calls are done (bound the wait with a timeout around this future).
-///
-/// Calls are counted in a [`RpcMetrics`] of its own; use [`serve_observed`] to export them.
+/// How the server protects itself (who may call, over what, and how much) and where it counts
+/// its calls.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Bearer tokens every chat call must carry; `None` serves anyone (an open server).
+    pub tokens: Option<Arc<Tokens>>,
+    /// TLS on the listener; `None` serves plaintext HTTP/2.
+    pub tls: Option<ServerTlsConfig>,
+    /// HTTP/2 streams (calls) open at once on one connection.
+    pub streams_per_connection_max: u32,
+    /// Sends per second per session, and per user or connection for unary sends.
+    pub send_rate: SendRate,
+    /// Where every call is counted (export it with [`crate::metrics`]).
+    pub metrics: RpcMetrics,
+}
+
+impl Default for ServerOptions {
+    /// Open, plaintext, the default limits, and counters nobody exports.
+    fn default() -> Self {
+        Self {
+            tokens: None,
+            tls: None,
+            streams_per_connection_max: STREAMS_PER_CONNECTION_MAX,
+            send_rate: SendRate::default(),
+            metrics: RpcMetrics::default(),
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, with the default [`ServerOptions`] (open,
+/// plaintext). See [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     engine: Engine,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    serve_observed(listener, engine, RpcMetrics::default(), shutdown).await
+    serve_with(listener, engine, ServerOptions::default(), shutdown).await
 }
 
 /// [`serve`], counting every call in `metrics`.
-///
-/// Shutdown runs in this order: health turns NOT_SERVING (watchers are told), the listener
-/// stops accepting, open streams end with UNAVAILABLE, in-flight unary calls finish.
 pub async fn serve_observed(
     listener: TcpListener,
     engine: Engine,
     metrics: RpcMetrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_with(listener, engine, ServerOptions { metrics, ..ServerOptions::default() }, shutdown).await
+}
+
+/// Serves `confab.v1.Chat`, `chat.ChatService`, health and reflection on `listener` until
+/// `shutdown` completes, then returns once the in-flight calls are done (bound the wait with a
+/// timeout around this future).
+///
+/// Shutdown runs in this order: health turns NOT_SERVING (watchers are told), the listener
+/// stops accepting, open streams end with UNAVAILABLE, in-flight unary calls finish.
+pub async fn serve_with(
+    listener: TcpListener,
+    engine: Engine,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let streams_end = CancellationToken::new();
-    let confab = ChatServer::new(ConfabChat::new(engine.clone(), streams_end.clone()));
-    let seed = ChatServiceServer::new(SeedChat::new(engine, streams_end.clone()));
+    let limiter = SendLimiter::new(options.send_rate);
+    let auth = Authenticator::new(options.tokens);
+    let confab = ConfabChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter.clone());
+    let seed = SeedChat::new(engine, streams_end.clone()).with_limiter(limiter);
     let (health, health_service) = ServerHealth::serving(&streams_end).await;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).inspect(|accepted| match accepted {
         Ok(stream) => debug!(peer = stream.peer_addr().ok().map(display), "connection accepted"),
         Err(error) => warn!(%error, "accepting a connection failed"),
     });
-    Server::builder()
-        .layer(ObserveLayer::new(metrics))
-        .add_service(confab)
-        .add_service(seed)
+    let mut builder = Server::builder().max_concurrent_streams(options.streams_per_connection_max);
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .layer(ObserveLayer::new(options.metrics))
+        .layer(DeadlineLayer)
+        .layer(CancelLayer)
+        .add_service(ChatServer::with_interceptor(confab, auth.clone()))
+        .add_service(ChatServiceServer::with_interceptor(seed, auth))
         .add_service(health_service)
         .add_service(EndAtShutdown::new(reflection::v1()?, &streams_end))
         .add_service(EndAtShutdown::new(reflection::v1alpha()?, &streams_end))

@@ -2,7 +2,7 @@
 //! convert at the boundary, so every refusal gets the same code and a message naming the limit.
 
 use confab_actors::{EngineError, Stalled};
-use confab_engine::{FrameError, Lag, NameError, RoomError, SessionError, UploadError};
+use confab_engine::{FrameError, Lag, NameError, RateLimited, RoomError, SessionError, UploadError, UserName};
 use tonic::{Code, Status};
 
 /// Why a request failed, before it becomes a [`Status`].
@@ -44,6 +44,22 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// No valid bearer token (the server runs with `--tokens`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The request names a user other than the one its token belongs to.
+    #[error("{field} is {claimed:?}, but the token belongs to {:?}: leave it empty or use your own name", .user.as_str())]
+    Impersonation {
+        /// The request field or metadata key.
+        field: &'static str,
+        /// The name in the request.
+        claimed: String,
+        /// The authenticated user.
+        user: UserName,
+    },
+    /// The sender is over its send rate (`--sends-per-second-max`, `--send-burst-max`).
+    #[error("{0} (--sends-per-second-max)")]
+    RateLimited(#[from] RateLimited),
 }
 
 impl ApiError {
@@ -100,6 +116,9 @@ impl From<ApiError> for Status {
             ApiError::Engine(error) => engine_code(error),
             ApiError::Lagged(_) | ApiError::Stalled(_) | ApiError::FrameTooBig { .. } => Code::ResourceExhausted,
             ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::Impersonation { .. } => Code::PermissionDenied,
+            ApiError::RateLimited(_) => Code::ResourceExhausted,
         };
         Status::new(code, error.to_string())
     }

@@ -15,6 +15,7 @@ use super::close::close_frame;
 use super::json;
 use crate::grpc::convert;
 use crate::grpc::proto::confab_v1 as v1;
+use crate::grpc::rate::SessionRate;
 use crate::grpc::status::ApiError;
 use crate::transport::{FrameSink, FrameSource, Gone, Inbound, pump_session};
 
@@ -48,11 +49,12 @@ pub async fn run(
     user: UserName,
     format: Format,
     frame_bytes_max: usize,
+    rate: SessionRate,
     shutdown: CancellationToken,
 ) {
     let (sink, stream) = socket.split();
     let source = Frames { stream, format, frame_bytes_max };
-    pump_session(&engine, user, source, Replies { sink, format }, &shutdown).await;
+    pump_session(&engine, user, source, Replies { sink, format }, rate, &shutdown).await;
 }
 
 /// The inbound half: decodes client frames.
@@ -120,9 +122,9 @@ struct Replies {
     format: Format,
 }
 
-impl FrameSink for Replies {
-    async fn deliver(&mut self, frame: &ServerFrame) -> Result<(), Gone> {
-        let frame = convert::server_frame(frame);
+impl Replies {
+    /// Sends one `confab.v1` frame in the connection's format.
+    async fn send(&mut self, frame: v1::ServerFrame) -> Result<(), Gone> {
         let message = match self.format {
             Format::Binary => Message::Binary(frame.encode_to_vec().into()),
             Format::Json => {
@@ -133,6 +135,16 @@ impl FrameSink for Replies {
             }
         };
         self.sink.send(message).await.map_err(|_| Gone)
+    }
+}
+
+impl FrameSink for Replies {
+    async fn deliver(&mut self, frame: &ServerFrame) -> Result<(), Gone> {
+        self.send(convert::server_frame(frame)).await
+    }
+
+    async fn refuse(&mut self, room: &str, error: ApiError) -> Result<(), Gone> {
+        self.send(convert::error_frame(room, error)).await
     }
 
     async fn end(mut self, reason: Option<ApiError>) {

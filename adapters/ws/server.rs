@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use confab_actors::{Engine, EngineError};
-use confab_engine::RoomError;
+use confab_engine::{RoomError, SendRate};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -22,6 +22,7 @@ use super::close::{http_refusal, too_many_connections};
 use super::connection::{self, Format};
 use super::{json, page};
 use crate::grpc::convert;
+use crate::grpc::rate::SendLimiter;
 use crate::grpc::status::ApiError;
 
 /// Largest WebSocket message a client may send, in bytes (`--ws-frame-bytes-max`). Room for a
@@ -40,11 +41,17 @@ pub struct WsConfig {
     pub frame_bytes_max: usize,
     /// See [`WS_CONNECTIONS_MAX`].
     pub connections_max: usize,
+    /// Each connection's session posts are held to this rate, like a gRPC `Session`'s.
+    pub send_rate: SendRate,
 }
 
 impl Default for WsConfig {
     fn default() -> Self {
-        Self { frame_bytes_max: WS_FRAME_BYTES_MAX, connections_max: WS_CONNECTIONS_MAX }
+        Self {
+            frame_bytes_max: WS_FRAME_BYTES_MAX,
+            connections_max: WS_CONNECTIONS_MAX,
+            send_rate: SendRate::default(),
+        }
     }
 }
 
@@ -129,10 +136,11 @@ async fn connect(
         return too_many_connections(shared.config.connections_max);
     };
     let frame_bytes_max = shared.config.frame_bytes_max;
+    let rate = SendLimiter::new(shared.config.send_rate).session();
     upgrade.max_message_size(frame_bytes_max).max_frame_size(frame_bytes_max).on_upgrade(move |socket| {
         let (engine, sessions_end) = (shared.engine.clone(), shared.sessions_end.clone());
         shared.sessions.track_future(async move {
-            connection::run(socket, engine, user, format, frame_bytes_max, sessions_end).await;
+            connection::run(socket, engine, user, format, frame_bytes_max, rate, sessions_end).await;
             drop(permit);
         })
     })

@@ -13,6 +13,7 @@
 //!   [`Room::poll_delivery`] (one [`Delivery`] at a time, computed from current state).
 //! - [`session`]: [`Session`], one bidirectional client: frames in, [`SessionCommand`]s out.
 //! - [`upload`]: [`UploadAggregator`], folds chunks into a [`Batch`] committed at once (G6).
+//! - [`rate`]: [`TokenBucket`], the send-rate limit a transport applies per sender.
 //!
 //! Data flow: a transport turns client input into `handle_*` calls (through the actor layer);
 //! a room sequences messages and plans deliveries; the shell executes deliveries into bounded
@@ -20,6 +21,7 @@
 
 pub mod error;
 pub mod limits;
+pub mod rate;
 pub mod room;
 pub mod session;
 pub mod types;
@@ -27,6 +29,7 @@ pub mod upload;
 
 pub use error::{NameError, RoomError, SessionError, UploadError};
 pub use limits::Limits;
+pub use rate::{RateLimited, SendRate, TokenBucket};
 pub use room::{Delivery, HistoryPage, InjectedBug, Persistence, Room, Sent, SubscriberId, Subscription};
 pub use session::{ClientFrame, FrameError, ServerFrame, Session, SessionCommand};
 pub use types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};

@@ -55,6 +55,21 @@ pub const ROOM_IDLE_MS: u64 = 60 * 60 * 1000;
 /// that takes anything, however slowly, starts the clock again, so only stalled ones go.
 pub const SUBSCRIBER_STALL_MS: u64 = 60 * 1000;
 
+/// Sustained sends per second one sender may make: per session for `Session` posts (the seed's
+/// `ChatStream` is paced to it instead, as its protocol cannot carry a refusal), and per
+/// authenticated user, or per connection on an open server, for unary `Send` and `SayHello`.
+/// Far above what a person types; it stops one client from flooding a room. Enforced by the
+/// transport with a [`TokenBucket`](crate::rate::TokenBucket); 0 turns it off (load tests).
+pub const SENDS_PER_SECOND_MAX: u32 = 100;
+
+/// Sends one sender may make at once after a quiet spell (the token bucket's size).
+pub const SEND_BURST_MAX: u32 = 200;
+
+/// Concurrent calls (HTTP/2 streams) on one client connection. Enforced by the transport as
+/// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: a well-behaved client queues calls beyond it
+/// until one ends. Above the 1,250 streams per connection the idle-stream benchmark opens.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 2_048;
+
 /// The limits one engine runs with. `Limits::default()` uses the constants of this module.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {

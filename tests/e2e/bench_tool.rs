@@ -3,12 +3,16 @@
 use std::time::Duration;
 
 use confab::bench::{BenchOptions, Scenario, run};
+use confab::grpc::server::ServerOptions;
+use confab_engine::{Limits, SendRate};
 
 use super::{TestServer, bounded};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_measures_real_operations() {
-    let server = TestServer::start().await;
+    // A load tool measures the server, not its send-rate limit (as `--sends-per-second-max 0`).
+    let options = ServerOptions { send_rate: SendRate::UNLIMITED, ..ServerOptions::default() };
+    let server = TestServer::start_with_options(Limits::default(), options).await;
     for (name, scenario) in Scenario::ALL {
         let options = BenchOptions {
             server: format!("http://{}", server.address),
@@ -24,6 +28,7 @@ async fn every_scenario_measures_real_operations() {
             server_pid: Some(std::process::id()),
             stalled: 0,
             disconnect_mean: None,
+            security: Default::default(),
         };
         let report = bounded(run(&options)).await.unwrap_or_else(|error| panic!("{name}: {error}"));
         assert!(report.operations > 0, "{name}: measured nothing: {}", report.human());
@@ -50,6 +55,7 @@ fn options(server: &TestServer, scenario: Scenario) -> BenchOptions {
         server_pid: None,
         stalled: 0,
         disconnect_mean: None,
+        security: Default::default(),
     }
 }
 

@@ -5,9 +5,12 @@ mod bad_input;
 mod bench_tool;
 mod confab_api;
 mod crash;
+mod deadlines;
 mod lifecycle;
+mod limits;
 mod line_chat;
 mod operations;
+mod security;
 mod seed_api;
 mod shutdown;
 mod sim_cli;
@@ -18,7 +21,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use confab::grpc::proto::{chat::chat_service_client::ChatServiceClient, confab_v1::chat_client::ChatClient};
-use confab::grpc::server::{ServeError, serve};
+use confab::grpc::server::{ServeError, ServerOptions, serve_with};
 use confab_actors::{Engine, EngineConfig};
 use confab_engine::Limits;
 use tokio::sync::oneshot;
@@ -42,11 +45,19 @@ impl TestServer {
     }
 
     async fn start_with(limits: Limits) -> Self {
+        Self::start_with_options(limits, ServerOptions::default()).await
+    }
+
+    async fn start_with_options(limits: Limits, options: ServerOptions) -> Self {
+        Self::start_with_engine(EngineConfig { limits, ..EngineConfig::default() }, options).await
+    }
+
+    async fn start_with_engine(config: EngineConfig, options: ServerOptions) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let address = listener.local_addr().expect("address");
-        let engine = Engine::start(EngineConfig { limits, ..EngineConfig::default() }).expect("engine");
+        let engine = Engine::start(config).expect("engine");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, engine.clone(), async {
+        let task = tokio::spawn(serve_with(listener, engine.clone(), options, async {
             let _ = stopped.await;
         }));
         Self { address, engine, stop: Some(stop), task }

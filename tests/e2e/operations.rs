@@ -237,12 +237,20 @@ async fn start_with_metrics() -> Child {
     let first = bounded(lines.next_line()).await.expect("read").expect("the listening line");
     let grpc = first.strip_prefix("confab listening on ").and_then(|rest| rest.split_whitespace().next());
     let grpc = grpc.unwrap_or_else(|| panic!("unexpected start-up line: {first}")).to_owned();
-    let second = bounded(lines.next_line()).await.expect("read").expect("the metrics line");
-    let metrics = second
-        .strip_prefix("metrics on http://")
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .and_then(|address| address.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected metrics line: {second}"));
+    // The metrics line follows the listening line; other start-up lines (the web page's URL)
+    // may come in between.
+    let mut metrics = None;
+    for _ in 0..5 {
+        let line = bounded(lines.next_line()).await.expect("read").expect("the metrics line");
+        metrics = line
+            .strip_prefix("metrics on http://")
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .and_then(|address| address.parse().ok());
+        if metrics.is_some() {
+            break;
+        }
+    }
+    let metrics = metrics.expect("a `metrics on http://ADDR/metrics` line among the first lines");
     Child { process, grpc, metrics }
 }
 
