@@ -13,7 +13,7 @@ use confab_actors::{Engine, EngineConfig};
 use confab_engine::{Limits, SendRate, limits};
 use tracing::{info, warn};
 
-use crate::grpc::auth::Tokens;
+use crate::grpc::auth::{Authenticator, Tokens};
 use crate::grpc::server::{ServerOptions, serve_with};
 use crate::metrics::{METRICS_PATH, Metrics, RpcMetrics, serve_metrics};
 
@@ -241,7 +241,9 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let rate = SendRate { per_second: args.limits.sends_per_second_max, burst: args.limits.send_burst_max };
-    let web = web_listener.map(|listener| listener.with_send_rate(rate).start(engine.clone())).transpose()?;
+    let web = web_listener
+        .map(|listener| listener.with_guards(rate, Authenticator::new(tokens.clone())).start(engine.clone()))
+        .transpose()?;
     info!(%address, limits = ?engine.limits(), send_rate = ?rate, transport, "serving");
     let rpc_metrics = RpcMetrics::default();
     // Metrics stay up while the server drains, so the drain itself can be watched.

@@ -84,9 +84,10 @@ impl WebArgs {
 }
 
 impl WebListener {
-    /// Holds every WebSocket session to `rate`, like the gRPC sessions.
-    pub(crate) fn with_send_rate(mut self, rate: confab_engine::SendRate) -> Self {
+    /// Holds every WebSocket session to `rate` and to the server's tokens, like the gRPC ones.
+    pub(crate) fn with_guards(mut self, rate: confab_engine::SendRate, auth: crate::grpc::auth::Authenticator) -> Self {
         self.config.send_rate = rate;
+        self.config.auth = auth;
         self
     }
 

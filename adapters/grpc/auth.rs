@@ -229,6 +229,18 @@ impl Authenticator {
         self.tokens.is_some()
     }
 
+    /// The caller for a bare token, for transports that cannot send an `authorization` header
+    /// (a browser's WebSocket passes it as a query parameter).
+    pub fn authenticate_token(&self, token: Option<&str>) -> Result<Caller, ApiError> {
+        let Some(tokens) = &self.tokens else { return Ok(Caller::Anyone) };
+        let token = token.ok_or_else(|| ApiError::Unauthenticated("this server needs a token".into()))?;
+        tokens
+            .user(token.trim())
+            .cloned()
+            .map(Caller::User)
+            .ok_or_else(|| ApiError::Unauthenticated("unknown token".into()))
+    }
+
     fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, ApiError> {
         let Some(tokens) = &self.tokens else { return Ok(Caller::Anyone) };
         let unauthenticated = |reason: &str| ApiError::Unauthenticated(reason.to_owned());

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::close::{http_refusal, too_many_connections};
 use super::connection::{self, Format};
 use super::{json, page};
+use crate::grpc::auth::{Authenticator, Caller};
 use crate::grpc::convert;
 use crate::grpc::rate::SendLimiter;
 use crate::grpc::status::ApiError;
@@ -34,8 +35,9 @@ pub const WS_FRAME_BYTES_MAX: usize = 512 * 1024;
 /// before the upgrade. Each one holds a session actor and its queues.
 pub const WS_CONNECTIONS_MAX: usize = 10_000;
 
-/// The WebSocket transport's own limits (the engine's limits apply as for gRPC).
-#[derive(Debug, Clone, Copy)]
+/// The WebSocket transport's own limits (the engine's limits apply as for gRPC) and who may
+/// connect.
+#[derive(Debug, Clone)]
 pub struct WsConfig {
     /// See [`WS_FRAME_BYTES_MAX`].
     pub frame_bytes_max: usize,
@@ -43,6 +45,9 @@ pub struct WsConfig {
     pub connections_max: usize,
     /// Each connection's session posts are held to this rate, like a gRPC `Session`'s.
     pub send_rate: SendRate,
+    /// The server's tokens (`--tokens`): with them, `/ws` and `/rooms` need `?token=`, and the
+    /// session's user is the token's user, under the gRPC identity rule.
+    pub auth: Authenticator,
 }
 
 impl Default for WsConfig {
@@ -51,6 +56,7 @@ impl Default for WsConfig {
             frame_bytes_max: WS_FRAME_BYTES_MAX,
             connections_max: WS_CONNECTIONS_MAX,
             send_rate: SendRate::default(),
+            auth: Authenticator::default(),
         }
     }
 }
@@ -77,10 +83,11 @@ pub async fn serve(
     config: WsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(config.connections_max));
     let shared = Arc::new(Shared {
         engine,
         config,
-        slots: Arc::new(Semaphore::new(config.connections_max)),
+        slots,
         sessions_end: CancellationToken::new(),
         sessions: TaskTracker::new(),
     });
@@ -113,6 +120,8 @@ struct ConnectQuery {
     user: Option<String>,
     /// `binary` (default) or `json`.
     format: Option<String>,
+    /// The bearer token, on a server with `--tokens` (a browser cannot set headers here).
+    token: Option<String>,
 }
 
 /// `GET /ws?user=NAME&format=json|binary`: upgrades to a session.
@@ -121,7 +130,11 @@ async fn connect(
     Query(query): Query<ConnectQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let user = match convert::user(query.user.as_deref().unwrap_or(convert::DEFAULT_USER)) {
+    let identified = shared.config.auth.authenticate_token(query.token.as_deref()).and_then(|caller| match caller {
+        Caller::Anyone => convert::user(query.user.as_deref().unwrap_or(convert::DEFAULT_USER)),
+        caller => caller.user(query.user.as_deref().unwrap_or_default(), "user"),
+    });
+    let user = match identified {
         Ok(user) => user,
         Err(error) => return http_refusal(error),
     };
@@ -146,8 +159,22 @@ async fn connect(
     })
 }
 
+/// The query of `GET /rooms/{room}`.
+#[derive(Debug, Deserialize)]
+struct RoomQuery {
+    /// The bearer token, on a server with `--tokens`.
+    token: Option<String>,
+}
+
 /// `GET /rooms/{room}`: the room's snapshot as JSON, so a page can show who is present.
-async fn room_info(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+async fn room_info(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(query): Query<RoomQuery>,
+) -> Response {
+    if let Err(error) = shared.config.auth.authenticate_token(query.token.as_deref()) {
+        return http_refusal(error);
+    }
     let room = match convert::room(&name) {
         Ok(room) => room,
         Err(error) => return http_refusal(error),

@@ -411,3 +411,42 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
     tokio::time::timeout(PATIENCE, server.stop()).await.expect("stops in time").expect("stopped");
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_a_socket_needs_one_and_speaks_as_its_user_under_the_send_rate() {
+    use confab::grpc::auth::{Authenticator, Tokens};
+    let tokens = Tokens::parse("ann-token-0123456789 ann\n").expect("tokens");
+    let config = WsConfig {
+        auth: Authenticator::new(Some(std::sync::Arc::new(tokens))),
+        send_rate: confab_engine::SendRate { per_second: 1, burst: 1 },
+        ..WsConfig::default()
+    };
+    let server = WsServer::start_with(config).await;
+    let (status, body) = server.refused("user=ann&format=json").await;
+    assert_eq!(status, 401, "no token: {body}");
+    let (status, _) = server.refused("user=ann&format=json&token=wrong-token-0123456789").await;
+    assert_eq!(status, 401, "an unknown token");
+    let (status, body) = server.refused("user=bob&format=json&token=ann-token-0123456789").await;
+    assert_eq!(status, 403, "a token's holder cannot speak as someone else: {body}");
+    let (status_line, _) = server.get("/rooms/lobby").await;
+    assert!(status_line.contains("401"), "the room snapshot needs the token too: {status_line}");
+
+    // No user given: the token's user. One post fits the rate, the next is an error frame.
+    let mut ann = server.connect("format=json&token=ann-token-0123456789").await;
+    send_json(&mut ann, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_chat_json(&mut ann).await["type"], "subscribed");
+    for body in ["first", "second"] {
+        send_json(&mut ann, json!({"type": "post", "room": "lobby", "body": body})).await;
+    }
+    let mut seen = Vec::new();
+    while !seen.iter().any(|f: &Value| f["type"] == "error") || !seen.iter().any(|f| f["type"] == "message") {
+        seen.push(next_chat_json(&mut ann).await);
+    }
+    let message = seen.iter().find(|f| f["type"] == "message").expect("a message");
+    assert_eq!((message["user"].as_str(), message["body"].as_str()), (Some("ann"), Some("first")));
+    let error = seen.iter().find(|f| f["type"] == "error").expect("an error frame");
+    assert_eq!(error["code"].as_i64(), Some(8), "RESOURCE_EXHAUSTED for the second post: {error}");
+    let history = server.engine.history(&RoomName::new("lobby").expect("room"), 0, 10).await.expect("history");
+    assert_eq!(history.messages.len(), 1, "the refused post was not stored");
+    server.stop().await.expect("stopped");
+}

@@ -103,8 +103,15 @@ function send(frame) {
   }
 }
 
+// A server started with --tokens wants the token as a query parameter (a browser's WebSocket
+// cannot send an authorization header); the page takes it from its own URL: /?token=…
+function tokenQuery(separator) {
+  const token = new URLSearchParams(location.search).get("token");
+  return token ? separator + "token=" + encodeURIComponent(token) : "";
+}
+
 async function fetchRoom() {
-  const response = await fetch("/rooms/" + encodeURIComponent(state.room), { cache: "no-store" });
+  const response = await fetch("/rooms/" + encodeURIComponent(state.room) + tokenQuery("?"), { cache: "no-store" });
   if (response.status === 404) return null;
   if (!response.ok) throw new Error(await response.text());
   return response.json();
@@ -196,7 +203,7 @@ async function connect() {
     }
   }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = "user=" + encodeURIComponent(state.user) + "&format=json";
+  const query = "user=" + encodeURIComponent(state.user) + "&format=json" + tokenQuery("&");
   const socket = new WebSocket(scheme + "//" + location.host + "/ws?" + query);
   state.socket = socket;
   socket.onopen = () => send({ type: "join", room: state.room, after_seq: afterSeq });
