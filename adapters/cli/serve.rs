@@ -68,7 +68,8 @@ enum LogFormat {
 struct SecurityArgs {
     /// Require `authorization: Bearer <token>` on every call, with the tokens in FILE: one
     /// `TOKEN USER` per line, `#` comments (README, "Running in production"). The sender of a
-    /// message is the token's user. Without it the server is open: anyone may call as anyone.
+    /// message is the token's user. The web port takes the token as `?token=`. Without it the
+    /// server is open: anyone may call as anyone.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
     /// Serve TLS with this PEM certificate chain (leaf first); needs --tls-key.

@@ -19,6 +19,11 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ROOMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rooms");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 
+/// redb's page cache, in bytes. redb's default (1 GiB) lets the cache, and so the server's RSS,
+/// grow with the file; rooms read the store only when they are restored, and appends touch the
+/// tail pages of each room, so a small cache serves them and keeps memory bounded.
+pub(crate) const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// History in a redb file.
 pub struct RedbStore {
     database: Database,
@@ -45,7 +50,10 @@ impl RedbStore {
         let shown = path.display().to_string();
         let open_error = |reason: String| StoreError::Open { path: shown.clone(), reason };
         std::fs::create_dir_all(directory).map_err(|error| open_error(format!("creating the directory: {error}")))?;
-        let database = Database::create(&path).map_err(|error| open_error(error.to_string()))?;
+        let database = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| open_error(error.to_string()))?;
         let store = Self { database, path, retention };
         store.check_format()?;
         Ok(store)
