@@ -317,15 +317,17 @@ impl Client {
     /// The room closed the connection for stalling (after its final lag marker): the client
     /// comes back at once, resuming like after a disconnect.
     async fn resume_after_stall(&mut self, conn: Conn) -> Option<Conn> {
-        let now = self.now_ms();
-        let resume = {
-            let mut checker = self.world.checker();
-            checker.action(Some(conn.sub()), Action::ClosedForStalling, now);
-            checker.close(conn.sub(), now);
-            checker.resume_point(conn.sub())
-        };
-        drop(conn);
+        let resume = self.close_for_resume(conn, Action::ClosedForStalling);
         self.connect(resume).await
+    }
+
+    /// Records `action` and the end of `conn`, drops it, and says where to resume.
+    fn close_for_resume(&mut self, conn: Conn, action: Action) -> Option<(u64, Seq)> {
+        let now = self.now_ms();
+        let mut checker = self.world.checker();
+        checker.action(Some(conn.sub()), action, now);
+        checker.close(conn.sub(), now);
+        checker.resume_point(conn.sub())
     }
 
     /// Performs one action; `None` if the client has to give up (the engine stopped).
@@ -340,14 +342,7 @@ impl Client {
                 Some(conn)
             }
             Step::Disconnect => {
-                let now = self.now_ms();
-                let resume = {
-                    let mut checker = self.world.checker();
-                    checker.action(Some(conn.sub()), Action::Disconnect, now);
-                    checker.close(conn.sub(), now);
-                    checker.resume_point(conn.sub())
-                };
-                drop(conn);
+                let resume = self.close_for_resume(conn, Action::Disconnect);
                 let offline = exponential(&mut self.rng, self.world.options.offline);
                 sleep_until((Instant::now() + offline).min(self.world.deadline)).await;
                 self.connect(resume).await
