@@ -3,10 +3,11 @@
 //! The engine and its actors never learn which transport a client uses. Everything a
 //! transport knows lives in the adapter, and every adapter follows the same recipe:
 //!
-//! 1. **Identity.** Decide who the client is from the protocol (gRPC: the `user` metadata key;
-//!    WebSocket: the `user` query parameter) and make a [`UserName`] with
-//!    [`convert::user`](crate::grpc::convert::user) (or `metadata_user`), so every transport
-//!    refuses the same names with the same message.
+//! 1. **Identity.** Decide who the client is from the protocol (gRPC: the bearer token, else
+//!    the `user` metadata key; WebSocket: the `token`, else the `user` query parameter) through
+//!    [`Authenticator`](crate::grpc::auth::Authenticator) and
+//!    [`Caller`](crate::grpc::auth::Caller), so every transport applies the same identity rule
+//!    and refuses the same names with the same message.
 //! 2. **Decode.** Turn the wire frame into a `confab.v1` message (prost for protobuf bytes, or
 //!    another encoding of the same message, like the WebSocket's JSON), then into an engine type
 //!    with [`crate::grpc::convert`]. That module is the one place where wire meets engine.

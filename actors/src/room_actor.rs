@@ -142,11 +142,16 @@ impl RoomActor {
 
     /// Executes every planned delivery. Full sinks become lag, closed ones are unsubscribed.
     fn flush(&mut self, me: &ActorRef<Self>) {
+        self.deliver_pending();
+        self.counts.publish(&self.stats);
+        self.schedule_lag_markers(me);
+    }
+
+    /// Fans out every event the room has planned.
+    fn deliver_pending(&mut self) {
         while let Some(delivery) = self.room.poll_delivery() {
             self.deliver(&delivery);
         }
-        self.counts.publish(&self.stats);
-        self.schedule_lag_markers(me);
     }
 
     fn deliver(&mut self, delivery: &Delivery) {
@@ -388,9 +393,7 @@ impl Message<RetryLagMarkers> for RoomActor {
         self.lagged = false;
         self.close_stalled();
         // Closing a subscriber may have queued a presence change: fan it out first.
-        while let Some(delivery) = self.room.poll_delivery() {
-            self.deliver(&delivery);
-        }
+        self.deliver_pending();
         for marker in self.room.take_lag_markers() {
             self.deliver(&marker);
         }

@@ -67,6 +67,8 @@ struct Shared {
     config: WsConfig,
     /// One permit per open connection, so the limit holds without counting by hand.
     slots: Arc<Semaphore>,
+    /// Hands each session its own send-rate bucket (`config.send_rate`) on one clock.
+    limiter: SendLimiter,
     /// Cancelled when shutdown starts: every session closes with 1001 (going away).
     sessions_end: CancellationToken,
     /// Upgraded connections run outside the HTTP server's own bookkeeping; this lets
@@ -84,10 +86,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(config.connections_max));
+    let limiter = SendLimiter::new(config.send_rate);
     let shared = Arc::new(Shared {
         engine,
         config,
         slots,
+        limiter,
         sessions_end: CancellationToken::new(),
         sessions: TaskTracker::new(),
     });
@@ -149,7 +153,7 @@ async fn connect(
         return too_many_connections(shared.config.connections_max);
     };
     let frame_bytes_max = shared.config.frame_bytes_max;
-    let rate = SendLimiter::new(shared.config.send_rate).session();
+    let rate = shared.limiter.session();
     upgrade.max_message_size(frame_bytes_max).max_frame_size(frame_bytes_max).on_upgrade(move |socket| {
         let (engine, sessions_end) = (shared.engine.clone(), shared.sessions_end.clone());
         shared.sessions.track_future(async move {
