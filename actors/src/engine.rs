@@ -6,17 +6,17 @@
 //! engine's own ([`Engine::start_background`]). Actor spawns enter that runtime's context, so
 //! even those work from a thread that runs no tokio.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use confab_engine::{
     ClientFrame, Draft, HistoryPage, Limits, Receipt, RoomError, RoomEvent, RoomName, Sent, Seq, ServerFrame, Session,
-    SubscriberId, UploadAggregator, UserName,
+    UploadAggregator, UserName,
 };
 use futures::Stream;
-use kameo::actor::{ActorRef, Spawn};
+use kameo::actor::{ActorRef, Spawn, WeakActorRef};
 use kameo::mailbox;
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,9 +24,9 @@ use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::registry::{ListRooms, Registry, RoomTable, StopRooms, Storage, SweepIdle};
-use crate::room_actor::{History, Info, RoomActor, RoomInfo, SendMessage, Subscribe, Typing, Unsubscribe};
-use crate::session_actor::{Close, Disconnect, Frame, SessionActor};
-use crate::sink::{Queued, StallNotice, Stalled, StreamSink};
+use crate::ring::{ReaderItem, RingReader, Stalled};
+use crate::room_actor::{History, Info, RoomInfo, SendMessage, Subscribe, Typing};
+use crate::session_actor::{Close, Disconnect, Frame, Outbound, SessionActor};
 use crate::stats::{EngineStats, StatsSnapshot};
 use crate::store::HistoryStore;
 use crate::store::writer::Writer;
@@ -226,14 +226,8 @@ impl Engine {
         user: Option<UserName>,
         after_seq: Option<Seq>,
     ) -> Result<RoomEvents, EngineError> {
-        let (sender, receiver) = mpsc::channel::<Queued>(self.inner.limits.subscriber_queue_len_max.max(1));
-        let stall_notice = StallNotice::default();
-        let make = || Subscribe {
-            user: user.clone(),
-            after_seq,
-            sink: Box::new(StreamSink { queue: sender.clone(), stall_notice: stall_notice.clone() }),
-        };
-        let (actor, subscription) = self.existing(self.inner.directory.request(room, true, make).await?)?;
+        let make = || Subscribe { user: user.clone(), after_seq };
+        let (_, (subscription, reader)) = self.existing(self.inner.directory.request(room, true, make).await?)?;
         let mut head = VecDeque::with_capacity(subscription.backlog.len() + 1);
         head.push_back(RoomEvent::Subscribed {
             room: room.clone(),
@@ -242,7 +236,7 @@ impl Engine {
             first_seq: subscription.first_seq,
         });
         head.extend(subscription.backlog.into_iter().map(RoomEvent::Message));
-        Ok(RoomEvents { head, receiver, room: Some((actor, subscription.id)), stall_notice, stall_told: false })
+        Ok(RoomEvents { head, reader, stalled: None, ended: false })
     }
 
     /// Tells `room`'s subscribers that `user` is typing.
@@ -266,18 +260,27 @@ impl Engine {
     /// Opens a bidirectional session for `user`: send [`ClientFrame`]s with the
     /// [`SessionSender`], read [`ServerFrame`]s from [`SessionEvents`].
     pub fn open_session(&self, user: UserName) -> (SessionSender, SessionEvents) {
-        let (outbound, frames) = mpsc::channel(self.inner.limits.session_outbound_len_max.max(1));
-        let stall_notice = StallNotice::default();
+        let (outbound, control) = mpsc::channel(self.inner.limits.session_outbound_len_max.max(1));
         let session = Session::new(user, self.inner.limits.session_rooms_max);
         let actor = {
             let _context = self.inner.runtime.enter();
             let stats = Arc::clone(&self.inner.stats);
-            let actor = SessionActor::new(session, self.inner.directory.clone(), outbound, stall_notice.clone(), stats);
-            // Room deliveries wait in this mailbox; its bound is the session's lag threshold.
+            let actor = SessionActor::new(session, self.inner.directory.clone(), outbound, stats);
+            // Client frames wait in this mailbox (room events never do: the stream reads rings).
             let mailbox = mailbox::bounded(self.inner.limits.subscriber_queue_len_max.max(1));
             SessionActor::spawn_with_mailbox(actor, mailbox)
         };
-        (SessionSender { actor, closed: false }, SessionEvents { frames, stall_notice })
+        let events = SessionEvents {
+            control,
+            control_open: true,
+            readers: BTreeMap::new(),
+            finish: None,
+            ready: VecDeque::new(),
+            stalled: None,
+            ended: false,
+            actor: actor.downgrade(),
+        };
+        (SessionSender { actor, closed: false }, events)
     }
 
     /// Every room, in name order.
@@ -311,15 +314,17 @@ impl Engine {
 }
 
 /// The events of one room subscription. Dropping it unsubscribes.
+///
+/// It reads the room's ring directly: everything ready is taken in one go, and a reader that
+/// fell more than [`Limits::subscriber_queue_len_max`] events behind gets a
+/// [`RoomEvent::Lagged`] for exactly what it missed, then carries on (G2).
 pub struct RoomEvents {
-    /// `Subscribed`, the backlog, and a message that waits behind its lag marker.
+    /// `Subscribed` and the backlog, handed out before the ring is read.
     head: VecDeque<RoomEvent>,
-    receiver: mpsc::Receiver<Queued>,
-    room: Option<(ActorRef<RoomActor>, SubscriberId)>,
-    /// Set by the room if it closed this subscription for stalling.
-    stall_notice: StallNotice,
-    /// The final lag marker of a stalled subscription was given.
-    stall_told: bool,
+    reader: RingReader,
+    /// Set if the room closed this subscription for stalling.
+    stalled: Option<Stalled>,
+    ended: bool,
 }
 
 impl RoomEvents {
@@ -328,7 +333,7 @@ impl RoomEvents {
     /// final [`RoomEvent::Lagged`] for what it missed), this tells a transport which status to
     /// give; `None` means the engine stopped.
     pub fn stalled(&self) -> Option<&Stalled> {
-        self.stall_notice.get()
+        self.stalled.as_ref()
     }
 }
 
@@ -339,36 +344,21 @@ impl Stream for RoomEvents {
         if let Some(event) = self.head.pop_front() {
             return Poll::Ready(Some(event));
         }
-        match self.receiver.poll_recv(cx) {
-            Poll::Ready(Some((Some(lag), event))) => {
-                let room = event.room().clone();
-                self.head.push_back(event);
-                Poll::Ready(Some(RoomEvent::Lagged { room, lag }))
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.reader.poll_item(cx) {
+            Poll::Ready(ReaderItem::Event(event)) => Poll::Ready(Some(event)),
+            Poll::Ready(ReaderItem::Stalled(stalled)) => {
+                self.stalled = Some(stalled);
+                self.ended = true;
+                Poll::Ready(None)
             }
-            Poll::Ready(Some((None, event))) => Poll::Ready(Some(event)),
-            Poll::Ready(None) => {
-                // What was queued came first; what the room sequenced after is the final gap
-                // (G2: the stream never ends on a silent hole).
-                let stalled = self.stall_notice.get().cloned();
-                match stalled {
-                    Some(stalled) if !self.stall_told => {
-                        self.stall_told = true;
-                        Poll::Ready(Some(RoomEvent::Lagged { room: stalled.room, lag: stalled.lag }))
-                    }
-                    _ => Poll::Ready(None),
-                }
+            Poll::Ready(ReaderItem::Ended) => {
+                self.ended = true;
+                Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for RoomEvents {
-    fn drop(&mut self) {
-        if let Some((actor, id)) = self.room.take() {
-            // If the room's mailbox is full, the room still drops this closed sink the next
-            // time it delivers or counts subscribers.
-            let _ = actor.tell(Unsubscribe(id)).try_send();
         }
     }
 }
@@ -439,11 +429,27 @@ impl Drop for SessionSender {
     }
 }
 
-/// The server side of a session: frames out, in order. Ends when the session finishes.
+/// The server side of a session: frames out. Ends when the session finishes.
+///
+/// It merges what the session actor says (acks, errors, each subscription's start and backlog)
+/// with the events of every joined room, which it reads from the rooms' rings itself. Frames
+/// about one room keep their order; a room's events follow its subscription's backlog.
 pub struct SessionEvents {
-    frames: mpsc::Receiver<ServerFrame>,
+    control: mpsc::Receiver<Outbound>,
+    /// The session actor may still say something.
+    control_open: bool,
+    /// The joined rooms' ring readers, read in name order.
+    readers: BTreeMap<RoomName, RingReader>,
+    /// Set when the session finished: the rooms and messages to read up to before ending.
+    finish: Option<Vec<(RoomName, Seq)>>,
+    /// Frames taken and not yet handed out.
+    ready: VecDeque<ServerFrame>,
     /// Set by a room that closed this session for stalling.
-    stall_notice: StallNotice,
+    stalled: Option<Stalled>,
+    ended: bool,
+    /// The session actor, stopped at once if a room closes the session for stalling: its
+    /// client reads nothing, so nothing else could reach it either.
+    actor: WeakActorRef<SessionActor>,
 }
 
 impl SessionEvents {
@@ -451,7 +457,70 @@ impl SessionEvents {
     /// [`Limits::subscriber_stall_ms`] while lagging. Once the stream has ended, this tells a
     /// transport which status to give.
     pub fn stalled(&self) -> Option<&Stalled> {
-        self.stall_notice.get()
+        self.stalled.as_ref()
+    }
+
+    /// Takes what the session actor said, up to its first frame.
+    fn poll_control(&mut self, cx: &mut TaskContext<'_>) {
+        while self.control_open && self.ready.is_empty() {
+            match self.control.poll_recv(cx) {
+                Poll::Ready(Some(Outbound::Frame(frame))) => self.ready.push_back(frame),
+                Poll::Ready(Some(Outbound::Attach(reader))) => {
+                    self.readers.insert(reader.room().clone(), reader);
+                }
+                Poll::Ready(Some(Outbound::Detach(room))) => {
+                    self.readers.remove(&room);
+                }
+                Poll::Ready(Some(Outbound::Finish(echoes))) => self.finish = Some(echoes),
+                Poll::Ready(None) => self.control_open = false,
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    /// Takes what every joined room has ready: a batch from each, in name order, so a busy
+    /// room cannot starve a quiet one.
+    fn poll_rooms(&mut self, cx: &mut TaskContext<'_>) {
+        let mut gone = Vec::new();
+        for (room, reader) in &mut self.readers {
+            loop {
+                match reader.poll_item(cx) {
+                    Poll::Ready(ReaderItem::Event(event)) => self.ready.push_back(ServerFrame::Event(event)),
+                    Poll::Ready(ReaderItem::Stalled(stalled)) => {
+                        self.stalled = Some(stalled);
+                        return;
+                    }
+                    Poll::Ready(ReaderItem::Ended) => {
+                        // The room stopped: the session no longer hears from it.
+                        gone.push(room.clone());
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+                if !reader.has_taken() {
+                    break;
+                }
+            }
+        }
+        for room in gone {
+            self.readers.remove(&room);
+        }
+    }
+
+    /// Whether a finished session's stream has carried each of the client's own messages.
+    fn echoes_done(&self) -> bool {
+        let Some(echoes) = &self.finish else { return false };
+        echoes.iter().all(|(room, echo)| {
+            self.readers.get(room).and_then(|reader| reader.handle().delivered()).is_none_or(|seq| seq >= *echo)
+        })
+    }
+
+    /// Ends the stream: every room is left and the session actor hears the client is gone.
+    fn end(&mut self) -> Poll<Option<ServerFrame>> {
+        self.ended = true;
+        self.readers.clear();
+        self.control.close();
+        Poll::Ready(None)
     }
 }
 
@@ -459,6 +528,39 @@ impl Stream for SessionEvents {
     type Item = ServerFrame;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ServerFrame>> {
-        self.frames.poll_recv(cx)
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return Poll::Ready(Some(frame));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            self.poll_control(cx);
+            if !self.ready.is_empty() {
+                continue;
+            }
+            self.poll_rooms(cx);
+            if self.stalled.is_some() {
+                // The final lag marker is in `ready`; the stream ends after it.
+                self.ended = true;
+                self.readers.clear();
+                self.control.close();
+                if let Some(actor) = self.actor.upgrade() {
+                    actor.kill();
+                }
+                continue;
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            // Nothing ready anywhere (every source registered this task's waker).
+            if !self.control_open && (self.finish.is_none() || self.echoes_done()) {
+                return self.end();
+            }
+            if self.control_open && self.finish.is_some() && self.echoes_done() {
+                return self.end();
+            }
+            return Poll::Pending;
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! - `session_actor`: one actor per bidirectional client around `confab_engine::Session`.
 //! - `upload_actor`: one actor per upload around `confab_engine::UploadAggregator`.
 //! - `directory`: how every part reaches a room (resolve, request, retry if it retired).
-//! - `sink`: the bounded, non-blocking queues a room delivers into.
+//! - `ring`: a room's ring shared by its actor (the writer) and its readers, and the reader
+//!   that Subscribe streams and session streams poll.
 //! - `stats`: the engine's counters (rooms, sessions, messages, deliveries, lag) that rooms and
 //!   sessions bump and [`Engine::stats`] snapshots as a [`StatsSnapshot`] for metrics.
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
@@ -17,9 +18,10 @@
 //!   in-memory store, and the writer thread that group-commits every room's messages.
 //!
 //! Data flow: a transport calls the [`Engine`]; the directory resolves the room through the
-//! registry; the room actor feeds its state machine and pushes deliveries into subscriber
-//! sinks without waiting (a full sink becomes a lag marker, G2). Sessions receive deliveries
-//! in their own mailbox, so a session handles frames and room events in one order.
+//! registry; the room actor feeds its state machine and appends what it publishes to the
+//! room's ring once, waking its parked readers once. Every reader (a [`RoomEvents`] stream, a
+//! [`SessionEvents`] stream) takes what is ready from the ring with its own cursor, on its
+//! transport's task: a reader that fell too far behind is told exactly what it missed (G2).
 //!
 //! Handlers never return `Err`: refusals are reply values, because kameo stops an actor whose
 //! `tell` handler fails.
@@ -30,16 +32,16 @@ mod directory;
 pub mod engine;
 mod error;
 mod registry;
+mod ring;
 mod room_actor;
 mod session_actor;
-mod sink;
 mod stats;
 pub mod store;
 mod upload_actor;
 
 pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender, Upload};
 pub use error::EngineError;
+pub use ring::Stalled;
 pub use room_actor::RoomInfo;
 pub use session_actor::SessionActor;
-pub use sink::Stalled;
 pub use stats::StatsSnapshot;

@@ -152,7 +152,7 @@ impl Registry {
         }
         let Some(room) = self.make_room(&name, create)? else { return Ok(None) };
         let writer = self.storage.as_ref().map(|storage| storage.writer.clone());
-        let actor = RoomActor::new(room, self.clock, writer, Arc::clone(&self.stats));
+        let actor = RoomActor::new(room, &self.limits, self.clock, writer, Arc::clone(&self.stats));
         self.stats.room_created();
         let actor = RoomActor::spawn_with_mailbox(actor, mailbox::bounded(ROOM_MAILBOX_LEN));
         self.rooms.insert(name, actor.clone());

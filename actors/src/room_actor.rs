@@ -1,11 +1,15 @@
-//! `RoomActor`: one per room. Each handler feeds the [`Room`] state machine and then executes
-//! its deliveries into the subscribers' sinks, reporting full and closed ones back.
+//! `RoomActor`: one per room. Each handler feeds the [`Room`] state machine, then executes its
+//! effects: published events go once into the room's ring (its readers take them from there),
+//! messages to make durable go to the store's writer. The actor arms one timer, for the ring's
+//! stall sweep.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use confab_engine::{
-    Delivery, Draft, HistoryPage, Room, RoomError, RoomName, Sent, Seq, SubscriberId, Subscription, UserName,
+    ChatMessage, Draft, HistoryPage, Limits, Ring, Room, RoomEffect, RoomError, RoomName, Sent, Seq, SubscriberId,
+    Subscription, Time, UserName,
 };
 use kameo::Actor;
 use kameo::actor::ActorRef;
@@ -14,8 +18,8 @@ use kameo::reply::{DelegatedReply, ReplySender};
 
 use crate::answer::Answer;
 use crate::clock::Clock;
-use crate::sink::{EventSink, SinkError, Stalled};
-use crate::stats::{EngineStats, RoomCounts};
+use crate::ring::{RingReader, SharedRing};
+use crate::stats::EngineStats;
 use crate::store::writer::{WriteRequest, Writer};
 use crate::store::{RoomAppend, StoreError};
 
@@ -40,25 +44,18 @@ pub struct RoomInfo {
 #[derive(Actor)]
 pub(crate) struct RoomActor {
     room: Room,
-    /// Where each subscriber's deliveries go; keyed like the room's subscribers.
-    sinks: BTreeMap<SubscriberId, Box<dyn EventSink>>,
+    /// Where the room's events wait for its readers; closed when the actor goes.
+    ring: SharedRing,
     clock: Clock,
     /// The durable store's writer; `None` for an in-memory room (durable when sequenced).
     writer: Option<Writer>,
     /// Senders waiting for their message to become durable before they get an answer.
     waiters: VecDeque<Waiter>,
-    /// A subscriber's queue was full since the last lag-marker retry.
-    lagged: bool,
-    /// A [`RetryLagMarkers`] is on its way.
-    retry_scheduled: bool,
-    /// The engine's counters, and this room's delivery counts not yet added to them.
+    /// When the one armed timer fires, if one is armed.
+    timer_at: Option<Time>,
+    /// The engine's counters.
     stats: Arc<EngineStats>,
-    counts: RoomCounts,
 }
-
-/// How long after a full queue the room retries a lone lag marker for that subscriber: it
-/// bounds how late a subscriber that drained its queue learns of a gap no message followed.
-pub(crate) const LAG_MARKER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A reply held back until the message it acknowledges is durable.
 enum Waiter {
@@ -84,26 +81,42 @@ impl Waiter {
 }
 
 impl RoomActor {
-    pub(crate) fn new(room: Room, clock: Clock, writer: Option<Writer>, stats: Arc<EngineStats>) -> Self {
-        Self {
-            room,
-            sinks: BTreeMap::new(),
-            clock,
-            writer,
-            waiters: VecDeque::new(),
-            lagged: false,
-            retry_scheduled: false,
-            stats,
-            counts: RoomCounts::default(),
+    /// The actor for `room`, whose ring keeps `limits.subscriber_queue_len_max` events: the
+    /// distance a reader may fall behind before it lags.
+    pub(crate) fn new(
+        room: Room,
+        limits: &Limits,
+        clock: Clock,
+        writer: Option<Writer>,
+        stats: Arc<EngineStats>,
+    ) -> Self {
+        let mut ring = Ring::new(limits.subscriber_queue_len_max, room.durable_seq(), limits.subscriber_stall_ms);
+        if let Some(bug) = room.injected_bug() {
+            ring.inject_bug(bug);
         }
+        Self { room, ring: SharedRing::new(ring), clock, writer, waiters: VecDeque::new(), timer_at: None, stats }
+    }
+
+    /// Executes the room's effects: readers that left are unsubscribed, events published once
+    /// (one wake per parked reader), new messages handed to the writer; then arms the timer.
+    fn flush(&mut self, me: &ActorRef<Self>) {
+        let now = self.clock.now();
+        for id in self.ring.with(Ring::take_departed) {
+            self.room.handle_unsubscribe(id, now);
+        }
+        let mut events = Vec::new();
+        while let Some(effect) = self.room.poll_effect() {
+            match effect {
+                RoomEffect::Publish(event) => events.push(event),
+                RoomEffect::Persist(messages) => self.persist(messages, me),
+            }
+        }
+        self.ring.publish(events, now);
+        self.arm_timer(me);
     }
 
     /// Hands newly sequenced messages to the writer (durable rooms only).
-    fn persist(&mut self, me: &ActorRef<Self>) {
-        let messages = self.room.take_to_persist();
-        if messages.is_empty() {
-            return;
-        }
+    fn persist(&mut self, messages: Vec<Arc<ChatMessage>>, me: &ActorRef<Self>) {
         let Some(writer) = &self.writer else { return };
         let append = RoomAppend { room: self.room.name().clone(), epoch: self.room.epoch(), messages };
         if let Err(error) = writer.submit(WriteRequest { append, room: me.clone() }) {
@@ -140,65 +153,21 @@ impl RoomActor {
         delegated
     }
 
-    /// Executes every planned delivery. Full sinks become lag, closed ones are unsubscribed.
-    fn flush(&mut self, me: &ActorRef<Self>) {
-        self.deliver_pending();
-        self.counts.publish(&self.stats);
-        self.schedule_lag_markers(me);
-    }
-
-    /// Fans out every event the room has planned.
-    fn deliver_pending(&mut self) {
-        while let Some(delivery) = self.room.poll_delivery() {
-            self.deliver(&delivery);
-        }
-    }
-
-    fn deliver(&mut self, delivery: &Delivery) {
-        let outcome = self.sinks.get(&delivery.to).map(|sink| sink.try_deliver(delivery));
-        match outcome {
-            Some(Ok(())) => {
-                self.counts.deliveries += 1;
-                self.counts.lag_markers += u64::from(delivery.lag.is_some());
-            }
-            Some(Err(SinkError::Full)) => {
-                self.counts.deliveries_dropped += 1;
-                self.room.handle_delivery_full(delivery);
-                self.lagged = true;
-            }
-            Some(Err(SinkError::Closed)) | None => self.drop_subscriber(delivery.to),
-        }
-    }
-
-    /// After a full queue, comes back later with lone lag markers (G2 at the tail).
-    fn schedule_lag_markers(&mut self, me: &ActorRef<Self>) {
-        if !self.lagged || self.retry_scheduled {
+    /// Arms the one timer for the ring's next sweep, unless an earlier one is armed.
+    fn arm_timer(&mut self, me: &ActorRef<Self>) {
+        let Some(due) = self.ring.with(|ring| ring.poll_timeout()) else { return };
+        if self.timer_at.is_some_and(|armed| armed <= due) {
             return;
         }
-        self.retry_scheduled = true;
+        self.timer_at = Some(due);
+        let wait = Duration::from_millis(due.millis_since(self.clock.now()));
         let me = me.downgrade();
         tokio::spawn(async move {
-            tokio::time::sleep(LAG_MARKER_RETRY).await;
+            tokio::time::sleep(wait).await;
             if let Some(me) = me.upgrade() {
-                let _ = me.tell(RetryLagMarkers).await;
+                let _ = me.tell(Timeout).await;
             }
         });
-    }
-
-    /// Closes the subscribers that stalled (see [`Room::take_stalled`]), telling each why.
-    fn close_stalled(&mut self) {
-        for (id, lag) in self.room.take_stalled(self.clock.now()) {
-            if let Some(sink) = self.sinks.remove(&id) {
-                tracing::debug!(room = %self.room.name(), ?lag, "closing a stalled subscriber");
-                sink.close_stalled(Stalled { room: self.room.name().clone(), lag });
-                self.stats.subscriber_closed_stalled();
-            }
-        }
-    }
-
-    fn drop_subscriber(&mut self, id: SubscriberId) {
-        self.sinks.remove(&id);
-        self.room.handle_unsubscribe(id, self.clock.now());
     }
 
     fn info(&self) -> RoomInfo {
@@ -213,6 +182,14 @@ impl RoomActor {
     }
 }
 
+impl Drop for RoomActor {
+    fn drop(&mut self) {
+        // However the actor stops (retired, killed at shutdown), its readers end once they
+        // have read what it published.
+        self.ring.update(Ring::close);
+    }
+}
+
 /// Sequence one message.
 pub(crate) struct SendMessage(pub(crate) Draft);
 
@@ -224,7 +201,6 @@ impl Message<SendMessage> for RoomActor {
         if matches!(&result, Ok(sent) if !sent.duplicate) {
             self.stats.messages_appended(1);
         }
-        self.persist(ctx.actor_ref());
         self.flush(ctx.actor_ref());
         match result {
             Ok(sent) => self.answer_when_durable(sent.seq, ctx, |reply| Waiter::Send { sent, reply }, Answer(Ok(sent))),
@@ -244,7 +220,6 @@ impl Message<SendBatch> for RoomActor {
         if let Ok(Some((first, last))) = &result {
             self.stats.messages_appended(last - first + 1);
         }
-        self.persist(ctx.actor_ref());
         self.flush(ctx.actor_ref());
         match result {
             Ok(Some(run)) => {
@@ -278,47 +253,42 @@ impl Message<Persisted> for RoomActor {
     }
 }
 
-/// Add a subscriber whose deliveries go to `sink`.
+/// Add a subscriber; it gets its backlog in the reply and reads live events from the ring.
 pub(crate) struct Subscribe {
     pub(crate) user: Option<UserName>,
     pub(crate) after_seq: Option<Seq>,
-    pub(crate) sink: Box<dyn EventSink>,
 }
 
 impl Message<Subscribe> for RoomActor {
-    type Reply = Answer<Subscription, RoomError>;
+    type Reply = Answer<(Subscription, RingReader), RoomError>;
 
     async fn handle(&mut self, subscribe: Subscribe, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
-        // Closed sinks would hold places in a room near its subscriber bound.
-        self.prune_closed(ctx.actor_ref());
         let result = self.room.handle_subscribe(subscribe.user, subscribe.after_seq, self.clock.now());
-        if let Ok(subscription) = &result {
-            self.sinks.insert(subscription.id, subscribe.sink);
-        }
+        // Publish its presence first: a subscriber does not see its own arrival.
         self.flush(ctx.actor_ref());
-        Answer(result)
+        Answer(result.map(|subscription| {
+            let delivered = self.room.durable_seq();
+            self.ring.with(|ring| ring.add_reader(subscription.id, delivered));
+            let reader = RingReader::new(
+                self.ring.clone(),
+                subscription.id,
+                self.room.name().clone(),
+                ctx.actor_ref().clone(),
+                Arc::clone(&self.stats),
+            );
+            (subscription, reader)
+        }))
     }
 }
 
-impl RoomActor {
-    fn prune_closed(&mut self, me: &ActorRef<Self>) {
-        let closed: Vec<SubscriberId> =
-            self.sinks.iter().filter(|(_, sink)| sink.is_closed()).map(|(&id, _)| id).collect();
-        for id in closed {
-            self.drop_subscriber(id);
-        }
-        self.flush(me);
-    }
-}
-
-/// Remove a subscriber.
+/// Remove a subscriber (it may have left the ring already: then this only hurries it up).
 pub(crate) struct Unsubscribe(pub(crate) SubscriberId);
 
 impl Message<Unsubscribe> for RoomActor {
     type Reply = ();
 
     async fn handle(&mut self, Unsubscribe(id): Unsubscribe, ctx: &mut Context<Self, Self::Reply>) {
-        self.drop_subscriber(id);
+        self.ring.with(|ring| ring.remove_reader(id));
         self.flush(ctx.actor_ref());
     }
 }
@@ -350,14 +320,14 @@ impl Message<History> for RoomActor {
     }
 }
 
-/// A snapshot of the room (closed subscribers are pruned first, so counts are current).
+/// A snapshot of the room (readers that left are unsubscribed first, so counts are current).
 pub(crate) struct Info;
 
 impl Message<Info> for RoomActor {
     type Reply = RoomInfo;
 
     async fn handle(&mut self, _: Info, ctx: &mut Context<Self, Self::Reply>) -> RoomInfo {
-        self.prune_closed(ctx.actor_ref());
+        self.flush(ctx.actor_ref());
         self.info()
     }
 }
@@ -369,7 +339,7 @@ impl Message<RetireIfIdle> for RoomActor {
     type Reply = bool;
 
     async fn handle(&mut self, _: RetireIfIdle, ctx: &mut Context<Self, Self::Reply>) -> bool {
-        self.prune_closed(ctx.actor_ref());
+        self.flush(ctx.actor_ref());
         if !self.waiters.is_empty() {
             // Writes in flight: their senders are still owed an answer.
             return false;
@@ -382,22 +352,21 @@ impl Message<RetireIfIdle> for RoomActor {
     }
 }
 
-/// Deliver lone lag markers to lagging subscribers whose queues may have drained.
-pub(crate) struct RetryLagMarkers;
+/// The armed timer fired: the ring's stall sweep closes readers that stalled while lagging.
+pub(crate) struct Timeout;
 
-impl Message<RetryLagMarkers> for RoomActor {
+impl Message<Timeout> for RoomActor {
     type Reply = ();
 
-    async fn handle(&mut self, _: RetryLagMarkers, ctx: &mut Context<Self, Self::Reply>) {
-        self.retry_scheduled = false;
-        self.lagged = false;
-        self.close_stalled();
-        // Closing a subscriber may have queued a presence change: fan it out first.
-        self.deliver_pending();
-        for marker in self.room.take_lag_markers() {
-            self.deliver(&marker);
+    async fn handle(&mut self, _: Timeout, ctx: &mut Context<Self, Self::Reply>) {
+        self.timer_at = None;
+        let now = self.clock.now();
+        // `update` wakes the closed readers, so each hands out its final lag and its end.
+        for (id, lag) in self.ring.update(|ring| ring.handle_timeout(now)) {
+            tracing::debug!(room = %self.room.name(), ?lag, "closing a stalled subscriber");
+            self.room.handle_unsubscribe(id, now);
+            self.stats.subscriber_closed_stalled();
         }
-        self.counts.publish(&self.stats);
-        self.schedule_lag_markers(ctx.actor_ref());
+        self.flush(ctx.actor_ref());
     }
 }

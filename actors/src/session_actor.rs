@@ -1,14 +1,16 @@
-//! `SessionActor`: one per connected bidirectional client. Client frames, room deliveries and
-//! the close signal all arrive through its mailbox, so they are handled in one order; each
-//! handler feeds the [`Session`] state machine and executes its commands in order (sends are
-//! awaited one by one, which is what makes a stream's messages keep their order, G3).
+//! `SessionActor`: one per connected bidirectional client. Client frames and the close signal
+//! arrive through its mailbox, so they are handled in one order; each handler feeds the
+//! [`Session`] state machine and executes its commands in order (sends are awaited one by one,
+//! which is what makes a stream's messages keep their order, G3).
+//!
+//! Room events do not pass through this actor: once a subscription's backlog is out, the
+//! actor hands the room's ring reader to the client's stream ([`Outbound::Attach`]), which
+//! reads the ring itself. Everything the actor says goes through one ordered channel.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use confab_engine::{
-    ClientFrame, Lag, RoomEvent, RoomName, ServerFrame, Session, SessionCommand, SubscriberId, Subscription,
-};
+use confab_engine::{ClientFrame, RoomError, RoomName, Seq, ServerFrame, Session, SessionCommand, Subscription};
 use kameo::Actor;
 use kameo::actor::ActorRef;
 use kameo::message::{Context, Message};
@@ -16,21 +18,35 @@ use tokio::sync::mpsc;
 
 use crate::directory::Directory;
 use crate::error::EngineError;
-use crate::room_actor::{RoomActor, SendMessage, Subscribe, Typing, Unsubscribe};
-use crate::sink::{SessionSink, StallNotice};
+use crate::ring::{ReaderHandle, RingReader};
+use crate::room_actor::{RoomActor, SendMessage, Subscribe, Typing};
 use crate::stats::{EngineStats, SessionGuard};
+
+/// What a session actor tells its client's stream, in order.
+pub(crate) enum Outbound {
+    /// A frame for the client.
+    Frame(ServerFrame),
+    /// From here on, read this room's events from its ring.
+    Attach(RingReader),
+    /// Stop reading this room (the session left it).
+    Detach(RoomName),
+    /// The session finished: end once each listed room was read up to the given message.
+    Finish(Vec<(RoomName, Seq)>),
+}
 
 /// The actor around one [`Session`].
 #[derive(Actor)]
 pub struct SessionActor {
     session: Session,
     directory: Directory,
-    /// Frames for the client; `None` once finished or once the client stopped reading.
-    outbound: Option<mpsc::Sender<ServerFrame>>,
-    /// The room actors this session subscribed to, to unsubscribe and send without a lookup.
-    rooms: BTreeMap<RoomName, ActorRef<RoomActor>>,
-    /// Handed to every room sink of this session; the client side reads it when it ends.
-    stall_notice: StallNotice,
+    /// Everything for the client's stream; `None` once finished or once the client stopped
+    /// reading.
+    outbound: Option<mpsc::Sender<Outbound>>,
+    /// The room actors this session subscribed to (to send without a lookup), and its cursor
+    /// on each room's ring (to leave at once, and to check acknowledgements).
+    rooms: BTreeMap<RoomName, (ActorRef<RoomActor>, ReaderHandle)>,
+    /// Ring readers whose subscription's backlog is not yet out (see `SessionCommand::Attach`).
+    unattached: BTreeMap<RoomName, RingReader>,
     /// The engine's counters; the guard counts this session as open until the actor is dropped.
     stats: Arc<EngineStats>,
     _open: SessionGuard,
@@ -40,12 +56,19 @@ impl SessionActor {
     pub(crate) fn new(
         session: Session,
         directory: Directory,
-        outbound: mpsc::Sender<ServerFrame>,
-        stall_notice: StallNotice,
+        outbound: mpsc::Sender<Outbound>,
         stats: Arc<EngineStats>,
     ) -> Self {
         let open = stats.session_opened();
-        Self { session, directory, outbound: Some(outbound), rooms: BTreeMap::new(), stall_notice, stats, _open: open }
+        Self {
+            session,
+            directory,
+            outbound: Some(outbound),
+            rooms: BTreeMap::new(),
+            unattached: BTreeMap::new(),
+            stats,
+            _open: open,
+        }
     }
 
     /// Executes the session's commands until none is left.
@@ -53,36 +76,40 @@ impl SessionActor {
         while let Some(command) = self.session.poll_command() {
             match command {
                 SessionCommand::Subscribe { room, user, after_seq } => {
-                    let (me, stall_notice) = (ctx.actor_ref(), &self.stall_notice);
-                    let make = || Subscribe {
-                        user: Some(user.clone()),
-                        after_seq,
-                        sink: Box::new(SessionSink { actor: me.clone(), stall_notice: stall_notice.clone() }),
-                    };
+                    let make = || Subscribe { user: Some(user.clone()), after_seq };
                     let result = self.directory.request(&room, true, make).await;
                     let result = self.remember(&room, result);
                     self.session.handle_subscribed(room, result);
                 }
-                SessionCommand::Unsubscribe { room, subscriber } => {
-                    if let Some(actor) = self.rooms.remove(&room) {
-                        // The room also drops a sink whose session stopped, so a full
-                        // mailbox here loses nothing.
-                        let _ = actor.tell(Unsubscribe(subscriber)).try_send();
+                SessionCommand::Attach { room } => {
+                    if let Some(reader) = self.unattached.remove(&room) {
+                        if !self.tell_client(Outbound::Attach(reader)).await {
+                            return self.disconnect(ctx);
+                        }
+                    }
+                }
+                SessionCommand::Unsubscribe { room, .. } => {
+                    self.unattached.remove(&room);
+                    if let Some((_, reader)) = self.rooms.remove(&room) {
+                        reader.leave();
+                        if !self.tell_client(Outbound::Detach(room)).await {
+                            return self.disconnect(ctx);
+                        }
                     }
                 }
                 SessionCommand::Send { room, draft } => {
                     let client_msg_id = draft.client_msg_id.clone();
                     let result = match self.rooms.get(&room) {
-                        Some(actor) => match actor.ask(SendMessage(draft)).await {
+                        Some((actor, _)) => match actor.ask(SendMessage(draft)).await {
                             Ok(answer) => answer.0,
-                            Err(_) => Err(confab_engine::RoomError::Retired),
+                            Err(_) => Err(RoomError::Retired),
                         },
-                        None => Err(confab_engine::RoomError::NotFound),
+                        None => Err(RoomError::NotFound),
                     };
                     self.session.handle_sent(room, client_msg_id, result);
                 }
                 SessionCommand::Typing { room, user } => {
-                    if let Some(actor) = self.rooms.get(&room) {
+                    if let Some((actor, _)) = self.rooms.get(&room) {
                         let _ = actor.tell(Typing(user)).try_send();
                     }
                 }
@@ -90,17 +117,13 @@ impl SessionActor {
                     if matches!(frame, ServerFrame::Error { .. }) {
                         self.stats.session_frame_refused();
                     }
-                    let delivered = match &self.outbound {
-                        Some(outbound) => outbound.send(frame).await.is_ok(),
-                        None => false,
-                    };
-                    if !delivered {
+                    if !self.tell_client(Outbound::Frame(frame)).await {
                         // The client stopped reading: nobody is left to serve.
-                        self.disconnect(ctx);
-                        return;
+                        return self.disconnect(ctx);
                     }
                 }
-                SessionCommand::Finish => {
+                SessionCommand::Finish { echoes } => {
+                    let _ = self.tell_client(Outbound::Finish(echoes)).await;
                     self.outbound = None;
                     ctx.stop();
                     return;
@@ -109,32 +132,50 @@ impl SessionActor {
         }
     }
 
+    /// Puts one item on the client's stream, in order; `false` if the client is gone.
+    async fn tell_client(&self, item: Outbound) -> bool {
+        match &self.outbound {
+            Some(outbound) => outbound.send(item).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Tells the session how far the client's stream has read `room` (acks are checked
+    /// against it).
+    fn report_delivered(&mut self, room: &str) {
+        let Ok(room) = RoomName::new(room) else { return };
+        if let Some(delivered) = self.rooms.get(&room).and_then(|(_, reader)| reader.delivered()) {
+            self.session.handle_delivered(&room, delivered);
+        }
+    }
+
     fn remember(
         &mut self,
         room: &RoomName,
-        result: Result<Option<(ActorRef<RoomActor>, Subscription)>, EngineError>,
-    ) -> Result<Subscription, confab_engine::RoomError> {
+        result: Result<Option<(ActorRef<RoomActor>, (Subscription, RingReader))>, EngineError>,
+    ) -> Result<Subscription, RoomError> {
         match result {
-            Ok(Some((actor, subscription))) => {
-                self.rooms.insert(room.clone(), actor);
+            Ok(Some((actor, (subscription, reader)))) => {
+                self.rooms.insert(room.clone(), (actor, reader.handle().clone()));
+                self.unattached.insert(room.clone(), reader);
                 Ok(subscription)
             }
-            Ok(None) => Err(confab_engine::RoomError::NotFound),
+            Ok(None) => Err(RoomError::NotFound),
             Err(EngineError::Room(error)) => Err(error),
-            Err(_) => Err(confab_engine::RoomError::Retired),
+            Err(_) => Err(RoomError::Retired),
         }
     }
 
     fn disconnect(&mut self, ctx: &mut Context<Self, ()>) {
         self.session.handle_disconnect();
         while let Some(command) = self.session.poll_command() {
-            if let SessionCommand::Unsubscribe { room, subscriber } = command {
-                if let Some(actor) = self.rooms.remove(&room) {
-                    // Best effort: a room also drops the sink of a stopped session by itself.
-                    let _ = actor.tell(Unsubscribe(subscriber)).try_send();
+            if let SessionCommand::Unsubscribe { room, .. } = command {
+                if let Some((_, reader)) = self.rooms.remove(&room) {
+                    reader.leave();
                 }
             }
         }
+        self.unattached.clear();
         self.outbound = None;
         ctx.stop();
     }
@@ -147,23 +188,10 @@ impl Message<Frame> for SessionActor {
     type Reply = ();
 
     async fn handle(&mut self, Frame(frame): Frame, ctx: &mut Context<Self, ()>) {
+        if let ClientFrame::Ack { room, .. } = &frame {
+            self.report_delivered(room);
+        }
         self.session.handle_frame(frame);
-        self.run(ctx).await;
-    }
-}
-
-/// A delivery from a room this session subscribed to.
-pub(crate) struct RoomDelivery {
-    pub(crate) from: SubscriberId,
-    pub(crate) lag: Option<Lag>,
-    pub(crate) event: RoomEvent,
-}
-
-impl Message<RoomDelivery> for SessionActor {
-    type Reply = ();
-
-    async fn handle(&mut self, delivery: RoomDelivery, ctx: &mut Context<Self, ()>) {
-        self.session.handle_room_event(delivery.from, delivery.lag, delivery.event);
         self.run(ctx).await;
     }
 }

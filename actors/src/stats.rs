@@ -2,8 +2,7 @@
 //! actor layer so that `confab-engine` stays free of any dependency.
 //!
 //! The hot path stays cheap: counters are `Relaxed` atomics (a scrape needs no ordering between
-//! them), and a room adds up its deliveries in plain integers ([`RoomCounts`]) and publishes them
-//! once per batch of deliveries rather than once per subscriber. [`Engine::stats`] reads a
+//! them), and a reader adds up what it took once per batch read from its room's ring. [`Engine::stats`] reads a
 //! [`StatsSnapshot`]; a transport turns it into whatever format it exports.
 //!
 //! [`Engine::stats`]: crate::Engine::stats
@@ -39,10 +38,11 @@ pub struct StatsSnapshot {
     pub sessions_opened: u64,
     /// Messages the rooms numbered (a recognised retry of an earlier send does not count).
     pub messages_appended: u64,
-    /// Room events queued to a subscriber (a stream or a session): one per subscriber per event.
+    /// Room events a subscriber (a stream or a session) took from its room's ring: one per
+    /// subscriber per event.
     pub deliveries: u64,
-    /// Deliveries not queued because the subscriber's queue was full: it gets a lag marker instead
-    /// (a lone lag marker that still finds the queue full, and is retried, counts too).
+    /// Messages subscribers missed because they fell more than the ring's length behind: each
+    /// was declared in a lag marker instead of delivered.
     pub deliveries_dropped: u64,
     /// Lag markers (`Lagged`: "you missed a to b") handed to subscribers.
     pub lag_markers: u64,
@@ -78,6 +78,17 @@ impl EngineStats {
         self.messages_appended.fetch_add(count, Ordering::Relaxed);
     }
 
+    /// A reader took `events` events and `lags` lag markers declaring `missed` messages lost.
+    pub(crate) fn delivered(&self, events: u64, lags: u64, missed: u64) {
+        if events > 0 {
+            self.deliveries.fetch_add(events, Ordering::Relaxed);
+        }
+        if lags > 0 {
+            self.lag_markers.fetch_add(lags, Ordering::Relaxed);
+            self.deliveries_dropped.fetch_add(missed, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn subscriber_closed_stalled(&self) {
         self.subscribers_closed_stalled.fetch_add(1, Ordering::Relaxed);
     }
@@ -104,31 +115,6 @@ impl Drop for SessionGuard {
     }
 }
 
-/// A room's delivery counts since it last published them: plain integers on the fan-out path,
-/// added to the shared atomics once per batch by [`RoomCounts::publish`].
-#[derive(Debug, Default)]
-pub(crate) struct RoomCounts {
-    pub(crate) deliveries: u64,
-    pub(crate) deliveries_dropped: u64,
-    pub(crate) lag_markers: u64,
-}
-
-impl RoomCounts {
-    /// Adds the counts to `stats` and starts again from zero.
-    pub(crate) fn publish(&mut self, stats: &EngineStats) {
-        let counts = std::mem::take(self);
-        if counts.deliveries > 0 {
-            stats.deliveries.fetch_add(counts.deliveries, Ordering::Relaxed);
-        }
-        if counts.deliveries_dropped > 0 {
-            stats.deliveries_dropped.fetch_add(counts.deliveries_dropped, Ordering::Relaxed);
-        }
-        if counts.lag_markers > 0 {
-            stats.lag_markers.fetch_add(counts.lag_markers, Ordering::Relaxed);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,15 +134,14 @@ mod tests {
     }
 
     #[test]
-    fn room_counts_are_published_once_and_reset() {
+    fn a_read_adds_its_events_lags_and_missed_messages() {
         let stats = EngineStats::default();
-        let mut counts = RoomCounts { deliveries: 5, deliveries_dropped: 2, lag_markers: 1 };
-        counts.publish(&stats);
-        counts.publish(&stats);
+        stats.delivered(5, 1, 7);
+        stats.delivered(2, 0, 0);
         let snapshot = stats.snapshot(3);
         assert_eq!(snapshot.rooms, 3);
-        assert_eq!(snapshot.deliveries, 5);
-        assert_eq!(snapshot.deliveries_dropped, 2);
+        assert_eq!(snapshot.deliveries, 7);
+        assert_eq!(snapshot.deliveries_dropped, 7);
         assert_eq!(snapshot.lag_markers, 1);
     }
 }

@@ -9,19 +9,24 @@
 //! - [`types`]: names, sequence numbers, [`Time`], messages and [`RoomEvent`]s.
 //! - [`limits`]: every bound, as a named constant, gathered in [`Limits`].
 //! - [`error`]: the refusals ([`RoomError`], [`SessionError`], [`UploadError`], [`NameError`]).
-//! - [`room`]: [`Room`], the sequencer and fan-out planner. Inputs `handle_*`, output
-//!   [`Room::poll_delivery`] (one [`Delivery`] at a time, computed from current state).
+//! - [`room`]: [`Room`], the sequencer. Inputs `handle_*`, outputs [`Room::poll_effect`]
+//!   ([`RoomEffect`]: publish an event, persist messages).
+//! - [`ring`]: [`Ring`], where a room's published events wait for its readers: appended once,
+//!   read by every reader through its own cursor, lag found from the cursor (G2), stalled
+//!   readers closed by a sweep ([`Ring::poll_timeout`], [`Ring::handle_timeout`]).
 //! - [`session`]: [`Session`], one bidirectional client: frames in, [`SessionCommand`]s out.
 //! - [`upload`]: [`UploadAggregator`], folds chunks into a [`Batch`] committed at once (G6).
 //! - [`rate`]: [`TokenBucket`], the send-rate limit a transport applies per sender.
 //!
 //! Data flow: a transport turns client input into `handle_*` calls (through the actor layer);
-//! a room sequences messages and plans deliveries; the shell executes deliveries into bounded
-//! queues and reports full ones back, which the room turns into explicit lag markers (G2).
+//! a room sequences messages and publishes events; the shell appends them to the room's ring,
+//! once, and every reader takes them from there with its own cursor: a reader that fell too
+//! far behind is told exactly what it missed (G2).
 
 pub mod error;
 pub mod limits;
 pub mod rate;
+pub mod ring;
 pub mod room;
 pub mod session;
 pub mod types;
@@ -30,7 +35,8 @@ pub mod upload;
 pub use error::{NameError, RoomError, SessionError, UploadError};
 pub use limits::Limits;
 pub use rate::{RateLimited, SendRate, TokenBucket};
-pub use room::{Delivery, HistoryPage, InjectedBug, Persistence, Room, Sent, SubscriberId, Subscription};
+pub use ring::{Published, ReadItem, ReadStatus, ReaderEnd, Ring};
+pub use room::{HistoryPage, InjectedBug, Persistence, Room, RoomEffect, Sent, SubscriberId, Subscription};
 pub use session::{ClientFrame, FrameError, ServerFrame, Session, SessionCommand};
 pub use types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};
 pub use upload::{Batch, Checksum, Receipt, UploadAggregator};

@@ -1,26 +1,25 @@
-//! One chat room: sequencing (G1), retained history and resume (G5), dedupe (G4), per-subscriber
-//! lag tracking (G2), presence and typing.
+//! One chat room: sequencing (G1), retained history and resume (G5), dedupe (G4), presence and
+//! typing. What the room publishes goes once into its [`Ring`](crate::ring::Ring), where every
+//! subscriber reads it with its own cursor (G2 lives there).
 //!
 //! Durability: a room made with [`Persistence::Deferred`] sequences a message at once but keeps
 //! it invisible (no delivery, not in history or backlogs) until the shell reports it durable with
-//! [`Room::handle_durable`]; [`Room::take_to_persist`] hands over what to write. A failed write
+//! [`Room::handle_durable`]; a [`RoomEffect::Persist`] hands over what to write. A failed write
 //! is rolled back with [`Room::handle_persist_failed`]. With [`Persistence::Immediate`] (the
 //! in-memory engine) a message is durable as soon as it is sequenced.
 //!
-//! Call order: feed inputs with `handle_*`, then call [`Room::poll_delivery`] until it returns
-//! `None`, executing each delivery and reporting a full queue with
-//! [`Room::handle_delivery_full`] (or a gone subscriber with [`Room::handle_unsubscribe`])
-//! before polling again. Deliveries are computed lazily from the subscriber's state at poll
-//! time, so a failure reported for one message turns the next delivery to that subscriber into
-//! a `Lag` marker instead of a silent gap, even in the middle of a batch.
+//! Call order: feed inputs with `handle_*`, then call [`Room::poll_effect`] until it returns
+//! `None`, executing each effect: [`RoomEffect::Publish`] appends the event to the room's ring
+//! (once, for every subscriber), [`RoomEffect::Persist`] hands messages to the store. A new
+//! subscriber's ring cursor is added after the effects of its `handle_subscribe` are executed,
+//! so it reads exactly what is published after its backlog.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::error::RoomError;
 use crate::limits::Limits;
-use crate::types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};
+use crate::types::{ChatMessage, ClientMsgId, Draft, RoomEvent, RoomName, Seq, Time, UserName};
 
 /// When a sequenced message counts as durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +37,8 @@ pub enum Persistence {
 pub enum InjectedBug {
     /// The sequencer skips this number (a G1/G2 violation).
     SkipSeq(Seq),
-    /// The delivery of this message to the first subscriber is silently dropped (G2).
+    /// The delivery of this message to the first subscriber is silently dropped (G2); the
+    /// room's [`Ring`](crate::ring::Ring) plays this one.
     DropDelivery(Seq),
 }
 
@@ -85,42 +85,14 @@ pub struct HistoryPage {
     pub last_seq: Seq,
 }
 
-/// One event for one subscriber, to be delivered whole: the lag marker (if any) and the event
-/// must not be separated, or the subscriber would see a gap without its explanation.
+/// What the shell must do for a room, in order (see the module's call order).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    /// The subscriber.
-    pub to: SubscriberId,
-    /// The span this subscriber missed just before `event`, if it was lagging.
-    pub lag: Option<Lag>,
-    /// The event.
-    pub event: RoomEvent,
-}
-
-/// Per-subscriber state the room needs: who it is and whether it is lagging.
-#[derive(Clone, Debug)]
-struct Subscriber {
-    /// Counted in presence while subscribed; `None` for anonymous streams.
-    user: Option<UserName>,
-    /// `Some(first)` while lagging: it missed every sequence number from `first` up to the
-    /// message before the next one it is given.
-    lagging_from: Option<Seq>,
-    /// Deliveries its queue took (planned and not reported full): the sign that it reads.
-    deliveries_taken: u64,
-    /// While lagging: when it was last seen taking something, and how many it had taken then.
-    /// A stalled subscriber's count does not move (see [`Room::take_stalled`]).
-    progress_mark: Option<(Time, u64)>,
-}
-
-/// An event waiting to be fanned out.
-#[derive(Clone, Debug)]
-struct Pending {
-    event: RoomEvent,
-    /// Only subscribers up to this id get it: later ones subscribed after the event and start
-    /// after it (their backlog or live position already accounts for it).
-    subscribers_upto: SubscriberId,
-    /// The last subscriber served so far, to resume the fan-out at the next one.
-    served_upto: Option<SubscriberId>,
+pub enum RoomEffect {
+    /// Append this event to the room's ring: every current subscriber reads it.
+    Publish(RoomEvent),
+    /// Make these messages durable, then report with [`Room::handle_durable`] (or
+    /// [`Room::handle_persist_failed`]). Only with [`Persistence::Deferred`].
+    Persist(Vec<Arc<ChatMessage>>),
 }
 
 /// One room's state machine. Deterministic: ordered maps only, time passed in.
@@ -135,7 +107,6 @@ pub struct Room {
     dedupe_window_len: usize,
     subscribers_max: usize,
     idle_ms: u64,
-    stall_ms: u64,
     last_seq: Seq,
     /// Retained messages, contiguous, ending at `last_seq`.
     history: VecDeque<Arc<ChatMessage>>,
@@ -143,11 +114,13 @@ pub struct Room {
     dedupe: BTreeMap<(UserName, ClientMsgId), Seq>,
     /// The same keys in insertion order, to evict the oldest when the window is full.
     dedupe_order: VecDeque<(UserName, ClientMsgId)>,
-    subscribers: BTreeMap<SubscriberId, Subscriber>,
+    /// Every subscriber and the user it counts in presence for (`None`: anonymous stream).
+    subscribers: BTreeMap<SubscriberId, Option<UserName>>,
     next_subscriber_id: u64,
     /// Users present and how many subscriptions each holds (presence changes at 0 <-> 1).
     presence: BTreeMap<UserName, usize>,
-    pending: VecDeque<Pending>,
+    /// Events to publish, oldest first.
+    to_publish: VecDeque<RoomEvent>,
     last_activity: Time,
     /// Set once the room agreed to retire; every later request gets `RoomError::Retired`.
     retired: bool,
@@ -173,7 +146,6 @@ impl Room {
             dedupe_window_len: limits.dedupe_window_len,
             subscribers_max: limits.room_subscribers_max,
             idle_ms: limits.room_idle_ms,
-            stall_ms: limits.subscriber_stall_ms,
             last_seq: 0,
             history: VecDeque::new(),
             dedupe: BTreeMap::new(),
@@ -181,7 +153,7 @@ impl Room {
             subscribers: BTreeMap::new(),
             next_subscriber_id: 1,
             presence: BTreeMap::new(),
-            pending: VecDeque::new(),
+            to_publish: VecDeque::new(),
             last_activity: now,
             retired: false,
             injected_bug: None,
@@ -224,10 +196,12 @@ impl Room {
         self.persistence = persistence;
     }
 
-    /// Messages sequenced since the last call that the shell must write before reporting them
-    /// durable (always empty with `Persistence::Immediate`).
-    pub fn take_to_persist(&mut self) -> Vec<Arc<ChatMessage>> {
-        std::mem::take(&mut self.to_persist)
+    /// The next effect for the shell, `None` when there is nothing left to do.
+    pub fn poll_effect(&mut self) -> Option<RoomEffect> {
+        if !self.to_persist.is_empty() {
+            return Some(RoomEffect::Persist(std::mem::take(&mut self.to_persist)));
+        }
+        self.to_publish.pop_front().map(RoomEffect::Publish)
     }
 
     /// Everything up to `upto` is durable: it becomes visible and is delivered.
@@ -275,6 +249,12 @@ impl Room {
         self.injected_bug = Some(bug);
     }
 
+    /// The defect this room was given, if any (its shell passes it on to the ring).
+    #[doc(hidden)]
+    pub fn injected_bug(&self) -> Option<InjectedBug> {
+        self.injected_bug
+    }
+
     /// Adds a subscriber. `after_seq = None` starts live (after the last message);
     /// `Some(k)` resumes after `k` if `k + 1` is still retained (G5).
     pub fn handle_subscribe(
@@ -305,17 +285,17 @@ impl Room {
         }
         let id = SubscriberId(self.next_subscriber_id);
         self.next_subscriber_id += 1;
-        self.subscribers.insert(id, Subscriber { user, lagging_from: None, deliveries_taken: 0, progress_mark: None });
+        self.subscribers.insert(id, user);
         Ok(Subscription { id, epoch: self.epoch, recovered, first_seq, backlog })
     }
 
     /// Removes a subscriber; returns whether it was subscribed.
     pub fn handle_unsubscribe(&mut self, id: SubscriberId, now: Time) -> bool {
-        let Some(subscriber) = self.subscribers.remove(&id) else {
+        let Some(user) = self.subscribers.remove(&id) else {
             return false;
         };
         self.last_activity = now;
-        if let Some(user) = subscriber.user {
+        if let Some(user) = user {
             let count = self.presence.get_mut(&user).map(|count| {
                 *count -= 1;
                 *count
@@ -370,31 +350,6 @@ impl Room {
         Ok(())
     }
 
-    /// Reports that `delivery` could not be queued because the subscriber's queue was full.
-    /// The subscriber now lags from the first sequence number that delivery carried (G2); an
-    /// ephemeral event is simply dropped.
-    pub fn handle_delivery_full(&mut self, delivery: &Delivery) {
-        if let Some(subscriber) = self.subscribers.get_mut(&delivery.to) {
-            // It did not take this one after all (counted when planned, in `poll_delivery`).
-            subscriber.deliveries_taken = subscriber.deliveries_taken.saturating_sub(1);
-        }
-        let first_undelivered = match (delivery.lag, &delivery.event) {
-            (Some(lag), _) => lag.missed_from,
-            // A lone lag marker (see `take_lag_markers`) that did not fit either.
-            (None, RoomEvent::Lagged { lag, .. }) => lag.missed_from,
-            (None, event) => match event.seq() {
-                Some(seq) => seq,
-                None => return,
-            },
-        };
-        if let Some(subscriber) = self.subscribers.get_mut(&delivery.to) {
-            // A repeated report must not move the start of the lag forward (that would hide
-            // messages), so keep the earliest.
-            let from = subscriber.lagging_from.map_or(first_undelivered, |from| from.min(first_undelivered));
-            subscriber.lagging_from = Some(from);
-        }
-    }
-
     /// Retires the room if it has no subscriber and saw no activity for the idle time.
     /// A retired room refuses everything with `RoomError::Retired`.
     pub fn handle_retire_if_idle(&mut self, now: Time) -> bool {
@@ -402,91 +357,6 @@ impl Room {
             self.retired = true;
         }
         self.retired
-    }
-
-    /// The next delivery to execute, computed from current subscriber state.
-    pub fn poll_delivery(&mut self) -> Option<Delivery> {
-        loop {
-            let first_subscriber = match self.injected_bug {
-                Some(_) => self.subscribers.keys().next().copied(),
-                None => None,
-            };
-            let pending = self.pending.front_mut()?;
-            let start = pending.served_upto.map_or(Bound::Unbounded, Bound::Excluded);
-            let next = self.subscribers.range_mut((start, Bound::Included(pending.subscribers_upto))).next();
-            let Some((&to, subscriber)) = next else {
-                self.pending.pop_front();
-                continue;
-            };
-            pending.served_upto = Some(to);
-            if first_subscriber == Some(to) && pending.event.seq().map(InjectedBug::DropDelivery) == self.injected_bug {
-                continue;
-            }
-            let lag = match pending.event.seq() {
-                Some(seq) => subscriber.lagging_from.take().map(|missed_from| {
-                    assert!(missed_from < seq, "a lag must end before the message after it");
-                    Lag { missed_from, missed_to: seq - 1 }
-                }),
-                // Ephemeral events do not end a lag: the lag marker belongs before a message.
-                None => None,
-            };
-            if lag.is_none() && pending.event.seq().is_none() && subscriber.lagging_from.is_some() {
-                // Keep a lagging subscriber's queue free for the lag marker.
-                continue;
-            }
-            subscriber.deliveries_taken += 1;
-            return Some(Delivery { to, lag, event: pending.event.clone() });
-        }
-    }
-
-    /// Lone lag markers for every lagging subscriber, once every pending event is fanned out.
-    /// Without them a subscriber that overflowed after the room's last message would learn of
-    /// its gap only when another message comes, perhaps never: a silent hole at the tail (G2).
-    /// The shell calls this some time after a queue was full (when it may have drained) and
-    /// reports a marker that still does not fit with [`Room::handle_delivery_full`].
-    pub fn take_lag_markers(&mut self) -> Vec<Delivery> {
-        if !self.pending.is_empty() {
-            return Vec::new();
-        }
-        let (room, last) = (&self.name, self.durable_seq);
-        self.subscribers
-            .iter_mut()
-            .filter_map(|(&to, subscriber)| {
-                let missed_from = subscriber.lagging_from.filter(|&from| from <= last)?;
-                subscriber.lagging_from = None;
-                subscriber.deliveries_taken += 1;
-                let lag = Lag { missed_from, missed_to: last };
-                Some(Delivery { to, lag: None, event: RoomEvent::Lagged { room: room.clone(), lag } })
-            })
-            .collect()
-    }
-
-    /// Removes every subscriber that has been lagging for the stall time without taking a
-    /// single delivery, and returns each with the span it missed (from where its deliveries
-    /// stopped to the room's last message): the shell closes it, giving it that lag marker
-    /// and a reason. The shell calls this while any subscriber lags (with the lag-marker
-    /// retries); the stall clock of a subscriber starts at the first call that sees it lag.
-    pub fn take_stalled(&mut self, now: Time) -> Vec<(SubscriberId, Lag)> {
-        let (stall_ms, last) = (self.stall_ms, self.durable_seq);
-        let mut stalled = Vec::new();
-        for (&id, subscriber) in &mut self.subscribers {
-            let Some(missed_from) = subscriber.lagging_from else {
-                subscriber.progress_mark = None;
-                continue;
-            };
-            match subscriber.progress_mark {
-                Some((since, taken)) if taken == subscriber.deliveries_taken => {
-                    if now.millis_since(since) >= stall_ms {
-                        stalled.push((id, Lag { missed_from, missed_to: last.max(missed_from) }));
-                    }
-                }
-                _ => subscriber.progress_mark = Some((now, subscriber.deliveries_taken)),
-            }
-        }
-        for &(id, _) in &stalled {
-            self.handle_unsubscribe(id, now);
-        }
-        stalled
     }
 
     /// A page of history after `after_seq`, at most `limit` messages (0 or more than the page
@@ -530,11 +400,6 @@ impl Room {
     /// How many subscribers the room has.
     pub fn subscriber_count(&self) -> usize {
         self.subscribers.len()
-    }
-
-    /// Whether a subscriber is currently lagging.
-    pub fn is_lagging(&self, id: SubscriberId) -> bool {
-        self.subscribers.get(&id).is_some_and(|subscriber| subscriber.lagging_from.is_some())
     }
 
     /// Users present, in name order.
@@ -610,8 +475,7 @@ impl Room {
     }
 
     fn queue(&mut self, event: RoomEvent) {
-        let subscribers_upto = SubscriberId(self.next_subscriber_id - 1);
-        self.pending.push_back(Pending { event, subscribers_upto, served_upto: None });
+        self.to_publish.push_back(event);
     }
 
     /// Durable retained messages from `from` on, at most `limit`.

@@ -3,14 +3,20 @@
 //! half-closed (once its own messages have come back).
 //!
 //! Call order: `handle_*` for each input, then [`Session::poll_command`] until `None`. Commands
-//! are what the shell must do: subscribe a room, send, emit a frame to the client, finish.
+//! are what the shell must do: subscribe a room, send, emit a frame to the client, attach a
+//! room's ring to the client's stream, finish.
+//!
+//! Room events do not pass through the session: the client's stream reads them from each
+//! joined room's ring itself (one hop less). The session decides what the stream carries and
+//! when it ends; the shell tells it how far the stream has read ([`Session::handle_delivered`]),
+//! which acknowledgements are checked against.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{RoomError, SessionError};
 use crate::room::{Sent, SubscriberId, Subscription};
-use crate::types::{ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, UserName};
+use crate::types::{ClientMsgId, Draft, RoomEvent, RoomName, Seq, UserName};
 
 /// What a client sends on a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +109,12 @@ pub enum SessionCommand {
         /// Resume point.
         after_seq: Option<Seq>,
     },
-    /// Drop this session's subscription of a room.
+    /// The subscription's backlog is out: from here the client's stream reads the room's ring.
+    Attach {
+        /// The room.
+        room: RoomName,
+    },
+    /// Drop this session's subscription of a room (and stop reading its ring).
     Unsubscribe {
         /// The room.
         room: RoomName,
@@ -126,8 +137,13 @@ pub enum SessionCommand {
     },
     /// Send a frame to the client.
     Emit(ServerFrame),
-    /// The client closed and every reply is out: drop all subscriptions and end the stream.
-    Finish,
+    /// The client closed and every reply is out: the stream ends once it has read, in each
+    /// listed room, up to the session's own last message there (its echo); every subscription
+    /// is dropped with the stream.
+    Finish {
+        /// Per room, the last of the client's own messages the stream must still carry.
+        echoes: Vec<(RoomName, Seq)>,
+    },
 }
 
 /// Per joined room: the subscription and the read positions.
@@ -135,12 +151,13 @@ pub enum SessionCommand {
 struct Joined {
     /// `None` while the subscribe request is in flight.
     subscriber: Option<SubscriberId>,
-    /// Last sequence number handed to the client (delivered or declared missed).
+    /// Last sequence number handed to the client (delivered or declared missed), as far as the
+    /// shell reported it.
     delivered: Seq,
     /// Last sequence number the client acknowledged.
     acked: Seq,
-    /// Highest sequence number of this session's own messages not yet come back.
-    echo_pending: Option<Seq>,
+    /// Highest sequence number of this session's own messages (the stream ends after it).
+    echo: Option<Seq>,
 }
 
 /// One client's session state machine.
@@ -270,39 +287,14 @@ impl Session {
             joined.delivered = message.seq;
             self.commands.push_back(SessionCommand::Emit(ServerFrame::Event(RoomEvent::Message(message))));
         }
+        self.commands.push_back(SessionCommand::Attach { room });
     }
 
-    /// A delivery from a room subscription. Deliveries from a subscription the session has
-    /// since dropped are ignored.
-    pub fn handle_room_event(&mut self, from: SubscriberId, lag: Option<Lag>, event: RoomEvent) {
-        let room = event.room().clone();
-        let Some(joined) = self.joined.get_mut(&room) else { return };
-        if joined.subscriber != Some(from) {
-            return;
+    /// The client's stream has read `room` up to `seq` (delivered or declared missed).
+    pub fn handle_delivered(&mut self, room: &RoomName, seq: Seq) {
+        if let Some(joined) = self.joined.get_mut(room) {
+            joined.delivered = joined.delivered.max(seq);
         }
-        if let Some(lag) = lag {
-            assert_eq!(lag.missed_from, joined.delivered + 1, "a lag must start right after the last delivery");
-            joined.delivered = lag.missed_to;
-            self.commands
-                .push_back(SessionCommand::Emit(ServerFrame::Event(RoomEvent::Lagged { room: room.clone(), lag })));
-        }
-        match &event {
-            RoomEvent::Message(message) => {
-                assert_eq!(message.seq, joined.delivered + 1, "room deliveries must be contiguous (G2)");
-                joined.delivered = message.seq;
-            }
-            // A lone lag marker: the room had no message to attach it to.
-            RoomEvent::Lagged { lag, .. } => {
-                assert_eq!(lag.missed_from, joined.delivered + 1, "a lag must start right after the last delivery");
-                joined.delivered = lag.missed_to;
-            }
-            _ => {}
-        }
-        if joined.echo_pending.is_some_and(|seq| seq <= joined.delivered) {
-            joined.echo_pending = None;
-        }
-        self.commands.push_back(SessionCommand::Emit(ServerFrame::Event(event)));
-        self.finish_if_done();
     }
 
     /// The answer to a `Send` command.
@@ -310,9 +302,7 @@ impl Session {
         match result {
             Ok(sent) => {
                 if let Some(joined) = self.joined.get_mut(&room) {
-                    if sent.seq > joined.delivered {
-                        joined.echo_pending = Some(joined.echo_pending.map_or(sent.seq, |seq| seq.max(sent.seq)));
-                    }
+                    joined.echo = Some(joined.echo.map_or(sent.seq, |seq| seq.max(sent.seq)));
                 }
                 self.commands.push_back(SessionCommand::Emit(ServerFrame::SendAck {
                     room,
@@ -325,10 +315,19 @@ impl Session {
         }
     }
 
-    /// The client half-closed. The session finishes once its own messages have come back.
+    /// The client half-closed. Every reply is out (the shell handles inputs in order), so the
+    /// session finishes: its stream ends once the client's own messages have come back.
     pub fn handle_close(&mut self) {
         self.closing = true;
-        self.finish_if_done();
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let echoes = std::mem::take(&mut self.joined)
+            .into_iter()
+            .filter_map(|(room, joined)| joined.echo.filter(|&echo| echo > joined.delivered).map(|echo| (room, echo)))
+            .collect();
+        self.commands.push_back(SessionCommand::Finish { echoes });
     }
 
     /// The client went away without closing: drop every subscription now (only `Unsubscribe`
@@ -352,19 +351,6 @@ impl Session {
     /// The next command for the shell.
     pub fn poll_command(&mut self) -> Option<SessionCommand> {
         self.commands.pop_front()
-    }
-
-    fn finish_if_done(&mut self) {
-        let echoes_pending = self.joined.values().any(|joined| joined.echo_pending.is_some());
-        if self.closing && !self.finished && !echoes_pending {
-            self.finished = true;
-            for (room, joined) in std::mem::take(&mut self.joined) {
-                if let Some(subscriber) = joined.subscriber {
-                    self.commands.push_back(SessionCommand::Unsubscribe { room, subscriber });
-                }
-            }
-            self.commands.push_back(SessionCommand::Finish);
-        }
     }
 
     fn emit_error(&mut self, room: Option<RoomName>, error: FrameError) {

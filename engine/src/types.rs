@@ -29,6 +29,11 @@ impl Time {
     pub const fn millis_since(self, earlier: Time) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
+
+    /// The time `millis` milliseconds after `self` (saturating).
+    pub const fn plus_millis(self, millis: u64) -> Time {
+        Time(self.0.saturating_add(millis))
+    }
 }
 
 /// A validated room name: 1 to [`ROOM_NAME_BYTES_MAX`] bytes of `[A-Za-z0-9._-]`.

@@ -1,0 +1,232 @@
+//! A room's [`Ring`] shared between its room actor, the one writer, and its readers (Subscribe
+//! streams and session streams), each polled by its transport's own task. The room appends a
+//! handler's events under the lock and wakes the parked readers once; a reader takes everything
+//! ready in one lock and hands it out without further synchronisation.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use confab_engine::{Lag, ReadItem, ReadStatus, ReaderEnd, Ring, RoomEvent, RoomName, Seq, SubscriberId, Time};
+use kameo::actor::ActorRef;
+
+use crate::room_actor::{RoomActor, Unsubscribe};
+use crate::stats::EngineStats;
+
+/// Items a reader takes from its ring in one lock: enough for a burst in a big room to become
+/// one write on the wire, few enough that one reader never holds the lock for long.
+pub(crate) const READ_BATCH_MAX: usize = 256;
+
+/// Why a room closed a subscription: its reader took nothing for
+/// [`Limits::subscriber_stall_ms`](confab_engine::Limits::subscriber_stall_ms) while lagging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stalled {
+    /// The room that closed it.
+    pub room: RoomName,
+    /// What it missed: from where its deliveries stopped to the room's last message then.
+    pub lag: Lag,
+}
+
+/// The ring and the wakers of its parked readers, behind one lock.
+#[derive(Debug)]
+struct RingCell {
+    ring: Ring,
+    /// Readers that found nothing and wait for the next push, each woken once.
+    parked: BTreeMap<SubscriberId, Waker>,
+}
+
+/// A handle on one room's ring; clones share it.
+#[derive(Clone, Debug)]
+pub(crate) struct SharedRing(Arc<Mutex<RingCell>>);
+
+impl SharedRing {
+    pub(crate) fn new(ring: Ring) -> Self {
+        Self(Arc::new(Mutex::new(RingCell { ring, parked: BTreeMap::new() })))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RingCell> {
+        // The ring's invariants are asserted before any state changes; a reader that panicked
+        // mid-read left nothing half-done, so a poisoned lock is still consistent.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `change` on the ring, then wakes every parked reader once, outside the lock.
+    pub(crate) fn update<T>(&self, change: impl FnOnce(&mut Ring) -> T) -> T {
+        let (result, parked) = {
+            let mut cell = self.lock();
+            let result = change(&mut cell.ring);
+            (result, std::mem::take(&mut cell.parked))
+        };
+        for waker in parked.into_values() {
+            waker.wake();
+        }
+        result
+    }
+
+    /// Runs `look` on the ring without waking anyone.
+    pub(crate) fn with<T>(&self, look: impl FnOnce(&mut Ring) -> T) -> T {
+        look(&mut self.lock().ring)
+    }
+
+    /// Appends events and wakes the parked readers once.
+    pub(crate) fn publish(&self, events: Vec<RoomEvent>, now: Time) {
+        if events.is_empty() {
+            return;
+        }
+        self.update(|ring| {
+            for event in events {
+                ring.push(event, now);
+            }
+        });
+    }
+}
+
+/// What a reader hands out, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ReaderItem {
+    /// An event (a message, a lag marker, presence, typing).
+    Event(RoomEvent),
+    /// The stream is over: the room closed it for stalling (its final lag came first).
+    Stalled(Stalled),
+    /// The stream is over: the room stopped or the subscription was dropped.
+    Ended,
+}
+
+/// Names one subscriber's cursor on a room's ring, to leave the room or ask how far it read.
+#[derive(Clone)]
+pub(crate) struct ReaderHandle {
+    ring: SharedRing,
+    id: SubscriberId,
+    /// Where the room is nudged to unsubscribe when the reader leaves.
+    actor: ActorRef<RoomActor>,
+}
+
+impl ReaderHandle {
+    /// Leaves the room: the ring forgets the cursor at once, so no Unsubscribe can be lost
+    /// to a full mailbox; the room unsubscribes it (presence, counts) the next time it runs,
+    /// which a best-effort nudge makes soon.
+    pub(crate) fn leave(&self) {
+        let id = self.id;
+        if self.ring.with(|ring| ring.remove_reader(id)) {
+            let _ = self.actor.tell(Unsubscribe(id)).try_send();
+        }
+    }
+
+    /// The last message this reader handed out or declared missed (`None` once finished).
+    pub(crate) fn delivered(&self) -> Option<Seq> {
+        self.ring.with(|ring| ring.delivered(self.id))
+    }
+}
+
+/// One subscriber's cursor on a room's ring. Dropping it leaves the room.
+pub(crate) struct RingReader {
+    handle: ReaderHandle,
+    room: RoomName,
+    /// Items taken from the ring in the last lock, not yet handed out.
+    taken: VecDeque<ReadItem>,
+    /// Reused for every read, so a batch costs no allocation.
+    scratch: Vec<ReadItem>,
+    /// Set once the ring said the reader is finished; handed out after `taken`.
+    end: Option<ReaderEnd>,
+    /// A stalled reader's final lag marker was handed out.
+    stall_told: bool,
+    stats: Arc<EngineStats>,
+}
+
+impl RingReader {
+    pub(crate) fn new(
+        ring: SharedRing,
+        id: SubscriberId,
+        room: RoomName,
+        actor: ActorRef<RoomActor>,
+        stats: Arc<EngineStats>,
+    ) -> Self {
+        let handle = ReaderHandle { ring, id, actor };
+        Self { handle, room, taken: VecDeque::new(), scratch: Vec::new(), end: None, stall_told: false, stats }
+    }
+
+    pub(crate) fn room(&self) -> &RoomName {
+        &self.room
+    }
+
+    pub(crate) fn handle(&self) -> &ReaderHandle {
+        &self.handle
+    }
+
+    /// Whether items taken from the ring are still waiting to be handed out.
+    pub(crate) fn has_taken(&self) -> bool {
+        !self.taken.is_empty()
+    }
+
+    /// The next item, or `Pending` (the room wakes this task when it publishes).
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<ReaderItem> {
+        if self.taken.is_empty() && self.end.is_none() {
+            self.take(Some(cx));
+        }
+        if let Some(item) = self.taken.pop_front() {
+            return Poll::Ready(match item {
+                ReadItem::Lagged(lag) => ReaderItem::Event(RoomEvent::Lagged { room: self.room.clone(), lag }),
+                ReadItem::Event(published) => ReaderItem::Event(published.event.clone()),
+            });
+        }
+        match self.end.clone() {
+            Some(ReaderEnd::Stalled(lag)) => {
+                let room = self.room.clone();
+                if self.stall_told {
+                    return Poll::Ready(ReaderItem::Stalled(Stalled { room, lag }));
+                }
+                // The final lag marker first (G2: never end on a silent gap), then the reason.
+                self.stall_told = true;
+                Poll::Ready(ReaderItem::Event(RoomEvent::Lagged { room, lag }))
+            }
+            Some(_) => Poll::Ready(ReaderItem::Ended),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Takes every item ready (up to [`READ_BATCH_MAX`]); parks with `cx` if there is none.
+    fn take(&mut self, cx: Option<&mut Context<'_>>) {
+        let (id, scratch) = (self.handle.id, &mut self.scratch);
+        let status = {
+            let mut cell = self.handle.ring.lock();
+            let status = cell.ring.read(id, scratch, READ_BATCH_MAX);
+            if status == ReadStatus::Empty {
+                if let Some(cx) = cx {
+                    match cell.parked.get_mut(&id) {
+                        Some(waker) => waker.clone_from(cx.waker()),
+                        None => {
+                            cell.parked.insert(id, cx.waker().clone());
+                        }
+                    }
+                }
+            }
+            status
+        };
+        self.count();
+        self.taken.extend(self.scratch.drain(..));
+        if let ReadStatus::Ended(end) = status {
+            self.end = Some(end);
+        }
+    }
+
+    /// Adds what the last read took to the engine's delivery counters.
+    fn count(&self) {
+        let (mut events, mut lags, mut missed) = (0, 0, 0);
+        for item in &self.scratch {
+            match item {
+                ReadItem::Event(_) => events += 1,
+                ReadItem::Lagged(lag) => {
+                    lags += 1;
+                    missed += lag.missed_to - lag.missed_from + 1;
+                }
+            }
+        }
+        self.stats.delivered(events, lags, missed);
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        self.handle.leave();
+    }
+}
