@@ -89,12 +89,38 @@ pub async fn pump_session<Source, Sink>(
     let (frames, mut events) = engine.open_session(user);
     // Dropping the sender without closing disconnects the session; `None` once half-closed.
     let mut frames: Option<SessionSender> = Some(frames);
+    // Made once, on a child token of this session's own: the loop does not rebuild it on every
+    // turn, nor contend on the server-wide token's lock.
+    let cancelled = shutdown.child_token().cancelled_owned();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => {
+            biased;
+            _ = &mut cancelled => {
                 sink.end(Some(ApiError::ShuttingDown)).await;
                 return;
             }
+            // Output first: a client that reads is served before more of its input is taken.
+            event = events.next() => match event {
+                Some(frame) => {
+                    // A client that stops reading must not hold shutdown up: stop waiting
+                    // for it once shutdown starts.
+                    tokio::select! {
+                        biased;
+                        _ = &mut cancelled => {
+                            sink.end(Some(ApiError::ShuttingDown)).await;
+                            return;
+                        }
+                        delivered = sink.deliver(&frame) => if delivered.is_err() { return },
+                    }
+                }
+                None => {
+                    // A room closed the session for stalling: say so; otherwise it finished.
+                    let reason = events.stalled().map(|stalled| ApiError::Stalled(stalled.clone()));
+                    sink.end(reason).await;
+                    return;
+                }
+            },
             inbound = source.receive(), if frames.is_some() => match inbound {
                 Inbound::Frame(frame) => {
                     if let ClientFrame::Send { room, .. } = &frame {
@@ -121,25 +147,6 @@ pub async fn pump_session<Source, Sink>(
                     return;
                 }
                 Inbound::Gone => return,
-            },
-            event = events.next() => match event {
-                Some(frame) => {
-                    // A client that stops reading must not hold shutdown up: stop waiting
-                    // for it once shutdown starts.
-                    tokio::select! {
-                        delivered = sink.deliver(&frame) => if delivered.is_err() { return },
-                        _ = shutdown.cancelled() => {
-                            sink.end(Some(ApiError::ShuttingDown)).await;
-                            return;
-                        }
-                    }
-                }
-                None => {
-                    // A room closed the session for stalling: say so; otherwise it finished.
-                    let reason = events.stalled().map(|stalled| ApiError::Stalled(stalled.clone()));
-                    sink.end(reason).await;
-                    return;
-                }
             },
         }
     }

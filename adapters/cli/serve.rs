@@ -122,7 +122,7 @@ struct LimitArgs {
     /// Body bytes in one upload.
     #[arg(long, default_value_t = limits::UPLOAD_BYTES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     upload_bytes_max: u64,
-    /// Events queued per subscriber before it is marked lagged.
+    /// Events each room's ring keeps: how far a subscriber may fall behind before it lags.
     #[arg(long, default_value_t = limits::SUBSCRIBER_QUEUE_LEN_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     subscriber_queue_len_max: u64,
     /// Frames queued per session before the session stops reading its client.

@@ -47,8 +47,8 @@ pub struct SimArgs {
     /// Largest upload, in messages.
     #[arg(long, default_value_t = 20)]
     upload_len: u32,
-    /// Events a subscriber may have queued before it lags (the server's default is 1024; small
-    /// here so that slow readers do lag).
+    /// Events each room's ring keeps: how far a reader may fall behind before it lags (the
+    /// server's default is 1024; small here so that slow readers do lag).
     #[arg(long, default_value_t = 16)]
     queue_len: u32,
     /// Run twice in this process and check both traces hash the same (G8).

@@ -185,9 +185,12 @@ impl ChatStream {
     ) {
         // Dropping the sender without closing disconnects the session.
         let mut frames = Some(frames);
+        // Made once, on a child token of this stream's own (see `transport::pump_session`).
+        let cancelled = self.shutdown.child_token().cancelled_owned();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
-                _ = self.shutdown.cancelled() => return self.fail(ApiError::ShuttingDown.into()).await,
+                _ = &mut cancelled => return self.fail(ApiError::ShuttingDown.into()).await,
                 message = inbound.message(), if frames.is_some() => match message {
                     Ok(Some(message)) => {
                         if let Err(error) = self.same_user(&user, &message.user) {

@@ -17,10 +17,42 @@ use tower::Service;
 
 use super::status::ApiError;
 
+/// Shutdown as one stream or body sees it. Every poll checks the server-wide token with one
+/// atomic load; only a stream that would otherwise wait registers its waker, and it does so on
+/// a child token of its own, made then: thousands of busy streams never take the server-wide
+/// token's lock on their hot path.
+pub(crate) struct ShutdownWatch {
+    shutdown: CancellationToken,
+    /// The child token's wait, made the first time the stream had nothing ready.
+    waiting: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl ShutdownWatch {
+    pub(crate) fn new(shutdown: &CancellationToken) -> Self {
+        Self { shutdown: shutdown.clone(), waiting: None }
+    }
+
+    /// Whether shutdown has started (registers nothing).
+    pub(crate) fn started(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Whether shutdown has started; if not, `cx` is woken when it does. Call it only when
+    /// the stream itself is pending.
+    pub(crate) fn poll_started(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.started() {
+            return true;
+        }
+        let shutdown = &self.shutdown;
+        let waiting = self.waiting.get_or_insert_with(|| Box::pin(shutdown.child_token().cancelled_owned()));
+        waiting.as_mut().poll(cx).is_ready()
+    }
+}
+
 /// A response stream that ends with UNAVAILABLE when shutdown starts.
 pub struct UntilShutdown<S> {
     inner: S,
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown: ShutdownWatch,
     /// Yield what `inner` has ready before ending (see [`UntilShutdown::ready_first`]).
     ready_first: bool,
     done: bool,
@@ -30,7 +62,7 @@ impl<S> UntilShutdown<S> {
     /// Wraps `inner`; at shutdown it ends at once, even if `inner` has items ready (a busy
     /// stream must not delay shutdown).
     pub fn new(inner: S, shutdown: &CancellationToken) -> Self {
-        Self { inner, cancelled: Box::pin(shutdown.clone().cancelled_owned()), ready_first: false, done: false }
+        Self { inner, shutdown: ShutdownWatch::new(shutdown), ready_first: false, done: false }
     }
 
     /// Wraps `inner`; at shutdown it first yields what `inner` has ready, then ends. For streams
@@ -52,10 +84,6 @@ where
         }
         polled
     }
-
-    fn shutdown_started(&mut self, cx: &mut Context<'_>) -> bool {
-        self.cancelled.as_mut().poll(cx).is_ready()
-    }
 }
 
 impl<S, T> Stream for UntilShutdown<S>
@@ -69,14 +97,14 @@ where
             return Poll::Ready(None);
         }
         let this = &mut *self;
-        let ending = !this.ready_first && this.shutdown_started(cx);
+        let ending = !this.ready_first && this.shutdown.started();
         if !ending {
             let polled = this.poll_inner(cx);
             if polled.is_ready() {
                 return polled;
             }
         }
-        if ending || this.shutdown_started(cx) {
+        if ending || this.shutdown.poll_started(cx) {
             this.done = true;
             return Poll::Ready(Some(Err(ApiError::ShuttingDown.into())));
         }
@@ -136,14 +164,14 @@ where
 struct BodyUntilShutdown<B> {
     /// `None` once ended: dropping the inner body releases its side of the HTTP/2 stream.
     inner: Option<B>,
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown: ShutdownWatch,
     /// A response ends with UNAVAILABLE trailers; a request just ends.
     status_at_shutdown: bool,
 }
 
 impl<B> BodyUntilShutdown<B> {
     fn new(inner: B, shutdown: &CancellationToken, status_at_shutdown: bool) -> Self {
-        Self { inner: Some(inner), cancelled: Box::pin(shutdown.clone().cancelled_owned()), status_at_shutdown }
+        Self { inner: Some(inner), shutdown: ShutdownWatch::new(shutdown), status_at_shutdown }
     }
 }
 
@@ -155,25 +183,25 @@ where
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        if self.inner.is_none() {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        if !this.shutdown.started() {
+            let polled = Pin::new(inner).poll_frame(cx);
+            if matches!(polled, Poll::Ready(None)) {
+                this.inner = None;
+            }
+            if polled.is_ready() || !this.shutdown.poll_started(cx) {
+                return polled;
+            }
+        }
+        this.inner = None;
+        if !this.status_at_shutdown {
             return Poll::Ready(None);
         }
-        if self.cancelled.as_mut().poll(cx).is_ready() {
-            self.inner = None;
-            if !self.status_at_shutdown {
-                return Poll::Ready(None);
-            }
-            let mut trailers = http::HeaderMap::new();
-            // Only fails for a message that cannot be encoded; this one is plain ASCII.
-            let _ = Status::from(ApiError::ShuttingDown).add_header(&mut trailers);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            self.inner = None;
-        }
-        polled
+        let mut trailers = http::HeaderMap::new();
+        // Only fails for a message that cannot be encoded; this one is plain ASCII.
+        let _ = Status::from(ApiError::ShuttingDown).add_header(&mut trailers);
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 
     fn is_end_stream(&self) -> bool {

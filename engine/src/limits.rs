@@ -37,7 +37,8 @@ pub const UPLOAD_MESSAGES_MAX: usize = 10_000;
 /// Bytes of bodies in one upload.
 pub const UPLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-/// Events that may wait in one subscriber's queue before it is marked lagged (G2).
+/// Events each room's ring keeps: how far a subscriber may fall behind before it lags (G2).
+/// One ring per room, shared by every subscriber.
 pub const SUBSCRIBER_QUEUE_LEN_MAX: usize = 1_024;
 
 /// Frames that may wait for a session's client before the session stops reading its input.

@@ -10,7 +10,7 @@ use confab_engine::{InjectedBug, Limits};
 /// sends. Each value is in `0.0..=1.0` and their sum is at most 1.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FaultMix {
-    /// Stop reading for a while (the subscription's queue fills and it lags, G2).
+    /// Stop reading for a while (the room's ring moves past it and it lags, G2).
     pub slow: f64,
     /// Disconnect, stay offline for a while, then resume with `after_seq` (G5).
     pub disconnect: f64,
@@ -175,8 +175,8 @@ pub struct SimOptions {
     pub offline: Duration,
     /// Largest upload, in messages.
     pub upload_len_max: u32,
-    /// Events one subscriber may have queued before it lags (the engine's
-    /// `subscriber_queue_len_max`; small by default so slow readers do lag).
+    /// Events each room's ring keeps, how far a reader may fall behind before it lags (the
+    /// engine's `subscriber_queue_len_max`; small by default so slow readers do lag).
     pub queue_len: u32,
     /// A deliberate engine defect, to prove the checker catches it.
     pub injected_bug: Option<InjectedBug>,
