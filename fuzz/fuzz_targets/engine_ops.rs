@@ -1,9 +1,11 @@
-//! The engine's operation handling, from arbitrary operation sequences: one Room and a few
-//! Sessions driven the way the actor layer drives them (this target plays the shell), with raw,
-//! unvalidated client input (names, ids, bodies, resume points, acks). Invariants checked after
-//! every step: sequence numbers contiguous (G1), each subscriber's deliveries contiguous or
-//! explained by a lag marker (G2), retries answered with the original number (G4), resumes exact
-//! (G5), batches contiguous (G6), history has what was acknowledged (G7). Nothing may panic.
+//! The engine's operation handling, from arbitrary operation sequences: one Room, its Ring and a
+//! few Sessions driven the way the actor layer drives them (this target plays the shell), with
+//! raw, unvalidated client input (names, ids, bodies, resume points, acks). Invariants checked
+//! after every step: sequence numbers contiguous (G1), each reader's stream contiguous or
+//! explained by a lag span right before the gap (G2), stalled readers closed with exactly what
+//! they missed (G2), retries answered with the original number (G4), resumes exact (G5),
+//! batches contiguous (G6), history has what was written (G7); at the end every reader is told
+//! of every message (nothing silent at the tail). Nothing may panic.
 #![no_main]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -11,8 +13,8 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use confab_engine::{
-    ClientFrame, ClientMsgId, Delivery, Draft, Limits, Room, RoomEvent, RoomName, Seq, ServerFrame, Session,
-    SessionCommand, SubscriberId, Time, UserName,
+    ClientFrame, ClientMsgId, Draft, Limits, ReadItem, ReadStatus, ReaderEnd, Ring, Room, RoomEffect, RoomError,
+    RoomEvent, RoomName, Seq, ServerFrame, Session, SessionCommand, SubscriberId, Time, UserName,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -36,13 +38,13 @@ enum Op {
     Typing {
         user: String,
     },
-    /// Fan out, with the queue of subscriber `full` refusing everything this round.
-    Deliver {
-        full: Option<u8>,
+    /// Reader `index` reads one batch of at most `max` items (the others are slow).
+    Read {
+        index: u8,
+        max: u8,
     },
-    Markers {
-        full: Option<u8>,
-    },
+    /// Every reader reads until it has nothing left.
+    ReadAll,
     History {
         after_seq: u64,
         limit: u16,
@@ -54,6 +56,10 @@ enum Op {
     Close {
         session: u8,
     },
+    Disconnect {
+        session: u8,
+    },
+    /// Time passes (the ring's stall sweep runs whenever it is due, after any step).
     Tick {
         millis: u16,
     },
@@ -80,16 +86,20 @@ impl From<Frame> for ClientFrame {
     }
 }
 
-/// A subscriber as its client sees it: the next sequence number it must be told about.
+/// A ring reader as its client sees it.
 struct Reader {
     id: SubscriberId,
-    next: Seq,
-    /// Owned by session `n`, whose state machine gets the deliveries.
+    /// The last message its stream carried or declared missed (the backlog's end at first).
+    told_upto: Seq,
+    /// Owned by session `n`, which is told how far its stream read.
     session: Option<usize>,
+    /// A session's stream reads the ring only once the session attached it (after the backlog).
+    attached: bool,
 }
 
 struct Harness {
     room: Room,
+    ring: Ring,
     readers: Vec<Reader>,
     sessions: Vec<Session>,
     now: u64,
@@ -112,16 +122,35 @@ fn limits() -> Limits {
     }
 }
 
+fn new_session(n: usize) -> Session {
+    Session::new(UserName::new(&format!("s{n}")).expect("valid"), 2)
+}
+
 impl Harness {
     fn new() -> Self {
-        let room = Room::new(RoomName::new("fuzz").expect("valid"), 1, &limits(), Time::from_millis(0));
-        let sessions =
-            (0..SESSIONS).map(|n| Session::new(UserName::new(&format!("s{n}")).expect("valid"), 2)).collect();
-        Harness { room, readers: Vec::new(), sessions, now: 0, log: BTreeMap::new(), ids: BTreeMap::new() }
+        let limits = limits();
+        let room = Room::new(RoomName::new("fuzz").expect("valid"), 1, &limits, Time::from_millis(0));
+        let ring = Ring::new(limits.subscriber_queue_len_max, room.durable_seq(), limits.subscriber_stall_ms);
+        let sessions = (0..SESSIONS).map(new_session).collect();
+        Harness { room, ring, readers: Vec::new(), sessions, now: 0, log: BTreeMap::new(), ids: BTreeMap::new() }
     }
 
     fn now(&self) -> Time {
         Time::from_millis(self.now)
+    }
+
+    /// Plays the room actor's flush: readers that left are unsubscribed, events published once.
+    fn flush(&mut self) {
+        let now = self.now();
+        for id in self.ring.take_departed() {
+            self.room.handle_unsubscribe(id, now);
+        }
+        while let Some(effect) = self.room.poll_effect() {
+            match effect {
+                RoomEffect::Publish(event) => self.ring.push(event, now),
+                RoomEffect::Persist(_) => panic!("an in-memory room has nothing to write"),
+            }
+        }
     }
 
     fn record(&mut self, seq: Seq, body: &Arc<str>) {
@@ -133,6 +162,7 @@ impl Harness {
         let key = draft.client_msg_id.as_ref().map(|id| (draft.user.as_str().to_owned(), id.as_str().to_owned()));
         let body = draft.body.clone();
         let sent = self.room.handle_send(draft, self.now()).ok()?;
+        self.flush();
         match key.as_ref().and_then(|key| self.ids.get(key)) {
             Some(&original) if sent.duplicate => assert_eq!(sent.seq, original, "G4: a retry gets the original"),
             _ => {
@@ -158,14 +188,18 @@ impl Harness {
         after_seq: Option<Seq>,
         session: Option<usize>,
     ) -> Option<SubscriberId> {
-        let last = self.room.last_seq();
+        let last = self.room.durable_seq();
         let subscription = self.room.handle_subscribe(user, after_seq, self.now()).ok()?;
         if let (Some(k), true) = (after_seq, subscription.recovered) {
             assert_eq!(subscription.first_seq, k + 1, "G5: an exact resume continues after k");
         }
         let backlog: Vec<Seq> = subscription.backlog.iter().map(|m| m.seq).collect();
         assert_eq!(backlog, (subscription.first_seq..=last).collect::<Vec<_>>(), "G5: backlog is first..=last");
-        self.readers.push(Reader { id: subscription.id, next: last + 1, session });
+        // Its own arrival is published before its cursor exists: it reads what comes after.
+        self.flush();
+        self.ring.add_reader(subscription.id, self.room.durable_seq());
+        let attached = session.is_none();
+        self.readers.push(Reader { id: subscription.id, told_upto: last, session, attached });
         if let Some(n) = session {
             let room = self.room.name().clone();
             self.sessions[n].handle_subscribed(room, Ok(subscription.clone()));
@@ -173,44 +207,62 @@ impl Harness {
         Some(subscription.id)
     }
 
-    /// Checks one delivery against its reader, then hands it over (to a session if it owns it).
-    fn accept(&mut self, delivery: Delivery) {
-        let Some(reader) = self.readers.iter_mut().find(|reader| reader.id == delivery.to) else {
-            panic!("a delivery to someone not subscribed");
-        };
-        if let Some(lag) = delivery.lag {
-            assert_eq!(lag.missed_from, reader.next, "G2: the lag starts where delivery stopped");
-            reader.next = lag.missed_to + 1;
+    /// Reader `index` reads one batch of at most `max` items; every item is checked against
+    /// what its stream carried so far (G1, G2). Returns whether it read anything.
+    fn read(&mut self, index: usize, max: usize) -> bool {
+        let reader = &mut self.readers[index];
+        if !reader.attached {
+            return false;
         }
-        match &delivery.event {
-            RoomEvent::Message(message) => {
-                assert_eq!(message.seq, reader.next, "G2: contiguous delivery");
-                assert_eq!(Some(&message.body), self.log.get(&message.seq), "G1: the same message at a number");
-                reader.next += 1;
+        let mut items = Vec::new();
+        let status = self.ring.read(reader.id, &mut items, max);
+        for item in &items {
+            match item {
+                ReadItem::Lagged(lag) => {
+                    assert_eq!(lag.missed_from, reader.told_upto + 1, "G2: a lag starts where the stream stopped");
+                    assert!(lag.missed_from <= lag.missed_to, "G2: a lag names at least one message");
+                    reader.told_upto = lag.missed_to;
+                }
+                ReadItem::Event(published) => match &published.event {
+                    RoomEvent::Message(message) => {
+                        assert_eq!(message.seq, reader.told_upto + 1, "G2: a gap without a lag right before it");
+                        assert_eq!(Some(&message.body), self.log.get(&message.seq), "G1: the same message at a number");
+                        reader.told_upto = message.seq;
+                    }
+                    _ => assert_eq!(published.seq_before, reader.told_upto, "G2: an event overtook a message"),
+                },
             }
-            RoomEvent::Lagged { lag, .. } => {
-                assert_eq!(lag.missed_from, reader.next, "G2: a lone marker starts where delivery stopped");
-                reader.next = lag.missed_to + 1;
-            }
-            _ => {}
         }
+        assert!(items.len() <= max.max(1), "a read takes at most its batch (a lag alone may exceed 0)");
+        assert!(!matches!(status, ReadStatus::Ended(_)), "a subscribed reader's stream ended: {status:?}");
+        assert_eq!(self.ring.delivered(reader.id), Some(reader.told_upto), "the cursor agrees with the stream");
         if let Some(n) = reader.session {
-            self.sessions[n].handle_room_event(delivery.to, delivery.lag, delivery.event);
+            let room = self.room.name().clone();
+            self.sessions[n].handle_delivered(&room, reader.told_upto);
         }
+        status == ReadStatus::Items
     }
 
-    fn is_full(&self, to: SubscriberId, full: Option<u8>) -> bool {
-        full.is_some_and(|index| self.readers.get(index as usize).is_some_and(|reader| reader.id == to))
+    /// Reader `index` reads until it has nothing left.
+    fn read_all(&mut self, index: usize) {
+        while self.read(index, 3) {}
     }
 
-    fn deliver(&mut self, full: Option<u8>) {
-        while let Some(delivery) = self.room.poll_delivery() {
-            if self.is_full(delivery.to, full) {
-                self.room.handle_delivery_full(&delivery);
-            } else {
-                self.accept(delivery);
-            }
+    /// Drops a reader from the ring (its stream went away); the room hears of it at the flush.
+    fn remove_reader(&mut self, id: SubscriberId) {
+        assert!(self.ring.remove_reader(id), "a reader the harness holds is in the ring");
+        self.readers.retain(|reader| reader.id != id);
+        self.flush();
+    }
+
+    /// A session's stream ended: every subscription goes with it, and the session starts over.
+    fn end_session(&mut self, n: usize) {
+        let mine: Vec<SubscriberId> =
+            self.readers.iter().filter(|reader| reader.session == Some(n)).map(|reader| reader.id).collect();
+        for id in mine {
+            self.remove_reader(id);
         }
+        self.sessions[n] = new_session(n);
     }
 
     /// Plays the actor shell for session `n`: executes its commands against the room.
@@ -219,65 +271,82 @@ impl Harness {
             match command {
                 SessionCommand::Subscribe { room, user, after_seq } => {
                     if room != *self.room.name() {
-                        let refusal = Err(confab_engine::RoomError::NotFound);
-                        self.sessions[n].handle_subscribed(room, refusal);
+                        self.sessions[n].handle_subscribed(room, Err(RoomError::NotFound));
                     } else if self.subscribe(Some(user), after_seq, Some(n)).is_none() {
-                        self.sessions[n].handle_subscribed(room, Err(confab_engine::RoomError::Retired));
+                        self.sessions[n].handle_subscribed(room, Err(RoomError::Retired));
                     }
                 }
+                SessionCommand::Attach { room } => {
+                    assert_eq!(room, *self.room.name(), "attached a room never subscribed");
+                    let Some(reader) =
+                        self.readers.iter_mut().find(|reader| reader.session == Some(n) && !reader.attached)
+                    else {
+                        panic!("attached without a pending subscription");
+                    };
+                    reader.attached = true;
+                }
                 SessionCommand::Unsubscribe { subscriber, .. } => {
-                    self.readers.retain(|reader| reader.id != subscriber);
-                    self.room.handle_unsubscribe(subscriber, self.now());
+                    assert!(
+                        self.readers.iter().any(|reader| reader.id == subscriber && reader.session == Some(n)),
+                        "a session drops only its own subscription"
+                    );
+                    self.remove_reader(subscriber);
                 }
                 SessionCommand::Send { room, draft } => {
                     let id = draft.client_msg_id.clone();
-                    let result = self.send(draft).ok_or(confab_engine::RoomError::NotFound);
+                    let result = self.send(draft).ok_or(RoomError::NotFound);
                     self.sessions[n].handle_sent(room, id, result);
                 }
                 SessionCommand::Typing { user, .. } => {
                     let _ = self.room.handle_typing(user, self.now());
+                    self.flush();
                 }
                 SessionCommand::Emit(ServerFrame::SendAck { seq, .. }) => {
                     assert!(self.log.contains_key(&seq), "an ack names a sequenced message");
                 }
                 SessionCommand::Emit(_) => {}
-                SessionCommand::Finish => {
-                    let mine: Vec<SubscriberId> = self
-                        .readers
-                        .iter()
-                        .filter(|reader| reader.session == Some(n))
-                        .map(|reader| reader.id)
-                        .collect();
-                    for id in mine {
-                        self.room.handle_unsubscribe(id, self.now());
+                SessionCommand::Finish { echoes } => {
+                    // The stream carries every echo (delivered or declared missed), then ends.
+                    for (room, echo) in echoes {
+                        assert_eq!(room, *self.room.name(), "an echo owed in a room never joined");
+                        let Some(index) = self.readers.iter().position(|reader| reader.session == Some(n)) else {
+                            panic!("an echo owed without a subscription");
+                        };
+                        assert!(self.readers[index].told_upto < echo, "an echo already delivered is not owed");
+                        self.read_all(index);
+                        assert!(self.readers[index].told_upto >= echo, "the session's own message never came back");
                     }
-                    self.readers.retain(|reader| reader.session != Some(n));
-                    self.sessions[n] = Session::new(UserName::new(&format!("s{n}")).expect("valid"), 2);
+                    self.end_session(n);
                 }
             }
         }
     }
 
-    /// Plays the shell's closing of stalled subscribers: the final lag marker must start where
-    /// delivery stopped and end at the room's last message (G2); a session is stopped whole.
-    fn close_stalled(&mut self) {
-        for (id, lag) in self.room.take_stalled(self.now()) {
+    /// Plays the room actor's timer: when the ring's sweep is due, stalled readers are closed.
+    /// Each one's final lag must start where its stream stopped and reach the room's last
+    /// message (G2); its stream ends with that lag, and a session's whole stream ends.
+    fn sweep_if_due(&mut self) {
+        if self.ring.poll_timeout().is_none_or(|due| self.now() < due) {
+            return;
+        }
+        let now = self.now();
+        for (id, lag) in self.ring.handle_timeout(now) {
+            self.room.handle_unsubscribe(id, now);
             let Some(index) = self.readers.iter().position(|reader| reader.id == id) else {
                 panic!("closed a subscriber that is not subscribed");
             };
             let reader = self.readers.remove(index);
-            assert_eq!(lag.missed_from, reader.next, "G2: the final marker starts where delivery stopped");
-            assert_eq!(lag.missed_to, self.room.durable_seq(), "G2: the final marker reaches the last message");
+            assert_eq!(lag.missed_from, reader.told_upto + 1, "G2: the final lag starts where the stream stopped");
+            assert_eq!(lag.missed_to, self.room.durable_seq(), "G2: the final lag reaches the last message");
+            let mut rest = Vec::new();
+            let end = self.ring.read(id, &mut rest, usize::MAX);
+            assert_eq!(end, ReadStatus::Ended(ReaderEnd::Stalled(lag)), "a stalled stream ends with its lag");
+            assert!(rest.is_empty(), "nothing after a stall");
             if let Some(n) = reader.session {
-                let others: Vec<SubscriberId> =
-                    self.readers.iter().filter(|reader| reader.session == Some(n)).map(|reader| reader.id).collect();
-                for other in others {
-                    self.room.handle_unsubscribe(other, self.now());
-                }
-                self.readers.retain(|reader| reader.session != Some(n));
-                self.sessions[n] = Session::new(UserName::new(&format!("s{n}")).expect("valid"), 2);
+                self.end_session(n);
             }
         }
+        self.flush();
     }
 
     fn step(&mut self, op: Op) {
@@ -293,8 +362,8 @@ impl Harness {
             Op::Unsubscribe { index } => {
                 let index = index as usize;
                 if index < self.readers.len() && self.readers[index].session.is_none() {
-                    let reader = self.readers.remove(index);
-                    assert!(self.room.handle_unsubscribe(reader.id, self.now()));
+                    let id = self.readers[index].id;
+                    self.remove_reader(id);
                 }
             }
             Op::Send { user, id, body } => {
@@ -320,17 +389,16 @@ impl Harness {
                     let _ = self.room.handle_typing(user, self.now());
                 }
             }
-            Op::Deliver { full } => self.deliver(full),
-            Op::Markers { full } => {
-                self.deliver(full);
-                for marker in self.room.take_lag_markers() {
-                    if self.is_full(marker.to, full) {
-                        self.room.handle_delivery_full(&marker);
-                    } else {
-                        self.accept(marker);
-                    }
+            Op::Read { index, max } => {
+                let index = usize::from(index);
+                if index < self.readers.len() {
+                    self.read(index, usize::from(max));
                 }
-                self.close_stalled();
+            }
+            Op::ReadAll => {
+                for index in 0..self.readers.len() {
+                    self.read_all(index);
+                }
             }
             Op::History { after_seq, limit } => {
                 if let Ok(page) = self.room.history(after_seq, usize::from(limit)) {
@@ -349,6 +417,16 @@ impl Harness {
                 self.sessions[n].handle_close();
                 self.run_session(n);
             }
+            Op::Disconnect { session } => {
+                let n = usize::from(session) % SESSIONS;
+                self.sessions[n].handle_disconnect();
+                self.run_session(n);
+                assert!(
+                    self.readers.iter().all(|reader| reader.session != Some(n)),
+                    "a disconnected session keeps no subscription"
+                );
+                self.sessions[n] = new_session(n);
+            }
             Op::Tick { millis } => {
                 self.now += u64::from(millis);
                 let _ = self.room.handle_retire_if_idle(self.now());
@@ -356,6 +434,19 @@ impl Harness {
         }
         for n in 0..SESSIONS {
             self.run_session(n);
+        }
+        self.flush();
+        self.sweep_if_due();
+        assert_eq!(self.room.subscriber_count(), self.readers.len(), "the room counts exactly the live readers");
+        assert_eq!(self.ring.reader_count(), self.readers.len(), "the ring reads for exactly the live readers");
+    }
+
+    /// Every reader reads to the end: each is told of every message, delivered or missed.
+    fn finish(&mut self) {
+        for index in 0..self.readers.len() {
+            assert!(self.readers[index].attached, "a session's subscription was never attached");
+            self.read_all(index);
+            assert_eq!(self.readers[index].told_upto, self.room.durable_seq(), "G2: nothing silent at the tail");
         }
     }
 }
@@ -366,4 +457,5 @@ fuzz_target!(|ops: Vec<Op>| {
     while let Some(op) = pending.pop_front() {
         harness.step(op);
     }
+    harness.finish();
 });

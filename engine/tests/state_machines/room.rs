@@ -1,14 +1,15 @@
-use confab_engine::{Delivery, Lag, Limits, NameError, Room, RoomError, RoomEvent, RoomName};
+use confab_engine::{Lag, Limits, NameError, ReadStatus, ReaderEnd, Room, RoomError, RoomName};
 
-use super::{at, draft, room_name, user};
+use super::{Seen, Shell, at, draft, room_name, user};
 
 fn small_room(history_len_max: usize) -> Room {
     let limits = Limits { history_len_max, dedupe_window_len: 2, room_idle_ms: 1_000, ..Limits::default() };
     Room::new(room_name("general"), 7, &limits, at(0))
 }
 
-fn drain(room: &mut Room) -> Vec<Delivery> {
-    std::iter::from_fn(|| room.poll_delivery()).collect()
+/// A room whose ring keeps `ring_len` events: a reader more than that behind lags.
+fn shell_with_ring(ring_len: usize) -> Shell {
+    Shell::new("general", &Limits { subscriber_queue_len_max: ring_len, ..Limits::default() })
 }
 
 #[test]
@@ -24,94 +25,81 @@ fn sequences_start_at_one_and_are_contiguous() {
 
 #[test]
 fn every_subscriber_gets_every_message_in_order() {
-    let mut room = small_room(100);
-    let a = room.handle_subscribe(Some(user("a")), None, at(0)).expect("subscribed");
-    let b = room.handle_subscribe(None, None, at(0)).expect("subscribed");
-    drain(&mut room);
+    let mut shell = shell_with_ring(16);
+    let a = shell.subscribed(Some("a"), at(0));
+    let b = shell.subscribed(None, at(0));
     for body in ["one", "two", "three"] {
-        room.handle_send(draft("c", "", body), at(1)).expect("accepted");
+        shell.send("c", body, at(1));
     }
-    let deliveries = drain(&mut room);
-    for id in [a.id, b.id] {
-        let seqs: Vec<_> = deliveries.iter().filter(|d| d.to == id).filter_map(|d| d.event.seq()).collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
-    }
+    let messages = vec![Seen::Message(1), Seen::Message(2), Seen::Message(3)];
+    // `a` arrived before `b` was reading and does not see its own arrival: only messages.
+    assert_eq!(shell.read_all(a), (messages.clone(), ReadStatus::Empty));
+    assert_eq!(shell.read_all(b), (messages, ReadStatus::Empty));
 }
 
 #[test]
-fn a_full_queue_becomes_an_explicit_lag_not_a_gap() {
-    let mut room = small_room(100);
-    let slow = room.handle_subscribe(None, None, at(0)).expect("subscribed");
-    let fast = room.handle_subscribe(None, None, at(0)).expect("subscribed");
-    room.handle_send_batch((0..4).map(|i| draft("u", "", &i.to_string())).collect(), at(1)).expect("batch");
+fn a_reader_that_falls_behind_gets_an_explicit_lag_not_a_gap() {
+    let mut shell = shell_with_ring(1);
+    let slow = shell.subscribed(None, at(0));
+    let fast = shell.subscribed(None, at(0));
     let mut slow_got = Vec::new();
     let mut fast_got = Vec::new();
-    while let Some(delivery) = room.poll_delivery() {
-        if delivery.to == slow.id {
-            // The slow subscriber's queue is full for messages 2 and 3.
-            if matches!(delivery.event.seq(), Some(2) | Some(3)) {
-                room.handle_delivery_full(&delivery);
-                continue;
-            }
-            slow_got.push((delivery.lag, delivery.event.seq()));
-        } else {
-            assert_eq!(delivery.to, fast.id);
-            fast_got.push((delivery.lag, delivery.event.seq()));
+    for seq in 1..=4u64 {
+        shell.send("u", &seq.to_string(), at(seq));
+        fast_got.extend(shell.read_all(fast).0);
+        // The slow reader takes message 1, then nothing until 4 is out: 2 and 3 are gone.
+        if seq == 1 || seq == 4 {
+            slow_got.extend(shell.read_all(slow).0);
         }
     }
-    assert_eq!(fast_got, vec![(None, Some(1)), (None, Some(2)), (None, Some(3)), (None, Some(4))]);
+    assert_eq!(fast_got, vec![Seen::Message(1), Seen::Message(2), Seen::Message(3), Seen::Message(4)]);
     assert_eq!(
         slow_got,
-        vec![(None, Some(1)), (Some(Lag { missed_from: 2, missed_to: 3 }), Some(4))],
-        "the slow subscriber sees 1, then a lag of 2..=3 together with 4"
+        vec![Seen::Message(1), Seen::Lagged(2, 3), Seen::Message(4)],
+        "the slow reader sees 1, then a lag of 2..=3 right before 4"
     );
-    assert!(!room.is_lagging(slow.id));
+    assert!(!shell.ring.is_lagging(slow));
+    assert_eq!(shell.ring.delivered(slow), Some(4));
 }
 
 #[test]
-fn a_failed_lag_marker_extends_the_lag() {
-    let mut room = small_room(100);
-    let slow = room.handle_subscribe(None, None, at(0)).expect("subscribed");
-    room.handle_send(draft("u", "", "1"), at(1)).expect("accepted");
-    let first = room.poll_delivery().expect("delivery");
-    room.handle_delivery_full(&first);
-    room.handle_send(draft("u", "", "2"), at(1)).expect("accepted");
-    let second = room.poll_delivery().expect("delivery");
-    assert_eq!(second.lag, Some(Lag { missed_from: 1, missed_to: 1 }));
-    room.handle_delivery_full(&second);
-    room.handle_send(draft("u", "", "3"), at(1)).expect("accepted");
-    let third = room.poll_delivery().expect("delivery");
-    assert_eq!(third.to, slow.id);
-    assert_eq!(third.lag, Some(Lag { missed_from: 1, missed_to: 2 }));
-    assert_eq!(third.event.seq(), Some(3));
+fn a_lag_that_grows_while_the_reader_stays_behind_is_reported_once_whole() {
+    let mut shell = shell_with_ring(1);
+    let slow = shell.subscribed(None, at(0));
+    shell.send("u", "1", at(1));
+    shell.send("u", "2", at(1));
+    assert!(shell.ring.is_lagging(slow), "message 1 is gone for it");
+    shell.send("u", "3", at(1));
+    assert!(shell.ring.is_lagging(slow));
+    assert_eq!(shell.read_all(slow), (vec![Seen::Lagged(1, 2), Seen::Message(3)], ReadStatus::Empty));
+    shell.send("u", "4", at(2));
+    assert_eq!(shell.read_all(slow), (vec![Seen::Message(4)], ReadStatus::Empty), "the lag is not told twice");
 }
 
 #[test]
-fn a_lag_with_no_message_after_it_is_declared_by_a_lone_marker() {
-    // Found by the simulator (seed 1): a subscriber that overflowed on the room's last
-    // message must still be told, or its gap stays silent until someone speaks again.
-    let mut room = small_room(100);
-    let slow = room.handle_subscribe(None, None, at(0)).expect("subscribed");
-    room.handle_send_batch((0..3).map(|i| draft("u", "", &i.to_string())).collect(), at(1)).expect("batch");
-    while let Some(delivery) = room.poll_delivery() {
-        if delivery.event.seq() != Some(1) {
-            room.handle_delivery_full(&delivery);
-        }
+fn a_reader_that_overflowed_on_the_last_message_is_told_on_its_next_read() {
+    // Regression, found by the simulator (seed 1) when deliveries were queued per subscriber:
+    // a subscriber that overflowed on the room's last message was never told, and its gap
+    // stayed silent until someone spoke again. With a ring it is found from the cursor.
+    let mut shell = shell_with_ring(2);
+    let slow = shell.subscribed(None, at(0));
+    shell.send("u", "1", at(1));
+    assert_eq!(shell.read_all(slow).0, vec![Seen::Message(1)]);
+    shell.room.handle_send_batch(vec![draft("u", "", "2"), draft("u", "", "3")], at(2)).expect("batch");
+    shell.flush(at(2));
+    // Only ephemeral events follow the last message, and they push it out of the ring.
+    for who in ["ann", "bob"] {
+        shell.room.handle_typing(user(who), at(3)).expect("typing");
     }
-    let markers = room.take_lag_markers();
-    let lag = Lag { missed_from: 2, missed_to: 3 };
+    shell.flush(at(3));
     assert_eq!(
-        markers,
-        vec![Delivery { to: slow.id, lag: None, event: RoomEvent::Lagged { room: room_name("general"), lag } }]
+        shell.read_all(slow),
+        (vec![Seen::Lagged(2, 3), Seen::Typing("ann".into()), Seen::Typing("bob".into())], ReadStatus::Empty),
+        "the exact span, with no message after it"
     );
-    assert!(!room.is_lagging(slow.id));
-    // The queue is still full: the marker is reported back and the lag stays, then grows.
-    room.handle_delivery_full(&markers[0]);
-    assert!(room.is_lagging(slow.id));
-    room.handle_send(draft("u", "", "4"), at(2)).expect("accepted");
-    let next = room.poll_delivery().expect("delivery");
-    assert_eq!((next.lag, next.event.seq()), (Some(Lag { missed_from: 2, missed_to: 3 }), Some(4)));
-    assert!(room.take_lag_markers().is_empty(), "nobody lags any more");
+    assert_eq!(shell.ring.delivered(slow), Some(shell.room.last_seq()), "nothing silent at the tail");
+    shell.send("u", "4", at(4));
+    assert_eq!(shell.read_all(slow).0, vec![Seen::Message(4)], "told once");
 }
 
 #[test]
@@ -185,24 +173,26 @@ fn oversized_messages_are_refused_and_nothing_is_appended() {
 
 #[test]
 fn presence_and_typing_are_ephemeral_and_unsequenced() {
-    let mut room = small_room(10);
-    let watcher = room.handle_subscribe(None, None, at(0)).expect("subscribed");
-    let ann = room.handle_subscribe(Some(user("ann")), None, at(0)).expect("subscribed");
-    let second_ann = room.handle_subscribe(Some(user("ann")), None, at(0)).expect("subscribed");
-    room.handle_typing(user("ann"), at(1)).expect("typing");
-    let deliveries = drain(&mut room);
-    let to_watcher: Vec<_> = deliveries.iter().filter(|d| d.to == watcher.id).map(|d| &d.event).collect();
-    assert!(matches!(to_watcher[0], RoomEvent::Presence { present: true, .. }));
-    assert!(matches!(to_watcher[1], RoomEvent::Typing { .. }));
-    assert_eq!(to_watcher.len(), 2, "a second subscription of the same user is not a new arrival");
-    assert_eq!(room.present_users(), vec![user("ann")]);
-    room.handle_unsubscribe(ann.id, at(2));
-    assert_eq!(room.present_users(), vec![user("ann")]);
-    room.handle_unsubscribe(second_ann.id, at(2));
-    assert!(room.present_users().is_empty());
-    let left = drain(&mut room);
-    assert!(matches!(left.as_slice(), [Delivery { event: RoomEvent::Presence { present: false, .. }, .. }]));
-    assert_eq!(room.last_seq(), 0);
+    let mut shell = shell_with_ring(16);
+    let watcher = shell.subscribed(None, at(0));
+    let ann = shell.subscribed(Some("ann"), at(0));
+    let second_ann = shell.subscribed(Some("ann"), at(0));
+    shell.room.handle_typing(user("ann"), at(1)).expect("typing");
+    shell.flush(at(1));
+    assert_eq!(
+        shell.read_all(watcher).0,
+        vec![Seen::Presence("ann".into(), true), Seen::Typing("ann".into())],
+        "a second subscription of the same user is not a new arrival"
+    );
+    assert_eq!(shell.read_all(ann).0, vec![Seen::Typing("ann".into())], "no one sees their own arrival");
+    assert_eq!(shell.room.present_users(), vec![user("ann")]);
+    assert!(shell.unsubscribe(ann, at(2)));
+    assert_eq!(shell.room.present_users(), vec![user("ann")]);
+    assert!(shell.unsubscribe(second_ann, at(2)));
+    assert!(shell.room.present_users().is_empty());
+    assert_eq!(shell.read_all(watcher).0, vec![Seen::Presence("ann".into(), false)]);
+    assert_eq!(shell.read(ann, 8), (vec![], ReadStatus::Ended(ReaderEnd::Unsubscribed)));
+    assert_eq!(shell.room.last_seq(), 0);
 }
 
 #[test]
@@ -234,74 +224,59 @@ fn room_full_is_a_refusal() {
     assert_eq!(room.handle_subscribe(None, None, at(0)), Err(RoomError::RoomFull { subscribers_max: 1 }));
 }
 
-/// One round of a room under load: a message to everyone, then the lag-marker retry that also
-/// closes stalled subscribers. `full_for` says whose queue is full this round.
-fn load_round(room: &mut Room, seq: u64, now_ms: u64, full_for: &[confab_engine::SubscriberId]) -> Vec<Delivery> {
-    room.handle_send(draft("pub", "", &seq.to_string()), at(now_ms)).expect("accepted");
-    let mut taken = Vec::new();
-    for delivery in drain(room) {
-        if full_for.contains(&delivery.to) {
-            room.handle_delivery_full(&delivery);
-        } else {
-            taken.push(delivery);
-        }
-    }
-    for marker in room.take_lag_markers() {
-        if full_for.contains(&marker.to) {
-            room.handle_delivery_full(&marker);
-        } else {
-            taken.push(marker);
-        }
-    }
-    taken
-}
-
 #[test]
 fn a_stalled_subscriber_is_closed_with_what_it_missed_and_a_slow_reader_is_not() {
-    let limits = Limits { subscriber_stall_ms: 1_000, ..Limits::default() };
-    let mut room = Room::new(room_name("general"), 7, &limits, at(0));
-    let stalled = room.handle_subscribe(Some(user("stuck")), None, at(0)).expect("subscribed");
-    let slow = room.handle_subscribe(Some(user("slow")), None, at(0)).expect("subscribed");
-    let fast = room.handle_subscribe(None, None, at(0)).expect("subscribed");
-    drain(&mut room);
-    // Message 1 reaches everyone; from message 2 on the stalled queue is full for good, and the
-    // slow reader's is full every other round (it takes something now and then).
-    load_round(&mut room, 1, 0, &[]);
+    // A ring of 2 events, swept every 250 ms, closing a lagging reader that did not move for
+    // 1,000 ms. One message a round, every 100 ms.
+    let limits = Limits { subscriber_queue_len_max: 2, subscriber_stall_ms: 1_000, ..Limits::default() };
+    let mut shell = Shell::new("general", &limits);
+    let stuck = shell.subscribed(Some("stuck"), at(0));
+    let slow = shell.subscribed(Some("slow"), at(0));
+    let fast = shell.subscribed(None, at(0));
+    // Message 1 reaches everyone; from then on the stuck reader takes nothing, and the slow
+    // one takes one item every third round, before the round's message: it lags at every
+    // sweep (a message every 100 ms, 2 places, one item per 300 ms) but keeps moving.
+    shell.send("pub", "1", at(100));
+    for id in [stuck, slow, fast] {
+        shell.read_all(id);
+    }
     let mut closed = Vec::new();
-    let mut presence_left = Vec::new();
+    let mut fast_saw = Vec::new();
+    let mut slow_saw = Vec::new();
     for seq in 2..=30u64 {
-        let now_ms = seq * 100;
-        let mut full = vec![stalled.id];
-        if seq % 2 == 0 {
-            full.push(slow.id);
+        let now = at(seq * 100);
+        if seq % 3 == 0 {
+            slow_saw.extend(shell.read(slow, 1).0);
         }
-        for delivery in load_round(&mut room, seq, now_ms, &full) {
-            if delivery.to != fast.id {
-                continue;
+        shell.send("pub", &seq.to_string(), now);
+        fast_saw.extend(shell.read_all(fast).0);
+        if shell.ring.poll_timeout().is_some_and(|due| due <= now) {
+            let stalled = shell.sweep(now);
+            if !stalled.is_empty() {
+                closed.push((seq, stalled));
             }
-            if let RoomEvent::Presence { user, present: false, .. } = &delivery.event {
-                presence_left.push(user.as_str().to_owned());
-            }
-        }
-        let stalled_now = room.take_stalled(at(now_ms));
-        if !stalled_now.is_empty() {
-            closed.push((seq, stalled_now));
         }
     }
-    assert_eq!(closed.len(), 1, "closed once, and only the stalled one: {closed:?}");
+    assert_eq!(closed.len(), 1, "closed once, and only the stuck one: {closed:?}");
     let (closed_at_seq, ref who) = closed[0];
-    assert_eq!(who.len(), 1);
-    assert_eq!(who[0].0, stalled.id);
-    // Its clock started at the first check that saw it lag (message 2, 200 ms), so it closes
-    // at the first check 1,000 ms later, and it missed everything from 2 to then.
-    assert_eq!(closed_at_seq, 12);
-    assert_eq!(who[0].1, Lag { missed_from: 2, missed_to: 12 });
-    assert_eq!(room.subscriber_count(), 2, "the slow reader and the fast one stay");
-    assert!(!room.present_users().iter().any(|u| u.as_str() == "stuck"));
-    assert!(room.present_users().iter().any(|u| u.as_str() == "slow"));
-    assert_eq!(presence_left, vec!["stuck".to_owned()], "the fast subscriber sees the stalled user leave");
-    room.handle_send(draft("pub", "", "after"), at(4_000)).expect("accepted");
-    let after = drain(&mut room);
-    assert!(after.iter().all(|delivery| delivery.to != stalled.id), "nothing goes to a closed subscriber");
-    assert!(after.iter().any(|delivery| delivery.to == fast.id));
+    // It first lagged when message 4 pushed message 1's neighbours out (first sweep seeing it:
+    // 400 ms); it closes at the first sweep 1,000 ms after that, missing 2 up to then.
+    assert_eq!(closed_at_seq, 16);
+    assert_eq!(who, &vec![(stuck, Lag { missed_from: 2, missed_to: 16 })]);
+    assert_eq!(
+        shell.read(stuck, 8),
+        (vec![], ReadStatus::Ended(ReaderEnd::Stalled(Lag { missed_from: 2, missed_to: 16 }))),
+        "its stream ends with the span it missed"
+    );
+    assert_eq!(shell.room.subscriber_count(), 2, "the slow reader and the fast one stay");
+    assert!(!shell.room.present_users().contains(&user("stuck")));
+    assert!(shell.room.present_users().contains(&user("slow")));
+    assert!(fast_saw.contains(&Seen::Presence("stuck".into(), false)), "the others see the stuck user leave");
+    assert!(shell.ring.is_lagging(slow), "the slow reader lags to the end");
+    slow_saw.extend(shell.read_all(slow).0);
+    assert!(slow_saw.iter().filter(|seen| matches!(seen, Seen::Lagged(..))).count() > 3, "it was told it lagged");
+    assert_eq!(shell.ring.delivered(slow), Some(30), "the slow reader is told of everything");
+    shell.send("pub", "after", at(4_000));
+    assert_eq!(shell.read(stuck, 8), (vec![], ReadStatus::Ended(ReaderEnd::Unsubscribed)), "nothing after its end");
+    assert_eq!(shell.read_all(fast).0, vec![Seen::Message(31)]);
 }
