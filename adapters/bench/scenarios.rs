@@ -31,6 +31,9 @@ pub enum Scenario {
     UnaryHello,
     /// The seed's `ChatStream`, one participant per room: send, wait for it to come back.
     Pingpong,
+    /// The seed's `ChatStream`, every participant in one room: send, wait for its own message
+    /// to come back (every message goes to every participant).
+    PingpongRoom,
     /// One publisher, many `Subscribe` streams in one room; publish-to-receive latency.
     Fanout,
     /// confab.v1 `Upload` calls of a fixed number of messages.
@@ -44,10 +47,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, with its command-line name.
-    pub const ALL: [(&'static str, Scenario); 7] = [
+    pub const ALL: [(&'static str, Scenario); 8] = [
         ("unary-send", Scenario::UnarySend),
         ("unary-hello", Scenario::UnaryHello),
         ("pingpong", Scenario::Pingpong),
+        ("pingpong-room", Scenario::PingpongRoom),
         ("fanout", Scenario::Fanout),
         ("upload", Scenario::Upload),
         ("mix", Scenario::Mix),
@@ -163,7 +167,7 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     let before = options.server_pid.and_then(process::sample);
     let mut stalled = None;
     let (unit, tally) = match options.scenario {
-        Scenario::UnarySend | Scenario::UnaryHello | Scenario::Pingpong | Scenario::Upload => {
+        Scenario::UnarySend | Scenario::UnaryHello | Scenario::Pingpong | Scenario::PingpongRoom | Scenario::Upload => {
             let workers = (0..options.concurrency).map(|worker| {
                 let channel = channels[worker % channels.len()].clone();
                 let options = options.clone();
@@ -171,7 +175,7 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             });
             let tally = join(workers.collect()).await;
             let unit = match options.scenario {
-                Scenario::Pingpong => "round trips",
+                Scenario::Pingpong | Scenario::PingpongRoom => "round trips",
                 Scenario::Upload => "messages",
                 _ => "calls",
             };
@@ -262,7 +266,12 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
         }
         Scenario::Pingpong => {
             let user = user_name(&options, format!("w{worker}"));
-            pingpong(ChatServiceClient::new(channel), worker, user, &body, window, &mut tally).await
+            let room = Some(format!("bench-pingpong-{worker}"));
+            pingpong(ChatServiceClient::new(channel), room, worker, user, &body, window, &mut tally).await
+        }
+        Scenario::PingpongRoom => {
+            let user = user_name(&options, format!("w{worker}"));
+            pingpong(ChatServiceClient::new(channel), None, worker, user, &body, window, &mut tally).await
         }
         Scenario::Upload => {
             let mut client = ChatClient::new(channel);
@@ -292,8 +301,12 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
     tally
 }
 
+/// One `ChatStream`: send, wait for the reply, repeat. In a room of its own (`Some`) any
+/// reply counts (so the Go echo peer, which answers with its own text, can be measured too);
+/// in the shared room (`None`) it waits for its own message and skips the others'.
 async fn pingpong(
     mut client: ChatServiceClient<Channel>,
+    own_room: Option<String>,
     worker: usize,
     user: String,
     body: &str,
@@ -302,10 +315,13 @@ async fn pingpong(
 ) {
     let (outgoing, requests) = mpsc::channel(2);
     let mut request = tonic::Request::new(ReceiverStream::new(requests));
-    let room = format!("bench-pingpong-{worker}");
+    let shared = own_room.is_none();
+    let room = own_room.unwrap_or_else(|| "bench-pingpong-room".to_owned());
     request.metadata_mut().insert("room", room.parse().expect("ascii room"));
+    // The worker's number in the body tells its own messages from the others' in a shared room.
+    let content = format!("{worker} {body}");
     let first = Instant::now();
-    if outgoing.send(Message { user: user.clone(), content: body.to_owned() }).await.is_err() {
+    if outgoing.send(Message { user: user.clone(), content: content.clone() }).await.is_err() {
         tally.errors += 1;
         return;
     }
@@ -319,7 +335,10 @@ async fn pingpong(
     let mut started = first;
     loop {
         match incoming.message().await {
-            Ok(Some(_)) => tally.record(&window, Instant::now(), started.elapsed()),
+            Ok(Some(message)) if !shared || (message.user == user && message.content == content) => {
+                tally.record(&window, Instant::now(), started.elapsed())
+            }
+            Ok(Some(_)) => continue,
             _ => {
                 tally.errors += 1;
                 return;
@@ -329,7 +348,7 @@ async fn pingpong(
             return;
         }
         started = Instant::now();
-        if outgoing.send(Message { user: user.clone(), content: body.to_owned() }).await.is_err() {
+        if outgoing.send(Message { user: user.clone(), content: content.clone() }).await.is_err() {
             tally.errors += 1;
             return;
         }

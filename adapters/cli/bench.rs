@@ -10,7 +10,7 @@ use crate::bench::{BenchOptions, Scenario};
 /// Flags of `confab bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Scenario: unary-send, unary-hello, pingpong, fanout, upload or mix.
+    /// Scenario: unary-send, unary-hello, pingpong, pingpong-room, fanout, upload, mix or idle.
     #[arg(long, default_value = "unary-send", value_name = "SCENARIO")]
     scenario: Scenario,
     /// Server address.
