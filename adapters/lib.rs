@@ -19,5 +19,6 @@ pub mod bench;
 pub mod cli;
 pub mod grpc;
 pub mod metrics;
+pub mod session_stream;
 pub mod transport;
 pub mod ws;

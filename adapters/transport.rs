@@ -12,8 +12,11 @@
 //!    another encoding of the same message, like the WebSocket's JSON), then into an engine type
 //!    with [`crate::grpc::convert`]. That module is the one place where wire meets engine.
 //! 3. **Call the handle.** [`Engine::send`], `history`, `subscribe`, `upload`, or, for a
-//!    long-lived connection, [`Engine::open_session`]. [`pump_session`] below drives a session
-//!    for any framed transport, so a new one only implements [`FrameSource`] and [`FrameSink`].
+//!    long-lived connection, [`Engine::open_session`]. A transport whose writer polls a
+//!    response stream (gRPC) drives the session with
+//!    [`SessionStream`](crate::session_stream::SessionStream), which needs no task of its own;
+//!    one that writes to a socket itself (WebSocket) uses [`pump_session`] below, implementing
+//!    only [`FrameSource`] and [`FrameSink`].
 //! 4. **Encode.** Engine results go back through `convert` (and the transport's encoding).
 //! 5. **Refuse.** Every refusal is an [`ApiError`]; the transport maps it to its own vocabulary
 //!    in exactly one place (gRPC: [`crate::grpc::status`]; WebSocket: [`crate::ws::close`]).

@@ -7,6 +7,7 @@
 //! even those work from a thread that runs no tokio.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -413,6 +414,24 @@ impl SessionSender {
         self.actor.tell(Frame(frame)).await.map_err(|_| EngineError::SessionClosed)
     }
 
+    /// Sends one frame if the session's mailbox has room now. A full mailbox gives the frame
+    /// back ([`TrySend::Full`]) for [`SessionSender::send_later`]; for a poll-driven
+    /// transport that must not wait inside its `poll`.
+    pub fn try_send(&self, frame: ClientFrame) -> TrySend {
+        match self.actor.tell(Frame(frame)).try_send() {
+            Ok(()) => TrySend::Sent,
+            Err(kameo::error::SendError::MailboxFull(Frame(frame))) => TrySend::Full(frame),
+            Err(_) => TrySend::Closed,
+        }
+    }
+
+    /// Sends one frame once the session's mailbox has room, as a future that owns what it
+    /// needs (to keep in a poll-driven transport's state).
+    pub fn send_later(&self, frame: ClientFrame) -> impl Future<Output = Result<(), EngineError>> + Send + 'static {
+        let actor = self.actor.clone();
+        async move { actor.tell(Frame(frame)).await.map_err(|_| EngineError::SessionClosed) }
+    }
+
     /// Half-closes: the session finishes (its event stream ends) once the client's own
     /// messages have come back to it.
     pub async fn close(mut self) -> Result<(), EngineError> {
@@ -427,6 +446,17 @@ impl Drop for SessionSender {
             self.actor.kill();
         }
     }
+}
+
+/// What [`SessionSender::try_send`] did.
+#[derive(Debug)]
+pub enum TrySend {
+    /// The session has the frame.
+    Sent,
+    /// The session's mailbox is full: here is the frame back.
+    Full(ClientFrame),
+    /// The session is gone.
+    Closed,
 }
 
 /// The server side of a session: frames out. Ends when the session finishes.

@@ -39,7 +39,7 @@ mod stats;
 pub mod store;
 mod upload_actor;
 
-pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender, Upload};
+pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender, TrySend, Upload};
 pub use error::EngineError;
 pub use ring::Stalled;
 pub use room_actor::RoomInfo;

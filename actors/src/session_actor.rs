@@ -22,6 +22,9 @@ use crate::ring::{ReaderHandle, RingReader};
 use crate::room_actor::{RoomActor, SendMessage, Subscribe, Typing};
 use crate::stats::{EngineStats, SessionGuard};
 
+/// A subscription as the directory hands it back: the room, its start and backlog, the reader.
+type Subscribed = (ActorRef<RoomActor>, (Subscription, RingReader));
+
 /// What a session actor tells its client's stream, in order.
 pub(crate) enum Outbound {
     /// A frame for the client.
@@ -152,7 +155,7 @@ impl SessionActor {
     fn remember(
         &mut self,
         room: &RoomName,
-        result: Result<Option<(ActorRef<RoomActor>, (Subscription, RingReader))>, EngineError>,
+        result: Result<Option<Subscribed>, EngineError>,
     ) -> Result<Subscription, RoomError> {
         match result {
             Ok(Some((actor, (subscription, reader)))) => {

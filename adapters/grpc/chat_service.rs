@@ -1,21 +1,21 @@
 //! `chat.ChatService`, the seed's proto, with confab's room semantics (DESIGN.md, "The gRPC
 //! API"): the room comes from the `room` metadata key (default `lobby`).
 
-use confab_actors::{Engine, SessionEvents, SessionSender};
+use confab_actors::Engine;
 use confab_engine::{ClientFrame, RoomError, RoomEvent, RoomName, ServerFrame, UserName};
 use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Caller, caller};
-use super::confab_service::{RESPONSE_BUFFER_LEN, ResponseStream};
+use super::confab_service::ResponseStream;
 use super::convert;
 use super::proto::chat;
-use super::rate::{SendLimiter, SessionRate};
+use super::rate::SendLimiter;
 use super::shutdown::UntilShutdown;
 use super::status::{ApiError, frame_code, inbound_status};
+use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
+use crate::transport::Inbound;
 
 /// The seed's `chat.ChatService`.
 pub struct SeedChat {
@@ -113,145 +113,102 @@ impl chat::chat_service_server::ChatService for SeedChat {
 
     type ChatStreamStream = ResponseStream<chat::Message>;
 
+    /// A live room chat. The first message's user is the stream's identity (on a server with
+    /// `--tokens`, the token's user), so the session opens once it came; the stream carries
+    /// every room message from the moment it joined, its own included, and ends OK once the
+    /// client half-closed and its own messages have come back.
     async fn chat_stream(
         &self,
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
         let caller = caller(&request)?;
         let room = convert::metadata_room(request.metadata())?;
-        let inbound = request.into_inner();
-        let (responses, stream) = mpsc::channel(RESPONSE_BUFFER_LEN);
-        let chat = ChatStream {
-            engine: self.engine.clone(),
-            room,
-            responses,
-            shutdown: self.shutdown.clone(),
-            caller,
-            rate: self.limiter.session(),
-        };
-        tokio::spawn(chat.run(inbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
-    }
-}
-
-/// One ChatStream call: a live room chat. The first message's user is the stream's identity
-/// (on a server with `--tokens`, the token's user); the stream carries every room message from
-/// the moment it joined, its own included, and ends OK once the client half-closed and its own
-/// messages have come back.
-struct ChatStream {
-    engine: Engine,
-    room: RoomName,
-    responses: mpsc::Sender<Result<chat::Message, Status>>,
-    shutdown: CancellationToken,
-    caller: Caller,
-    /// Paces the stream's messages: this protocol cannot refuse one message and go on.
-    rate: SessionRate,
-}
-
-impl ChatStream {
-    async fn run(mut self, mut inbound: Streaming<chat::Message>) {
+        let mut inbound = request.into_inner();
         let first = tokio::select! {
-            _ = self.shutdown.cancelled() => return self.fail(ApiError::ShuttingDown.into()).await,
-            first = inbound.message() => first,
+            biased;
+            _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+            first = inbound.message() => first.map_err(inbound_status)?,
         };
-        let first = match first {
-            Ok(Some(first)) => first,
-            // No message at all: nothing to join, end OK.
-            Ok(None) => return,
-            Err(status) => return self.fail(inbound_status(status)).await,
-        };
-        let user = match self.caller.user(&first.user, "user") {
-            Ok(user) => user,
-            Err(error) => return self.fail(error.into()).await,
-        };
-        let (frames, events) = self.engine.open_session(user.clone());
-        let join = ClientFrame::Join { room: self.room.to_string(), after_seq: None };
-        if frames.send(join).await.is_err() {
-            return self.fail(ApiError::Engine(confab_actors::EngineError::SessionClosed).into()).await;
-        }
-        self.rate.take_paced().await;
-        if frames.send(self.post(first.content)).await.is_err() {
-            return self.fail(ApiError::Engine(confab_actors::EngineError::SessionClosed).into()).await;
-        }
-        self.pump(inbound, frames, events, user).await;
+        // No message at all: nothing to join, end OK.
+        let Some(first) = first else { return Ok(Response::new(Box::pin(futures::stream::empty()))) };
+        let user = caller.user(&first.user, "user")?;
+        let opening = vec![ClientFrame::Join { room: room.to_string(), after_seq: None }, post(&room, first.content)];
+        let later = SeedInbound { caller, identity: user.clone(), room };
+        let inbound = inbound.map(move |message| later.frame(message));
+        let stream = SessionStream::open(
+            &self.engine,
+            user,
+            inbound,
+            opening,
+            self.limiter.session(),
+            // This protocol cannot refuse one message and go on: posts over the rate wait.
+            RatePolicy::Pace,
+            SeedMessages,
+            &self.shutdown,
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
+}
 
-    async fn pump(
-        mut self,
-        mut inbound: Streaming<chat::Message>,
-        frames: SessionSender,
-        mut events: SessionEvents,
-        user: UserName,
-    ) {
-        // Dropping the sender without closing disconnects the session.
-        let mut frames = Some(frames);
-        // Made once, on a child token of this stream's own (see `transport::pump_session`).
-        let cancelled = self.shutdown.child_token().cancelled_owned();
-        tokio::pin!(cancelled);
-        loop {
-            tokio::select! {
-                _ = &mut cancelled => return self.fail(ApiError::ShuttingDown.into()).await,
-                message = inbound.message(), if frames.is_some() => match message {
-                    Ok(Some(message)) => {
-                        if let Err(error) = self.same_user(&user, &message.user) {
-                            return self.fail(error.into()).await;
-                        }
-                        self.rate.take_paced().await;
-                        let sent = match frames.as_ref() {
-                            Some(frames) => frames.send(self.post(message.content)).await,
-                            None => Ok(()),
-                        };
-                        if sent.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        if let Some(frames) = frames.take() {
-                            let _ = frames.close().await;
-                        }
-                    }
-                    Err(_) => return,
-                },
-                frame = events.next() => {
-                    let Some(frame) = frame else {
-                        if let Some(stalled) = events.stalled() {
-                            return self.fail(ApiError::Stalled(stalled.clone()).into()).await;
-                        }
-                        return;
-                    };
-                    let reply = match &frame {
-                        ServerFrame::Event(RoomEvent::Message(message)) => Ok(convert::seed_message(message)),
-                        ServerFrame::Event(RoomEvent::Lagged { lag, .. }) => Err(ApiError::Lagged(*lag).into()),
-                        ServerFrame::Error { error, .. } => Err(Status::new(frame_code(error), error.to_string())),
-                        // Joins, acks, presence and typing have no place in the seed's protocol.
-                        _ => continue,
-                    };
-                    let terminal = reply.is_err();
-                    if self.responses.send(reply).await.is_err() || terminal {
-                        return;
-                    }
-                }
-            }
+/// What a ChatStream's later messages become: posts by the stream's identity.
+struct SeedInbound {
+    caller: Caller,
+    identity: UserName,
+    room: RoomName,
+}
+
+impl SeedInbound {
+    fn frame(&self, message: Result<chat::Message, Status>) -> Inbound {
+        match message {
+            Ok(message) => match self.same_user(&message.user) {
+                Ok(()) => Inbound::Frame(post(&self.room, message.content)),
+                Err(error) => Inbound::Malformed(error),
+            },
+            Err(_) => Inbound::Gone,
         }
     }
 
     /// A later message must come from the stream's identity: the same name on an open server
     /// (another name is INVALID_ARGUMENT), the token's user or empty with `--tokens`.
-    fn same_user(&self, identity: &UserName, claimed: &str) -> Result<(), ApiError> {
+    fn same_user(&self, claimed: &str) -> Result<(), ApiError> {
         match &self.caller {
             Caller::User(_) => self.caller.user(claimed, "user").map(drop),
-            Caller::Anyone if claimed == identity.as_str() => Ok(()),
-            Caller::Anyone => {
-                Err(ApiError::Malformed(format!("user changed mid-stream from {:?} to {claimed:?}", identity.as_str())))
-            }
+            Caller::Anyone if claimed == self.identity.as_str() => Ok(()),
+            Caller::Anyone => Err(ApiError::Malformed(format!(
+                "user changed mid-stream from {:?} to {claimed:?}",
+                self.identity.as_str()
+            ))),
+        }
+    }
+}
+
+fn post(room: &RoomName, body: String) -> ClientFrame {
+    ClientFrame::Send { room: room.to_string(), client_msg_id: String::new(), body }
+}
+
+/// A ChatStream's vocabulary: room messages as `{user, content}`; a lag or a refused frame
+/// ends the stream with its status (the protocol has no place for them); joins, acks,
+/// presence and typing are not carried.
+struct SeedMessages;
+
+impl SessionOutput for SeedMessages {
+    type Item = Result<chat::Message, Status>;
+
+    fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item> {
+        match frame {
+            ServerFrame::Event(RoomEvent::Message(message)) => Output::Item(Ok(convert::seed_message(message))),
+            ServerFrame::Event(RoomEvent::Lagged { lag, .. }) => Output::Last(Err(ApiError::Lagged(*lag).into())),
+            ServerFrame::Error { error, .. } => Output::Last(Err(Status::new(frame_code(error), error.to_string()))),
+            _ => Output::Skip,
         }
     }
 
-    fn post(&self, body: String) -> ClientFrame {
-        ClientFrame::Send { room: self.room.to_string(), client_msg_id: String::new(), body }
+    fn refusal(&mut self, _room: &str, _error: ApiError) -> Option<Self::Item> {
+        // Never asked: posts over the rate are paced, not refused.
+        None
     }
 
-    async fn fail(&self, status: Status) {
-        let _ = self.responses.send(Err(status)).await;
+    fn end(&mut self, reason: Option<ApiError>) -> Option<Self::Item> {
+        reason.map(|error| Err(error.into()))
     }
 }

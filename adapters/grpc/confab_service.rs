@@ -5,8 +5,6 @@ use std::pin::Pin;
 use confab_actors::{Engine, Upload};
 use confab_engine::{RoomName, ServerFrame};
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -16,14 +14,11 @@ use super::proto::confab_v1 as v1;
 use super::rate::SendLimiter;
 use super::shutdown::UntilShutdown;
 use super::status::{ApiError, inbound_status};
-use crate::transport::{FrameSink, FrameSource, Gone, Inbound, pump_session};
+use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
+use crate::transport::Inbound;
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// Frames buffered between a session and its gRPC response stream. Small: the session's own
-/// outbound queue is the real buffer; this only decouples the two tasks.
-pub(crate) const RESPONSE_BUFFER_LEN: usize = 64;
 
 /// The `confab.v1.Chat` service.
 pub struct ConfabChat {
@@ -132,48 +127,50 @@ impl v1::chat_server::Chat for ConfabChat {
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let user = caller(&request)?.metadata_user(request.metadata())?;
-        let inbound = GrpcFrames(request.into_inner());
-        let (responses, stream) = mpsc::channel(RESPONSE_BUFFER_LEN);
-        let (engine, shutdown, rate) = (self.engine.clone(), self.shutdown.clone(), self.limiter.session());
-        tokio::spawn(async move {
-            pump_session(&engine, user, inbound, GrpcResponses(responses), rate, &shutdown).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+        let inbound = request.into_inner().map(inbound_frame as fn(_) -> _);
+        let rate = self.limiter.session();
+        let stream = SessionStream::open(
+            &self.engine,
+            user,
+            inbound,
+            Vec::new(),
+            rate,
+            RatePolicy::Refuse,
+            SessionFrames,
+            &self.shutdown,
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// The inbound half of a Session RPC for [`pump_session`].
-struct GrpcFrames(Streaming<v1::ClientFrame>);
-
-impl FrameSource for GrpcFrames {
-    async fn receive(&mut self) -> Inbound {
-        match self.0.message().await {
-            Ok(Some(frame)) => match convert::client_frame(frame) {
-                Ok(frame) => Inbound::Frame(frame),
-                Err(error) => Inbound::Malformed(error),
-            },
-            Ok(None) => Inbound::Finished,
-            Err(_) => Inbound::Gone,
-        }
+/// One client frame of a Session RPC, decoded for the session.
+fn inbound_frame(frame: Result<v1::ClientFrame, Status>) -> Inbound {
+    match frame {
+        Ok(frame) => match convert::client_frame(frame) {
+            Ok(frame) => Inbound::Frame(frame),
+            Err(error) => Inbound::Malformed(error),
+        },
+        Err(_) => Inbound::Gone,
     }
 }
 
-/// The outbound half of a Session RPC: the response stream's channel.
-struct GrpcResponses(mpsc::Sender<Result<v1::ServerFrame, Status>>);
+/// A Session RPC's vocabulary: every session frame is a `ServerFrame`, a refused post an error
+/// frame, and an ended session a status.
+struct SessionFrames;
 
-impl FrameSink for GrpcResponses {
-    async fn deliver(&mut self, frame: &ServerFrame) -> Result<(), Gone> {
-        self.0.send(Ok(convert::server_frame(frame))).await.map_err(|_| Gone)
+impl SessionOutput for SessionFrames {
+    type Item = Result<v1::ServerFrame, Status>;
+
+    fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item> {
+        Output::Item(Ok(convert::server_frame(frame)))
     }
 
-    async fn refuse(&mut self, room: &str, error: ApiError) -> Result<(), Gone> {
-        self.0.send(Ok(convert::error_frame(room, error))).await.map_err(|_| Gone)
+    fn refusal(&mut self, room: &str, error: ApiError) -> Option<Self::Item> {
+        Some(Ok(convert::error_frame(room, error)))
     }
 
-    async fn end(self, reason: Option<ApiError>) {
-        // A normal end is the response stream ending (status OK) when the sender drops.
-        if let Some(error) = reason {
-            let _ = self.0.send(Err(error.into())).await;
-        }
+    fn end(&mut self, reason: Option<ApiError>) -> Option<Self::Item> {
+        // A normal end is the stream ending: status OK.
+        reason.map(|error| Err(error.into()))
     }
 }
