@@ -12,6 +12,7 @@
 //! - `sink`: the bounded, non-blocking queues a room delivers into.
 //! - `stats`: the engine's counters (rooms, sessions, messages, deliveries, lag) that rooms and
 //!   sessions bump and [`Engine::stats`] snapshots as a [`StatsSnapshot`] for metrics.
+//! - `health`: whether the engine can serve ([`Engine::health`]): registry alive, store committing.
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
 //! - [`store`]: durable history: the [`store::HistoryStore`] trait, the redb store, the
 //!   in-memory store, and the writer thread that group-commits every room's messages.
@@ -29,6 +30,7 @@ mod clock;
 mod directory;
 pub mod engine;
 mod error;
+mod health;
 mod registry;
 mod room_actor;
 mod session_actor;
@@ -39,6 +41,7 @@ mod upload_actor;
 
 pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender, Upload};
 pub use error::EngineError;
+pub use health::EngineHealth;
 pub use room_actor::RoomInfo;
 pub use session_actor::SessionActor;
 pub use sink::Stalled;

@@ -305,6 +305,9 @@ fn open_storage(args: &ServeArgs, limits: &Limits) -> anyhow::Result<Option<Arc<
     };
     let store = RedbStore::open(&args.data_dir, retention)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    if store.needed_repair() {
+        warn!(path = %store.path().display(), "the history store was not closed cleanly (a crash or kill); redb repaired it");
+    }
     Ok(Some(Arc::new(store)))
 }
 

@@ -2,23 +2,34 @@
 //! queued while the previous commit ran and makes them durable in one commit (group commit:
 //! one fsync serves many messages across rooms), then tells each room how far it is durable.
 //!
-//! A failed commit is sticky: the writer fails every later request too, so a room can never
-//! have a durable message after a lost one. The operator restarts the server, which reloads the
-//! last good state.
+//! A failed commit fences the rooms in it, so nothing durable ever follows a lost write. Each
+//! such room hears of the failure once, and rolls back every message it had not yet seen
+//! durable. Requests that room had already queued behind the failed one hold messages the
+//! rollback dropped: the writer discards them without a word. The fence lifts when the room
+//! sends a request that starts right after its last durable message, which only a rolled-back
+//! room can send. Other rooms are not fenced, and writes resume as soon as a commit succeeds
+//! again. Until then the store's state ([`StoreState`]) says the store is failing, and while
+//! nothing is queued the writer probes it with an empty commit every [`PROBE_INTERVAL`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use confab_engine::Seq;
+use confab_engine::{RoomName, Seq};
 use kameo::actor::ActorRef;
 
-use super::{HistoryStore, RoomAppend, StoreError};
+use super::{HistoryStore, RoomAppend, StoreError, StoreState, guard};
 use crate::room_actor::{Persisted, RoomActor};
 
 /// Requests gathered into one commit at most; bounds a commit's size and the latency of the
 /// first request in it.
 const BATCH_LEN_MAX: usize = 4_096;
+
+/// How often a failing store is tried again while no write is queued, so health recovers
+/// when the disk does even if nobody sends.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One room's messages to make durable, and whom to tell.
 pub(crate) struct WriteRequest {
@@ -32,12 +43,25 @@ pub(crate) struct Writer {
     requests: Sender<WriteRequest>,
 }
 
+/// The writer thread itself, to join at shutdown once every [`Writer`] is dropped.
+pub(crate) struct WriterThread(JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits for the thread to finish its last commit. Blocks: call it off the async threads.
+    pub(crate) fn join(self) {
+        // The thread catches store panics itself; a panic elsewhere has been reported already.
+        let _ = self.0.join();
+    }
+}
+
 impl Writer {
-    /// Starts the writer thread over `store`.
-    pub(crate) fn start(store: Arc<dyn HistoryStore>) -> std::io::Result<Self> {
+    /// Starts the writer thread over `store`; it reports commits in `state`.
+    pub(crate) fn start(store: Arc<dyn HistoryStore>, state: Arc<StoreState>) -> std::io::Result<(Self, WriterThread)> {
         let (requests, queue) = mpsc::channel();
-        std::thread::Builder::new().name("confab-writer".into()).spawn(move || run(store.as_ref(), queue))?;
-        Ok(Self { requests })
+        let thread = std::thread::Builder::new()
+            .name("confab-writer".into())
+            .spawn(move || Committer::new(store, state).run(&queue))?;
+        Ok((Self { requests }, WriterThread(thread)))
     }
 
     /// Queues a write; the room hears back with a [`Persisted`] message.
@@ -48,32 +72,110 @@ impl Writer {
     }
 }
 
-fn run(store: &dyn HistoryStore, queue: Receiver<WriteRequest>) {
-    let mut failed: Option<StoreError> = None;
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH_LEN_MAX {
-            match queue.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        if failed.is_none() {
-            let appends: Vec<RoomAppend> = batch.iter().map(|request| request.append.clone()).collect();
-            if let Err(error) = store.append(&appends, now_ms()) {
-                tracing::error!(%error, "history commit failed; refusing all further writes");
-                failed = Some(error);
-            }
-        }
-        for request in batch {
-            let upto: Seq = request.append.messages.last().map_or(0, |message| message.seq);
-            let outcome = match &failed {
-                None => Ok(upto),
-                Some(error) => Err(error.clone()),
+struct Committer {
+    store: Arc<dyn HistoryStore>,
+    state: Arc<StoreState>,
+    /// Rooms whose last commit failed, and the sequence number their first write after the
+    /// rollback starts at. Bounded by the number of rooms.
+    fenced: BTreeMap<RoomName, Seq>,
+}
+
+impl Committer {
+    fn new(store: Arc<dyn HistoryStore>, state: Arc<StoreState>) -> Self {
+        Self { store, state, fenced: BTreeMap::new() }
+    }
+
+    fn run(mut self, queue: &Receiver<WriteRequest>) {
+        loop {
+            let first = if self.state.failure().is_some() {
+                match queue.recv_timeout(PROBE_INTERVAL) {
+                    Ok(request) => request,
+                    Err(RecvTimeoutError::Timeout) => {
+                        // The outcome is recorded in the store state, which health reads.
+                        let _ = self.commit(&[]);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match queue.recv() {
+                    Ok(request) => request,
+                    Err(_) => return,
+                }
             };
-            // A stopped room has nobody left to tell.
-            let _ = request.room.tell(Persisted(outcome)).blocking_send();
+            let mut batch = vec![first];
+            while batch.len() < BATCH_LEN_MAX {
+                match queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.write(batch);
         }
+    }
+
+    /// Commits one batch and tells its rooms.
+    fn write(&mut self, batch: Vec<WriteRequest>) {
+        let batch: Vec<WriteRequest> = batch.into_iter().filter(|request| self.admit(request)).collect();
+        if batch.is_empty() {
+            return;
+        }
+        let appends: Vec<RoomAppend> = batch.iter().map(|request| request.append.clone()).collect();
+        match self.commit(&appends) {
+            Ok(()) => {
+                for request in batch {
+                    let upto: Seq = request.append.messages.last().map_or(0, |message| message.seq);
+                    // A stopped room has nobody left to tell.
+                    let _ = request.room.tell(Persisted(Ok(upto))).blocking_send();
+                }
+            }
+            Err(error) => {
+                for request in batch {
+                    let first = request.append.messages.first().map_or(1, |message| message.seq);
+                    if self.fenced.contains_key(&request.append.room) {
+                        // Its room was told already; this request's messages are rolled back.
+                        continue;
+                    }
+                    self.fenced.insert(request.append.room.clone(), first);
+                    let _ = request.room.tell(Persisted(Err(error.clone()))).blocking_send();
+                }
+            }
+        }
+    }
+
+    /// Whether a request may be written: not one that a fenced room queued before it rolled
+    /// back (those messages no longer exist). A request that starts where the rollback left
+    /// the room lifts its fence.
+    fn admit(&mut self, request: &WriteRequest) -> bool {
+        let Some(&restart) = self.fenced.get(&request.append.room) else { return true };
+        let first = request.append.messages.first().map_or(restart, |message| message.seq);
+        if first == restart {
+            self.fenced.remove(&request.append.room);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// One commit (an empty one probes the store); records the outcome in the store's state.
+    fn commit(&self, appends: &[RoomAppend]) -> Result<(), StoreError> {
+        let outcome = guard::catch(|| self.store.append(appends, now_ms())).unwrap_or_else(|panic| {
+            Err(StoreError::Io { path: "history store".into(), reason: format!("a commit failed: {panic}") })
+        });
+        match &outcome {
+            Ok(()) if self.state.failure().is_some() => {
+                tracing::info!("history commits succeed again; writes resume");
+                self.state.set(None);
+            }
+            Ok(()) => {}
+            Err(error) => {
+                if self.state.failure().is_none() {
+                    tracing::error!(%error, "history commit failed; the rooms in it rolled back, health is NOT_SERVING until a commit succeeds");
+                }
+                self.state.set(Some(error.clone()));
+            }
+        }
+        outcome
     }
 }
 
