@@ -38,12 +38,13 @@ impl Rng {
     }
 }
 
-struct Server {
-    child: Child,
-    address: String,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) address: String,
 }
 
-async fn start_server(data_dir: &Path) -> Server {
+/// Starts `confab serve` on `data_dir` and reads its address from the start-up line.
+pub(super) async fn start_server(data_dir: &Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -63,7 +64,7 @@ async fn start_server(data_dir: &Path) -> Server {
     Server { child, address }
 }
 
-async fn client(address: &str) -> ChatClient<Channel> {
+pub(super) async fn client(address: &str) -> ChatClient<Channel> {
     let channel = Channel::from_shared(format!("http://{address}")).expect("uri").connect().await.expect("connect");
     ChatClient::new(channel)
 }

@@ -26,7 +26,14 @@ pub(crate) fn catch<T>(call: impl FnOnce() -> T) -> Result<T, String> {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info: &PanicHookInfo<'_>| {
             if CATCHING.get() {
-                CAUGHT.set(Some(info.to_string()));
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                let location = info.location().map(|at| format!(" at {}:{}", at.file(), at.line())).unwrap_or_default();
+                CAUGHT.set(Some(format!("{message}{location}")));
             } else {
                 previous(info);
             }
@@ -36,7 +43,7 @@ pub(crate) fn catch<T>(call: impl FnOnce() -> T) -> Result<T, String> {
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(call));
     CATCHING.set(outer);
     outcome.map_err(|_| {
-        let caught = CAUGHT.take().unwrap_or_else(|| "a panic without a message".to_owned());
-        format!("the store library panicked ({})", caught.replace('\n', " "))
+        let caught = CAUGHT.take().unwrap_or_else(|| "no message".to_owned());
+        format!("the store library failed an internal check: {}", caught.replace('\n', " "))
     })
 }

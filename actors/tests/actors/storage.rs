@@ -2,10 +2,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use confab_actors::store::{HistoryStore, MemoryStore, RedbStore, Retention, StoreError};
-use confab_actors::{Engine, EngineConfig};
-use confab_engine::{Limits, RoomEvent};
+use confab_actors::{Engine, EngineConfig, EngineError, EngineHealth};
+use confab_engine::{Limits, RoomError, RoomEvent};
 use futures::StreamExt;
 
+use super::faulty_store::FaultyStore;
 use super::{draft, room, subscribed};
 
 const RETENTION: Retention = Retention { len_max: 10_000, age_max_ms: None };
@@ -147,4 +148,133 @@ fn age_retention_drops_only_expired_messages() {
     let stored = store.load_room(&lobby).expect("load").expect("stored");
     assert_eq!(stored.tail.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3], "seq 1 is older than 1 s");
     assert_eq!(stored.last_seq, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_room_load_fences_that_room_and_the_engine_keeps_serving() {
+    let store = Arc::new(FaultyStore::new(Some("broken")));
+    let engine = durable_engine(store);
+    let refused = engine.send(&room("broken"), draft("ann", "", "hi")).await.expect_err("the load panics");
+    assert!(
+        matches!(&refused, EngineError::Room(RoomError::DataLoss { reason }) if reason.contains("broken")),
+        "{refused:?}"
+    );
+    // Again: the registry survived and answers the same way.
+    let again = engine.history(&room("broken"), 0, 0).await.expect_err("still fenced");
+    assert!(matches!(again, EngineError::Room(RoomError::DataLoss { .. })), "{again:?}");
+    assert_eq!(engine.send(&room("fine"), draft("ann", "", "hi")).await.expect("another room").seq, 1);
+    assert_eq!(engine.health(), EngineHealth::Serving);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_is_reported_in_health_and_writes_resume_without_a_gap() {
+    let store = Arc::new(FaultyStore::new(None));
+    let engine = durable_engine(store.clone());
+    let lobby = room("lobby");
+    assert_eq!(engine.send(&lobby, draft("ann", "a", "one")).await.expect("send").seq, 1);
+
+    store.fail(true);
+    // Several sends in flight at once, so some are queued behind the failing commit.
+    let sends: Vec<_> = (0..20)
+        .map(|i| {
+            let engine = engine.clone();
+            let lobby = lobby.clone();
+            tokio::spawn(async move { engine.send(&lobby, draft("ann", &format!("f{i}"), "lost")).await })
+        })
+        .collect();
+    for send in sends {
+        let refused = send.await.expect("task").expect_err("the store is failing");
+        assert!(matches!(refused, EngineError::Room(RoomError::Storage { .. })), "{refused:?}");
+    }
+    assert!(matches!(engine.health(), EngineHealth::StoreFailing(_)), "{:?}", engine.health());
+
+    store.fail(false);
+    // The writer probes the store while idle, so health recovers without a send.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.health() != EngineHealth::Serving {
+        assert!(tokio::time::Instant::now() < deadline, "health recovers: {:?}", engine.health());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let resumed = engine.send(&lobby, draft("ann", "b", "two")).await.expect("writes resume");
+    assert_eq!(resumed.seq, 2, "numbering continues from the last durable message");
+    let stored = store.load_room(&lobby).expect("load").expect("stored");
+    let seqs: Vec<_> = stored.tail.iter().map(|m| (m.seq, m.body.to_string())).collect();
+    assert_eq!(seqs, vec![(1, "one".to_owned()), (2, "two".to_owned())], "nothing lost is stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_through_failing_commits_store_exactly_the_acknowledged_messages() {
+    let store = Arc::new(FaultyStore::new(None));
+    let engine = durable_engine(store.clone());
+    let rooms = [room("east"), room("west")];
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let senders: Vec<_> = (0..4)
+        .map(|id| {
+            let (engine, rooms, acked) = (engine.clone(), rooms.clone(), Arc::clone(&acked));
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let target = &rooms[(id + i) % 2];
+                    let body = format!("{id}-{i}");
+                    if let Ok(sent) = engine.send(target, draft("ann", "", &body)).await {
+                        acked.lock().expect("acks").push((target.to_string(), sent.seq, body));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Commits fail and recover several times while the senders run.
+    for _ in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        store.fail(true);
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        store.fail(false);
+    }
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let last = engine.send(&rooms[0], draft("ann", "", "last")).await.expect("writes resume after the failures");
+    acked.lock().expect("acks").push((rooms[0].to_string(), last.seq, "last".to_owned()));
+    let mut acked = acked.lock().expect("acks").clone();
+    acked.sort();
+    let mut stored = Vec::new();
+    for name in &rooms {
+        let Some(room) = store.load_room(name).expect("load") else { continue };
+        let seqs: Vec<_> = room.tail.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=room.last_seq).collect::<Vec<_>>(), "room {name} is contiguous");
+        stored.extend(room.tail.iter().map(|m| (name.to_string(), m.seq, m.body.to_string())));
+    }
+    stored.sort();
+    assert_eq!(stored, acked, "the store holds exactly the acknowledged messages");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_store_directory_is_private_and_its_file_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = TempDir::new("redb-modes");
+    let directory = parent.0.join("data");
+    let store = RedbStore::open(&directory, RETENTION).expect("open");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&directory), 0o700, "the data directory");
+    assert_eq!(mode(store.path()), 0o600, "the store file");
+    assert_eq!(mode(&directory.join(RedbStore::MARKER_NAME)), 0o600, "the marker");
+    drop(store);
+
+    // A file made by an older build with a looser mode is tightened when opened.
+    std::fs::set_permissions(directory.join(RedbStore::FILE_NAME), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let store = RedbStore::open(&directory, RETENTION).expect("reopen");
+    assert_eq!(mode(store.path()), 0o600, "tightened");
+}
+
+#[test]
+fn an_emptied_store_is_refused_when_the_directory_was_initialised() {
+    let dir = TempDir::new("redb-emptied");
+    drop(RedbStore::open(&dir.0, RETENTION).expect("initialise"));
+    std::fs::File::create(dir.0.join(RedbStore::FILE_NAME)).expect("truncate to 0 bytes");
+    let error = RedbStore::open(&dir.0, RETENTION).expect_err("an emptied store is refused");
+    assert!(matches!(error, StoreError::Emptied { state: "empty (0 bytes)", .. }), "{error}");
+    std::fs::remove_file(dir.0.join(RedbStore::FILE_NAME)).expect("remove");
+    let error = RedbStore::open(&dir.0, RETENTION).expect_err("a missing store is refused");
+    assert!(matches!(error, StoreError::Emptied { state: "missing", .. }), "{error}");
 }
