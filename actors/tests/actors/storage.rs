@@ -278,3 +278,38 @@ fn an_emptied_store_is_refused_when_the_directory_was_initialised() {
     let error = RedbStore::open(&dir.0, RETENTION).expect_err("a missing store is refused");
     assert!(matches!(error, StoreError::Emptied { state: "missing", .. }), "{error}");
 }
+
+#[test]
+fn a_format_1_store_is_upgraded_in_place_with_checksums() {
+    let dir = TempDir::new("redb-upgrade");
+    {
+        // What a format-1 build wrote: no checksums, tables `rooms` and `messages`.
+        let database = redb::Database::create(dir.0.join(RedbStore::FILE_NAME)).expect("create");
+        let txn = database.begin_write().expect("txn");
+        {
+            let mut meta = txn.open_table(redb::TableDefinition::<&str, &str>::new("meta")).expect("meta");
+            meta.insert("format", "confab-history-v1").expect("format");
+            let mut rooms = txn.open_table(redb::TableDefinition::<&str, (u64, u64)>::new("rooms")).expect("rooms");
+            rooms.insert("lobby", (7, 2)).expect("room");
+            let mut messages =
+                txn.open_table(redb::TableDefinition::<(&str, u64), &[u8]>::new("messages")).expect("messages");
+            for (seq, body) in [(1u64, "one"), (2, "two")] {
+                let mut value = 1_000u64.to_le_bytes().to_vec();
+                for text in ["ann", "", body] {
+                    value.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                    value.extend_from_slice(text.as_bytes());
+                }
+                messages.insert(("lobby", seq), value.as_slice()).expect("message");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    let store = RedbStore::open(&dir.0, RETENTION).expect("upgraded");
+    let lobby = store.load_room(&room("lobby")).expect("load").expect("stored");
+    assert_eq!((lobby.epoch, lobby.last_seq), (7, 2));
+    let bodies: Vec<_> = lobby.tail.iter().map(|m| (m.seq, m.body.to_string())).collect();
+    assert_eq!(bodies, vec![(1, "one".to_owned()), (2, "two".to_owned())]);
+    drop(store);
+    let report = RedbStore::check(&dir.0).expect("check");
+    assert!(report.is_clean() && report.messages == 2, "{report:?}");
+}
