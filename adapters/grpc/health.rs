@@ -52,6 +52,7 @@ impl ServerHealth {
         let service = HealthUntilShutdown {
             inner: HealthService::from_health_reporter(health.reporter.clone()),
             engine,
+            shutting_down: Arc::clone(&health.shutting_down),
             shutdown: shutdown.clone(),
         };
         (health, HealthServer::new(service))
@@ -97,8 +98,10 @@ impl ServerHealth {
 /// tonic-health's service, with `Watch` streams that end at shutdown.
 pub struct HealthUntilShutdown {
     inner: HealthService,
-    /// Asked on every `Check`, so a failure shows at once rather than at the next poll.
+    /// Asked on every `Check`, so a change shows at once rather than at the next poll.
     engine: Engine,
+    /// Once set, `Check` answers what the reporter says (NOT_SERVING), whatever the engine says.
+    shutting_down: Arc<AtomicBool>,
     shutdown: CancellationToken,
 }
 
@@ -111,11 +114,15 @@ impl std::fmt::Debug for HealthUntilShutdown {
 #[tonic::async_trait]
 impl Health for HealthUntilShutdown {
     async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        // tonic-health answers NOT_FOUND for a name it does not report.
         let response = self.inner.check(request).await?;
-        if self.engine.health().is_serving() {
+        if self.shutting_down.load(Ordering::Relaxed) {
             return Ok(response);
         }
-        let status = tonic_health::pb::health_check_response::ServingStatus::NotServing;
+        let status = match status_of(&self.engine.health()) {
+            ServingStatus::Serving => tonic_health::pb::health_check_response::ServingStatus::Serving,
+            _ => tonic_health::pb::health_check_response::ServingStatus::NotServing,
+        };
         Ok(Response::new(HealthCheckResponse { status: status.into() }))
     }
 

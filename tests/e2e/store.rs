@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::crash::{Server, client, start_server};
+use super::crash::{Server, client, spawn_server, start_server};
 use super::shutdown::terminate;
 use super::{TestServer, bounded};
 
@@ -256,4 +256,101 @@ async fn a_failing_store_turns_health_not_serving_and_writes_resume_when_it_comm
     assert_eq!(send(&mut chat, "lobby", "two").await, 2, "writes resume, numbering after the last durable");
     assert_eq!(history(&mut chat, "lobby").await.expect("history"), vec![(1, "one".into()), (2, "two".into())]);
     server.stop().await.expect("stops");
+}
+
+/// Sets the soft limit on the size of files process `pid` may write (RLIMIT_FSIZE): a write
+/// past it fails with EFBIG, which is what a full disk looks like to redb, with no mount
+/// and no root. `None` lifts it.
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let limit = bytes.map_or("unlimited:".to_owned(), |bytes| format!("{bytes}:"));
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--fsize={limit}")])
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(status.success(), "prlimit --fsize={limit}");
+}
+
+/// `confab serve` with SIGXFSZ ignored (the shell's `trap ''` survives `exec`), so that a
+/// write over the file size limit fails instead of killing the server.
+async fn start_server_ignoring_file_size_signal(data_dir: &Path) -> Server {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "trap '' XFSZ; exec \"$0\" serve --listen 127.0.0.1:0 --ws-listen off --data-dir \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_confab"))
+        .arg(data_dir);
+    spawn_server(command).await
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_turns_health_not_serving_and_writes_resume_when_space_returns() {
+    /// Sends before the disk counts as never filling (the store grows in steps of far less).
+    const SENDS_MAX: usize = 2_000;
+    let dir = DataDir::new("full");
+    let mut server = start_server_ignoring_file_size_signal(&dir.0).await;
+    let pid = server.child.id().expect("running");
+    let mut chat = client(&server.address).await;
+    let mut health = HealthClient::new(
+        Channel::from_shared(format!("http://{}", server.address)).expect("uri").connect().await.expect("connect"),
+    );
+    let body = |i: usize| format!("{i:05} {}", "z".repeat(20_000));
+    let mut acked = vec![(send(&mut chat, "lobby", &body(0)).await, body(0))];
+
+    limit_file_size(pid, Some(std::fs::metadata(dir.file()).expect("metadata").len()));
+    let mut refused = None;
+    for i in 1..SENDS_MAX {
+        let request =
+            SendRequest { room: "lobby".into(), user: "ann".into(), client_msg_id: String::new(), body: body(i) };
+        match chat.send(request).await {
+            Ok(reply) => acked.push((reply.into_inner().seq, body(i))),
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the store filled up");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let answer = health.check(HealthCheckRequest::default()).await.expect("health").into_inner();
+    assert_eq!(answer.status, ServingStatus::NotServing as i32, "a full disk is NOT_SERVING");
+
+    limit_file_size(pid, None);
+    let resumed = bounded(async {
+        loop {
+            let request = SendRequest {
+                room: "lobby".into(),
+                user: "ann".into(),
+                client_msg_id: String::new(),
+                body: "back".into(),
+            };
+            match chat.send(request).await {
+                Ok(reply) => return reply.into_inner().seq,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(resumed, acked.len() as u64 + 1, "numbered on from the last durable message");
+    acked.push((resumed, "back".into()));
+    let answer = health.check(HealthCheckRequest::default()).await.expect("health").into_inner();
+    assert_eq!(answer.status, ServingStatus::Serving as i32, "SERVING once commits succeed");
+    terminate(&server.child);
+    assert!(bounded(server.child.wait()).await.expect("reaped").success());
+
+    // After a restart the store holds exactly the acknowledged messages, contiguous.
+    let server = start_server(&dir.0).await;
+    let mut chat = client(&server.address).await;
+    let mut stored = Vec::new();
+    loop {
+        let after_seq = stored.last().map_or(0, |(seq, _): &(u64, String)| *seq);
+        // Pages of 50 stay under a client's 4 MiB message limit.
+        let request = HistoryRequest { room: "lobby".into(), after_seq, limit: 50 };
+        let page = chat.history(request).await.expect("history").into_inner();
+        if page.messages.is_empty() {
+            break;
+        }
+        stored.extend(page.messages.into_iter().map(|m| (m.seq, m.body)));
+    }
+    assert!(stored == acked, "stored {} messages, acknowledged {}", stored.len(), acked.len());
+    stop(server).await;
 }

@@ -178,4 +178,14 @@ pub trait HistoryStore: std::fmt::Debug + Send + Sync + 'static {
     /// Makes all `appends` durable in one commit, then compacts the rooms they touched to the
     /// retention. `now_ms` is the current time on the `accepted_at` clock, for age retention.
     fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError>;
+
+    /// Whether a commit would succeed now: the writer calls it about once a second after a
+    /// failed commit while no write is queued, and reports the store healthy once it
+    /// succeeds. It should be about as demanding as a real commit, or health would turn
+    /// SERVING on a disk that still refuses real writes. By default an empty [`append`].
+    ///
+    /// [`append`]: HistoryStore::append
+    fn probe(&self, now_ms: u64) -> Result<(), StoreError> {
+        self.append(&[], now_ms)
+    }
 }

@@ -34,6 +34,12 @@ use super::{Damage, HistoryStore, Retention, RoomAppend, StoreError, StoredRoom,
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ROOMS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("rooms_v2");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages_v2");
+/// One record the writer's probe rewrites, so a probe needs free space as a commit does.
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+/// Bytes the probe writes: one message of the default largest size. A probe that fits while a
+/// real commit would not is still possible, but an empty commit (a header write) would
+/// succeed on a full disk and turn health SERVING at once.
+const PROBE_BYTES: usize = 64 * 1024;
 /// Format 1's tables, read once to upgrade a format-1 file.
 const ROOMS_V1: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rooms");
 const MESSAGES_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -171,32 +177,40 @@ impl RedbStore {
         Ok(self.database.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Runs `call` on the open database (reopening it if a failed write closed it).
+    fn with_database<T>(&self, call: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let database = self.database()?;
+        let database = database.as_ref().ok_or_else(|| StoreError::io(&self.shown)("closed".to_owned()))?;
+        call(database)
+    }
+
+    /// Runs `write` in a write transaction that fsyncs on commit, and commits it.
+    fn write(&self, write: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.with_database(|database| {
+            let io = StoreError::io(&self.shown);
+            let mut txn = database.begin_write().map_err(|e| io(e.to_string()))?;
+            txn.set_durability(Durability::Immediate).map_err(|e| io(e.to_string()))?;
+            write(&txn)?;
+            txn.commit().map_err(|e| io(e.to_string()))
+        })
+    }
+
     /// Closes the database after a failed write, so the next call reopens it.
     fn close_after_failure(&self) {
         *self.database.write().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    fn begin_write(&self, database: &Database) -> Result<WriteTransaction, StoreError> {
-        let io = StoreError::io(&self.shown);
-        let mut txn = database.begin_write().map_err(|e| io(e.to_string()))?;
-        txn.set_durability(Durability::Immediate).map_err(|e| io(e.to_string()))?;
-        Ok(txn)
     }
 
     /// Writes the format marker into a new file, checks it in an existing one, and upgrades
     /// a format-1 file.
     fn check_format(&self) -> Result<(), StoreError> {
         let io = StoreError::io(&self.shown);
-        let database = self.database()?;
-        let database = database.as_ref().ok_or_else(|| io("closed".to_owned()))?;
-        let txn = self.begin_write(database)?;
-        {
+        self.write(|txn| {
             let mut meta = txn.open_table(META).map_err(|e| io(e.to_string()))?;
             let found = meta.get("format").map_err(|e| io(e.to_string()))?.map(|v| v.value().to_owned());
             match found.as_deref() {
                 Some(Self::FORMAT) => {}
                 Some(FORMAT_V1) => {
-                    upgrade_v1(&txn).map_err(|e| io(format!("upgrading from {FORMAT_V1}: {e}")))?;
+                    upgrade_v1(txn).map_err(|e| io(format!("upgrading from {FORMAT_V1}: {e}")))?;
                     meta.insert("format", Self::FORMAT).map_err(|e| io(e.to_string()))?;
                 }
                 Some(format) => {
@@ -212,16 +226,13 @@ impl RedbStore {
                     meta.insert("format", Self::FORMAT).map_err(|e| io(e.to_string()))?;
                 }
             }
-        }
-        txn.commit().map_err(|e| io(e.to_string()))
+            Ok(())
+        })
     }
 
     fn try_append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError> {
         let io = StoreError::io(&self.shown);
-        let database = self.database()?;
-        let database = database.as_ref().ok_or_else(|| io("closed".to_owned()))?;
-        let txn = self.begin_write(database)?;
-        {
+        self.write(|txn| {
             let mut rooms = txn.open_table(ROOMS).map_err(|e| io(e.to_string()))?;
             let mut messages = txn.open_table(MESSAGES).map_err(|e| io(e.to_string()))?;
             let mut encoded = Vec::new();
@@ -257,25 +268,19 @@ impl RedbStore {
                     }
                 }
             }
-        }
-        txn.commit().map_err(|e| io(e.to_string()))
+            Ok(())
+        })
     }
 }
 
 impl HistoryStore for RedbStore {
     fn load_room(&self, room: &RoomName) -> Result<Option<StoredRoom>, StoreError> {
-        let database = self.database()?;
-        let database = database.as_ref().ok_or_else(|| StoreError::io(&self.shown)("closed".to_owned()))?;
-        let txn = database.begin_read().map_err(|e| StoreError::io(&self.shown)(e.to_string()))?;
+        let txn = self.read()?;
         read_room(&txn, &self.shown, room.as_str()).map(|stored| stored.map(|(stored, _)| stored))
     }
 
     fn room_names(&self) -> Result<Vec<RoomName>, StoreError> {
-        let io = StoreError::io(&self.shown);
-        let database = self.database()?;
-        let database = database.as_ref().ok_or_else(|| io("closed".to_owned()))?;
-        let txn = database.begin_read().map_err(|e| io(e.to_string()))?;
-        let names = stored_room_names(&txn, &self.shown)?;
+        let names = stored_room_names(&self.read()?, &self.shown)?;
         // A name that is not a valid room name is damage, fenced by `load_room` if a client
         // ever asks for it; listing skips it.
         Ok(names.iter().filter_map(|name| RoomName::new(name).ok()).collect())
@@ -283,6 +288,32 @@ impl HistoryStore for RedbStore {
 
     fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError> {
         let outcome = self.try_append(appends, now_ms);
+        self.close_if_failed(outcome)
+    }
+
+    fn probe(&self, _now_ms: u64) -> Result<(), StoreError> {
+        let outcome = self.try_probe();
+        self.close_if_failed(outcome)
+    }
+}
+
+impl RedbStore {
+    fn try_probe(&self) -> Result<(), StoreError> {
+        let io = StoreError::io(&self.shown);
+        self.write(|txn| {
+            let mut probe = txn.open_table(PROBE).map_err(|e| io(e.to_string()))?;
+            let filler = vec![0x5a; PROBE_BYTES];
+            probe.insert("probe", filler.as_slice()).map_err(|e| io(e.to_string()))?;
+            Ok(())
+        })
+    }
+
+    /// A read transaction on the open database.
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        self.with_database(|database| database.begin_read().map_err(|e| StoreError::io(&self.shown)(e.to_string())))
+    }
+
+    fn close_if_failed(&self, outcome: Result<(), StoreError>) -> Result<(), StoreError> {
         if outcome.is_err() {
             // A failed commit may leave redb refusing every later transaction (its
             // `PreviousIo`); reopening lets writes resume once the disk takes them again.

@@ -8,14 +8,17 @@
 //! rollback dropped: the writer discards them without a word. The fence lifts when the room
 //! sends a request that starts right after its last durable message, which only a rolled-back
 //! room can send. Other rooms are not fenced, and writes resume as soon as a commit succeeds
-//! again. Until then the store's state ([`StoreState`]) says the store is failing, and while
-//! nothing is queued the writer probes it with an empty commit every [`PROBE_INTERVAL`].
+//! again. Until then the store's state ([`StoreState`]) says the store is failing, and the
+//! store is tried at most once per [`PROBE_INTERVAL`]: with the next batch if one is queued
+//! (batches in between fail at once), else with [`HistoryStore::probe`]. A failing disk
+//! therefore costs one attempt a second, however fast sends arrive, and reopening a store
+//! after an I/O error (redb repairs it) is not repeated for every batch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confab_engine::{RoomName, Seq};
 use kameo::actor::ActorRef;
@@ -27,8 +30,8 @@ use crate::room_actor::{Persisted, RoomActor};
 /// first request in it.
 const BATCH_LEN_MAX: usize = 4_096;
 
-/// How often a failing store is tried again while no write is queued, so health recovers
-/// when the disk does even if nobody sends.
+/// How often a failing store is tried again: with a queued batch, or with a probe while none
+/// is queued, so health recovers when the disk does even if nobody sends.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One room's messages to make durable, and whom to tell.
@@ -78,21 +81,24 @@ struct Committer {
     /// Rooms whose last commit failed, and the sequence number their first write after the
     /// rollback starts at. Bounded by the number of rooms.
     fenced: BTreeMap<RoomName, Seq>,
+    /// When the store was last tried while failing; `None` while it commits.
+    failed_attempt: Option<Instant>,
 }
 
 impl Committer {
     fn new(store: Arc<dyn HistoryStore>, state: Arc<StoreState>) -> Self {
-        Self { store, state, fenced: BTreeMap::new() }
+        Self { store, state, fenced: BTreeMap::new(), failed_attempt: None }
     }
 
     fn run(mut self, queue: &Receiver<WriteRequest>) {
         loop {
-            let first = if self.state.failure().is_some() {
-                match queue.recv_timeout(PROBE_INTERVAL) {
+            let first = if let Some(attempt) = self.failed_attempt {
+                let wait = PROBE_INTERVAL.saturating_sub(attempt.elapsed());
+                match queue.recv_timeout(wait) {
                     Ok(request) => request,
                     Err(RecvTimeoutError::Timeout) => {
                         // The outcome is recorded in the store state, which health reads.
-                        let _ = self.commit(&[]);
+                        let _ = self.attempt(|store| store.probe(now_ms()));
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => return,
@@ -121,7 +127,11 @@ impl Committer {
             return;
         }
         let appends: Vec<RoomAppend> = batch.iter().map(|request| request.append.clone()).collect();
-        match self.commit(&appends) {
+        let outcome = match (self.failed_attempt, self.state.failure()) {
+            (Some(attempt), Some(failure)) if attempt.elapsed() < PROBE_INTERVAL => Err(failure),
+            _ => self.attempt(|store| store.append(&appends, now_ms())),
+        };
+        match outcome {
             Ok(()) => {
                 for request in batch {
                     let upto: Seq = request.append.messages.last().map_or(0, |message| message.seq);
@@ -157,11 +167,12 @@ impl Committer {
         }
     }
 
-    /// One commit (an empty one probes the store); records the outcome in the store's state.
-    fn commit(&self, appends: &[RoomAppend]) -> Result<(), StoreError> {
-        let outcome = guard::catch(|| self.store.append(appends, now_ms())).unwrap_or_else(|panic| {
+    /// One commit or probe; records the outcome in the store's state.
+    fn attempt(&mut self, commit: impl FnOnce(&dyn HistoryStore) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let outcome = guard::catch(|| commit(self.store.as_ref())).unwrap_or_else(|panic| {
             Err(StoreError::Io { path: "history store".into(), reason: format!("a commit failed: {panic}") })
         });
+        self.failed_attempt = outcome.is_err().then(Instant::now);
         match &outcome {
             Ok(()) if self.state.failure().is_some() => {
                 tracing::info!("history commits succeed again; writes resume");

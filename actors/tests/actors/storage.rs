@@ -190,11 +190,7 @@ async fn a_failed_commit_is_reported_in_health_and_writes_resume_without_a_gap()
 
     store.fail(false);
     // The writer probes the store while idle, so health recovers without a send.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while engine.health() != EngineHealth::Serving {
-        assert!(tokio::time::Instant::now() < deadline, "health recovers: {:?}", engine.health());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_serving(&engine).await;
     let resumed = engine.send(&lobby, draft("ann", "b", "two")).await.expect("writes resume");
     assert_eq!(resumed.seq, 2, "numbering continues from the last durable message");
     let stored = store.load_room(&lobby).expect("load").expect("stored");
@@ -208,30 +204,44 @@ async fn concurrent_sends_through_failing_commits_store_exactly_the_acknowledged
     let engine = durable_engine(store.clone());
     let rooms = [room("east"), room("west")];
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let senders: Vec<_> = (0..4)
         .map(|id| {
             let (engine, rooms, acked) = (engine.clone(), rooms.clone(), Arc::clone(&acked));
+            let (done, refused) = (Arc::clone(&done), Arc::clone(&refused));
             tokio::spawn(async move {
-                for i in 0..150 {
+                // Bounded, and stopped early once the failures are over.
+                for i in 0..20_000 {
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
                     let target = &rooms[(id + i) % 2];
                     let body = format!("{id}-{i}");
-                    if let Ok(sent) = engine.send(target, draft("ann", "", &body)).await {
-                        acked.lock().expect("acks").push((target.to_string(), sent.seq, body));
+                    match engine.send(target, draft("ann", "", &body)).await {
+                        Ok(sent) => acked.lock().expect("acks").push((target.to_string(), sent.seq, body)),
+                        Err(_) => {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 }
             })
         })
         .collect();
-    // Commits fail and recover several times while the senders run.
-    for _ in 0..6 {
+    // Commits fail and recover three times while the senders run (the writer retries a
+    // failing store once a second, so each round waits for health to recover).
+    for _ in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(15)).await;
         store.fail(true);
         tokio::time::sleep(std::time::Duration::from_millis(15)).await;
         store.fail(false);
+        until_serving(&engine).await;
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
     for sender in senders {
         sender.await.expect("sender");
     }
+    assert!(refused.load(std::sync::atomic::Ordering::Relaxed) > 0, "some sends met a failing commit");
     let last = engine.send(&rooms[0], draft("ann", "", "last")).await.expect("writes resume after the failures");
     acked.lock().expect("acks").push((rooms[0].to_string(), last.seq, "last".to_owned()));
     let mut acked = acked.lock().expect("acks").clone();
@@ -312,4 +322,14 @@ fn a_format_1_store_is_upgraded_in_place_with_checksums() {
     drop(store);
     let report = RedbStore::check(&dir.0).expect("check");
     assert!(report.is_clean() && report.messages == 2, "{report:?}");
+}
+
+/// Waits (bounded) until the engine reports it can serve: the writer's probe recovers a store
+/// that commits again within about a second.
+async fn until_serving(engine: &Engine) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.health() != EngineHealth::Serving {
+        assert!(tokio::time::Instant::now() < deadline, "health recovers: {:?}", engine.health());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
