@@ -32,7 +32,7 @@ use redb::{
 use super::{Damage, HistoryStore, Retention, RoomAppend, StoreError, StoredRoom, guard};
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-const ROOMS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("rooms_v2");
+const ROOMS: TableDefinition<&str, RoomRecord> = TableDefinition::new("rooms_v2");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages_v2");
 /// One record the writer's probe rewrites, so a probe needs free space as a commit does.
 const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
@@ -44,6 +44,9 @@ const PROBE_BYTES: usize = 64 * 1024;
 const ROOMS_V1: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rooms");
 const MESSAGES_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const FORMAT_V1: &str = "confab-history-v1";
+
+/// What a room record that fails its checksum is reported as.
+const ROOM_RECORD_DAMAGED: &str = "its room record (epoch and last number) fails its checksum";
 
 /// Bytes of the checksum in front of every stored message.
 const CHECKSUM_BYTES: usize = 4;
@@ -158,6 +161,28 @@ impl RedbStore {
     /// (a crash, a kill, or a power loss; never a clean shutdown).
     pub fn needed_repair(&self) -> bool {
         self.needed_repair
+    }
+
+    /// Reads every room record (not the messages: that is [`RedbStore::check`]) and returns
+    /// the rooms whose record is damaged: cheap enough for start-up, where it reports what it
+    /// can before any room is used. Fails if the room table cannot be read at all.
+    pub fn damaged_room_records(&self) -> Result<Vec<(String, Damage)>, StoreError> {
+        let unreadable = |reason: String| StoreError::Corrupt {
+            path: self.shown.clone(),
+            detail: format!("the room table cannot be read: {reason}"),
+        };
+        let records = guard::catch(|| room_records(&self.read()?, &self.shown)).map_err(unreadable)??;
+        let damage = records.into_iter().filter_map(|(name, (epoch, last_seq, checksum))| {
+            let detail = if checksum != room_checksum(&name, epoch, last_seq) {
+                ROOM_RECORD_DAMAGED.to_owned()
+            } else if let Err(error) = RoomName::new(&name) {
+                format!("not a valid room name: {error}")
+            } else {
+                return None;
+            };
+            Some((name, Damage { seqs: None, detail }))
+        });
+        Ok(damage.collect())
     }
 
     /// The open database, reopening it first if a failed write closed it.
@@ -325,18 +350,26 @@ impl RedbStore {
 
 /// Every room name in the rooms table, in order.
 fn stored_room_names(txn: &ReadTransaction, shown: &str) -> Result<Vec<String>, StoreError> {
+    Ok(room_records(txn, shown)?.into_iter().map(|(name, _)| name).collect())
+}
+
+/// A stored room record: (epoch, last_seq, checksum).
+type RoomRecord = (u64, Seq, u32);
+
+/// Every room record, by name, in name order.
+fn room_records(txn: &ReadTransaction, shown: &str) -> Result<Vec<(String, RoomRecord)>, StoreError> {
     let io = StoreError::io(shown);
     let rooms = match txn.open_table(ROOMS) {
         Ok(rooms) => rooms,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(error) => return Err(io(error.to_string())),
     };
-    let mut names = Vec::new();
+    let mut records = Vec::new();
     for entry in rooms.iter().map_err(|e| io(e.to_string()))? {
-        let (name, _) = entry.map_err(|e| io(e.to_string()))?;
-        names.push(name.value().to_owned());
+        let (name, record) = entry.map_err(|e| io(e.to_string()))?;
+        records.push((name.value().to_owned(), record.value()));
     }
-    Ok(names)
+    Ok(records)
 }
 
 /// One room's stored state and how many messages were read, verifying every checksum.
@@ -356,7 +389,7 @@ fn read_room(txn: &ReadTransaction, shown: &str, room: &str) -> Result<Option<(S
         return Ok(None);
     };
     if checksum != room_checksum(room, epoch, last_seq) {
-        return Err(damaged(None, "its room record (epoch and last number) fails its checksum".to_owned()));
+        return Err(damaged(None, ROOM_RECORD_DAMAGED.to_owned()));
     }
     let name = RoomName::new(room).map_err(|error| damaged(None, format!("not a valid room name: {error}")))?;
     let messages = txn.open_table(MESSAGES).map_err(|e| io(e.to_string()))?;

@@ -333,3 +333,50 @@ async fn until_serving(engine: &Engine) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[test]
+fn a_damaged_room_record_is_reported_at_open_and_fences_only_that_room() {
+    use confab_actors::store::RoomAppend;
+    use confab_engine::{ChatMessage, Time};
+    use redb::ReadableTable as _;
+    let dir = TempDir::new("redb-room-record");
+    let store = RedbStore::open(&dir.0, RETENTION).expect("open");
+    let appends: Vec<RoomAppend> = ["bad", "good"]
+        .into_iter()
+        .map(|name| {
+            let message = ChatMessage {
+                room: room(name),
+                seq: 1,
+                user: super::user("ann"),
+                client_msg_id: None,
+                body: Arc::from("hello"),
+                accepted_at: Time::from_millis(1),
+            };
+            RoomAppend { room: room(name), epoch: 9, messages: vec![Arc::new(message)] }
+        })
+        .collect();
+    store.append(&appends, 1).expect("append");
+    assert_eq!(store.damaged_room_records().expect("scan"), Vec::new());
+    drop(store);
+    {
+        // The record's last number changes under its checksum, as a flipped bit would.
+        let database = redb::Database::create(dir.0.join(RedbStore::FILE_NAME)).expect("open raw");
+        let txn = database.begin_write().expect("txn");
+        {
+            let definition = redb::TableDefinition::<&str, (u64, u64, u32)>::new("rooms_v2");
+            let mut rooms = txn.open_table(definition).expect("rooms");
+            let (epoch, _, checksum) = rooms.get("bad").expect("get").expect("stored").value();
+            rooms.insert("bad", (epoch, 2, checksum)).expect("damage");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = RedbStore::open(&dir.0, RETENTION).expect("reopen");
+    let damaged = store.damaged_room_records().expect("scan");
+    assert_eq!(damaged.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), vec!["bad"], "{damaged:?}");
+    let error = store.load_room(&room("bad")).expect_err("fenced");
+    assert!(matches!(&error, StoreError::Damaged { room, .. } if room == "bad"), "{error}");
+    assert_eq!(store.load_room(&room("good")).expect("load").expect("stored").tail.len(), 1);
+    drop(store);
+    let report = RedbStore::check(&dir.0).expect("check");
+    assert_eq!(report.damage.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), vec!["bad"]);
+}
