@@ -138,7 +138,10 @@ impl Registry {
         }
         let stored = match &self.storage {
             Some(storage) => match load(storage.store.as_ref(), name) {
-                Ok(stored) => stored,
+                Ok(stored) => {
+                    storage.writer.loaded(name.clone());
+                    stored
+                }
                 Err(refusal) => {
                     if matches!(refusal, RoomError::DataLoss { .. }) {
                         tracing::error!(room = %name, %refusal, "a room's stored history is damaged; refusing that room");

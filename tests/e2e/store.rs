@@ -22,6 +22,7 @@ use super::shutdown::terminate;
 use super::{TestServer, bounded};
 
 #[path = "../../actors/tests/actors/faulty_store.rs"]
+#[allow(dead_code, reason = "shared with the actor tests, which use every fault; these use one")]
 mod faulty_store;
 
 /// redb's page size: zeroing one page is the damage a bad sector or a torn write leaves.

@@ -7,7 +7,8 @@
 //! durable. Requests that room had already queued behind the failed one hold messages the
 //! rollback dropped: the writer discards them without a word. The fence lifts when the room
 //! sends a request that starts right after its last durable message, which only a rolled-back
-//! room can send. Other rooms are not fenced, and writes resume as soon as a commit succeeds
+//! room can send, or when the registry loads the room afresh from the store ([`Writer::loaded`]:
+//! a retired room starts again from what is stored, whatever that is). Other rooms are not fenced, and writes resume as soon as a commit succeeds
 //! again. Until then the store's state ([`StoreState`]) says the store is failing, and the
 //! store is tried at most once per [`PROBE_INTERVAL`]: with the next batch if one is queued
 //! (batches in between fail at once), else with [`HistoryStore::probe`]. A failing disk
@@ -40,10 +41,19 @@ pub(crate) struct WriteRequest {
     pub(crate) room: ActorRef<RoomActor>,
 }
 
+/// What the writer thread is asked to do, in order.
+enum Job {
+    /// Make a room's messages durable.
+    Write(WriteRequest),
+    /// A room was loaded from the store: it continues from what is stored, so whatever it
+    /// lost before is behind it and its fence lifts.
+    Loaded(RoomName),
+}
+
 /// The rooms' handle to the writer thread. The thread ends when every handle is dropped.
 #[derive(Clone)]
 pub(crate) struct Writer {
-    requests: Sender<WriteRequest>,
+    jobs: Sender<Job>,
 }
 
 /// The writer thread itself, to join at shutdown once every [`Writer`] is dropped.
@@ -60,18 +70,24 @@ impl WriterThread {
 impl Writer {
     /// Starts the writer thread over `store`; it reports commits in `state`.
     pub(crate) fn start(store: Arc<dyn HistoryStore>, state: Arc<StoreState>) -> std::io::Result<(Self, WriterThread)> {
-        let (requests, queue) = mpsc::channel();
+        let (jobs, queue) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("confab-writer".into())
             .spawn(move || Committer::new(store, state).run(&queue))?;
-        Ok((Self { requests }, WriterThread(thread)))
+        Ok((Self { jobs }, WriterThread(thread)))
     }
 
     /// Queues a write; the room hears back with a [`Persisted`] message.
     pub(crate) fn submit(&self, request: WriteRequest) -> Result<(), StoreError> {
-        self.requests
-            .send(request)
+        self.jobs
+            .send(Job::Write(request))
             .map_err(|_| StoreError::Io { path: "writer".into(), reason: "the writer thread has stopped".into() })
+    }
+
+    /// Tells the writer that `room` was just loaded from the store (before its actor exists,
+    /// so this comes before any of its writes). A stopped writer has nothing to lift.
+    pub(crate) fn loaded(&self, room: RoomName) {
+        let _ = self.jobs.send(Job::Loaded(room));
     }
 }
 
@@ -90,7 +106,7 @@ impl Committer {
         Self { store, state, fenced: BTreeMap::new(), failed_attempt: None }
     }
 
-    fn run(mut self, queue: &Receiver<WriteRequest>) {
+    fn run(mut self, queue: &Receiver<Job>) {
         loop {
             let first = if let Some(attempt) = self.failed_attempt {
                 let wait = PROBE_INTERVAL.saturating_sub(attempt.elapsed());
@@ -109,12 +125,19 @@ impl Committer {
                     Err(_) => return,
                 }
             };
-            let mut batch = vec![first];
-            while batch.len() < BATCH_LEN_MAX {
-                match queue.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+            // Fences are applied as jobs arrive, in order: a `Loaded` lifts a room's fence for
+            // the writes after it, not for stale ones before it.
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next {
+                match job {
+                    Job::Write(request) if self.admit(&request) => batch.push(request),
+                    Job::Write(_) => {}
+                    Job::Loaded(room) => {
+                        self.fenced.remove(&room);
+                    }
                 }
+                next = if batch.len() < BATCH_LEN_MAX { queue.try_recv().ok() } else { None };
             }
             self.write(batch);
         }
@@ -122,7 +145,6 @@ impl Committer {
 
     /// Commits one batch and tells its rooms.
     fn write(&mut self, batch: Vec<WriteRequest>) {
-        let batch: Vec<WriteRequest> = batch.into_iter().filter(|request| self.admit(request)).collect();
         if batch.is_empty() {
             return;
         }

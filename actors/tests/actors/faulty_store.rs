@@ -14,6 +14,9 @@ pub(crate) struct FaultyStore {
     inner: MemoryStore,
     /// While set, every commit fails (and stores nothing), like a full disk.
     failing: AtomicBool,
+    /// While set, every commit stores its messages and then reports failure, like an fsync
+    /// that fails after the data reached the disk.
+    fails_after_storing: AtomicBool,
     /// Loading this room panics.
     panics_on: Option<String>,
 }
@@ -25,6 +28,7 @@ impl FaultyStore {
         Self {
             inner: MemoryStore::new(retention),
             failing: AtomicBool::new(false),
+            fails_after_storing: AtomicBool::new(false),
             panics_on: panics_on.map(Into::into),
         }
     }
@@ -32,6 +36,15 @@ impl FaultyStore {
     /// Makes commits fail (`true`) or succeed again.
     pub(crate) fn fail(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes commits store their messages and still report failure (`true`), or not.
+    pub(crate) fn fail_after_storing(&self, failing: bool) {
+        self.fails_after_storing.store(failing, Ordering::SeqCst);
+    }
+
+    fn injected() -> StoreError {
+        StoreError::Io { path: "faulty".into(), reason: "No space left on device (injected)".into() }
     }
 }
 
@@ -49,8 +62,12 @@ impl HistoryStore for FaultyStore {
 
     fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Io { path: "faulty".into(), reason: "No space left on device (injected)".into() });
+            return Err(Self::injected());
         }
-        self.inner.append(appends, now_ms)
+        self.inner.append(appends, now_ms)?;
+        if self.fails_after_storing.load(Ordering::SeqCst) {
+            return Err(Self::injected());
+        }
+        Ok(())
     }
 }

@@ -380,3 +380,32 @@ fn a_damaged_room_record_is_reported_at_open_and_fences_only_that_room() {
     let report = RedbStore::check(&dir.0).expect("check");
     assert_eq!(report.damage.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), vec!["bad"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_reloaded_after_a_failed_commit_that_was_stored_anyway_writes_on() {
+    let store = Arc::new(FaultyStore::new(None));
+    let limits = Limits { room_idle_ms: 1, ..Limits::default() };
+    let engine = Engine::start(EngineConfig { storage: Some(store.clone()), limits, ..EngineConfig::default() })
+        .expect("engine");
+    let lobby = room("lobby");
+    assert_eq!(engine.send(&lobby, draft("ann", "a", "one")).await.expect("send").seq, 1);
+    // The commit reaches the disk but reports failure: the room rolls back to 1, the store
+    // holds 2.
+    store.fail_after_storing(true);
+    let refused = engine.send(&lobby, draft("ann", "b", "two")).await.expect_err("reported failed");
+    assert!(matches!(refused, EngineError::Room(RoomError::Storage { .. })), "{refused:?}");
+    store.fail_after_storing(false);
+    until_serving(&engine).await;
+
+    // The room retires and is loaded again from the store, which goes on from 2.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(engine.retire_idle_rooms().await.expect("sweep"), 1);
+    let sent =
+        tokio::time::timeout(std::time::Duration::from_secs(10), engine.send(&lobby, draft("ann", "c", "three")))
+            .await
+            .expect("the reloaded room's write is not held back forever")
+            .expect("writes on");
+    assert_eq!(sent.seq, 3);
+    let retry = engine.send(&lobby, draft("ann", "b", "two")).await.expect("retry");
+    assert_eq!((retry.seq, retry.duplicate), (2, true), "the stored one is recognised (G4)");
+}
