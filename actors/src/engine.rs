@@ -24,13 +24,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::EngineError;
+use crate::health::EngineHealth;
 use crate::registry::{ListRooms, Registry, RoomTable, StopRooms, Storage, SweepIdle};
 use crate::ring::{ReaderItem, RingReader, Stalled};
 use crate::room_actor::{History, Info, RoomInfo, SendMessage, Subscribe, Typing};
 use crate::session_actor::{Close, Disconnect, Frame, Outbound, SessionActor};
 use crate::stats::{EngineStats, StatsSnapshot};
-use crate::store::HistoryStore;
 use crate::store::writer::Writer;
+use crate::store::{HistoryStore, StoreState};
 use crate::upload_actor::{Chunk, Commit, UploadActor};
 
 /// Capacity of the registry's mailbox: every room lookup passes through it.
@@ -105,6 +106,8 @@ struct Inner {
     /// The room table, read by [`Engine::stats`] to count live rooms.
     rooms: RoomTable,
     stats: Arc<EngineStats>,
+    /// Whether the store commits (durable engines), for [`Engine::health`].
+    store_state: Option<Arc<StoreState>>,
     limits: Arc<Limits>,
     runtime: tokio::runtime::Handle,
     /// For `start_background`: dropping it ends the runtime thread.
@@ -157,13 +160,14 @@ impl Engine {
         background: Option<oneshot::Sender<()>>,
     ) -> Result<Self, EngineError> {
         let limits = Arc::new(config.limits);
-        let storage = match config.storage {
-            Some(store) => {
-                let writer =
-                    Writer::start(Arc::clone(&store)).map_err(|error| EngineError::Runtime(error.to_string()))?;
-                Some(Storage { store, writer })
+        let store_state = config.storage.as_ref().map(|_| Arc::new(StoreState::default()));
+        let storage = match (config.storage, &store_state) {
+            (Some(store), Some(state)) => {
+                let (writer, thread) = Writer::start(Arc::clone(&store), Arc::clone(state))
+                    .map_err(|error| EngineError::Runtime(error.to_string()))?;
+                Some(Storage { store, writer, thread })
             }
-            None => None,
+            _ => None,
         };
         let rooms = RoomTable::default();
         let stats = Arc::new(EngineStats::default());
@@ -182,7 +186,7 @@ impl Engine {
             Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
         };
         let directory = Directory::new(registry, rooms.clone());
-        let inner = Inner { directory, rooms, stats, limits, runtime, _background: background };
+        let inner = Inner { directory, rooms, stats, store_state, limits, runtime, _background: background };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -196,6 +200,18 @@ impl Engine {
     pub fn stats(&self) -> StatsSnapshot {
         let rooms = u64::try_from(self.inner.rooms.live_len()).unwrap_or(u64::MAX);
         self.inner.stats.snapshot(rooms)
+    }
+
+    /// Whether the engine can serve: its registry runs and its store (if any) commits. A
+    /// health check reads it; it is cheap (an atomic load and a lock held for a copy).
+    pub fn health(&self) -> EngineHealth {
+        if !self.inner.directory.registry().is_alive() {
+            return EngineHealth::Stopped;
+        }
+        match self.inner.store_state.as_ref().and_then(|state| state.failure()) {
+            Some(error) => EngineHealth::StoreFailing(error),
+            None => EngineHealth::Serving,
+        }
     }
 
     /// Sequences one message in `room` (created on first use). Returns its sequence number,

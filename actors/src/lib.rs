@@ -13,6 +13,7 @@
 //!   that Subscribe streams and session streams poll.
 //! - `stats`: the engine's counters (rooms, sessions, messages, deliveries, lag) that rooms and
 //!   sessions bump and [`Engine::stats`] snapshots as a [`StatsSnapshot`] for metrics.
+//! - `health`: whether the engine can serve ([`Engine::health`]): registry alive, store committing.
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
 //! - [`store`]: durable history: the [`store::HistoryStore`] trait, the redb store, the
 //!   in-memory store, and the writer thread that group-commits every room's messages.
@@ -31,6 +32,7 @@ mod clock;
 mod directory;
 pub mod engine;
 mod error;
+mod health;
 mod registry;
 mod ring;
 mod room_actor;
@@ -41,6 +43,7 @@ mod upload_actor;
 
 pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender, TrySend, Upload};
 pub use error::EngineError;
+pub use health::EngineHealth;
 pub use ring::Stalled;
 pub use room_actor::RoomInfo;
 pub use session_actor::SessionActor;

@@ -15,8 +15,8 @@ use crate::answer::Answer;
 use crate::clock::Clock;
 use crate::room_actor::{Info, RetireIfIdle, RoomActor, RoomInfo};
 use crate::stats::EngineStats;
-use crate::store::HistoryStore;
-use crate::store::writer::Writer;
+use crate::store::writer::{Writer, WriterThread};
+use crate::store::{HistoryStore, StoreError, StoredRoom, guard};
 
 /// The registry's map of live rooms, shared read-only with every [`Directory`](crate::directory)
 /// so that a request to a known room skips the registry's mailbox. Only the registry writes it.
@@ -71,11 +71,21 @@ impl RoomTable {
 }
 
 /// A durable engine's store, and the writer thread that appends to it.
-#[derive(Clone)]
 pub(crate) struct Storage {
     pub(crate) store: Arc<dyn HistoryStore>,
     pub(crate) writer: Writer,
+    /// Joined at shutdown, so the last commit is done and the file closed before the process
+    /// exits (a file left open needs redb's repair at the next start).
+    pub(crate) thread: WriterThread,
 }
+
+/// Rooms whose stored history is damaged, remembered so that a client asking again and again
+/// does not make the registry read the damage again; at most one entry per stored room.
+type Fenced = BTreeMap<RoomName, RoomError>;
+
+/// How long shutdown waits for the writer thread to finish its queued commits. A commit
+/// takes milliseconds; this only bounds a stuck disk.
+const WRITER_JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Capacity of a room actor's mailbox: requests from many clients queue here.
 pub(crate) const ROOM_MAILBOX_LEN: usize = 4_096;
@@ -92,8 +102,13 @@ pub(crate) struct Registry {
     last_sweep: Time,
     /// Handed to every room created (tests of the checkers only).
     injected_bug: Option<InjectedBug>,
-    /// `None`: rooms live in memory only.
+    /// `None`: rooms live in memory only, or the engine has shut down (see `durable`).
     storage: Option<Storage>,
+    /// Whether the engine was started with a store: after shutdown took it, a durable
+    /// engine refuses new rooms rather than quietly keeping them in memory.
+    durable: bool,
+    /// Rooms refused because their stored history is damaged.
+    fenced: Fenced,
     /// The engine's counters, handed to every room.
     stats: Arc<EngineStats>,
 }
@@ -109,16 +124,34 @@ impl Registry {
         stats: Arc<EngineStats>,
     ) -> Self {
         let last_sweep = Time::from_millis(0);
-        Self { rooms, limits, clock, next_epoch: epoch_base, last_sweep, injected_bug, storage, stats }
+        let durable = storage.is_some();
+        let fenced = Fenced::new();
+        Self { rooms, limits, clock, next_epoch: epoch_base, last_sweep, injected_bug, storage, durable, fenced, stats }
     }
 
     /// A room's state machine: restored from the store if it was stored, else a new room if
     /// `create` is set, else `None`.
     fn make_room(&mut self, name: &RoomName, create: bool) -> Result<Option<Room>, RoomError> {
         let now = self.clock.now();
+        if let Some(refusal) = self.fenced.get(name) {
+            return Err(refusal.clone());
+        }
         let stored = match &self.storage {
-            Some(storage) => {
-                storage.store.load_room(name).map_err(|error| RoomError::Storage { reason: error.to_string() })?
+            Some(storage) => match load(storage.store.as_ref(), name) {
+                Ok(stored) => {
+                    storage.writer.loaded(name.clone());
+                    stored
+                }
+                Err(refusal) => {
+                    if matches!(refusal, RoomError::DataLoss { .. }) {
+                        tracing::error!(room = %name, %refusal, "a room's stored history is damaged; refusing that room");
+                        self.fenced.insert(name.clone(), refusal.clone());
+                    }
+                    return Err(refusal);
+                }
+            },
+            None if self.durable => {
+                return Err(RoomError::Storage { reason: "the engine has shut down".to_owned() });
             }
             None => None,
         };
@@ -177,6 +210,22 @@ impl Registry {
         let interval = (self.limits.room_idle_ms / 4).max(1);
         if self.clock.now().millis_since(self.last_sweep) >= interval {
             self.sweep().await;
+        }
+    }
+}
+
+/// Loads a room from the store. Damage, and a panic inside the store, fence the room
+/// (DATA_LOSS) instead of stopping the registry; an I/O failure is a plain storage refusal, to
+/// try again.
+fn load(store: &dyn HistoryStore, name: &RoomName) -> Result<Option<StoredRoom>, RoomError> {
+    match guard::catch(|| store.load_room(name)) {
+        Ok(Ok(stored)) => Ok(stored),
+        Ok(Err(error @ (StoreError::Damaged { .. } | StoreError::Corrupt { .. }))) => {
+            Err(RoomError::DataLoss { reason: error.to_string() })
+        }
+        Ok(Err(error)) => Err(RoomError::Storage { reason: format!("room {name}: loading it failed: {error}") }),
+        Err(panic) => {
+            Err(RoomError::DataLoss { reason: format!("room {name}: its stored history cannot be read: {panic}") })
         }
     }
 }
@@ -245,6 +294,16 @@ impl Message<StopRooms> for Registry {
         for (_, room) in self.rooms.take() {
             room.kill();
             room.wait_for_shutdown().await;
+        }
+        // The rooms held the other writer handles; dropping ours lets the thread finish
+        // what is queued and end, and the store closes cleanly with the last `Arc`.
+        if let Some(Storage { store, writer, thread }) = self.storage.take() {
+            drop(writer);
+            let joined = tokio::time::timeout(WRITER_JOIN_TIMEOUT, tokio::task::spawn_blocking(move || thread.join()));
+            if !matches!(joined.await, Ok(Ok(()))) {
+                tracing::warn!(timeout = ?WRITER_JOIN_TIMEOUT, "the history writer did not finish; the store may need repair at the next start");
+            }
+            drop(store);
         }
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod serve;
 mod sim;
+mod store;
 mod web;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ pub enum Command {
     /// Simulate thousands of clients against the real engine in virtual time and check the
     /// ordering guarantees (G1-G8); deterministic for a given --seed.
     Sim(sim::SimArgs),
+    /// Check a stopped server's history store (`confab store check DIR`).
+    Store(store::StoreArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -41,6 +44,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Store(args) => store::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use confab_actors::store::{HistoryStore, RedbStore, Retention};
 use confab_actors::{Engine, EngineConfig};
 use confab_engine::{Limits, SendRate, limits};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::grpc::auth::{Authenticator, Tokens};
 use crate::grpc::server::{ServerOptions, serve_with};
@@ -305,6 +305,15 @@ fn open_storage(args: &ServeArgs, limits: &Limits) -> anyhow::Result<Option<Arc<
     };
     let store = RedbStore::open(&args.data_dir, retention)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    if store.needed_repair() {
+        warn!(path = %store.path().display(), "the history store was not closed cleanly (a crash or kill); redb repaired it");
+    }
+    // Room records are cheap to verify here; messages are verified as each room loads (and
+    // all at once by `confab store check`).
+    let damaged = store.damaged_room_records().with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    for (room, damage) in &damaged {
+        error!(path = %store.path().display(), room, %damage, "damaged room record: this room will answer DATA_LOSS");
+    }
     Ok(Some(Arc::new(store)))
 }
 

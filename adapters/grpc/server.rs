@@ -109,8 +109,8 @@ pub async fn serve_with(
     let limiter = SendLimiter::new(options.send_rate);
     let auth = Authenticator::new(options.tokens);
     let confab = ConfabChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter.clone());
-    let seed = SeedChat::new(engine, streams_end.clone()).with_limiter(limiter);
-    let (health, health_service) = ServerHealth::serving(&streams_end).await;
+    let seed = SeedChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter);
+    let (health, health_service) = ServerHealth::serving(&streams_end, engine).await;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).inspect(|accepted| match accepted {
         Ok(stream) => debug!(peer = stream.peer_addr().ok().map(display), "connection accepted"),
         Err(error) => warn!(%error, "accepting a connection failed"),

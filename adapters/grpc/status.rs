@@ -78,6 +78,7 @@ fn room_code(error: &RoomError) -> Code {
         | RoomError::TooManyRooms { .. } => Code::ResourceExhausted,
         RoomError::Retired | RoomError::Storage { .. } => Code::Unavailable,
         RoomError::NotFound => Code::NotFound,
+        RoomError::DataLoss { .. } => Code::DataLoss,
     }
 }
 

@@ -85,6 +85,13 @@ pub enum RoomError {
         /// What the store said.
         reason: String,
     },
+    /// The room's stored history is damaged: the room is refused until the store is repaired
+    /// (other rooms go on), so damaged messages are never served.
+    #[error("stored history is damaged, so this room is closed until the store is repaired: {reason}")]
+    DataLoss {
+        /// What the store found: the file, the room, and the sequence numbers.
+        reason: String,
+    },
     /// `History` asked for a room that does not exist.
     #[error("no such room")]
     NotFound,

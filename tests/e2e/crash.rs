@@ -38,20 +38,22 @@ impl Rng {
     }
 }
 
-struct Server {
-    child: Child,
-    address: String,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) address: String,
 }
 
-async fn start_server(data_dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start confab serve");
+/// Starts `confab serve` on `data_dir` and reads its address from the start-up line.
+pub(super) async fn start_server(data_dir: &Path) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_confab"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+    spawn_server(command).await
+}
+
+/// Runs `command` (which starts `confab serve`) and reads the address from its start-up line.
+pub(super) async fn spawn_server(mut command: Command) -> Server {
+    let mut child =
+        command.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true).spawn().expect("start confab serve");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let line = bounded(lines.next_line()).await.expect("read").expect("a start-up line");
@@ -63,7 +65,7 @@ async fn start_server(data_dir: &Path) -> Server {
     Server { child, address }
 }
 
-async fn client(address: &str) -> ChatClient<Channel> {
+pub(super) async fn client(address: &str) -> ChatClient<Channel> {
     let channel = Channel::from_shared(format!("http://{address}")).expect("uri").connect().await.expect("connect");
     ChatClient::new(channel)
 }

@@ -15,6 +15,7 @@ mod seed_api;
 mod shutdown;
 mod sim_cli;
 mod slow_consumers;
+mod store;
 mod websocket;
 
 use std::net::SocketAddr;

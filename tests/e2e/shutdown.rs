@@ -75,7 +75,7 @@ async fn sender(address: String, id: usize, acked: Arc<Mutex<Vec<(String, u64, S
 }
 
 /// Sends SIGTERM (no extra crate: the `kill` command).
-fn terminate(child: &Child) {
+pub(super) fn terminate(child: &Child) {
     let pid = child.id().expect("still running");
     let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
     assert!(status.success(), "kill -TERM {pid}");

@@ -5,17 +5,23 @@
 //! A store only ever sees durable-bound writes from the writer thread and loads from the
 //! registry when a room is first used, so implementations need no async and no locking
 //! beyond their own.
+//!
+//! Damage is fenced, not served: a store reports a damaged room as [`StoreError::Damaged`]
+//! (naming the room and the sequence numbers), the registry refuses that room, and every other
+//! room goes on. A panic inside a store call ([`guard::catch`]) is a damaged store too, never
+//! a dead actor.
 
+pub(crate) mod guard;
 mod memory;
 mod redb_store;
 pub(crate) mod writer;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use confab_engine::{ChatMessage, RoomName, Seq};
 
 pub use memory::MemoryStore;
-pub use redb_store::RedbStore;
+pub use redb_store::{CheckReport, RedbStore};
 
 /// A room as stored: enough to continue it after a restart.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +52,26 @@ pub struct Retention {
     pub len_max: usize,
     /// Messages older than this many milliseconds (by `accepted_at`) are dropped, if set.
     pub age_max_ms: Option<u64>,
+}
+
+/// What is damaged in one room's stored records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The first and last sequence numbers affected, when known (a damaged room record, or a
+    /// room whose records cannot be read at all, has none).
+    pub seqs: Option<(Seq, Seq)>,
+    /// What is wrong.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seqs {
+            Some((first, last)) if first == last => write!(f, "message {first}: {}", self.detail),
+            Some((first, last)) => write!(f, "messages {first} to {last}: {}", self.detail),
+            None => f.write_str(&self.detail),
+        }
+    }
 }
 
 /// A store failed. Every variant names the file and what is wrong.
@@ -85,6 +111,60 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// One room's stored records are damaged: the room is refused, other rooms are served.
+    #[error("{path}: room {room}: {damage}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// The room whose records are damaged.
+        room: String,
+        /// Which records (sequence numbers), and what is wrong with them.
+        damage: Damage,
+    },
+    /// The directory was initialised (its marker file exists) but the store file is missing or
+    /// empty: starting would silently restart every room's numbering at 1.
+    #[error(
+        "{path} is {state}, but {marker} says a store was initialised here: restore the file from a backup, or delete {marker} to start an empty store"
+    )]
+    Emptied {
+        /// The file.
+        path: String,
+        /// `missing` or `empty (0 bytes)`.
+        state: &'static str,
+        /// The marker file.
+        marker: String,
+    },
+}
+
+impl StoreError {
+    /// An I/O failure of `path`.
+    pub(crate) fn io(path: &str) -> impl Fn(String) -> StoreError + '_ {
+        move |reason| StoreError::Io { path: path.to_owned(), reason }
+    }
+}
+
+/// Whether the store commits, as the writer last saw it: shared by the writer thread (which
+/// sets it) and the engine (which reports it in its health).
+#[derive(Debug, Default)]
+pub(crate) struct StoreState {
+    /// The error of the last failed commit, until a commit succeeds again.
+    failure: Mutex<Option<StoreError>>,
+}
+
+impl StoreState {
+    /// The last commit's error, if it failed.
+    pub(crate) fn failure(&self) -> Option<StoreError> {
+        self.lock().clone()
+    }
+
+    pub(crate) fn set(&self, failure: Option<StoreError>) {
+        *self.lock() = failure;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<StoreError>> {
+        // The value is replaced whole, so a poisoned lock still holds a consistent one.
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Durable history. `append` returns only once its messages survive a crash.
@@ -98,4 +178,14 @@ pub trait HistoryStore: std::fmt::Debug + Send + Sync + 'static {
     /// Makes all `appends` durable in one commit, then compacts the rooms they touched to the
     /// retention. `now_ms` is the current time on the `accepted_at` clock, for age retention.
     fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError>;
+
+    /// Whether a commit would succeed now: the writer calls it about once a second after a
+    /// failed commit while no write is queued, and reports the store healthy once it
+    /// succeeds. It should be about as demanding as a real commit, or health would turn
+    /// SERVING on a disk that still refuses real writes. By default an empty [`append`].
+    ///
+    /// [`append`]: HistoryStore::append
+    fn probe(&self, now_ms: u64) -> Result<(), StoreError> {
+        self.append(&[], now_ms)
+    }
 }

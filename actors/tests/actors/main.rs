@@ -2,6 +2,7 @@
 //! runtimes (virtual time where time matters), plus one from smol. One binary, a module per area.
 
 mod embedding;
+mod faulty_store;
 mod ordering;
 mod sessions;
 mod stats;
