@@ -234,6 +234,8 @@ async fn a_stalled_stream_and_a_stalled_session_are_closed_with_what_they_missed
     }
     let reason = session_frames.stalled().expect("closed for stalling");
     assert_eq!(reason.room, lobby);
+    // Its end stops the session actor (at once, though the actor's task goes at its next turn).
+    tokio::task::yield_now().await;
     assert!(session.send(confab_engine::ClientFrame::Typing { room: "lobby".into() }).await.is_err());
     // The room counts only the reader now.
     assert_eq!(engine.room(&lobby).await.expect("info").expect("exists").subscribers, 1);
