@@ -17,24 +17,24 @@ use tower::Service;
 
 use super::status::ApiError;
 
-/// Shutdown as one stream or body sees it. Every poll checks the server-wide token with one
-/// atomic load; only a stream that would otherwise wait registers its waker, and it does so on
-/// a child token of its own, made then: thousands of busy streams never take the server-wide
-/// token's lock on their hot path.
+/// Shutdown as one stream or body sees it, through a child token of its own: checking or
+/// waiting takes only that child's lock, so thousands of busy streams never contend on the
+/// server-wide token's lock (tokio-util's `is_cancelled` locks the token it is called on). The
+/// wait is made, and its waker registered, only when the stream itself is pending.
 pub(crate) struct ShutdownWatch {
-    shutdown: CancellationToken,
+    token: CancellationToken,
     /// The child token's wait, made the first time the stream had nothing ready.
     waiting: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl ShutdownWatch {
     pub(crate) fn new(shutdown: &CancellationToken) -> Self {
-        Self { shutdown: shutdown.clone(), waiting: None }
+        Self { token: shutdown.child_token(), waiting: None }
     }
 
     /// Whether shutdown has started (registers nothing).
     pub(crate) fn started(&self) -> bool {
-        self.shutdown.is_cancelled()
+        self.token.is_cancelled()
     }
 
     /// Whether shutdown has started; if not, `cx` is woken when it does. Call it only when
@@ -43,8 +43,8 @@ impl ShutdownWatch {
         if self.started() {
             return true;
         }
-        let shutdown = &self.shutdown;
-        let waiting = self.waiting.get_or_insert_with(|| Box::pin(shutdown.child_token().cancelled_owned()));
+        let token = &self.token;
+        let waiting = self.waiting.get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
         waiting.as_mut().poll(cx).is_ready()
     }
 }
