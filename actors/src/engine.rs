@@ -26,7 +26,7 @@ use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::health::EngineHealth;
 use crate::registry::{ListRooms, Registry, RoomTable, StopRooms, Storage, SweepIdle};
-use crate::ring::{ReaderItem, RingReader, Stalled};
+use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled};
 use crate::room_actor::{History, Info, RoomInfo, SendMessage, Subscribe, Typing};
 use crate::session_actor::{Close, Disconnect, Frame, Outbound, SessionActor};
 use crate::stats::{EngineStats, StatsSnapshot};
@@ -345,21 +345,11 @@ pub struct RoomEvents {
 }
 
 impl RoomEvents {
-    /// Why the room closed this subscription, if it did: the reader took nothing for
-    /// [`Limits::subscriber_stall_ms`] while lagging. Once the stream has ended (after a
-    /// final [`RoomEvent::Lagged`] for what it missed), this tells a transport which status to
-    /// give; `None` means the engine stopped.
-    pub fn stalled(&self) -> Option<&Stalled> {
-        self.stalled.as_ref()
-    }
-}
-
-impl Stream for RoomEvents {
-    type Item = RoomEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<RoomEvent>> {
+    /// The next event as shared with the room's other subscribers (for a transport that
+    /// encodes each event once for all of them); the [`Stream`] gives the same events owned.
+    pub fn poll_next_shared(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<SharedEvent>> {
         if let Some(event) = self.head.pop_front() {
-            return Poll::Ready(Some(event));
+            return Poll::Ready(Some(SharedEvent::Own(event)));
         }
         if self.ended {
             return Poll::Ready(None);
@@ -377,6 +367,22 @@ impl Stream for RoomEvents {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Why the room closed this subscription, if it did: the reader took nothing for
+    /// [`Limits::subscriber_stall_ms`] while lagging. Once the stream has ended (after a
+    /// final [`RoomEvent::Lagged`] for what it missed), this tells a transport which status to
+    /// give; `None` means the engine stopped.
+    pub fn stalled(&self) -> Option<&Stalled> {
+        self.stalled.as_ref()
+    }
+}
+
+impl Stream for RoomEvents {
+    type Item = RoomEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<RoomEvent>> {
+        self.poll_next_shared(cx).map(|event| event.map(SharedEvent::into_event))
     }
 }
 
@@ -531,7 +537,9 @@ impl SessionEvents {
         for (room, reader) in &mut self.readers {
             loop {
                 match reader.poll_item(cx) {
-                    Poll::Ready(ReaderItem::Event(event)) => self.ready.push_back(ServerFrame::Event(event)),
+                    Poll::Ready(ReaderItem::Event(event)) => {
+                        self.ready.push_back(ServerFrame::Event(event.into_event()));
+                    }
                     Poll::Ready(ReaderItem::Stalled(stalled)) => {
                         self.stalled = Some(stalled);
                         return;

@@ -44,7 +44,7 @@ mod upload_actor;
 pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionSender, TrySend, Upload};
 pub use error::EngineError;
 pub use health::EngineHealth;
-pub use ring::Stalled;
+pub use ring::{SharedEvent, Stalled};
 pub use room_actor::RoomInfo;
 pub use session_actor::SessionActor;
 pub use stats::StatsSnapshot;

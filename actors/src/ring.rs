@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use confab_engine::{Lag, ReadItem, ReadStatus, ReaderEnd, Ring, RoomEvent, RoomName, Seq, SubscriberId, Time};
+use confab_engine::{
+    Lag, Published, ReadItem, ReadStatus, ReaderEnd, Ring, RoomEvent, RoomName, Seq, SubscriberId, Time,
+};
 use kameo::actor::ActorRef;
 
 use crate::room_actor::{RoomActor, Unsubscribe};
@@ -81,11 +83,50 @@ impl SharedRing {
     }
 }
 
+/// One event as a subscriber gets it: shared with every other subscriber of the room (and so
+/// are its encodings), or its own (its subscription's start, its backlog, its lag markers).
+#[derive(Clone, Debug)]
+pub enum SharedEvent {
+    /// Published by the room once, for every subscriber.
+    Shared(Arc<Published>),
+    /// Made for this subscriber alone.
+    Own(RoomEvent),
+}
+
+impl SharedEvent {
+    /// The event.
+    pub fn event(&self) -> &RoomEvent {
+        match self {
+            SharedEvent::Shared(published) => &published.event,
+            SharedEvent::Own(event) => event,
+        }
+    }
+
+    /// The event, owned (a shared one is cloned: its message body stays shared).
+    pub fn into_event(self) -> RoomEvent {
+        match self {
+            SharedEvent::Shared(published) => published.event.clone(),
+            SharedEvent::Own(event) => event,
+        }
+    }
+
+    /// The event's bytes in the wire format numbered `slot` (below
+    /// [`ENCODING_SLOTS`](confab_engine::ENCODING_SLOTS)): a shared event is encoded once, by
+    /// the first subscriber that asks, and every other gets the same bytes; an own event is
+    /// encoded each time.
+    pub fn encoded(&self, slot: usize, encode: impl FnOnce(&RoomEvent) -> Vec<u8>) -> Arc<[u8]> {
+        match self {
+            SharedEvent::Shared(published) => published.encodings.get_or_encode(slot, || encode(&published.event)),
+            SharedEvent::Own(event) => Arc::from(encode(event)),
+        }
+    }
+}
+
 /// What a reader hands out, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum ReaderItem {
     /// An event (a message, a lag marker, presence, typing).
-    Event(RoomEvent),
+    Event(SharedEvent),
     /// The stream is over: the room closed it for stalling (its final lag came first).
     Stalled(Stalled),
     /// The stream is over: the room stopped or the subscription was dropped.
@@ -164,10 +205,10 @@ impl RingReader {
             self.take(Some(cx));
         }
         if let Some(item) = self.taken.pop_front() {
-            return Poll::Ready(match item {
-                ReadItem::Lagged(lag) => ReaderItem::Event(RoomEvent::Lagged { room: self.room.clone(), lag }),
-                ReadItem::Event(published) => ReaderItem::Event(published.event.clone()),
-            });
+            return Poll::Ready(ReaderItem::Event(match item {
+                ReadItem::Lagged(lag) => SharedEvent::Own(RoomEvent::Lagged { room: self.room.clone(), lag }),
+                ReadItem::Event(published) => SharedEvent::Shared(published),
+            }));
         }
         match self.end.clone() {
             Some(ReaderEnd::Stalled(lag)) => {
@@ -177,7 +218,7 @@ impl RingReader {
                 }
                 // The final lag marker first (G2: never end on a silent gap), then the reason.
                 self.stall_told = true;
-                Poll::Ready(ReaderItem::Event(RoomEvent::Lagged { room, lag }))
+                Poll::Ready(ReaderItem::Event(SharedEvent::Own(RoomEvent::Lagged { room, lag })))
             }
             Some(_) => Poll::Ready(ReaderItem::Ended),
             None => Poll::Pending,

@@ -12,7 +12,8 @@ use super::auth::caller;
 use super::convert;
 use super::proto::confab_v1 as v1;
 use super::rate::SendLimiter;
-use super::shutdown::UntilShutdown;
+use super::shared_bytes::SharedSubscribeStream;
+use super::shutdown::ShutdownWatch;
 use super::status::{ApiError, inbound_status};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::transport::Inbound;
@@ -21,6 +22,7 @@ use crate::transport::Inbound;
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The `confab.v1.Chat` service.
+#[derive(Clone)]
 pub struct ConfabChat {
     engine: Engine,
     shutdown: CancellationToken,
@@ -28,6 +30,19 @@ pub struct ConfabChat {
 }
 
 impl ConfabChat {
+    /// A `Subscribe` call as a stream of each event's shared `confab.v1.RoomEvent` bytes.
+    pub(crate) async fn subscribe_shared(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<SharedSubscribeStream, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let room = convert::room(&request.room)?;
+        let user = caller.optional_user(&request.user, "user")?;
+        let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
+        Ok(SharedSubscribeStream::new(events, ShutdownWatch::new(&self.shutdown)))
+    }
+
     /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
     /// send rate.
     pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
@@ -71,20 +86,11 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let caller = caller(&request)?;
-        let request = request.into_inner();
-        let room = convert::room(&request.room)?;
-        let user = caller.optional_user(&request.user, "user")?;
-        let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
-        // The events, then a status if the room closed the stream for stalling.
-        let stream = futures::stream::unfold(Some(events), |events| async move {
-            let mut events = events?;
-            match events.next().await {
-                Some(event) => Some((Ok(convert::room_event(&event)), Some(events))),
-                None => events.stalled().map(|stalled| (Err(ApiError::Stalled(stalled.clone()).into()), None)),
-            }
-        });
-        Ok(Response::new(Box::pin(UntilShutdown::new(Box::pin(stream), &self.shutdown))))
+        // Served by `shared_bytes::ConfabService`, which encodes each event once for every
+        // stream; this is the same stream, converted per stream, for a plain `ChatServer`.
+        let shared = self.subscribe_shared(request).await?;
+        let stream = shared.map(|item| item.and_then(|bytes| decode_room_event(&bytes)));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn upload(
@@ -141,6 +147,11 @@ impl v1::chat_server::Chat for ConfabChat {
         );
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Shared bytes back to the message (only for a `ChatServer` used without the shared route).
+fn decode_room_event(bytes: &[u8]) -> Result<v1::RoomEvent, Status> {
+    prost::Message::decode(bytes).map_err(|error| Status::internal(format!("re-decoding an event: {error}")))
 }
 
 /// One client frame of a Session RPC, decoded for the session.

@@ -4,6 +4,8 @@
 //! - [`convert`]: wire <-> engine types, and nothing else.
 //! - [`status`]: every error -> `tonic::Status`, in one place.
 //! - [`confab_service`]: `confab.v1.Chat`; [`chat_service`]: `chat.ChatService`.
+//! - [`shared_bytes`]: encode once, share the bytes: `Subscribe` streams send each event's
+//!   `confab.v1` bytes made once for every stream, through a codec that takes them as they are.
 //! - [`shutdown`]: ends open response streams with UNAVAILABLE when the server stops.
 //! - [`health`]: `grpc.health.v1.Health`, NOT_SERVING once shutdown begins.
 //! - [`reflection`]: server reflection (v1 and v1alpha) from the compiled-in descriptors.
@@ -27,6 +29,7 @@ pub mod proto;
 pub mod rate;
 pub mod reflection;
 pub mod server;
+pub mod shared_bytes;
 pub mod shutdown;
 pub mod status;
 pub mod tls;

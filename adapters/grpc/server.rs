@@ -27,9 +27,10 @@ use super::confab_service::ConfabChat;
 use super::deadline::DeadlineLayer;
 use super::health::ServerHealth;
 use super::observe::ObserveLayer;
-use super::proto::{chat::chat_service_server::ChatServiceServer, confab_v1::chat_server::ChatServer};
+use super::proto::chat::chat_service_server::ChatServiceServer;
 use super::rate::SendLimiter;
 use super::reflection;
+use super::shared_bytes::ConfabService;
 use super::shutdown::EndAtShutdown;
 use crate::metrics::RpcMetrics;
 
@@ -123,7 +124,7 @@ pub async fn serve_with(
         .layer(ObserveLayer::new(options.metrics))
         .layer(DeadlineLayer)
         .layer(CancelLayer)
-        .add_service(ChatServer::with_interceptor(confab, auth.clone()))
+        .add_service(ConfabService::new(confab, auth.clone()))
         .add_service(ChatServiceServer::with_interceptor(seed, auth))
         .add_service(health_service)
         .add_service(EndAtShutdown::new(reflection::v1()?, &streams_end))

@@ -16,7 +16,7 @@
 //! [`ReadStatus::Empty`] (then parks) or [`ReadStatus::Ended`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::room::{InjectedBug, SubscriberId};
 use crate::types::{Lag, RoomEvent, Seq, Time};
@@ -26,14 +26,45 @@ use crate::types::{Lag, RoomEvent, Seq, Time};
 /// room with lagging readers costs nothing measurable.
 pub const STALL_SWEEP_MS_MAX: u64 = 1_000;
 
+/// How many wire formats a published event can carry encoded (see [`Encodings`]).
+pub const ENCODING_SLOTS: usize = 4;
+
 /// One published event, shared by every reader.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Published {
     /// The event.
     pub event: RoomEvent,
     /// The room's last message before this event: a reader that lost everything up to this
     /// entry missed exactly the messages after its own last one up to this number.
     pub seq_before: Seq,
+    /// The event's bytes in each wire format, made by the first reader that needs them and
+    /// shared by every other (encode once, not once per subscriber).
+    pub encodings: Encodings,
+}
+
+impl PartialEq for Published {
+    fn eq(&self, other: &Self) -> bool {
+        // The encodings are a cache of the event: equal events encode equally.
+        self.event == other.event && self.seq_before == other.seq_before
+    }
+}
+
+impl Eq for Published {}
+
+/// A published event's encodings, one slot per wire format. The slots are the transports' to
+/// number; the engine never reads them. Each is written once (the one synchronised thing in
+/// this crate: a write-once cell on an event that is otherwise immutable).
+#[derive(Debug, Default)]
+pub struct Encodings([OnceLock<Arc<[u8]>>; ENCODING_SLOTS]);
+
+impl Encodings {
+    /// The bytes in `slot`, made with `encode` by the first caller.
+    ///
+    /// # Panics
+    /// If `slot` is not below [`ENCODING_SLOTS`] (a transport's constant is wrong).
+    pub fn get_or_encode(&self, slot: usize, encode: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
+        Arc::clone(self.0[slot].get_or_init(|| Arc::from(encode())))
+    }
 }
 
 /// What a reader is given, in order.
@@ -144,7 +175,7 @@ impl Ring {
         if let Some(seq) = event.seq() {
             self.last_seq = seq;
         }
-        self.entries.push_back(Arc::new(Published { event, seq_before }));
+        self.entries.push_back(Arc::new(Published { event, seq_before, encodings: Encodings::default() }));
         if self.entries.len() > self.capacity {
             self.entries.pop_front();
             self.first_pos += 1;

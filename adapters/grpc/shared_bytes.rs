@@ -1,0 +1,279 @@
+//! Encode once, share the bytes. A room publishes each event once; this is how a thousand
+//! `Subscribe` streams of one room send it without a thousand conversions and encodings:
+//!
+//! - [`SharedBytesCodec`] is a tonic codec whose encode side writes a protobuf message that was
+//!   encoded before (the bytes a [`SharedEvent`](confab_actors::SharedEvent) carries), and
+//!   whose decode side is prost's.
+//! - [`ConfabService`] is `confab.v1.Chat` with `Subscribe` served through that codec, and
+//!   every other method through the generated service. Both pass the same interceptor (auth).
+//!
+//! tonic's generated services fix one codec per service (prost's), so the one method is
+//! routed here by its path; the request, the response and the status are the generated
+//! method's, byte for byte on the wire.
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BufMut;
+use confab_actors::RoomEvents;
+use confab_engine::RoomEvent;
+use futures::Stream;
+use futures::future::BoxFuture;
+use prost::Message;
+use tonic::body::Body;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::server::{Grpc, NamedService, ServerStreamingService};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
+use tower::Service;
+
+use super::auth::Authenticator;
+use super::confab_service::{ConfabChat, ResponseStream};
+use super::convert;
+use super::proto::confab_v1 as v1;
+use super::proto::confab_v1::chat_server::ChatServer;
+use super::shutdown::ShutdownWatch;
+use super::status::ApiError;
+
+/// The gRPC path of `confab.v1.Chat/Subscribe`.
+pub const SUBSCRIBE_PATH: &str = "/confab.v1.Chat/Subscribe";
+
+/// The encoding slot of a `confab.v1.RoomEvent` in a published event's encodings.
+pub const CONFAB_V1_ROOM_EVENT_SLOT: usize = 0;
+
+/// A codec that writes pre-encoded protobuf messages and decodes requests with prost.
+pub struct SharedBytesCodec<D> {
+    _decode: PhantomData<fn() -> D>,
+}
+
+impl<D> Default for SharedBytesCodec<D> {
+    fn default() -> Self {
+        Self { _decode: PhantomData }
+    }
+}
+
+impl<D: Message + Default + Send + 'static> Codec for SharedBytesCodec<D> {
+    type Encode = Arc<[u8]>;
+    type Decode = D;
+    type Encoder = SharedBytesEncoder;
+    type Decoder = <ProstCodec<(), D> as Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        SharedBytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<(), D>::raw_decoder(BufferSettings::default())
+    }
+}
+
+/// Writes a message's bytes as they are: they were encoded once, for every stream.
+#[derive(Debug, Default)]
+pub struct SharedBytesEncoder;
+
+impl Encoder for SharedBytesEncoder {
+    type Item = Arc<[u8]>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Arc<[u8]>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+/// A room event as `confab.v1.RoomEvent` bytes: the one conversion and encoding a shared event
+/// gets, whichever stream asks first.
+pub fn encode_room_event(event: &RoomEvent) -> Vec<u8> {
+    convert::room_event(event).encode_to_vec()
+}
+
+/// A `Subscribe` stream: each event's shared bytes, then a status if the room closed the
+/// stream for stalling, or UNAVAILABLE at shutdown.
+pub struct SharedSubscribeStream {
+    events: RoomEvents,
+    shutdown: ShutdownWatch,
+    done: bool,
+}
+
+impl SharedSubscribeStream {
+    pub(crate) fn new(events: RoomEvents, shutdown: ShutdownWatch) -> Self {
+        Self { events, shutdown, done: false }
+    }
+}
+
+impl Stream for SharedSubscribeStream {
+    type Item = Result<Arc<[u8]>, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.started() {
+            this.done = true;
+            return Poll::Ready(Some(Err(ApiError::ShuttingDown.into())));
+        }
+        match this.events.poll_next_shared(cx) {
+            Poll::Ready(Some(event)) => {
+                Poll::Ready(Some(Ok(event.encoded(CONFAB_V1_ROOM_EVENT_SLOT, encode_room_event))))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(this.events.stalled().map(|stalled| Err(ApiError::Stalled(stalled.clone()).into())))
+            }
+            Poll::Pending if this.shutdown.poll_started(cx) => {
+                this.done = true;
+                Poll::Ready(Some(Err(ApiError::ShuttingDown.into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// `Subscribe` as a server-streaming method of shared bytes.
+struct SubscribeMethod(Arc<ConfabChat>);
+
+impl ServerStreamingService<v1::SubscribeRequest> for SubscribeMethod {
+    type Response = Arc<[u8]>;
+    type ResponseStream = ResponseStream<Arc<[u8]>>;
+    type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<v1::SubscribeRequest>) -> Self::Future {
+        let chat = Arc::clone(&self.0);
+        Box::pin(async move {
+            let stream = chat.subscribe_shared(request).await?;
+            Ok(Response::new(Box::pin(stream) as ResponseStream<Arc<[u8]>>))
+        })
+    }
+}
+
+/// The `Subscribe` route: the generated method's framing and limits, the shared-bytes codec.
+#[derive(Clone)]
+pub struct SubscribeRoute(Arc<ConfabChat>);
+
+impl Service<http::Request<Body>> for SubscribeRoute {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let method = SubscribeMethod(Arc::clone(&self.0));
+        Box::pin(async move {
+            let mut grpc = Grpc::new(SharedBytesCodec::<v1::SubscribeRequest>::default());
+            Ok(grpc.server_streaming(method, request).await)
+        })
+    }
+}
+
+/// `confab.v1.Chat`: `Subscribe` through [`SubscribeRoute`], the rest through the generated
+/// service, both behind the same interceptor.
+#[derive(Clone)]
+pub struct ConfabService {
+    generated: InterceptedService<ChatServer<ConfabChat>, Authenticator>,
+    subscribe: InterceptedService<SubscribeRoute, Authenticator>,
+}
+
+impl ConfabService {
+    /// The service over `chat`, every call checked by `auth`.
+    pub fn new(chat: ConfabChat, auth: Authenticator) -> Self {
+        let subscribe = InterceptedService::new(SubscribeRoute(Arc::new(chat.clone())), auth.clone());
+        Self { generated: ChatServer::with_interceptor(chat, auth), subscribe }
+    }
+}
+
+impl NamedService for ConfabService {
+    const NAME: &'static str = <ChatServer<ConfabChat> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for ConfabService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are always ready (the generated service and the route hold no capacity).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() == SUBSCRIBE_PATH {
+            let response = self.subscribe.call(request);
+            Box::pin(async move { Ok(response.await?.map(Body::new)) })
+        } else {
+            let response = self.generated.call(request);
+            Box::pin(async move { Ok(response.await?.map(Body::new)) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use confab_actors::SharedEvent;
+    use confab_engine::{
+        ChatMessage, ClientMsgId, Lag, ReadItem, Ring, RoomEvent, RoomName, SubscriberId, Time, UserName,
+    };
+    use prost::Message;
+
+    use super::*;
+
+    fn events() -> Vec<RoomEvent> {
+        let room = RoomName::new("lobby").expect("room");
+        let user = UserName::new("ann").expect("user");
+        let message = ChatMessage {
+            room: room.clone(),
+            seq: 1,
+            user: user.clone(),
+            client_msg_id: ClientMsgId::new("m-1").expect("id"),
+            body: Arc::from("héllo, wörld"),
+            accepted_at: Time::from_millis(1_700_000_000_123),
+        };
+        vec![
+            RoomEvent::Message(Arc::new(message)),
+            RoomEvent::Presence { room: room.clone(), user: user.clone(), present: true },
+            RoomEvent::Typing { room: room.clone(), user },
+            RoomEvent::Lagged { room: room.clone(), lag: Lag { missed_from: 2, missed_to: 9 } },
+            RoomEvent::Subscribed { room, epoch: 7, recovered: false, first_seq: 3 },
+        ]
+    }
+
+    /// Publishes `event` through a ring and reads it back as the shared item every reader gets.
+    fn published(event: RoomEvent) -> SharedEvent {
+        let seq_before = event.seq().map_or(0, |seq| seq - 1);
+        let mut ring = Ring::new(4, seq_before, 1_000);
+        ring.add_reader(SubscriberId(1), seq_before);
+        ring.push(event, Time::from_millis(0));
+        let mut read = Vec::new();
+        ring.read(SubscriberId(1), &mut read, 1);
+        match read.pop() {
+            Some(ReadItem::Event(published)) => SharedEvent::Shared(published),
+            other => panic!("expected the event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_bytes_decode_to_exactly_the_per_stream_conversion() {
+        for event in events() {
+            let expected = convert::room_event(&event);
+            let own = SharedEvent::Own(event.clone()).encoded(CONFAB_V1_ROOM_EVENT_SLOT, encode_room_event);
+            assert_eq!(v1::RoomEvent::decode(&own[..]).expect("decodes"), expected, "own {event:?}");
+            if matches!(event, RoomEvent::Lagged { .. } | RoomEvent::Subscribed { .. }) {
+                continue; // never published: each subscriber's own
+            }
+            let shared = published(event.clone());
+            let first = shared.encoded(CONFAB_V1_ROOM_EVENT_SLOT, encode_room_event);
+            assert_eq!(v1::RoomEvent::decode(&first[..]).expect("decodes"), expected, "shared {event:?}");
+            let again = shared.clone().encoded(CONFAB_V1_ROOM_EVENT_SLOT, |_| panic!("encoded a second time"));
+            assert!(Arc::ptr_eq(&first, &again), "every reader gets the same bytes");
+        }
+    }
+}
