@@ -3,7 +3,8 @@
 //! handler's events under the lock and wakes the parked readers once; a reader takes everything
 //! ready in one lock and hands it out without further synchronisation.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -33,23 +34,39 @@ pub struct Stalled {
 #[derive(Debug)]
 struct RingCell {
     ring: Ring,
-    /// Readers that found nothing and wait for the next push, each woken once.
-    parked: BTreeMap<SubscriberId, Waker>,
+    /// Readers caught up with the ring, waiting for the next change, each woken once.
+    parked: Vec<Waker>,
+}
+
+/// What a room's actor and its readers share.
+#[derive(Debug)]
+struct RingShared {
+    cell: Mutex<RingCell>,
+    /// Counts the changes that woke the parked readers (written under the lock). A reader that
+    /// parked in generation `g` and still sees `g` knows, without the lock, that nothing
+    /// changed and its waker is still parked: half of a caught-up reader's lock round trips.
+    generation: AtomicU64,
 }
 
 /// A handle on one room's ring; clones share it.
 #[derive(Clone, Debug)]
-pub(crate) struct SharedRing(Arc<Mutex<RingCell>>);
+pub(crate) struct SharedRing(Arc<RingShared>);
 
 impl SharedRing {
     pub(crate) fn new(ring: Ring) -> Self {
-        Self(Arc::new(Mutex::new(RingCell { ring, parked: BTreeMap::new() })))
+        let cell = Mutex::new(RingCell { ring, parked: Vec::new() });
+        Self(Arc::new(RingShared { cell, generation: AtomicU64::new(0) }))
     }
 
     fn lock(&self) -> MutexGuard<'_, RingCell> {
         // The ring's invariants are asserted before any state changes; a reader that panicked
         // mid-read left nothing half-done, so a poisoned lock is still consistent.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The generation now (see [`RingShared::generation`]).
+    fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
     }
 
     /// Runs `change` on the ring, then wakes every parked reader once, outside the lock.
@@ -57,9 +74,10 @@ impl SharedRing {
         let (result, parked) = {
             let mut cell = self.lock();
             let result = change(&mut cell.ring);
+            self.0.generation.fetch_add(1, Ordering::Release);
             (result, std::mem::take(&mut cell.parked))
         };
-        for waker in parked.into_values() {
+        for waker in parked {
             waker.wake();
         }
         result
@@ -169,6 +187,9 @@ pub(crate) struct RingReader {
     scratch: Vec<ReadItem>,
     /// Set once the ring said the reader is finished; handed out after `taken`.
     end: Option<ReaderEnd>,
+    /// The generation this reader parked its waker in, and that waker (see
+    /// [`RingShared::generation`]).
+    parked: Option<(u64, Waker)>,
     /// A stalled reader's final lag marker was handed out.
     stall_told: bool,
     stats: Arc<EngineStats>,
@@ -183,7 +204,7 @@ impl RingReader {
         stats: Arc<EngineStats>,
     ) -> Self {
         let handle = ReaderHandle { ring, id, actor };
-        Self { handle, room, taken: VecDeque::new(), scratch: Vec::new(), end: None, stall_told: false, stats }
+        Self { handle, room, taken: VecDeque::new(), scratch: Vec::new(), end: None, parked: None, stall_told: false, stats }
     }
 
     pub(crate) fn room(&self) -> &RoomName {
@@ -202,7 +223,14 @@ impl RingReader {
     /// The next item, or `Pending` (the room wakes this task when it publishes).
     pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<ReaderItem> {
         if self.taken.is_empty() && self.end.is_none() {
-            self.take(Some(cx));
+            let unchanged = self.parked.as_ref().is_some_and(|(generation, waker)| {
+                *generation == self.handle.ring.generation() && waker.will_wake(cx.waker())
+            });
+            if unchanged {
+                // Caught up, parked, and nothing happened since: no need for the lock.
+                return Poll::Pending;
+            }
+            self.take(cx);
         }
         if let Some(item) = self.taken.pop_front() {
             return Poll::Ready(ReaderItem::Event(match item {
@@ -225,20 +253,28 @@ impl RingReader {
         }
     }
 
-    /// Takes every item ready (up to [`READ_BATCH_MAX`]); parks with `cx` if there is none.
-    fn take(&mut self, cx: Option<&mut Context<'_>>) {
+    /// Takes every item ready (up to [`READ_BATCH_MAX`]). A reader that this leaves caught up
+    /// parks `cx`'s waker in the same lock, so its next poll needs no lock unless the ring
+    /// changed.
+    fn take(&mut self, cx: &mut Context<'_>) {
         let (id, scratch) = (self.handle.id, &mut self.scratch);
         let status = {
             let mut cell = self.handle.ring.lock();
             let status = cell.ring.read(id, scratch, READ_BATCH_MAX);
-            if status == ReadStatus::Empty {
-                if let Some(cx) = cx {
-                    match cell.parked.get_mut(&id) {
-                        Some(waker) => waker.clone_from(cx.waker()),
-                        None => {
-                            cell.parked.insert(id, cx.waker().clone());
-                        }
-                    }
+            let caught_up = match status {
+                ReadStatus::Empty => true,
+                ReadStatus::Items => scratch.len() < READ_BATCH_MAX,
+                ReadStatus::Ended(_) => false,
+            };
+            if caught_up {
+                // Read under the lock, where every change counts it: exact.
+                let generation = self.handle.ring.0.generation.load(Ordering::Relaxed);
+                let parked = self.parked.as_ref().is_some_and(|(parked_in, waker)| {
+                    *parked_in == generation && waker.will_wake(cx.waker())
+                });
+                if !parked {
+                    cell.parked.push(cx.waker().clone());
+                    self.parked = Some((generation, cx.waker().clone()));
                 }
             }
             status
