@@ -204,7 +204,16 @@ impl RingReader {
         stats: Arc<EngineStats>,
     ) -> Self {
         let handle = ReaderHandle { ring, id, actor };
-        Self { handle, room, taken: VecDeque::new(), scratch: Vec::new(), end: None, parked: None, stall_told: false, stats }
+        Self {
+            handle,
+            room,
+            taken: VecDeque::new(),
+            scratch: Vec::new(),
+            end: None,
+            parked: None,
+            stall_told: false,
+            stats,
+        }
     }
 
     pub(crate) fn room(&self) -> &RoomName {
@@ -269,9 +278,10 @@ impl RingReader {
             if caught_up {
                 // Read under the lock, where every change counts it: exact.
                 let generation = self.handle.ring.0.generation.load(Ordering::Relaxed);
-                let parked = self.parked.as_ref().is_some_and(|(parked_in, waker)| {
-                    *parked_in == generation && waker.will_wake(cx.waker())
-                });
+                let parked = self
+                    .parked
+                    .as_ref()
+                    .is_some_and(|(parked_in, waker)| *parked_in == generation && waker.will_wake(cx.waker()));
                 if !parked {
                     cell.parked.push(cx.waker().clone());
                     self.parked = Some((generation, cx.waker().clone()));

@@ -173,22 +173,31 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
     // After the deadline the timer is set to the end of the drain: no more actions, read what
     // is still coming.
     let mut draining = false;
-    loop {
+    'run: loop {
         tokio::select! {
             biased;
             item = next_item(&mut conn) => {
-                if let Item::Ended = item {
-                    if !conn.closed_for_stalling() {
+                let mut item = item;
+                loop {
+                    if let Item::Ended = item {
+                        if !conn.closed_for_stalling() {
+                            return;
+                        }
+                        match Box::pin(client.resume_after_stall(conn)).await {
+                            Some(next) => conn = next,
+                            None => return,
+                        }
+                        continue 'run;
+                    }
+                    if !client.observe(&mut conn, item) {
                         return;
                     }
-                    match Box::pin(client.resume_after_stall(conn)).await {
-                        Some(next) => conn = next,
-                        None => return,
+                    // Everything else this wake brought, before the timer is polled again (it
+                    // would lose to a ready item anyway: the select is biased).
+                    match ready_item(&mut conn).await {
+                        Some(next) => item = next,
+                        None => break,
                     }
-                    continue;
-                }
-                if !client.observe(&mut conn, item) {
-                    return;
                 }
             }
             () = &mut timer => {
@@ -220,6 +229,25 @@ enum Item {
     Event(RoomEvent),
     Frame(ServerFrame),
     Ended,
+}
+
+/// The next item if one is ready now, without waiting (the task's waker stays registered).
+async fn ready_item(conn: &mut Conn) -> Option<Item> {
+    std::future::poll_fn(|cx| {
+        let polled = match conn {
+            Conn::Stream { events, .. } => {
+                events.poll_next_unpin(cx).map(|event| event.map_or(Item::Ended, Item::Event))
+            }
+            Conn::Session { events, .. } => {
+                events.poll_next_unpin(cx).map(|frame| frame.map_or(Item::Ended, Item::Frame))
+            }
+        };
+        std::task::Poll::Ready(match polled {
+            std::task::Poll::Ready(item) => Some(item),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 async fn next_item(conn: &mut Conn) -> Item {
