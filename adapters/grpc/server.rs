@@ -9,16 +9,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use confab_actors::Engine;
 use confab_engine::SendRate;
 use confab_engine::limits::STREAMS_PER_CONNECTION_MAX;
-use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Server, ServerTlsConfig};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use super::auth::{Authenticator, Tokens};
 use super::cancel::CancelLayer;
@@ -32,6 +32,16 @@ use super::rate::SendLimiter;
 use super::reflection;
 use super::shutdown::EndAtShutdown;
 use crate::metrics::RpcMetrics;
+use crate::net::{Acceptor, ConnectionLimits, Guarded, HTTP2_PREFACE_BYTES};
+
+/// The server pings a connection (HTTP/2 PING) after this long without hearing from it
+/// (`--http2-keepalive-interval`), to find clients that froze or vanished.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A connection that does not acknowledge a keepalive ping within this long is closed
+/// (`--http2-keepalive-timeout`; grpc-go's default): its calls end, and a session's presence
+/// with them.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +68,12 @@ pub struct ServerOptions {
     pub send_rate: SendRate,
     /// Where every call is counted (export it with [`crate::metrics`]).
     pub metrics: RpcMetrics,
+    /// Connection caps, TCP keepalive and the handshake deadline of the port.
+    pub connections: ConnectionLimits,
+    /// See [`HTTP2_KEEPALIVE_INTERVAL`].
+    pub http2_keepalive_interval: Duration,
+    /// See [`HTTP2_KEEPALIVE_TIMEOUT`].
+    pub http2_keepalive_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -69,6 +85,9 @@ impl Default for ServerOptions {
             streams_per_connection_max: STREAMS_PER_CONNECTION_MAX,
             send_rate: SendRate::default(),
             metrics: RpcMetrics::default(),
+            connections: ConnectionLimits::default(),
+            http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -111,13 +130,24 @@ pub async fn serve_with(
     let confab = ConfabChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter.clone());
     let seed = SeedChat::new(engine, streams_end.clone()).with_limiter(limiter);
     let (health, health_service) = ServerHealth::serving(&streams_end).await;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).inspect(|accepted| match accepted {
-        Ok(stream) => debug!(peer = stream.peer_addr().ok().map(display), "connection accepted"),
-        Err(error) => warn!(%error, "accepting a connection failed"),
+    let mut acceptor = Acceptor::new(listener, "grpc", options.connections.clone());
+    // With TLS, tonic bounds the handshake with the same timeout; in plaintext the preface is
+    // the first thing a client sends.
+    if options.tls.is_none() {
+        acceptor = acceptor.with_first_bytes_deadline(HTTP2_PREFACE_BYTES);
+    }
+    // The acceptor never fails (it backs off and logs), so tonic never sees an accept error:
+    // tonic's own loop retries those at once, which spins on EMFILE.
+    let incoming = futures::stream::unfold(acceptor, |mut acceptor| async move {
+        let connection = acceptor.accept().await;
+        Some((Ok::<_, std::io::Error>(connection), acceptor))
     });
-    let mut builder = Server::builder().max_concurrent_streams(options.streams_per_connection_max);
+    let mut builder = Server::builder()
+        .max_concurrent_streams(options.streams_per_connection_max)
+        .http2_keepalive_interval(Some(options.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(options.http2_keepalive_timeout));
     if let Some(tls) = options.tls {
-        builder = builder.tls_config(tls)?;
+        builder = builder.tls_config(tls.timeout(options.connections.handshake_timeout))?;
     }
     builder
         .layer(ObserveLayer::new(options.metrics))
@@ -136,4 +166,14 @@ pub async fn serve_with(
         })
         .await?;
     Ok(())
+}
+
+/// What tonic records about a connection (`Request::remote_addr`, the per-connection send
+/// rate): the same as for a bare `TcpStream`.
+impl Connected for Guarded {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        TcpConnectInfo { local_addr: self.local(), remote_addr: Some(self.peer()) }
+    }
 }

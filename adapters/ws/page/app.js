@@ -103,15 +103,49 @@ function send(frame) {
   }
 }
 
-// A server started with --tokens wants the token as a query parameter (a browser's WebSocket
-// cannot send an authorization header); the page takes it from its own URL: /?token=…
-function tokenQuery(separator) {
-  const token = new URLSearchParams(location.search).get("token");
-  return token ? separator + "token=" + encodeURIComponent(token) : "";
+// A server started with --tokens wants the token, never in a URL (it would sit in logs and
+// the browser's history). The page is opened as /#token=… (a fragment never reaches the
+// server; /?token=… works too): it keeps the token in sessionStorage and takes it out of the
+// address bar at once. The WebSocket carries it as a subprotocol (a browser's WebSocket
+// cannot send an authorization header), the room snapshot as an Authorization header.
+const TOKEN_KEY = "confab-token";
+// The server selects this subprotocol; the token's own entry is never echoed.
+const WS_PROTOCOL = "confab.v1";
+const WS_TOKEN_PROTOCOL_PREFIX = "confab.bearer.";
+
+function takeTokenFromAddress() {
+  const url = new URL(location.href);
+  const fragment = new URLSearchParams(url.hash.slice(1));
+  const token = fragment.get("token") || url.searchParams.get("token");
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  fragment.delete("token");
+  url.searchParams.delete("token");
+  url.hash = fragment.toString();
+  history.replaceState(null, "", url);
+}
+takeTokenFromAddress();
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function base64url(text) {
+  const bytes = new TextEncoder().encode(text);
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function wsProtocols() {
+  const bearer = token();
+  return bearer ? [WS_PROTOCOL, WS_TOKEN_PROTOCOL_PREFIX + base64url(bearer)] : [WS_PROTOCOL];
 }
 
 async function fetchRoom() {
-  const response = await fetch("/rooms/" + encodeURIComponent(state.room) + tokenQuery("?"), { cache: "no-store" });
+  const bearer = token();
+  const headers = bearer ? { Authorization: "Bearer " + bearer } : {};
+  const response = await fetch("/rooms/" + encodeURIComponent(state.room), { cache: "no-store", headers });
   if (response.status === 404) return null;
   if (!response.ok) throw new Error(await response.text());
   return response.json();
@@ -203,8 +237,8 @@ async function connect() {
     }
   }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = "user=" + encodeURIComponent(state.user) + "&format=json" + tokenQuery("&");
-  const socket = new WebSocket(scheme + "//" + location.host + "/ws?" + query);
+  const query = "user=" + encodeURIComponent(state.user) + "&format=json";
+  const socket = new WebSocket(scheme + "//" + location.host + "/ws?" + query, wsProtocols());
   state.socket = socket;
   socket.onopen = () => send({ type: "join", room: state.room, after_seq: afterSeq });
   socket.onmessage = (event) => handle(JSON.parse(event.data));
