@@ -73,10 +73,12 @@ async fn answered(server: SocketAddr, local_ip: [u8; 4], request: &[u8]) -> (boo
 /// 4 GB in 5 s before), and must serve again once the idle connections go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_server_backs_off_logs_little_and_recovers() {
-    const IDLE_PER_PORT: usize = 200;
+    const IDLE_MAX: usize = 400;
+    const QUEUED: usize = 32;
+    const DESCRIPTORS_MAX: usize = 256;
     const LOG_BYTES_MAX: usize = 1 << 20;
     let mut child = Command::new("sh")
-        .args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\""])
+        .args(["-c", &format!("ulimit -n {DESCRIPTORS_MAX} && exec \"$0\" \"$@\"")])
         .arg(env!("CARGO_BIN_EXE_confab"))
         .args(["serve", "--in-memory", "--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
@@ -105,15 +107,40 @@ async fn out_of_descriptors_the_server_backs_off_logs_little_and_recovers() {
     }
     let (grpc, web) = (grpc.expect("gRPC address"), web.expect("web address"));
 
+    // Idle connections until the server is out of descriptors, then a few more that wait in
+    // its accept queues: those make every accept fail.
+    let pid = child.id().expect("running");
+    let descriptors = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
     let mut idle = Vec::new();
-    for address in [&grpc, &web] {
-        for _ in 0..IDLE_PER_PORT {
-            idle.push(bounded(TcpStream::connect(address.as_str())).await.expect("connect"));
+    let connecting = async {
+        let mut queued = 0;
+        for address in [&grpc, &web].into_iter().cycle().take(IDLE_MAX) {
+            let connected = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(address.as_str())).await;
+            if let Ok(Ok(stream)) = connected {
+                idle.push(stream);
+            }
+            if descriptors() >= DESCRIPTORS_MAX {
+                queued += 1;
+                if queued > QUEUED {
+                    return;
+                }
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(PATIENCE, connecting).await;
+    assert!(
+        descriptors() >= DESCRIPTORS_MAX - 2,
+        "the server ran out of descriptors ({} idle connections)",
+        idle.len()
+    );
+    let before = log_bytes.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let logged = log_bytes.load(Ordering::Relaxed);
-    assert!(logged < LOG_BYTES_MAX, "{logged} bytes of log in 3 s out of descriptors");
+    let logged = log_bytes.load(Ordering::Relaxed) - before;
+    assert!(
+        logged < LOG_BYTES_MAX,
+        "{logged} bytes of log in 3 s out of descriptors ({} idle connections)",
+        idle.len()
+    );
 
     drop(idle);
     let channel = Channel::from_shared(format!("http://{grpc}")).expect("uri");
