@@ -391,3 +391,35 @@ async fn shutdown_signal() {
         let _ = interrupt.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::grpc::server::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT};
+    use crate::ws::liveness::LivenessConfig;
+    use crate::ws::server::{WS_HEADER_READ_TIMEOUT, WsConfig};
+
+    /// The duration flags' defaults are written as text (`"60s"`): they must say what the
+    /// named constants say, or the README's table would be wrong about one of them.
+    #[test]
+    fn connection_flag_defaults_are_the_named_constants() {
+        let Ok(Cli { command: Command::Serve(args) }) = Cli::try_parse_from(["confab", "serve"]) else {
+            panic!("`confab serve` parses")
+        };
+        let defaults = ConnectionLimits::default();
+        let limits = args.connections.limits();
+        assert_eq!(limits.connections_max, defaults.connections_max);
+        assert_eq!(limits.connections_per_peer_max, defaults.connections_per_peer_max);
+        assert_eq!(limits.tcp_keepalive, defaults.tcp_keepalive);
+        assert_eq!(limits.handshake_timeout, defaults.handshake_timeout);
+        assert_eq!(args.connections.http2_keepalive_interval, HTTP2_KEEPALIVE_INTERVAL);
+        assert_eq!(args.connections.http2_keepalive_timeout, HTTP2_KEEPALIVE_TIMEOUT);
+        let web = args.web.config();
+        assert_eq!(web.header_read_timeout, WS_HEADER_READ_TIMEOUT);
+        assert_eq!(web.liveness, LivenessConfig::default());
+        assert_eq!(web.frame_bytes_max, WsConfig::default().frame_bytes_max);
+    }
+}

@@ -98,8 +98,13 @@ impl WebArgs {
             }
             None => bind_default().await?,
         };
+        Ok(Some(WebListener { listener, config: self.config() }))
+    }
+
+    /// The web port's configuration from the flags.
+    pub(crate) fn config(&self) -> WsConfig {
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
-        let config = WsConfig {
+        WsConfig {
             frame_bytes_max: size(self.ws_frame_bytes_max),
             connections_max: size(self.ws_connections_max),
             header_read_timeout: self.ws_header_read_timeout,
@@ -111,8 +116,7 @@ impl WebArgs {
             allowed_origins: self.ws_allowed_origins.clone(),
             allowed_hosts: self.ws_allowed_hosts.clone(),
             ..WsConfig::default()
-        };
-        Ok(Some(WebListener { listener, config }))
+        }
     }
 }
 

@@ -163,6 +163,7 @@ mod tests {
         liveness.handle_heard(at(start, 25), true);
         assert_eq!(liveness.poll_timeout(), at(start, 45));
         assert_eq!(liveness.handle_timeout(at(start, 44)), Due::Nothing);
-        assert_eq!(liveness.handle_timeout(at(start, 124)), Due::Idle);
+        assert_eq!(liveness.handle_timeout(at(start, 124)), Due::Ping, "quiet since the frame");
+        assert_eq!(liveness.handle_timeout(at(start, 125)), Due::Idle, "idle counts from the frame");
     }
 }
