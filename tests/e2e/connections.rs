@@ -235,8 +235,8 @@ async fn a_grpc_connection_that_never_sends_its_preface_is_closed() {
     server.stop().await.expect("stopped");
 }
 
-/// On the web port a silent connection and a half-sent request are closed at
-/// `--ws-header-read-timeout` (4,000 were held before).
+/// On the web port a silent connection, a half-sent request and an idle keep-alive connection
+/// are closed at `--ws-header-read-timeout` (4,000 half-sent requests were held before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_sent_http_request_on_the_web_port_is_closed() {
     let config = WsConfig { header_read_timeout: Duration::from_millis(300), ..WsConfig::default() };
@@ -246,6 +246,11 @@ async fn a_half_sent_http_request_on_the_web_port_is_closed() {
     half.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n", server.address).as_bytes()).await.expect("half");
     assert!(closed_by_server(&mut silent).await, "a silent connection is closed");
     assert!(closed_by_server(&mut half).await, "a half-sent request is closed");
+    // A keep-alive connection that asks nothing more after a response is held no longer.
+    let request = format!("GET /app.js HTTP/1.1\r\nHost: {}\r\n\r\n", server.address);
+    let (served, mut kept) = answered(server.address, [127, 0, 0, 1], request.as_bytes()).await;
+    assert!(served, "a whole request is answered");
+    assert!(closed_by_server(&mut kept).await, "an idle keep-alive connection is closed");
     server.stop().await.expect("stopped");
 }
 
