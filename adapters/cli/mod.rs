@@ -57,3 +57,12 @@ pub fn main() -> std::process::ExitCode {
 pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (write it like 10s, 500ms or 2m)"))
 }
+
+/// [`parse_duration`] for timeouts and intervals, where zero would close every connection at
+/// once or ping without pause.
+pub(crate) fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err("must be more than zero".into()),
+        duration => Ok(duration),
+    }
+}

@@ -176,18 +176,18 @@ pub(crate) struct ConnectionArgs {
     #[arg(long, default_value_t = net::CONNECTIONS_PER_PEER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     connections_per_peer_max: u64,
     /// Idle time before the kernel probes a connection (TCP keepalive), on both ports.
-    #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "60s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     tcp_keepalive: Duration,
     /// A new connection must finish its TLS handshake (or, in plaintext, send the HTTP/2
     /// preface) within this long, or it is closed.
-    #[arg(long, default_value = "10s", value_parser = super::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     handshake_timeout: Duration,
     /// The gRPC port pings (HTTP/2 PING) a connection it has not heard from for this long.
-    #[arg(long, default_value = "30s", value_parser = super::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     http2_keepalive_interval: Duration,
     /// A gRPC connection that does not answer a ping within this long is closed; its calls
     /// end, and its sessions' presence with them.
-    #[arg(long, default_value = "20s", value_parser = super::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "20s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     http2_keepalive_timeout: Duration,
 }
 

@@ -36,18 +36,18 @@ pub(crate) struct WebArgs {
     #[arg(long, default_value_t = WS_CONNECTIONS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     ws_connections_max: u64,
     /// A client has this long to send a request's headers; a half-sent request is closed.
-    #[arg(long, default_value = "10s", value_parser = super::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     ws_header_read_timeout: Duration,
     /// A WebSocket the server has not heard from for this long is pinged.
-    #[arg(long, default_value = "20s", value_parser = super::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "20s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     ws_ping_interval: Duration,
     /// A WebSocket that answers no ping within this long is dropped; its session (and its
     /// presence) ends.
-    #[arg(long, default_value = "20s", value_parser = super::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "20s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     ws_pong_timeout: Duration,
     /// A WebSocket whose client sends no frame of its own (pongs do not count) for this long
     /// is closed (1000, "idle").
-    #[arg(long, default_value = "30m", value_parser = super::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30m", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     ws_idle_timeout: Duration,
     /// Origins (scheme://host[:port]) besides the page's own whose pages may open a WebSocket,
     /// comma-separated; `*` allows any. Others get HTTP 403.
