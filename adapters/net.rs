@@ -8,8 +8,9 @@
 //!   (and counted in a summary logged at most once a second).
 //! - Every accepted socket gets TCP keepalive (a peer that vanished is found by the kernel)
 //!   and no Nagle delay (chat frames are small and interactive).
-//! - A connection may be given a handshake deadline: it must send its first bytes (the HTTP/2
-//!   preface) in time, or its reads fail, so a TCP connection that never speaks is closed.
+//! - Every connection gets a handshake deadline; [`Preface`] makes it send its first bytes
+//!   (the HTTP/2 preface, after TLS if any) by then, or its reads fail, so a TCP connection that
+//!   never speaks is closed.
 
 use std::collections::HashMap;
 use std::future::Future as _;
@@ -47,12 +48,12 @@ pub const CONNECTIONS_PER_PEER_MAX: usize = 1_000;
 /// that vanished without a FIN (a cable pulled, a host powered off).
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// A new connection has this long to finish its TLS handshake, or, in plaintext, to send the
-/// HTTP/2 connection preface (`--handshake-timeout`); otherwise it is closed.
+/// A new connection has this long to finish its TLS handshake (if any) and, on the gRPC port,
+/// to send the HTTP/2 connection preface (`--handshake-timeout`); otherwise it is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bytes of the HTTP/2 client connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`,
-/// RFC 9113 section 3.4) that a plaintext gRPC connection must send within the deadline.
+/// RFC 9113 section 3.4) that a gRPC connection must send within the deadline.
 pub const HTTP2_PREFACE_BYTES: usize = 24;
 
 /// The connection limits of one port.
@@ -86,9 +87,6 @@ pub struct Acceptor {
     /// Names the port in log lines (`grpc`, `web`).
     port: &'static str,
     limits: ConnectionLimits,
-    /// Bytes a new connection must send before [`ConnectionLimits::handshake_timeout`]; 0 when
-    /// the protocol above keeps its own deadline (TLS, HTTP/1 header reads).
-    first_bytes: usize,
     open: Arc<Mutex<OpenConnections>>,
     backoff: Backoff,
     failures: LogEvery,
@@ -102,18 +100,11 @@ impl Acceptor {
             listener,
             port,
             limits,
-            first_bytes: 0,
             open: Arc::default(),
             backoff: Backoff::default(),
             failures: LogEvery::default(),
             refusals: LogEvery::default(),
         }
-    }
-
-    /// Every connection must send `bytes` bytes within the handshake timeout.
-    pub fn with_first_bytes_deadline(mut self, bytes: usize) -> Self {
-        self.first_bytes = bytes;
-        self
     }
 
     /// The next connection within the limits. Never fails: accept errors are backed off and
@@ -155,13 +146,10 @@ impl Acceptor {
             }
             let permit = Permit { open: Arc::clone(&self.open), peer: peer.ip() };
             configure(&stream, &self.limits);
-            let deadline = (self.first_bytes > 0).then(|| FirstBytes {
-                bytes_left: self.first_bytes,
-                deadline: Box::pin(tokio::time::sleep(self.limits.handshake_timeout)),
-            });
             let local = stream.local_addr().ok();
+            let handshake_deadline = Instant::now() + self.limits.handshake_timeout;
             debug!(port = self.port, %peer, "connection accepted");
-            return Guarded { stream, peer, local, first_bytes: deadline, _permit: permit };
+            return Guarded { stream, peer, local, handshake_deadline, _permit: permit };
         }
     }
 }
@@ -278,22 +266,15 @@ impl LogEvery {
     }
 }
 
-/// An accepted connection: it holds its place under the caps until dropped, and may have to
-/// send its first bytes before a deadline.
+/// An accepted connection: it holds its place under the caps until dropped.
 #[derive(Debug)]
 pub struct Guarded {
     stream: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-    /// `None` once the first bytes came (or when there is no deadline).
-    first_bytes: Option<FirstBytes>,
+    /// When its handshake (TLS, the HTTP/2 preface) must be done: accepted + the timeout.
+    handshake_deadline: Instant,
     _permit: Permit,
-}
-
-#[derive(Debug)]
-struct FirstBytes {
-    bytes_left: usize,
-    deadline: Pin<Box<Sleep>>,
 }
 
 impl Guarded {
@@ -306,23 +287,92 @@ impl Guarded {
     pub fn local(&self) -> Option<SocketAddr> {
         self.local
     }
+
+    /// When the connection's handshake must be done ([`ConnectionLimits::handshake_timeout`]
+    /// after it was accepted).
+    pub fn handshake_deadline(&self) -> Instant {
+        self.handshake_deadline
+    }
 }
 
 impl AsyncRead for Guarded {
     fn poll_read(self: Pin<&mut Self>, context: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(context, buf)
+    }
+}
+
+/// `AsyncWrite` by passing every call to the field `$field`: the wrappers here only watch
+/// reads (or nothing), so their writes are the inner stream's.
+macro_rules! write_through {
+    ($field:ident, impl $($header:tt)+) => {
+        impl $($header)+ {
+            fn poll_write(self: Pin<&mut Self>, context: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.get_mut().$field).poll_write(context, data)
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                context: &mut Context<'_>,
+                data: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.get_mut().$field).poll_write_vectored(context, data)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.$field.is_write_vectored()
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.get_mut().$field).poll_flush(context)
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.get_mut().$field).poll_shutdown(context)
+            }
+        }
+    };
+}
+
+write_through!(stream, impl AsyncWrite for Guarded);
+
+/// A connection (plaintext, or the plaintext side of TLS) that must send its first `bytes`
+/// bytes (the HTTP/2 preface) before a deadline, or its reads fail: a connection that never
+/// speaks is closed. Once they came, it is a plain pass-through.
+#[derive(Debug)]
+pub struct Preface<Io> {
+    io: Io,
+    bytes_left: usize,
+    /// `None` once the bytes came.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<Io> Preface<Io> {
+    /// `io` must send `bytes` bytes before `deadline`.
+    pub fn new(io: Io, bytes: usize, deadline: Instant) -> Self {
+        Self { io, bytes_left: bytes, deadline: (bytes > 0).then(|| Box::pin(tokio::time::sleep_until(deadline))) }
+    }
+
+    /// The connection inside.
+    pub fn get_ref(&self) -> &Io {
+        &self.io
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Preface<Io> {
+    fn poll_read(self: Pin<&mut Self>, context: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let filled_before = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(context, buf);
-        let Some(first) = &mut this.first_bytes else { return polled };
+        let polled = Pin::new(&mut this.io).poll_read(context, buf);
+        let Some(deadline) = &mut this.deadline else { return polled };
         match &polled {
             Poll::Ready(Ok(())) => {
-                first.bytes_left = first.bytes_left.saturating_sub(buf.filled().len() - filled_before);
-                if first.bytes_left == 0 {
-                    this.first_bytes = None;
+                this.bytes_left = this.bytes_left.saturating_sub(buf.filled().len() - filled_before);
+                if this.bytes_left == 0 {
+                    this.deadline = None;
                 }
             }
-            Poll::Pending if first.deadline.as_mut().poll(context).is_ready() => {
-                debug!(peer = %this.peer, "closing a connection that did not finish its handshake in time");
+            Poll::Pending if deadline.as_mut().poll(context).is_ready() => {
+                debug!("closing a connection that did not send its preface in time");
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the connection did not send its preface within --handshake-timeout",
@@ -334,31 +384,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
-    fn poll_write(self: Pin<&mut Self>, context: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(context, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        data: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(context, data)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(context)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(context)
-    }
-}
+write_through!(io, impl<Io: AsyncWrite + Unpin> AsyncWrite for Preface<Io>);
 
 #[cfg(test)]
 mod tests {

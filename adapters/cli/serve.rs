@@ -91,7 +91,7 @@ impl SecurityArgs {
         Tokens::load(path).map(Some).with_context(|| format!("--tokens {}", path.display()))
     }
 
-    fn tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    fn tls(&self) -> anyhow::Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(crate::grpc::tls::server_config(cert, key)?)),
             _ => Ok(None),

@@ -8,17 +8,25 @@
 //! balancers and tools can use them without a token.
 
 use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use confab_actors::Engine;
 use confab_engine::SendRate;
 use confab_engine::limits::STREAMS_PER_CONNECTION_MAX;
+use futures::{Stream, StreamExt as _};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic::transport::{Server, ServerTlsConfig};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::auth::{Authenticator, Tokens};
 use super::cancel::CancelLayer;
@@ -32,7 +40,7 @@ use super::rate::SendLimiter;
 use super::reflection;
 use super::shutdown::EndAtShutdown;
 use crate::metrics::RpcMetrics;
-use crate::net::{Acceptor, ConnectionLimits, Guarded, HTTP2_PREFACE_BYTES};
+use crate::net::{Acceptor, ConnectionLimits, Guarded, HTTP2_PREFACE_BYTES, Preface};
 
 /// The server pings a connection (HTTP/2 PING) after this long without hearing from it
 /// (`--http2-keepalive-interval`), to find clients that froze or vanished.
@@ -60,8 +68,8 @@ pub enum ServeError {
 pub struct ServerOptions {
     /// Bearer tokens every chat call must carry; `None` serves anyone (an open server).
     pub tokens: Option<Arc<Tokens>>,
-    /// TLS on the listener; `None` serves plaintext HTTP/2.
-    pub tls: Option<ServerTlsConfig>,
+    /// TLS on the listener ([`super::tls::server_config`]); `None` serves plaintext HTTP/2.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// HTTP/2 streams (calls) open at once on one connection.
     pub streams_per_connection_max: u32,
     /// Sends per second per session, and per user or connection for unary sends.
@@ -130,25 +138,17 @@ pub async fn serve_with(
     let confab = ConfabChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter.clone());
     let seed = SeedChat::new(engine, streams_end.clone()).with_limiter(limiter);
     let (health, health_service) = ServerHealth::serving(&streams_end).await;
-    let mut acceptor = Acceptor::new(listener, "grpc", options.connections.clone());
-    // With TLS, tonic bounds the handshake with the same timeout; in plaintext the preface is
-    // the first thing a client sends.
-    if options.tls.is_none() {
-        acceptor = acceptor.with_first_bytes_deadline(HTTP2_PREFACE_BYTES);
-    }
+    let acceptor = Acceptor::new(listener, "grpc", options.connections.clone());
     // The acceptor never fails (it backs off and logs), so tonic never sees an accept error:
     // tonic's own loop retries those at once, which spins on EMFILE.
-    let incoming = futures::stream::unfold(acceptor, |mut acceptor| async move {
-        let connection = acceptor.accept().await;
-        Some((Ok::<_, std::io::Error>(connection), acceptor))
-    });
-    let mut builder = Server::builder()
+    let incoming = match options.tls {
+        None => plaintext_connections(acceptor).boxed(),
+        Some(tls) => tls_connections(acceptor, TlsAcceptor::from(tls)).boxed(),
+    };
+    let builder = Server::builder()
         .max_concurrent_streams(options.streams_per_connection_max)
         .http2_keepalive_interval(Some(options.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(options.http2_keepalive_timeout));
-    if let Some(tls) = options.tls {
-        builder = builder.tls_config(tls.timeout(options.connections.handshake_timeout))?;
-    }
     builder
         .layer(ObserveLayer::new(options.metrics))
         .layer(DeadlineLayer)
@@ -168,12 +168,64 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// A gRPC connection as tonic serves it: plaintext or TLS, held to its handshake deadline
+/// until the HTTP/2 preface came (TLS is done here rather than by tonic, so the preface
+/// deadline can sit above it: a client that finishes TLS and then says nothing is closed too).
+pub type GrpcConnection = Preface<Either<Guarded, TlsStream<Guarded>>>;
+
+/// Plaintext connections, each to send its preface by its handshake deadline.
+fn plaintext_connections(acceptor: Acceptor) -> impl Stream<Item = io::Result<GrpcConnection>> + Send {
+    futures::stream::unfold(acceptor, |mut acceptor| async move {
+        let connection = acceptor.accept().await;
+        let deadline = connection.handshake_deadline();
+        Some((Ok(Preface::new(Either::Left(connection), HTTP2_PREFACE_BYTES, deadline)), acceptor))
+    })
+}
+
+/// TLS connections, each to finish its handshake and send its preface by its handshake
+/// deadline. Handshakes run in tasks of their own, so a slow one delays no other connection;
+/// the connection caps bound how many run at once.
+fn tls_connections(mut acceptor: Acceptor, tls: TlsAcceptor) -> impl Stream<Item = io::Result<GrpcConnection>> + Send {
+    let (ready, connections) = mpsc::channel(TLS_READY_LEN_MAX);
+    tokio::spawn(async move {
+        loop {
+            // Stops (and drops the listener) once the server no longer takes connections.
+            let connection = tokio::select! {
+                _ = ready.closed() => return,
+                connection = acceptor.accept() => connection,
+            };
+            let (tls, ready) = (tls.clone(), ready.clone());
+            tokio::spawn(async move {
+                let (peer, deadline) = (connection.peer(), connection.handshake_deadline());
+                match tokio::time::timeout_at(deadline, tls.accept(connection)).await {
+                    Ok(Ok(stream)) => {
+                        let _ =
+                            ready.send(Ok(Preface::new(Either::Right(stream), HTTP2_PREFACE_BYTES, deadline))).await;
+                    }
+                    // A plaintext client on a TLS port, a scanner, a client that distrusts us.
+                    Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake did not finish within --handshake-timeout"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(connections)
+}
+
+/// TLS connections whose handshake is done, waiting for tonic to take them. Small: tonic takes
+/// each at once; this only decouples the handshake tasks from its accept loop.
+const TLS_READY_LEN_MAX: usize = 64;
+
 /// What tonic records about a connection (`Request::remote_addr`, the per-connection send
-/// rate): the same as for a bare `TcpStream`.
-impl Connected for Guarded {
+/// rate): the same as for a bare `TcpStream`, TLS or not.
+impl Connected for GrpcConnection {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        TcpConnectInfo { local_addr: self.local(), remote_addr: Some(self.peer()) }
+        let tcp = match self.get_ref() {
+            Either::Left(plain) => plain,
+            Either::Right(tls) => tls.get_ref().0,
+        };
+        TcpConnectInfo { local_addr: tcp.local(), remote_addr: Some(tcp.peer()) }
     }
 }

@@ -4,17 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
-
-/// A client that opened a connection has this long to finish the TLS handshake. Handshakes
-/// run beside the accept loop, so a stalled one delays nobody; this bounds what it holds. The
-/// server sets it from `--handshake-timeout` ([`crate::net::HANDSHAKE_TIMEOUT`]).
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = crate::net::HANDSHAKE_TIMEOUT;
 
 /// The certificate chain and key files could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,22 +37,19 @@ pub enum TlsError {
     Identity(String),
 }
 
-/// A server TLS configuration from a PEM certificate chain (leaf first) and a PEM private key
-/// (PKCS#8, PKCS#1 or SEC1).
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
-    let files = PemFiles::read(cert, key)?;
-    let config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(files.cert_pem, files.key_pem))
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
-    // tonic builds the acceptor here, which is where rustls matches the key to the certificate:
-    // do it now, so a mismatch is a start-up error too.
-    Server::builder().tls_config(config.clone()).map_err(|error| TlsError::Identity(error_chain(&error)))?;
-    Ok(config)
+/// The gRPC port's TLS configuration (HTTP/2 over rustls with the ring provider, ALPN `h2`)
+/// from a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+/// rustls matches the key to the certificate here, so a mismatch is a start-up error.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    rustls_config(cert, key, b"h2")
 }
 
-/// The web port's TLS configuration (HTTP/1.1 over rustls with the ring provider, as the
-/// gRPC port) from the same files as [`server_config`].
+/// The web port's TLS configuration (HTTP/1.1, ALPN `http/1.1`) from the same files.
 pub fn web_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    rustls_config(cert, key, b"http/1.1")
+}
+
+fn rustls_config(cert: &Path, key: &Path, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let files = PemFiles::read(cert, key)?;
     let identity = |error: rustls::Error| TlsError::Identity(error.to_string());
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -68,14 +58,12 @@ pub fn web_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
         .with_no_client_auth()
         .with_single_cert(files.certificates, files.key)
         .map_err(identity)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
-/// The two PEM files, read and parsed once.
+/// The two PEM files, parsed.
 struct PemFiles {
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
     certificates: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
@@ -96,7 +84,7 @@ impl PemFiles {
         }
         let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|error| content("--tls-key", key, format!("no usable PEM private key in it: {error}")))?;
-        Ok(Self { cert_pem, key_pem, certificates, key: key_der })
+        Ok(Self { certificates, key: key_der })
     }
 }
 

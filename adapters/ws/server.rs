@@ -131,11 +131,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(config.connections_max));
     let limiter = SendLimiter::new(config.send_rate);
     let mut acceptor = Acceptor::new(listener, "web", config.connections.clone());
-    let http = Http {
-        tls: config.tls.clone().map(TlsAcceptor::from),
-        handshake_timeout: config.connections.handshake_timeout,
-        header_read_timeout: config.header_read_timeout,
-    };
+    let http = Http { tls: config.tls.clone().map(TlsAcceptor::from), header_read_timeout: config.header_read_timeout };
     let shared = Arc::new(Shared {
         engine,
         config,
@@ -176,7 +172,6 @@ pub async fn serve(
 #[derive(Clone)]
 struct Http {
     tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
     header_read_timeout: Duration,
 }
 
@@ -186,7 +181,8 @@ impl Http {
     async fn serve(self, stream: Guarded, router: Router, end: CancellationToken) {
         let peer = stream.peer();
         let Some(tls) = &self.tls else { return self.serve_http(stream, router, end).await };
-        match tokio::time::timeout(self.handshake_timeout, tls.accept(stream)).await {
+        let deadline = stream.handshake_deadline();
+        match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
             Ok(Ok(stream)) => self.serve_http(stream, router, end).await,
             Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => debug!(%peer, "TLS handshake did not finish within --handshake-timeout"),

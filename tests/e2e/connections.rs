@@ -235,6 +235,29 @@ async fn a_grpc_connection_that_never_sends_its_preface_is_closed() {
     server.stop().await.expect("stopped");
 }
 
+/// With TLS, the deadline covers the handshake and the preface after it: a client that never
+/// starts TLS, and one that finishes TLS and then says nothing, are both closed (tonic's own TLS
+/// bounded only the handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_tls_connection_that_never_sends_its_preface_is_closed() {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let pki = super::security::Pki::new(&super::security::scratch("preface-tls"));
+    let tls = confab::grpc::tls::server_config(&pki.cert, &pki.key).expect("TLS config");
+    let options = ServerOptions { connections: quick_limits(), tls: Some(tls), ..ServerOptions::default() };
+    let server = TestServer::start_with_options(Limits::default(), options).await;
+    let mut silent = TcpStream::connect(server.address).await.expect("connect");
+    assert!(closed_by_server(&mut silent).await, "a connection that never starts TLS is closed");
+    let tcp = TcpStream::connect(server.address).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("a name");
+    let mut quiet = bounded(pki.connector(b"h2").connect(name, tcp)).await.expect("TLS handshake");
+    let closed = tokio::time::timeout(CLOSE_PATIENCE, async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(1..) = quiet.read(&mut buffer).await {}
+    });
+    assert!(closed.await.is_ok(), "a TLS connection without a preface is closed");
+    server.stop().await.expect("stopped");
+}
+
 /// On the web port a silent connection, a half-sent request and an idle keep-alive connection
 /// are closed at `--ws-header-read-timeout` (4,000 half-sent requests were held before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

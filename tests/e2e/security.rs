@@ -280,6 +280,25 @@ impl Pki {
         std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
         pki
     }
+
+    /// A TLS client that trusts this CA and offers the ALPN protocol `alpn`.
+    pub(super) fn connector(&self, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::pem::PemObject as _;
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(&self.ca).expect("ca");
+        for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(certificate.expect("a certificate")).expect("a root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![alpn.to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(client))
+    }
 }
 
 /// TLS with tokens: a client with the CA connects over https and works; plaintext to the TLS

@@ -539,24 +539,12 @@ async fn requests_naming_another_host_are_refused() {
 /// `wss://` session; plaintext HTTP gets no page, and the server goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_port_serves_tls_when_given_a_certificate() {
-    use rustls_pki_types::pem::PemObject as _;
-    use tokio_rustls::rustls::{self, pki_types::ServerName};
+    use tokio_rustls::rustls::pki_types::ServerName;
     let pki = super::security::Pki::new(&super::security::scratch("web-tls"));
     let tls = confab::grpc::tls::web_config(&pki.cert, &pki.key).expect("web TLS config");
     let server = WsServer::start_with(WsConfig { tls: Some(tls), ..WsConfig::default() }).await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(&pki.ca).expect("ca");
-    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(certificate.expect("a certificate")).expect("a root");
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let connector = pki.connector(b"http/1.1");
     let name = ServerName::try_from("localhost").expect("a name");
 
     let tcp = TcpStream::connect(server.address).await.expect("connect");
