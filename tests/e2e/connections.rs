@@ -43,7 +43,7 @@ fn quick_limits() -> ConnectionLimits {
 
 /// Whether the server closes `stream` (EOF or an error) within [`CLOSE_PATIENCE`], reading and
 /// discarding whatever it sends first.
-async fn closed_by_server(stream: &mut TcpStream) -> bool {
+pub(super) async fn closed_by_server(stream: &mut TcpStream) -> bool {
     let mut buffer = [0u8; 4096];
     let reading = async {
         loop {

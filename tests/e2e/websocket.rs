@@ -536,13 +536,20 @@ async fn requests_naming_another_host_are_refused() {
 }
 
 /// With a certificate the web port speaks TLS: a client that trusts the CA gets the page and a
-/// `wss://` session; plaintext HTTP gets no page, and the server goes on serving.
+/// `wss://` session; plaintext HTTP gets no page, a client that never starts TLS is closed at
+/// `--handshake-timeout`, and the server goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_port_serves_tls_when_given_a_certificate() {
     use tokio_rustls::rustls::pki_types::ServerName;
     let pki = super::security::Pki::new(&super::security::scratch("web-tls"));
     let tls = confab::grpc::tls::web_config(&pki.cert, &pki.key).expect("web TLS config");
-    let server = WsServer::start_with(WsConfig { tls: Some(tls), ..WsConfig::default() }).await;
+    let connections = confab::net::ConnectionLimits {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        ..confab::net::ConnectionLimits::default()
+    };
+    let server = WsServer::start_with(WsConfig { tls: Some(tls), connections, ..WsConfig::default() }).await;
+    let mut silent = TcpStream::connect(server.address).await.expect("connect");
+    assert!(super::connections::closed_by_server(&mut silent).await, "a client that never starts TLS is closed");
 
     let connector = pki.connector(b"http/1.1");
     let name = ServerName::try_from("localhost").expect("a name");
