@@ -16,6 +16,10 @@ const RECONNECT_DELAY_MS_MAX = 5000;
 const TYPING_SEND_INTERVAL_MS = 2000;
 // How long "X is typing" stays without a new notice.
 const TYPING_SHOWN_MS = 3000;
+// While the page is visible it acknowledges what it has shown this often, so the server's
+// idle timeout (--ws-idle-timeout, default 30 minutes) never closes a page someone is
+// looking at. A hidden page stays quiet; once closed as idle it reconnects when shown again.
+const VISIBLE_ACK_INTERVAL_MS = 5 * 60 * 1000;
 
 const state = {
   user: null,
@@ -247,6 +251,11 @@ async function connect() {
     state.socket = null;
     state.joined = false;
     const why = event.reason ? " (" + event.reason + ")" : "";
+    if (event.code === 1000 && event.reason.startsWith("idle") && document.hidden) {
+      setStatus("disconnected", "disconnected" + why + "; reconnects when shown");
+      document.addEventListener("visibilitychange", () => connect(), { once: true });
+      return;
+    }
     setStatus("disconnected", "disconnected" + why + "; reconnecting…");
     state.reconnectTimer = setTimeout(connect, state.reconnectDelay);
     state.reconnectDelay = Math.min(state.reconnectDelay * 2, RECONNECT_DELAY_MS_MAX);
@@ -300,6 +309,12 @@ const params = new URLSearchParams(location.search);
 if (params.get("user")) $("user").value = params.get("user");
 if (params.get("room")) $("room").value = params.get("room");
 if (params.get("join") === "1" && params.get("user")) join($("user").value, $("room").value);
+
+setInterval(() => {
+  if (state.joined && document.visibilityState === "visible" && state.lastSeq !== null) {
+    send({ type: "ack", room: state.room, seq: state.lastSeq });
+  }
+}, VISIBLE_ACK_INTERVAL_MS);
 
 // For tests and debugging: the page's state, and a way to drop the connection.
 window.confab = {
