@@ -87,9 +87,13 @@ pub struct Acceptor {
     /// Names the port in log lines (`grpc`, `web`).
     port: &'static str,
     limits: ConnectionLimits,
+    /// Shared with every accepted connection's permit, which gives its place back on drop.
     open: Arc<Mutex<OpenConnections>>,
+    /// How long to wait after the next accept error.
     backoff: Backoff,
+    /// Accept errors not yet logged.
     failures: LogEvery,
+    /// Connections refused over a cap, not yet logged.
     refusals: LogEvery,
 }
 
