@@ -9,6 +9,12 @@
 //! comes back as an `error` frame and the session goes on; a frame that does not decode, or is
 //! over `--ws-frame-bytes-max`, closes the connection with a close code and the reason.
 //!
+//! On a server with `--tokens` the token travels in the `Sec-WebSocket-Protocol` entry
+//! `confab.bearer.<base64url>` (never in the URL). Only same-origin pages (or
+//! `--ws-allowed-origins`) may upgrade, and every request's `Host` must name the server
+//! ([`access`]). A connection is pinged, dropped when it answers no ping, and closed when idle
+//! ([`liveness`]).
+//!
 //! - [`server`]: the accept loop, TLS, the routes (`/` the page, `/ws`, `/rooms/{room}`),
 //!   limits, shutdown.
 //! - [`access`]: the `Host` and `Origin` checks, and the token's subprotocol.
