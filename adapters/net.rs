@@ -42,7 +42,12 @@ pub const CONNECTIONS_MAX: usize = 10_000;
 
 /// TCP connections open at once on one port from one peer address
 /// (`--connections-per-peer-max`), so one host cannot take every slot of [`CONNECTIONS_MAX`].
+/// An IPv6 peer counts by its /64 network ([`PEER_IPV6_PREFIX_BITS`]).
 pub const CONNECTIONS_PER_PEER_MAX: usize = 1_000;
+
+/// IPv6 peers are counted by network, not by address: one host is routinely given a whole /64
+/// and can pick a new address for every connection.
+pub const PEER_IPV6_PREFIX_BITS: u32 = 64;
 
 /// Idle time before the kernel starts probing a connection (`--tcp-keepalive`): finds peers
 /// that vanished without a FIN (a cable pulled, a host powered off).
@@ -194,7 +199,7 @@ impl OpenConnections {
         if self.total >= limits.connections_max {
             return Err("--connections-max");
         }
-        let from_peer = self.per_peer.entry(peer).or_default();
+        let from_peer = self.per_peer.entry(peer_key(peer)).or_default();
         if *from_peer >= limits.connections_per_peer_max {
             return Err("--connections-per-peer-max");
         }
@@ -205,13 +210,29 @@ impl OpenConnections {
 
     fn close(&mut self, peer: IpAddr) {
         self.total = self.total.saturating_sub(1);
-        if let Some(from_peer) = self.per_peer.get_mut(&peer) {
+        let key = peer_key(peer);
+        if let Some(from_peer) = self.per_peer.get_mut(&key) {
             *from_peer = from_peer.saturating_sub(1);
             // Forget the peer, so the map holds only peers with open connections.
             if *from_peer == 0 {
-                self.per_peer.remove(&peer);
+                self.per_peer.remove(&key);
             }
         }
+    }
+}
+
+/// What a peer is counted by: an IPv4 address (also when it arrives IPv4-mapped on a dual-stack
+/// listener), or an IPv6 address's /64 network.
+fn peer_key(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mask = u128::MAX.checked_shl(128 - PEER_IPV6_PREFIX_BITS).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
     }
 }
 
@@ -435,5 +456,21 @@ mod tests {
         open.close(two);
         assert_eq!(open.per_peer.get(&two), None, "a peer without connections is forgotten");
         assert_eq!(open.total, 1);
+    }
+
+    #[test]
+    fn an_ipv6_peer_counts_by_its_64_network_and_a_mapped_ipv4_as_itself() {
+        let limits = ConnectionLimits { connections_per_peer_max: 2, ..ConnectionLimits::default() };
+        let address = |text: &str| text.parse::<IpAddr>().expect("an address");
+        let mut open = OpenConnections::default();
+        assert_eq!(open.try_open(address("2001:db8:1:2::1"), &limits), Ok(()));
+        assert_eq!(open.try_open(address("2001:db8:1:2:ffff::9"), &limits), Ok(()));
+        assert_eq!(open.try_open(address("2001:db8:1:2::7"), &limits), Err("--connections-per-peer-max"));
+        assert_eq!(open.try_open(address("2001:db8:1:3::1"), &limits), Ok(()), "another /64");
+        assert_eq!(open.try_open(address("192.0.2.1"), &limits), Ok(()));
+        assert_eq!(open.try_open(address("::ffff:192.0.2.1"), &limits), Ok(()));
+        assert_eq!(open.try_open(address("::ffff:192.0.2.1"), &limits), Err("--connections-per-peer-max"));
+        open.close(address("2001:db8:1:2::1"));
+        assert_eq!(open.try_open(address("2001:db8:1:2::8"), &limits), Ok(()), "a closed one frees its network's slot");
     }
 }

@@ -172,7 +172,8 @@ pub(crate) struct ConnectionArgs {
     /// TCP connections open at once on each port (gRPC and web); more are closed on accept.
     #[arg(long, default_value_t = net::CONNECTIONS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     connections_max: u64,
-    /// TCP connections open at once on each port from one peer IP address.
+    /// TCP connections open at once on each port from one peer IP address (an IPv6 peer counts
+    /// by its /64 network).
     #[arg(long, default_value_t = net::CONNECTIONS_PER_PEER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     connections_per_peer_max: u64,
     /// Idle time before the kernel probes a connection (TCP keepalive), on both ports.
