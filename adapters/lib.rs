@@ -9,6 +9,8 @@
 //! - [`cli`]: the `confab` command line (`serve`, `chat`, `bench`), parsed with clap.
 //! - [`transport`]: the boundary every transport follows to turn its protocol into `Engine`
 //!   calls, and the session pump that gRPC and WebSocket sessions share.
+//! - [`net`]: accepting TCP connections for both ports: accept-error backoff, connection caps
+//!   per port and per peer, TCP keepalive, the handshake deadline.
 //! - [`ws`]: the WebSocket transport (protobuf or JSON frames) and the embedded web chat page.
 //!
 //! Data flow: a gRPC call (or WebSocket frame) arrives in a service, [`grpc::convert`] turns it into engine types, the
@@ -19,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod grpc;
 pub mod metrics;
+pub mod net;
 pub mod session_stream;
 pub mod transport;
 pub mod ws;

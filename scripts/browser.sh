@@ -32,17 +32,33 @@ mkdir -p "$artifacts"
   >"$artifacts/server.out" 2>"$artifacts/server.log" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
-url=""
-for _ in $(seq 1 100); do
-  url=$(sed -n 's|^confab web chat on \(http://[0-9.:]*/\) .*|\1|p' "$artifacts/server.out")
-  [ -n "$url" ] && break
-  sleep 0.1
-done
-[ -n "$url" ] || { echo "server did not start:"; cat "$artifacts/server.log"; exit 1; }
-echo "confab web chat on $url"
+# A second server with --tokens, for the token test (the token must never be in a URL).
+token="browser-test-token-$RANDOM$RANDOM"
+echo "$token carol" >"$artifacts/tokens"
+"$target/debug/confab" serve --listen 127.0.0.1:0 --ws-listen 127.0.0.1:0 --in-memory --shutdown-grace 5s \
+  --tokens "$artifacts/tokens" >"$artifacts/server-tokens.out" 2>"$artifacts/server-tokens.log" &
+token_server=$!
+trap 'kill "$server" "$token_server" 2>/dev/null || true' EXIT
 
-CONFAB_WEB_URL="$url" BROWSER_ARTIFACTS="$artifacts" CHROMIUM="$(command -v chromium)" \
-  node --test --test-reporter=spec tests/browser/chat.test.mjs
+# The page's URL once the server at $1 (its stdout file) printed it.
+page_url() {
+  local url=""
+  for _ in $(seq 1 100); do
+    url=$(sed -n 's|^confab web chat on \(http://[0-9.:]*/\) .*|\1|p' "$1")
+    [ -n "$url" ] && break
+    sleep 0.1
+  done
+  echo "$url"
+}
+url=$(page_url "$artifacts/server.out")
+[ -n "$url" ] || { echo "server did not start:"; cat "$artifacts/server.log"; exit 1; }
+token_url=$(page_url "$artifacts/server-tokens.out")
+[ -n "$token_url" ] || { echo "server with --tokens did not start:"; cat "$artifacts/server-tokens.log"; exit 1; }
+echo "confab web chat on $url (and with --tokens on $token_url)"
+
+CONFAB_WEB_URL="$url" CONFAB_WEB_TOKEN_URL="$token_url" CONFAB_WEB_TOKEN="$token" BROWSER_ARTIFACTS="$artifacts" \
+  CHROMIUM="$(command -v chromium)" node --test --test-reporter=spec tests/browser/chat.test.mjs
+kill "$token_server"
 
 # The server must stop cleanly on SIGTERM within its grace period (open sockets closed).
 kill -TERM "$server"

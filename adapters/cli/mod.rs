@@ -20,6 +20,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start-up: the size of the `serve` flags costs nothing worth boxing them for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (confab.v1.Chat and the seed's chat.ChatService on one port), and the
@@ -58,4 +60,13 @@ pub fn main() -> std::process::ExitCode {
 /// Parses a duration such as `10s`, `500ms` or `2m` (for flags).
 pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (write it like 10s, 500ms or 2m)"))
+}
+
+/// [`parse_duration`] for timeouts and intervals, where zero would close every connection at
+/// once or ping without pause.
+pub(crate) fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err("must be more than zero".into()),
+        duration => Ok(duration),
+    }
 }

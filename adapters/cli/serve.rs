@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::grpc::auth::{Authenticator, Tokens};
 use crate::grpc::server::{ServerOptions, serve_with};
 use crate::metrics::{METRICS_PATH, Metrics, RpcMetrics, serve_metrics};
+use crate::net::{self, ConnectionLimits};
 
 /// Flags of `confab serve`.
 #[derive(Debug, Args)]
@@ -50,6 +51,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
+    connections: ConnectionArgs,
+    #[command(flatten)]
     web: super::web::WebArgs,
 }
 
@@ -68,11 +71,13 @@ enum LogFormat {
 struct SecurityArgs {
     /// Require `authorization: Bearer <token>` on every call, with the tokens in FILE: one
     /// `TOKEN USER` per line, `#` comments (README, "Running in production"). The sender of a
-    /// message is the token's user. The web port takes the token as `?token=`. Without it the
+    /// message is the token's user. The web port takes it in a WebSocket subprotocol
+    /// (`confab.bearer.<base64url>`) or an `Authorization` header. Without it the
     /// server is open: anyone may call as anyone.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
-    /// Serve TLS with this PEM certificate chain (leaf first); needs --tls-key.
+    /// Serve TLS with this PEM certificate chain (leaf first), on the gRPC port and the web
+    /// port; needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
@@ -86,9 +91,17 @@ impl SecurityArgs {
         Tokens::load(path).map(Some).with_context(|| format!("--tokens {}", path.display()))
     }
 
-    fn tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    fn tls(&self) -> anyhow::Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(crate::grpc::tls::server_config(cert, key)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The web port serves TLS with the same certificate.
+    fn web_tls(&self) -> anyhow::Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::grpc::tls::web_config(cert, key)?)),
             _ => Ok(None),
         }
     }
@@ -152,6 +165,46 @@ struct LimitArgs {
     send_burst_max: u32,
 }
 
+/// What a connection may hold and how long it may stay silent, on both ports.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connections")]
+pub(crate) struct ConnectionArgs {
+    /// TCP connections open at once on each port (gRPC and web); more are closed on accept.
+    #[arg(long, default_value_t = net::CONNECTIONS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    connections_max: u64,
+    /// TCP connections open at once on each port from one peer IP address (an IPv6 peer counts
+    /// by its /64 network).
+    #[arg(long, default_value_t = net::CONNECTIONS_PER_PEER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    connections_per_peer_max: u64,
+    /// Idle time before the kernel probes a connection (TCP keepalive), on both ports.
+    #[arg(long, default_value = "60s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    tcp_keepalive: Duration,
+    /// A new connection must finish its TLS handshake (or, in plaintext, send the HTTP/2
+    /// preface) within this long, or it is closed.
+    #[arg(long, default_value = "10s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    handshake_timeout: Duration,
+    /// The gRPC port pings (HTTP/2 PING) a connection it has not heard from for this long.
+    #[arg(long, default_value = "30s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    http2_keepalive_interval: Duration,
+    /// A gRPC connection that does not answer a ping within this long is closed; its calls
+    /// end, and its sessions' presence with them.
+    #[arg(long, default_value = "20s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    http2_keepalive_timeout: Duration,
+}
+
+impl ConnectionArgs {
+    /// The caps and deadlines of one port (each port counts its own connections).
+    pub(crate) fn limits(&self) -> ConnectionLimits {
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        ConnectionLimits {
+            connections_max: size(self.connections_max),
+            connections_per_peer_max: size(self.connections_per_peer_max),
+            tcp_keepalive: self.tcp_keepalive,
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
+}
+
 impl LimitArgs {
     fn limits(&self) -> Limits {
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
@@ -192,6 +245,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     // Checked before binding, so a bad file never leaves a half-started server.
     let tokens = args.security.tokens()?.map(Arc::new);
     let tls = args.security.tls()?;
+    let web_tls = args.security.web_tls()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
@@ -243,7 +297,12 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     }
     let rate = SendRate { per_second: args.limits.sends_per_second_max, burst: args.limits.send_burst_max };
     let web = web_listener
-        .map(|listener| listener.with_guards(rate, Authenticator::new(tokens.clone())).start(engine.clone()))
+        .map(|listener| {
+            listener
+                .with_guards(rate, Authenticator::new(tokens.clone()))
+                .with_transport(args.connections.limits(), web_tls)
+                .start(engine.clone())
+        })
         .transpose()?;
     info!(%address, limits = ?engine.limits(), send_rate = ?rate, transport, "serving");
     let rpc_metrics = RpcMetrics::default();
@@ -267,6 +326,9 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         streams_per_connection_max: args.limits.streams_per_connection_max,
         send_rate: rate,
         metrics: rpc_metrics,
+        connections: args.connections.limits(),
+        http2_keepalive_interval: args.connections.http2_keepalive_interval,
+        http2_keepalive_timeout: args.connections.http2_keepalive_timeout,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve_with(listener, engine.clone(), options, async {
@@ -337,5 +399,37 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::grpc::server::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT};
+    use crate::ws::liveness::LivenessConfig;
+    use crate::ws::server::{WS_HEADER_READ_TIMEOUT, WsConfig};
+
+    /// The duration flags' defaults are written as text (`"60s"`): they must say what the
+    /// named constants say, or the README's table would be wrong about one of them.
+    #[test]
+    fn connection_flag_defaults_are_the_named_constants() {
+        let Ok(Cli { command: Command::Serve(args) }) = Cli::try_parse_from(["confab", "serve"]) else {
+            panic!("`confab serve` parses")
+        };
+        let defaults = ConnectionLimits::default();
+        let limits = args.connections.limits();
+        assert_eq!(limits.connections_max, defaults.connections_max);
+        assert_eq!(limits.connections_per_peer_max, defaults.connections_per_peer_max);
+        assert_eq!(limits.tcp_keepalive, defaults.tcp_keepalive);
+        assert_eq!(limits.handshake_timeout, defaults.handshake_timeout);
+        assert_eq!(args.connections.http2_keepalive_interval, HTTP2_KEEPALIVE_INTERVAL);
+        assert_eq!(args.connections.http2_keepalive_timeout, HTTP2_KEEPALIVE_TIMEOUT);
+        let web = args.web.config();
+        assert_eq!(web.header_read_timeout, WS_HEADER_READ_TIMEOUT);
+        assert_eq!(web.liveness, LivenessConfig::default());
+        assert_eq!(web.frame_bytes_max, WsConfig::default().frame_bytes_max);
     }
 }

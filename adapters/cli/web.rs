@@ -12,6 +12,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::net::ConnectionLimits;
+use crate::ws::liveness::LivenessConfig;
 use crate::ws::server::{WS_CONNECTIONS_MAX, WS_FRAME_BYTES_MAX, WsConfig, serve};
 
 /// Where the page is served when `--ws-listen` is not given. If this port is taken, a free
@@ -33,6 +35,29 @@ pub(crate) struct WebArgs {
     /// WebSocket connections open at once (more: HTTP 503 before the upgrade).
     #[arg(long, default_value_t = WS_CONNECTIONS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     ws_connections_max: u64,
+    /// A client has this long to send a request's headers; a half-sent request is closed.
+    #[arg(long, default_value = "10s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    ws_header_read_timeout: Duration,
+    /// A WebSocket the server has not heard from for this long is pinged.
+    #[arg(long, default_value = "20s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    ws_ping_interval: Duration,
+    /// A WebSocket that answers no ping within this long is dropped; its session (and its
+    /// presence) ends.
+    #[arg(long, default_value = "20s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    ws_pong_timeout: Duration,
+    /// A WebSocket whose client sends no frame of its own (pongs do not count) for this long
+    /// is closed (1000, "idle").
+    #[arg(long, default_value = "30m", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    ws_idle_timeout: Duration,
+    /// Origins (scheme://host[:port]) besides the page's own whose pages may open a WebSocket,
+    /// comma-separated; `*` allows any. Others get HTTP 403.
+    #[arg(long, value_name = "ORIGIN,...", value_delimiter = ',')]
+    ws_allowed_origins: Vec<String>,
+    /// Host names that requests may name besides the bound address (and `localhost` on
+    /// loopback), comma-separated, for a server reached by name; `*` allows any. Others get
+    /// HTTP 403 (a defence against DNS rebinding).
+    #[arg(long, value_name = "HOST,...", value_delimiter = ',')]
+    ws_allowed_hosts: Vec<String>,
 }
 
 /// The value of `--ws-listen`.
@@ -73,13 +98,25 @@ impl WebArgs {
             }
             None => bind_default().await?,
         };
+        Ok(Some(WebListener { listener, config: self.config() }))
+    }
+
+    /// The web port's configuration from the flags.
+    pub(crate) fn config(&self) -> WsConfig {
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
-        let config = WsConfig {
+        WsConfig {
             frame_bytes_max: size(self.ws_frame_bytes_max),
             connections_max: size(self.ws_connections_max),
+            header_read_timeout: self.ws_header_read_timeout,
+            liveness: LivenessConfig {
+                ping_interval: self.ws_ping_interval,
+                pong_timeout: self.ws_pong_timeout,
+                idle_timeout: self.ws_idle_timeout,
+            },
+            allowed_origins: self.ws_allowed_origins.clone(),
+            allowed_hosts: self.ws_allowed_hosts.clone(),
             ..WsConfig::default()
-        };
-        Ok(Some(WebListener { listener, config }))
+        }
     }
 }
 
@@ -91,14 +128,26 @@ impl WebListener {
         self
     }
 
+    /// The port's connection caps and deadlines, and TLS when the server has a certificate.
+    pub(crate) fn with_transport(
+        mut self,
+        connections: ConnectionLimits,
+        tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Self {
+        self.config.connections = connections;
+        self.config.tls = tls;
+        self
+    }
+
     /// Starts serving and prints the page's URL.
     pub(crate) fn start(self, engine: Engine) -> anyhow::Result<Web> {
         let address = self.listener.local_addr().context("reading the web address")?;
+        let (http, ws) = if self.config.tls.is_some() { ("https", "wss") } else { ("http", "ws") };
         // Not println!: a parent that read only the first line may have closed the pipe, and
         // a failed print must not stop the server.
         let _ = writeln!(
             std::io::stdout(),
-            "confab web chat on http://{address}/ (WebSocket ws://{address}/ws); open it in a browser"
+            "confab web chat on {http}://{address}/ (WebSocket {ws}://{address}/ws); open it in a browser"
         );
         info!(%address, config = ?self.config, "serving the web chat page and WebSocket transport");
         let (stop, stopped) = oneshot::channel::<()>();

@@ -248,13 +248,15 @@ impl Authenticator {
             .get(AUTHORIZATION)
             .ok_or_else(|| unauthenticated("this server needs `authorization: Bearer <token>` metadata"))?;
         let header = header.to_str().map_err(|_| unauthenticated("the authorization metadata is not ASCII text"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| unauthenticated("the authorization metadata must be `Bearer <token>`"))?
-            .trim();
+        let token = bearer_token(header)
+            .ok_or_else(|| unauthenticated("the authorization metadata must be `Bearer <token>`"))?;
         tokens.user(token).cloned().map(Caller::User).ok_or_else(|| unauthenticated("unknown bearer token"))
     }
+}
+
+/// The token of an `authorization` value `Bearer <token>`, if it is one.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim)
 }
 
 impl Interceptor for Authenticator {

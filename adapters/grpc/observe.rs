@@ -115,7 +115,7 @@ where
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         let (rpc, streaming) = rpc_of(request.uri().path());
-        // With TLS the connect info is another type; the peer is then left out of the logs.
+        // TLS or not, the server records a `TcpConnectInfo` (see `server::GrpcConnection`).
         let peer = request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
         // Dropped with the future if the call ends before responding (the client cancelled).
         let mut call = Call::start(self.metrics.clone(), rpc, streaming, peer);

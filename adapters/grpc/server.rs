@@ -8,17 +8,25 @@
 //! balancers and tools can use them without a token.
 
 use std::future::Future;
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use confab_actors::Engine;
 use confab_engine::SendRate;
 use confab_engine::limits::STREAMS_PER_CONNECTION_MAX;
-use futures::StreamExt;
+use futures::{Stream, StreamExt as _};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
-use tracing::{debug, info, warn};
+use tonic::transport::Server;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tracing::{debug, info};
 
 use super::auth::{Authenticator, Tokens};
 use super::cancel::CancelLayer;
@@ -33,6 +41,16 @@ use super::reflection;
 use super::shared_bytes::ConfabService;
 use super::shutdown::EndAtShutdown;
 use crate::metrics::RpcMetrics;
+use crate::net::{Acceptor, ConnectionLimits, Guarded, HTTP2_PREFACE_BYTES, Preface};
+
+/// The server pings a connection (HTTP/2 PING) after this long without hearing from it
+/// (`--http2-keepalive-interval`), to find clients that froze or vanished.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A connection that does not acknowledge a keepalive ping within this long is closed
+/// (`--http2-keepalive-timeout`; grpc-go's default): its calls end, and a session's presence
+/// with them.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +69,20 @@ pub enum ServeError {
 pub struct ServerOptions {
     /// Bearer tokens every chat call must carry; `None` serves anyone (an open server).
     pub tokens: Option<Arc<Tokens>>,
-    /// TLS on the listener; `None` serves plaintext HTTP/2.
-    pub tls: Option<ServerTlsConfig>,
+    /// TLS on the listener ([`super::tls::server_config`]); `None` serves plaintext HTTP/2.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// HTTP/2 streams (calls) open at once on one connection.
     pub streams_per_connection_max: u32,
     /// Sends per second per session, and per user or connection for unary sends.
     pub send_rate: SendRate,
     /// Where every call is counted (export it with [`crate::metrics`]).
     pub metrics: RpcMetrics,
+    /// Connection caps, TCP keepalive and the handshake deadline of the port.
+    pub connections: ConnectionLimits,
+    /// See [`HTTP2_KEEPALIVE_INTERVAL`].
+    pub http2_keepalive_interval: Duration,
+    /// See [`HTTP2_KEEPALIVE_TIMEOUT`].
+    pub http2_keepalive_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -70,6 +94,9 @@ impl Default for ServerOptions {
             streams_per_connection_max: STREAMS_PER_CONNECTION_MAX,
             send_rate: SendRate::default(),
             metrics: RpcMetrics::default(),
+            connections: ConnectionLimits::default(),
+            http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -112,14 +139,17 @@ pub async fn serve_with(
     let confab = ConfabChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter.clone());
     let seed = SeedChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter);
     let (health, health_service) = ServerHealth::serving(&streams_end, engine).await;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).inspect(|accepted| match accepted {
-        Ok(stream) => debug!(peer = stream.peer_addr().ok().map(display), "connection accepted"),
-        Err(error) => warn!(%error, "accepting a connection failed"),
-    });
-    let mut builder = Server::builder().max_concurrent_streams(options.streams_per_connection_max);
-    if let Some(tls) = options.tls {
-        builder = builder.tls_config(tls)?;
-    }
+    let acceptor = Acceptor::new(listener, "grpc", options.connections.clone());
+    // The acceptor never fails (it backs off and logs), so tonic never sees an accept error:
+    // tonic's own loop retries those at once, which spins on EMFILE.
+    let incoming = match options.tls {
+        None => plaintext_connections(acceptor).boxed(),
+        Some(tls) => tls_connections(acceptor, TlsAcceptor::from(tls)).boxed(),
+    };
+    let builder = Server::builder()
+        .max_concurrent_streams(options.streams_per_connection_max)
+        .http2_keepalive_interval(Some(options.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(options.http2_keepalive_timeout));
     builder
         .layer(ObserveLayer::new(options.metrics))
         .layer(DeadlineLayer)
@@ -137,4 +167,66 @@ pub async fn serve_with(
         })
         .await?;
     Ok(())
+}
+
+/// A gRPC connection as tonic serves it: plaintext or TLS, held to its handshake deadline
+/// until the HTTP/2 preface came (TLS is done here rather than by tonic, so the preface
+/// deadline can sit above it: a client that finishes TLS and then says nothing is closed too).
+pub type GrpcConnection = Preface<Either<Guarded, TlsStream<Guarded>>>;
+
+/// Plaintext connections, each to send its preface by its handshake deadline.
+fn plaintext_connections(acceptor: Acceptor) -> impl Stream<Item = io::Result<GrpcConnection>> + Send {
+    futures::stream::unfold(acceptor, |mut acceptor| async move {
+        let connection = acceptor.accept().await;
+        let deadline = connection.handshake_deadline();
+        Some((Ok(Preface::new(Either::Left(connection), HTTP2_PREFACE_BYTES, deadline)), acceptor))
+    })
+}
+
+/// TLS connections, each to finish its handshake and send its preface by its handshake
+/// deadline. Handshakes run in tasks of their own, so a slow one delays no other connection;
+/// the connection caps bound how many run at once.
+fn tls_connections(mut acceptor: Acceptor, tls: TlsAcceptor) -> impl Stream<Item = io::Result<GrpcConnection>> + Send {
+    let (ready, connections) = mpsc::channel(TLS_READY_LEN_MAX);
+    tokio::spawn(async move {
+        loop {
+            // Stops (and drops the listener) once the server no longer takes connections.
+            let connection = tokio::select! {
+                _ = ready.closed() => return,
+                connection = acceptor.accept() => connection,
+            };
+            let (tls, ready) = (tls.clone(), ready.clone());
+            tokio::spawn(async move {
+                let (peer, deadline) = (connection.peer(), connection.handshake_deadline());
+                match tokio::time::timeout_at(deadline, tls.accept(connection)).await {
+                    Ok(Ok(stream)) => {
+                        let _ =
+                            ready.send(Ok(Preface::new(Either::Right(stream), HTTP2_PREFACE_BYTES, deadline))).await;
+                    }
+                    // A plaintext client on a TLS port, a scanner, a client that distrusts us.
+                    Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake did not finish within --handshake-timeout"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(connections)
+}
+
+/// TLS connections whose handshake is done, waiting for tonic to take them. Small: tonic takes
+/// each at once; this only decouples the handshake tasks from its accept loop.
+const TLS_READY_LEN_MAX: usize = 64;
+
+/// What tonic records about a connection (`Request::remote_addr`, the per-connection send
+/// rate): the same as for a bare `TcpStream`, TLS or not.
+impl Connected for GrpcConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        let tcp = match self.get_ref() {
+            Either::Left(plain) => plain,
+            Either::Right(tls) => tls.get_ref().0,
+        };
+        TcpConnectInfo { local_addr: tcp.local(), remote_addr: Some(tcp.peer()) }
+    }
 }

@@ -36,6 +36,13 @@ pub fn close_frame(reason: Option<ApiError>) -> CloseFrame {
     CloseFrame { code, reason: truncate(status.message(), CLOSE_REASON_BYTES_MAX).into() }
 }
 
+/// The close frame of a connection whose client sent nothing of its own for `idle_timeout`
+/// (`--ws-idle-timeout`): a normal closure, since nothing went wrong.
+pub fn idle_close_frame(idle_timeout: std::time::Duration) -> CloseFrame {
+    let reason = format!("idle for {} (--ws-idle-timeout)", humantime::format_duration(idle_timeout));
+    CloseFrame { code: close_code::NORMAL, reason: truncate(&reason, CLOSE_REASON_BYTES_MAX).into() }
+}
+
 /// The HTTP response for a request refused before (or instead of) an upgrade.
 pub fn http_refusal(error: ApiError) -> Response {
     let status = Status::from(error);
@@ -49,6 +56,11 @@ pub fn http_refusal(error: ApiError) -> Response {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (http, format!("{}\n", status.message())).into_response()
+}
+
+/// A request refused for where it comes from (its `Host` or `Origin`): 403 with the reason.
+pub fn forbidden(reason: String) -> Response {
+    (StatusCode::FORBIDDEN, format!("{reason}\n")).into_response()
 }
 
 /// The refusal of a connection over `--ws-connections-max`.

@@ -1,18 +1,26 @@
 //! One WebSocket connection as a session: its two halves implement the transport boundary's
 //! [`FrameSource`] and [`FrameSink`], and [`pump_session`] does the rest.
+//!
+//! The inbound half also keeps the connection's [`Liveness`]: while it waits for the client it
+//! pings a quiet one, drops one that answers no ping (the session ends at once, and its
+//! presence with it), and closes one that sends nothing of its own for the idle timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use confab_actors::Engine;
 use confab_engine::{ServerFrame, UserName};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::close::close_frame;
+use super::close::{close_frame, idle_close_frame};
 use super::json;
+use super::liveness::{Due, Liveness, LivenessConfig};
 use crate::grpc::convert;
 use crate::grpc::proto::confab_v1 as v1;
 use crate::grpc::rate::SessionRate;
@@ -42,37 +50,84 @@ impl Format {
     }
 }
 
+/// The outbound half of the socket, shared: replies go out on it, and so do the inbound
+/// half's pings. The session pump never runs both at once (it either waits for the client or
+/// delivers), so the lock is never contended.
+type SharedSink = Arc<Mutex<SplitSink<WebSocket, Message>>>;
+
+/// How one connection runs, besides its socket and its session.
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    /// How its frames are encoded.
+    pub format: Format,
+    /// For the message of a frame refused as too big.
+    pub frame_bytes_max: usize,
+    /// When it is pinged, dead, or idle.
+    pub liveness: LivenessConfig,
+}
+
 /// Runs one connection until the session ends, the client goes, or shutdown starts.
 pub async fn run(
     socket: WebSocket,
     engine: Engine,
     user: UserName,
-    format: Format,
-    frame_bytes_max: usize,
+    options: ConnectionOptions,
     rate: SessionRate,
     shutdown: CancellationToken,
 ) {
     let (sink, stream) = socket.split();
-    let source = Frames { stream, format, frame_bytes_max };
-    pump_session(&engine, user, source, Replies { sink, format }, rate, &shutdown).await;
+    let sink = Arc::new(Mutex::new(sink));
+    let liveness = Liveness::new(options.liveness, Instant::now());
+    let source = Frames {
+        stream,
+        format: options.format,
+        frame_bytes_max: options.frame_bytes_max,
+        liveness,
+        sink: Arc::clone(&sink),
+    };
+    pump_session(&engine, user, source, Replies { sink, format: options.format }, rate, &shutdown).await;
 }
 
-/// The inbound half: decodes client frames.
+/// The inbound half: decodes client frames and keeps the connection's liveness.
 struct Frames {
     stream: SplitStream<WebSocket>,
     format: Format,
     /// For the message of a frame refused as too big.
     frame_bytes_max: usize,
+    liveness: Liveness,
+    /// For pings and the idle close.
+    sink: SharedSink,
 }
 
 impl FrameSource for Frames {
     async fn receive(&mut self) -> Inbound {
         loop {
-            let message = match self.stream.next().await {
+            // Cancel-safe: the stream's `next` is, and a ping counts as sent only once it is.
+            let next = tokio::select! {
+                next = self.stream.next() => next,
+                _ = tokio::time::sleep_until(self.liveness.poll_timeout()) => {
+                    match self.liveness.handle_timeout(Instant::now()) {
+                        Due::Nothing => {}
+                        Due::Ping => self.ping().await,
+                        Due::Dead => {
+                            tracing::debug!("WebSocket client answered no ping in time; dropping it");
+                            return Inbound::Gone;
+                        }
+                        Due::Idle => {
+                            close(&self.sink, idle_close_frame(self.liveness_config().idle_timeout)).await;
+                            return Inbound::Gone;
+                        }
+                    }
+                    continue;
+                }
+            };
+            let message = match next {
                 None => return Inbound::Gone,
                 Some(Ok(message)) => message,
                 Some(Err(error)) => return self.read_error(error),
             };
+            let own_frame = !matches!(message, Message::Ping(_) | Message::Pong(_));
+            self.liveness.handle_heard(Instant::now(), own_frame);
             let frame = match (message, self.format) {
                 (Message::Binary(bytes), Format::Binary) => v1::ClientFrame::decode(bytes).map_err(|error| {
                     ApiError::Malformed(format!("binary frame is not a confab.v1.ClientFrame: {error}"))
@@ -99,6 +154,21 @@ impl FrameSource for Frames {
 }
 
 impl Frames {
+    fn liveness_config(&self) -> LivenessConfig {
+        self.liveness.config()
+    }
+
+    /// Pings the client. A client that cannot even take a ping within the pong timeout is as
+    /// good as dead: the ping then counts as sent, and the timeout runs out.
+    async fn ping(&mut self) {
+        let timeout = self.liveness_config().pong_timeout;
+        let sent = tokio::time::timeout(timeout, async {
+            let _ = self.sink.lock().await.send(Message::Ping(Default::default())).await;
+        });
+        let _ = sent.await;
+        self.liveness.handle_ping_sent(Instant::now());
+    }
+
     /// A read error: a frame over the size limit is the client's fault and says so; anything
     /// else is a broken connection.
     fn read_error(&self, error: axum::Error) -> Inbound {
@@ -118,7 +188,7 @@ impl Frames {
 
 /// The outbound half: encodes server frames.
 struct Replies {
-    sink: SplitSink<WebSocket, Message>,
+    sink: SharedSink,
     format: Format,
 }
 
@@ -134,7 +204,7 @@ impl Replies {
                 Message::Text(text.into())
             }
         };
-        self.sink.send(message).await.map_err(|_| Gone)
+        self.sink.lock().await.send(message).await.map_err(|_| Gone)
     }
 }
 
@@ -147,12 +217,18 @@ impl FrameSink for Replies {
         self.send(convert::error_frame(room, error)).await
     }
 
-    async fn end(mut self, reason: Option<ApiError>) {
-        let closing = async {
-            let _ = self.sink.send(Message::Close(Some(close_frame(reason)))).await;
-            let _ = self.sink.close().await;
-        };
-        // A client that reads nothing cannot take the close frame; then the socket just drops.
-        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, closing).await;
+    async fn end(self, reason: Option<ApiError>) {
+        close(&self.sink, close_frame(reason)).await;
     }
+}
+
+/// Sends a close frame and closes the socket.
+async fn close(sink: &SharedSink, frame: CloseFrame) {
+    let closing = async {
+        let mut sink = sink.lock().await;
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    };
+    // A client that reads nothing cannot take the close frame; then the socket just drops.
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, closing).await;
 }

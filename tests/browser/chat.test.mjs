@@ -4,7 +4,9 @@
 // It checks that messages typed in one page appear in the other in order, that presence and
 // typing show, and that after a forced reconnect (the page's socket closed while the other
 // page keeps talking, and a message typed while disconnected) both pages show exactly the same
-// messages, numbered 1..N with no gap and no duplicate.
+// messages, numbered 1..N with no gap and no duplicate. With CONFAB_WEB_TOKEN_URL (a server
+// started with --tokens) and CONFAB_WEB_TOKEN, it also checks that a token given in the page's
+// address leaves the address bar and never travels in a URL.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, mkdirSync } from "node:fs";
@@ -17,6 +19,8 @@ const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Every wait is bounded by this, so a bug fails the test instead of hanging it.
 const PATIENCE_MS = 20_000;
 const ROOM = "browser-test";
+const tokenUrl = process.env.CONFAB_WEB_TOKEN_URL;
+const token = process.env.CONFAB_WEB_TOKEN;
 
 /** The messages a page shows: [seq, user, body]. */
 function shown(page) {
@@ -42,8 +46,8 @@ async function joinAs(page, user) {
   await page.waitForSelector('#status[data-state="connected"]', { timeout: PATIENCE_MS });
 }
 
-test("two pages chat in order, and a forced reconnect neither loses nor doubles a message", async () => {
-  assert.ok(webUrl, "CONFAB_WEB_URL names the page (scripts/browser.sh sets it)");
+/** A fresh headless Chromium profile. */
+async function launch() {
   mkdirSync(artifacts, { recursive: true });
   const profile = mkdtempSync(join(artifacts, "profile-"));
   const context = await chromium.launchPersistentContext(profile, {
@@ -62,8 +66,14 @@ test("two pages chat in order, and a forced reconnect neither loses nor doubles 
       "--disable-sync",
     ],
   });
+  context.setDefaultTimeout(PATIENCE_MS);
+  return context;
+}
+
+test("two pages chat in order, and a forced reconnect neither loses nor doubles a message", async () => {
+  assert.ok(webUrl, "CONFAB_WEB_URL names the page (scripts/browser.sh sets it)");
+  const context = await launch();
   try {
-    context.setDefaultTimeout(PATIENCE_MS);
     const ann = await context.newPage();
     const bob = await context.newPage();
     for (const page of [ann, bob]) page.on("pageerror", (error) => assert.fail(`page error: ${error.message}`));
@@ -141,6 +151,31 @@ test("two pages chat in order, and a forced reconnect neither loses nor doubles 
 
     await bob.screenshot({ path: join(artifacts, "screenshot.png") });
     await ann.screenshot({ path: join(artifacts, "screenshot-ann.png") });
+  } finally {
+    await context.close();
+  }
+});
+
+test("a token in the page's address leaves the address bar and never travels in a URL", { skip: !tokenUrl }, async () => {
+  const context = await launch();
+  try {
+    const page = await context.newPage();
+    page.on("pageerror", (error) => assert.fail(`page error: ${error.message}`));
+    const requested = [];
+    page.on("request", (request) => requested.push(request.url()));
+    page.on("websocket", (socket) => requested.push(socket.url()));
+    await page.goto(tokenUrl + "?room=" + ROOM + "#token=" + encodeURIComponent(token));
+    assert.ok(!page.url().includes(token), `the address bar keeps no token: ${page.url()}`);
+    await page.fill("#user", "carol");
+    await page.click("#join");
+    await page.waitForSelector('#status[data-state="connected"]', { timeout: PATIENCE_MS });
+    await say(page, "sent with a token");
+    await waitForCount(page, 1);
+    const [[, user, body]] = await shown(page);
+    assert.deepEqual([user, body], ["carol", "sent with a token"]);
+    assert.ok(!page.url().includes(token), `still no token in the address bar: ${page.url()}`);
+    for (const url of requested) assert.ok(!url.includes(encodeURIComponent(token)) && !url.includes(token), `a URL with the token: ${url}`);
+    await page.screenshot({ path: join(artifacts, "screenshot-token.png") });
   } finally {
     await context.close();
   }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod bench_tool;
 mod confab_api;
+mod connections;
 mod crash;
 mod deadlines;
 mod lifecycle;

@@ -31,7 +31,7 @@ use super::{TestServer, bounded, with_metadata};
 const ANN: &str = "ann-secret-token-0001";
 const BOB: &str = "bob-secret-token-0002";
 
-fn scratch(name: &str) -> PathBuf {
+pub(super) fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("security-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -259,14 +259,14 @@ async fn bad_tokens_or_tls_files_stop_the_server_naming_the_flag() {
 }
 
 /// A test CA and a server certificate for 127.0.0.1 it signed, made at test time.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+pub(super) struct Pki {
+    pub(super) ca: PathBuf,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub(super) fn new(dir: &Path) -> Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(DnType::CommonName, "confab test CA");
@@ -279,6 +279,25 @@ impl Pki {
         std::fs::write(&pki.cert, cert.pem()).expect("write cert");
         std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
         pki
+    }
+
+    /// A TLS client that trusts this CA and offers the ALPN protocol `alpn`.
+    pub(super) fn connector(&self, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::pem::PemObject as _;
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(&self.ca).expect("ca");
+        for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(certificate.expect("a certificate")).expect("a root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![alpn.to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(client))
     }
 }
 

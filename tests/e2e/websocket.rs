@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use confab::grpc::proto::confab_v1 as v1;
+use confab::ws::access::{WS_PROTOCOL, token_protocol};
 use confab::ws::server::{WsConfig, serve};
 use confab_actors::{Engine, EngineConfig};
 use confab_engine::{Draft, RoomName, UserName};
@@ -15,17 +16,19 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use super::{PATIENCE, bounded};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A WebSocket server running inside the test.
-struct WsServer {
-    address: SocketAddr,
-    engine: Engine,
+pub(super) struct WsServer {
+    pub(super) address: SocketAddr,
+    pub(super) engine: Engine,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -35,7 +38,7 @@ impl WsServer {
         Self::start_with(WsConfig::default()).await
     }
 
-    async fn start_with(config: WsConfig) -> Self {
+    pub(super) async fn start_with(config: WsConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let address = listener.local_addr().expect("address");
         let engine = Engine::start(EngineConfig::default()).expect("engine");
@@ -46,15 +49,30 @@ impl WsServer {
         Self { address, engine, stop: Some(stop), task }
     }
 
-    async fn connect(&self, query: &str) -> Socket {
-        let url = format!("ws://{}/ws?{query}", self.address);
-        bounded(connect_async(url)).await.expect("upgraded").0
+    pub(super) async fn connect(&self, query: &str) -> Socket {
+        self.connect_with(query, &[]).await
+    }
+
+    /// An upgrade request for `/ws?{query}` with extra headers.
+    fn upgrade_request(&self, query: &str, headers: &[(&'static str, &str)]) -> Request {
+        let mut request = format!("ws://{}/ws?{query}", self.address).into_client_request().expect("a request");
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().expect("a header value"));
+        }
+        request
+    }
+
+    async fn connect_with(&self, query: &str, headers: &[(&'static str, &str)]) -> Socket {
+        bounded(connect_async(self.upgrade_request(query, headers))).await.expect("upgraded").0
     }
 
     /// The HTTP status (and body) a refused upgrade gets.
     async fn refused(&self, query: &str) -> (u16, String) {
-        let url = format!("ws://{}/ws?{query}", self.address);
-        match bounded(connect_async(url)).await {
+        self.refused_with(query, &[]).await
+    }
+
+    async fn refused_with(&self, query: &str, headers: &[(&'static str, &str)]) -> (u16, String) {
+        match bounded(connect_async(self.upgrade_request(query, headers))).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
                 (response.status().as_u16(), body.unwrap_or_default())
@@ -66,8 +84,13 @@ impl WsServer {
 
     /// A plain HTTP GET: status line and body.
     async fn get(&self, path: &str) -> (String, String) {
+        self.get_with(path, &format!("Host: {}\r\n", self.address)).await
+    }
+
+    /// A plain HTTP GET with `headers` (each line ending in CRLF; the Host header too).
+    pub(super) async fn get_with(&self, path: &str, headers: &str) -> (String, String) {
         let mut stream = TcpStream::connect(self.address).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: confab\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("request");
         let mut response = String::new();
         bounded(stream.read_to_string(&mut response)).await.expect("response");
@@ -75,7 +98,7 @@ impl WsServer {
         (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
     }
 
-    async fn stop(mut self) -> std::io::Result<()> {
+    pub(super) async fn stop(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -83,7 +106,10 @@ impl WsServer {
     }
 }
 
-async fn send_json(socket: &mut Socket, frame: Value) {
+pub(super) async fn send_json<S>(socket: &mut WebSocketStream<S>, frame: Value)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     bounded(socket.send(Message::Text(frame.to_string().into()))).await.expect("sent");
 }
 
@@ -99,7 +125,7 @@ async fn next_json(socket: &mut Socket) -> Value {
 }
 
 /// The next JSON frame that is not presence or typing.
-async fn next_chat_json(socket: &mut Socket) -> Value {
+pub(super) async fn next_chat_json(socket: &mut Socket) -> Value {
     loop {
         let frame = next_json(socket).await;
         if frame["type"] != "presence" && frame["type"] != "typing" {
@@ -422,17 +448,27 @@ async fn with_tokens_a_socket_needs_one_and_speaks_as_its_user_under_the_send_ra
         ..WsConfig::default()
     };
     let server = WsServer::start_with(config).await;
+    let ann_protocols = format!("{WS_PROTOCOL}, {}", token_protocol("ann-token-0123456789"));
+    let wrong_protocols = format!("{WS_PROTOCOL}, {}", token_protocol("wrong-token-0123456789"));
     let (status, body) = server.refused("user=ann&format=json").await;
     assert_eq!(status, 401, "no token: {body}");
-    let (status, _) = server.refused("user=ann&format=json&token=wrong-token-0123456789").await;
+    let (status, _) =
+        server.refused_with("user=ann&format=json", &[("sec-websocket-protocol", &wrong_protocols)]).await;
     assert_eq!(status, 401, "an unknown token");
-    let (status, body) = server.refused("user=bob&format=json&token=ann-token-0123456789").await;
+    let (status, body) =
+        server.refused_with("user=bob&format=json", &[("sec-websocket-protocol", &ann_protocols)]).await;
     assert_eq!(status, 403, "a token's holder cannot speak as someone else: {body}");
+    let (status, body) = server.refused("format=json&token=ann-token-0123456789").await;
+    assert_eq!(status, 400, "a token in the URL is refused, not used: {body}");
     let (status_line, _) = server.get("/rooms/lobby").await;
     assert!(status_line.contains("401"), "the room snapshot needs the token too: {status_line}");
+    let host = format!("Host: {}\r\n", server.address);
+    let (status_line, _) =
+        server.get_with("/rooms/lobby", &format!("{host}Authorization: Bearer ann-token-0123456789\r\n")).await;
+    assert!(status_line.contains("404"), "with the token in a header, the room is just missing: {status_line}");
 
     // No user given: the token's user. One post fits the rate, the next is an error frame.
-    let mut ann = server.connect("format=json&token=ann-token-0123456789").await;
+    let mut ann = server.connect_with("format=json", &[("sec-websocket-protocol", &ann_protocols)]).await;
     send_json(&mut ann, json!({"type": "join", "room": "lobby"})).await;
     assert_eq!(next_chat_json(&mut ann).await["type"], "subscribed");
     for body in ["first", "second"] {
@@ -448,5 +484,108 @@ async fn with_tokens_a_socket_needs_one_and_speaks_as_its_user_under_the_send_ra
     assert_eq!(error["code"].as_i64(), Some(8), "RESOURCE_EXHAUSTED for the second post: {error}");
     let history = server.engine.history(&RoomName::new("lobby").expect("room"), 0, 10).await.expect("history");
     assert_eq!(history.messages.len(), 1, "the refused post was not stored");
+    server.stop().await.expect("stopped");
+}
+
+/// A browser page from another origin cannot open a session (it could read every room and post
+/// as anyone); the page's own origin can, a client without an Origin (not a browser) can, and
+/// `--ws-allowed-origins` widens the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_websockets_are_refused_unless_allowed() {
+    let config = WsConfig { allowed_origins: vec!["https://app.example.org".into()], ..WsConfig::default() };
+    let server = WsServer::start_with(config).await;
+    let (status, body) = server.refused_with("format=json", &[("origin", "https://evil.example")]).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--ws-allowed-origins"), "the refusal names the flag: {body}");
+    let (status, _) = server.refused_with("format=json", &[("origin", "null")]).await;
+    assert_eq!(status, 403, "a sandboxed page's null origin");
+    let same_origin = format!("http://{}", server.address);
+    let mut page = server.connect_with("format=json", &[("origin", &same_origin)]).await;
+    send_json(&mut page, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_chat_json(&mut page).await["type"], "subscribed");
+    let mut allowed = server.connect_with("format=json", &[("origin", "https://app.example.org")]).await;
+    send_json(&mut allowed, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_chat_json(&mut allowed).await["type"], "subscribed");
+    let mut tool = server.connect("format=json").await;
+    send_json(&mut tool, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_chat_json(&mut tool).await["type"], "subscribed");
+    server.stop().await.expect("stopped");
+}
+
+/// DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 reaches the port
+/// under its own Host. Only the bound address, localhost, and `--ws-allowed-hosts` are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_naming_another_host_are_refused() {
+    let config = WsConfig { allowed_hosts: vec!["chat.example.org".into()], ..WsConfig::default() };
+    let server = WsServer::start_with(config).await;
+    let port = server.address.port();
+    for path in ["/", "/app.js", "/rooms/lobby", "/ws"] {
+        let (status, body) = server.get_with(path, &format!("Host: evil.example:{port}\r\n")).await;
+        assert!(status.contains("403"), "{path}: {status}");
+        assert!(body.contains("--ws-allowed-hosts"), "{path}: the refusal names the flag: {body}");
+    }
+    let (status, _) = server.get_with("/", "").await;
+    assert!(status.contains("403"), "no Host at all: {status}");
+    for host in [server.address.to_string(), format!("localhost:{port}"), "chat.example.org".to_owned()] {
+        let (status, _) = server.get_with("/", &format!("Host: {host}\r\n")).await;
+        assert!(status.contains("200"), "{host}: {status}");
+    }
+    let (status, _) = server.refused_with("format=json", &[("host", "evil.example")]).await;
+    assert_eq!(status, 403, "the upgrade too");
+    server.stop().await.expect("stopped");
+}
+
+/// With a certificate the web port speaks TLS: a client that trusts the CA gets the page and a
+/// `wss://` session; plaintext HTTP gets no page, a client that never starts TLS is closed at
+/// `--handshake-timeout`, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_port_serves_tls_when_given_a_certificate() {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let pki = super::security::Pki::new(&super::security::scratch("web-tls"));
+    let tls = confab::grpc::tls::web_config(&pki.cert, &pki.key).expect("web TLS config");
+    let connections = confab::net::ConnectionLimits {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        ..confab::net::ConnectionLimits::default()
+    };
+    let server = WsServer::start_with(WsConfig { tls: Some(tls), connections, ..WsConfig::default() }).await;
+    let mut silent = TcpStream::connect(server.address).await.expect("connect");
+    assert!(super::connections::closed_by_server(&mut silent).await, "a client that never starts TLS is closed");
+
+    let connector = pki.connector(b"http/1.1");
+    let name = ServerName::try_from("localhost").expect("a name");
+
+    let tcp = TcpStream::connect(server.address).await.expect("connect");
+    let mut tls_stream = bounded(connector.connect(name.clone(), tcp)).await.expect("TLS handshake");
+    let request = format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.address);
+    tls_stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = Vec::new();
+    let _ = bounded(tls_stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "the page over TLS: {}", response.lines().next().unwrap_or(""));
+
+    let tcp = TcpStream::connect(server.address).await.expect("connect");
+    let tls_stream = bounded(connector.connect(name, tcp)).await.expect("TLS handshake");
+    let url = format!("wss://localhost:{}/ws?format=json", server.address.port());
+    let (mut socket, _) = bounded(tokio_tungstenite::client_async(url, tls_stream)).await.expect("wss upgrade");
+    send_json(&mut socket, json!({"type": "join", "room": "lobby"})).await;
+    let subscribed = loop {
+        match bounded(socket.next()).await {
+            Some(Ok(Message::Text(text))) => break serde_json::from_str::<Value>(text.as_str()).expect("JSON"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    };
+    assert_eq!(subscribed["type"], "subscribed");
+
+    let (status, _) = bounded(async {
+        let mut plain = TcpStream::connect(server.address).await.expect("connect");
+        let _ = plain.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", server.address).as_bytes()).await;
+        let mut response = Vec::new();
+        let _ = plain.read_to_end(&mut response).await;
+        (String::from_utf8_lossy(&response).into_owned(), ())
+    })
+    .await;
+    assert!(!status.contains("200 OK"), "plain HTTP gets no page from a TLS port: {status}");
+    drop(socket);
     server.stop().await.expect("stopped");
 }

@@ -16,6 +16,10 @@ const RECONNECT_DELAY_MS_MAX = 5000;
 const TYPING_SEND_INTERVAL_MS = 2000;
 // How long "X is typing" stays without a new notice.
 const TYPING_SHOWN_MS = 3000;
+// While the page is visible it acknowledges what it has shown this often, so the server's
+// idle timeout (--ws-idle-timeout, default 30 minutes) never closes a page someone is
+// looking at. A hidden page stays quiet; once closed as idle it reconnects when shown again.
+const VISIBLE_ACK_INTERVAL_MS = 5 * 60 * 1000;
 
 const state = {
   user: null,
@@ -103,15 +107,49 @@ function send(frame) {
   }
 }
 
-// A server started with --tokens wants the token as a query parameter (a browser's WebSocket
-// cannot send an authorization header); the page takes it from its own URL: /?token=…
-function tokenQuery(separator) {
-  const token = new URLSearchParams(location.search).get("token");
-  return token ? separator + "token=" + encodeURIComponent(token) : "";
+// A server started with --tokens wants the token, never in a URL (it would sit in logs and
+// the browser's history). The page is opened as /#token=… (a fragment never reaches the
+// server; /?token=… works too): it keeps the token in sessionStorage and takes it out of the
+// address bar at once. The WebSocket carries it as a subprotocol (a browser's WebSocket
+// cannot send an authorization header), the room snapshot as an Authorization header.
+const TOKEN_KEY = "confab-token";
+// The server selects this subprotocol; the token's own entry is never echoed.
+const WS_PROTOCOL = "confab.v1";
+const WS_TOKEN_PROTOCOL_PREFIX = "confab.bearer.";
+
+function takeTokenFromAddress() {
+  const url = new URL(location.href);
+  const fragment = new URLSearchParams(url.hash.slice(1));
+  const token = fragment.get("token") || url.searchParams.get("token");
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  fragment.delete("token");
+  url.searchParams.delete("token");
+  url.hash = fragment.toString();
+  history.replaceState(null, "", url);
+}
+takeTokenFromAddress();
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function base64url(text) {
+  const bytes = new TextEncoder().encode(text);
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function wsProtocols() {
+  const bearer = token();
+  return bearer ? [WS_PROTOCOL, WS_TOKEN_PROTOCOL_PREFIX + base64url(bearer)] : [WS_PROTOCOL];
 }
 
 async function fetchRoom() {
-  const response = await fetch("/rooms/" + encodeURIComponent(state.room) + tokenQuery("?"), { cache: "no-store" });
+  const bearer = token();
+  const headers = bearer ? { Authorization: "Bearer " + bearer } : {};
+  const response = await fetch("/rooms/" + encodeURIComponent(state.room), { cache: "no-store", headers });
   if (response.status === 404) return null;
   if (!response.ok) throw new Error(await response.text());
   return response.json();
@@ -203,8 +241,8 @@ async function connect() {
     }
   }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = "user=" + encodeURIComponent(state.user) + "&format=json" + tokenQuery("&");
-  const socket = new WebSocket(scheme + "//" + location.host + "/ws?" + query);
+  const query = "user=" + encodeURIComponent(state.user) + "&format=json";
+  const socket = new WebSocket(scheme + "//" + location.host + "/ws?" + query, wsProtocols());
   state.socket = socket;
   socket.onopen = () => send({ type: "join", room: state.room, after_seq: afterSeq });
   socket.onmessage = (event) => handle(JSON.parse(event.data));
@@ -213,6 +251,11 @@ async function connect() {
     state.socket = null;
     state.joined = false;
     const why = event.reason ? " (" + event.reason + ")" : "";
+    if (event.code === 1000 && event.reason.startsWith("idle") && document.hidden) {
+      setStatus("disconnected", "disconnected" + why + "; reconnects when shown");
+      document.addEventListener("visibilitychange", () => connect(), { once: true });
+      return;
+    }
     setStatus("disconnected", "disconnected" + why + "; reconnecting…");
     state.reconnectTimer = setTimeout(connect, state.reconnectDelay);
     state.reconnectDelay = Math.min(state.reconnectDelay * 2, RECONNECT_DELAY_MS_MAX);
@@ -266,6 +309,12 @@ const params = new URLSearchParams(location.search);
 if (params.get("user")) $("user").value = params.get("user");
 if (params.get("room")) $("room").value = params.get("room");
 if (params.get("join") === "1" && params.get("user")) join($("user").value, $("room").value);
+
+setInterval(() => {
+  if (state.joined && document.visibilityState === "visible" && state.lastSeq !== null) {
+    send({ type: "ack", room: state.room, seq: state.lastSeq });
+  }
+}, VISIBLE_ACK_INTERVAL_MS);
 
 // For tests and debugging: the page's state, and a way to drop the connection.
 window.confab = {
