@@ -19,10 +19,9 @@ use confab_actors::{Engine, EngineError, SessionEvents, SessionSender, TrySend};
 use confab_engine::{ClientFrame, ServerFrame, UserName};
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
 
 use crate::grpc::rate::SessionRate;
-use crate::grpc::shutdown::ShutdownWatch;
+use crate::grpc::shutdown::{ShutdownSignal, ShutdownWatch};
 use crate::grpc::status::ApiError;
 use crate::transport::Inbound;
 
@@ -107,7 +106,7 @@ where
         rate: SessionRate,
         policy: RatePolicy,
         output: Out,
-        shutdown: &CancellationToken,
+        shutdown: &ShutdownSignal,
     ) -> Self {
         let (sender, events) = engine.open_session(user);
         Self {

@@ -12,7 +12,7 @@ use super::confab_service::ResponseStream;
 use super::convert;
 use super::proto::chat;
 use super::rate::SendLimiter;
-use super::shutdown::UntilShutdown;
+use super::shutdown::{ShutdownSignal, UntilShutdown};
 use super::status::{ApiError, frame_code, inbound_status};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::transport::Inbound;
@@ -21,6 +21,8 @@ use crate::transport::Inbound;
 pub struct SeedChat {
     engine: Engine,
     shutdown: CancellationToken,
+    /// The same shutdown as the hot streams check it (one atomic load a poll).
+    signal: ShutdownSignal,
     limiter: SendLimiter,
 }
 
@@ -28,7 +30,7 @@ impl SeedChat {
     /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
     /// send rate.
     pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
-        Self { engine, shutdown, limiter: SendLimiter::default() }
+        Self { engine, signal: ShutdownSignal::new(&shutdown), shutdown, limiter: SendLimiter::default() }
     }
 
     /// The same service with `limiter`'s send rate (shared with the other service).
@@ -144,7 +146,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
             // This protocol cannot refuse one message and go on: posts over the rate wait.
             RatePolicy::Pace,
             SeedMessages,
-            &self.shutdown,
+            &self.signal,
         );
         Ok(Response::new(Box::pin(stream)))
     }

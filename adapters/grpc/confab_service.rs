@@ -13,7 +13,7 @@ use super::convert;
 use super::proto::confab_v1 as v1;
 use super::rate::SendLimiter;
 use super::shared_bytes::SharedSubscribeStream;
-use super::shutdown::ShutdownWatch;
+use super::shutdown::{ShutdownSignal, ShutdownWatch};
 use super::status::{ApiError, inbound_status};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::transport::Inbound;
@@ -26,6 +26,8 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 pub struct ConfabChat {
     engine: Engine,
     shutdown: CancellationToken,
+    /// The same shutdown as the hot streams check it (one atomic load a poll).
+    signal: ShutdownSignal,
     limiter: SendLimiter,
 }
 
@@ -40,13 +42,13 @@ impl ConfabChat {
         let room = convert::room(&request.room)?;
         let user = caller.optional_user(&request.user, "user")?;
         let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
-        Ok(SharedSubscribeStream::new(events, ShutdownWatch::new(&self.shutdown)))
+        Ok(SharedSubscribeStream::new(events, ShutdownWatch::new(&self.signal)))
     }
 
     /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
     /// send rate.
     pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
-        Self { engine, shutdown, limiter: SendLimiter::default() }
+        Self { engine, signal: ShutdownSignal::new(&shutdown), shutdown, limiter: SendLimiter::default() }
     }
 
     /// The same service with `limiter`'s send rate (shared with the other service).
@@ -143,7 +145,7 @@ impl v1::chat_server::Chat for ConfabChat {
             rate,
             RatePolicy::Refuse,
             SessionFrames,
-            &self.shutdown,
+            &self.signal,
         );
         Ok(Response::new(Box::pin(stream)))
     }
