@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use confab_actors::{Engine, EngineError, SessionEvents, SessionSender, TrySend};
+use confab_actors::{Engine, EngineError, SessionEvents, SessionOptions, SessionSender, TrySend};
 use confab_engine::{ClientFrame, ServerFrame, UserName};
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
@@ -54,6 +54,9 @@ pub enum Output<T> {
 pub trait SessionOutput: Send + Unpin + 'static {
     /// What the stream yields.
     type Item;
+    /// Whether this vocabulary has a place for send acknowledgements: without one the session
+    /// sends none (each would only cost the stream a wake-up to skip it).
+    const ACKS: bool;
     /// A frame from the session.
     fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item>;
     /// A post refused for the rate ([`RatePolicy::Refuse`]), about `room`.
@@ -108,7 +111,8 @@ where
         output: Out,
         shutdown: &ShutdownSignal,
     ) -> Self {
-        let (sender, events) = engine.open_session(user);
+        let options = if Out::ACKS { SessionOptions::default() } else { SessionOptions::without_acks() };
+        let (sender, events) = engine.open_session_with(user, options);
         Self {
             inbound: Some(inbound),
             sender: Some(sender),

@@ -113,7 +113,7 @@ echo
 printf '| scenario | Go echo /s | Go rooms /s | confab /s | confab/Go rooms | confab/Go echo | Go rooms p50 ms | confab p50 ms | Go rooms p99 ms | confab p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n'
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
 for scenario in unary pingpong-1 pingpong-64 room-64; do
-  go_rate=$(med "${rates[$scenario.go]}")
+  go_rate=$(med "${rates[$scenario.go]:-}")
   rooms_rate=$(med "${rates[$scenario.rooms]}")
   confab_rate=$(med "${rates[$scenario.confab]}")
   ratio_rooms=$(awk -v a="$confab_rate" -v b="$rooms_rate" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')

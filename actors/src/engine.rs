@@ -71,6 +71,28 @@ impl std::fmt::Debug for EngineConfig {
     }
 }
 
+/// How a session behaves, for [`Engine::open_session_with`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SessionOptions {
+    /// Acknowledge each accepted send with a [`ServerFrame::SendAck`] (default). Off for a
+    /// transport that has no place for acknowledgements; refusals are still sent.
+    pub acks: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { acks: true }
+    }
+}
+
+impl SessionOptions {
+    /// No [`ServerFrame::SendAck`] frames.
+    pub fn without_acks() -> Self {
+        Self { acks: false }
+    }
+}
+
 /// A handle to a running engine. Cheap to clone; the engine stops when the last clone is
 /// dropped or [`Engine::shutdown`] is called.
 ///
@@ -277,8 +299,16 @@ impl Engine {
     /// Opens a bidirectional session for `user`: send [`ClientFrame`]s with the
     /// [`SessionSender`], read [`ServerFrame`]s from [`SessionEvents`].
     pub fn open_session(&self, user: UserName) -> (SessionSender, SessionEvents) {
+        self.open_session_with(user, SessionOptions::default())
+    }
+
+    /// [`Engine::open_session`] with options.
+    pub fn open_session_with(&self, user: UserName, options: SessionOptions) -> (SessionSender, SessionEvents) {
         let (outbound, control) = mpsc::channel(self.inner.limits.session_outbound_len_max.max(1));
-        let session = Session::new(user, self.inner.limits.session_rooms_max);
+        let mut session = Session::new(user, self.inner.limits.session_rooms_max);
+        if !options.acks {
+            session = session.without_acks();
+        }
         let actor = {
             let _context = self.inner.runtime.enter();
             let stats = Arc::clone(&self.inner.stats);

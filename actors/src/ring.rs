@@ -4,7 +4,7 @@
 //! ready in one lock and hands it out without further synchronisation.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -46,6 +46,9 @@ struct RingShared {
     /// parked in generation `g` and still sees `g` knows, without the lock, that nothing
     /// changed and its waker is still parked: half of a caught-up reader's lock round trips.
     generation: AtomicU64,
+    /// A reader left by itself since the room last looked: the room takes the lock for
+    /// [`Ring::take_departed`] only when this is set.
+    departed: AtomicBool,
 }
 
 /// A handle on one room's ring; clones share it.
@@ -55,7 +58,7 @@ pub(crate) struct SharedRing(Arc<RingShared>);
 impl SharedRing {
     pub(crate) fn new(ring: Ring) -> Self {
         let cell = Mutex::new(RingCell { ring, parked: Vec::new() });
-        Self(Arc::new(RingShared { cell, generation: AtomicU64::new(0) }))
+        Self(Arc::new(RingShared { cell, generation: AtomicU64::new(0), departed: AtomicBool::new(false) }))
     }
 
     fn lock(&self) -> MutexGuard<'_, RingCell> {
@@ -88,16 +91,32 @@ impl SharedRing {
         look(&mut self.lock().ring)
     }
 
-    /// Appends events and wakes the parked readers once.
-    pub(crate) fn publish(&self, events: Vec<RoomEvent>, now: Time) {
-        if events.is_empty() {
-            return;
-        }
+    /// Appends events and wakes the parked readers once; returns when the ring next needs
+    /// its sweep (one lock for both).
+    pub(crate) fn publish(&self, events: Vec<RoomEvent>, now: Time) -> Option<Time> {
         self.update(|ring| {
             for event in events {
                 ring.push(event, now);
             }
-        });
+            ring.poll_timeout()
+        })
+    }
+
+    /// A reader leaves: the ring forgets it at once. Returns whether it was reading.
+    pub(crate) fn remove_reader(&self, id: SubscriberId) -> bool {
+        let removed = self.with(|ring| ring.remove_reader(id));
+        if removed {
+            self.0.departed.store(true, Ordering::Release);
+        }
+        removed
+    }
+
+    /// Readers that left by themselves since the last call (no lock if there are none).
+    pub(crate) fn take_departed(&self) -> Vec<SubscriberId> {
+        if !self.0.departed.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.with(Ring::take_departed)
     }
 }
 
@@ -166,7 +185,7 @@ impl ReaderHandle {
     /// which a best-effort nudge makes soon.
     pub(crate) fn leave(&self) {
         let id = self.id;
-        if self.ring.with(|ring| ring.remove_reader(id)) {
+        if self.ring.remove_reader(id) {
             let _ = self.actor.tell(Unsubscribe(id)).try_send();
         }
     }

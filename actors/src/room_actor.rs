@@ -53,6 +53,9 @@ pub(crate) struct RoomActor {
     waiters: VecDeque<Waiter>,
     /// When the one armed timer fires, if one is armed.
     timer_at: Option<Time>,
+    /// When the ring last said it needs its sweep (it can change only when the actor
+    /// publishes or sweeps, so the actor keeps it instead of asking under the lock).
+    ring_due: Option<Time>,
     /// The engine's counters.
     stats: Arc<EngineStats>,
 }
@@ -94,14 +97,23 @@ impl RoomActor {
         if let Some(bug) = room.injected_bug() {
             ring.inject_bug(bug);
         }
-        Self { room, ring: SharedRing::new(ring), clock, writer, waiters: VecDeque::new(), timer_at: None, stats }
+        Self {
+            room,
+            ring: SharedRing::new(ring),
+            clock,
+            writer,
+            waiters: VecDeque::new(),
+            timer_at: None,
+            ring_due: None,
+            stats,
+        }
     }
 
     /// Executes the room's effects: readers that left are unsubscribed, events published once
     /// (one wake per parked reader), new messages handed to the writer; then arms the timer.
     fn flush(&mut self, me: &ActorRef<Self>) {
         let now = self.clock.now();
-        for id in self.ring.with(Ring::take_departed) {
+        for id in self.ring.take_departed() {
             self.room.handle_unsubscribe(id, now);
         }
         let mut events = Vec::new();
@@ -111,7 +123,9 @@ impl RoomActor {
                 RoomEffect::Persist(messages) => self.persist(messages, me),
             }
         }
-        self.ring.publish(events, now);
+        if !events.is_empty() {
+            self.ring_due = self.ring.publish(events, now);
+        }
         self.arm_timer(me);
     }
 
@@ -155,7 +169,7 @@ impl RoomActor {
 
     /// Arms the one timer for the ring's next sweep, unless an earlier one is armed.
     fn arm_timer(&mut self, me: &ActorRef<Self>) {
-        let Some(due) = self.ring.with(|ring| ring.poll_timeout()) else { return };
+        let Some(due) = self.ring_due else { return };
         if self.timer_at.is_some_and(|armed| armed <= due) {
             return;
         }
@@ -288,7 +302,7 @@ impl Message<Unsubscribe> for RoomActor {
     type Reply = ();
 
     async fn handle(&mut self, Unsubscribe(id): Unsubscribe, ctx: &mut Context<Self, Self::Reply>) {
-        self.ring.with(|ring| ring.remove_reader(id));
+        self.ring.remove_reader(id);
         self.flush(ctx.actor_ref());
     }
 }
@@ -362,7 +376,9 @@ impl Message<Timeout> for RoomActor {
         self.timer_at = None;
         let now = self.clock.now();
         // `update` wakes the closed readers, so each hands out its final lag and its end.
-        for (id, lag) in self.ring.update(|ring| ring.handle_timeout(now)) {
+        let (stalled, due) = self.ring.update(|ring| (ring.handle_timeout(now), ring.poll_timeout()));
+        self.ring_due = due;
+        for (id, lag) in stalled {
             tracing::debug!(room = %self.room.name(), ?lag, "closing a stalled subscriber");
             self.room.handle_unsubscribe(id, now);
             self.stats.subscriber_closed_stalled();

@@ -195,6 +195,7 @@ struct SeedMessages;
 
 impl SessionOutput for SeedMessages {
     type Item = Result<chat::Message, Status>;
+    const ACKS: bool = false;
 
     fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item> {
         match frame {

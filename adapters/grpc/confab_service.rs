@@ -173,6 +173,7 @@ struct SessionFrames;
 
 impl SessionOutput for SessionFrames {
     type Item = Result<v1::ServerFrame, Status>;
+    const ACKS: bool = true;
 
     fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item> {
         Output::Item(Ok(convert::server_frame(frame)))

@@ -169,13 +169,31 @@ pub struct Session {
     /// The client half-closed: finish once no echo is pending.
     closing: bool,
     finished: bool,
+    /// Whether accepted sends are acknowledged with a `SendAck` frame (see
+    /// [`Session::without_acks`]).
+    acks: bool,
     commands: VecDeque<SessionCommand>,
 }
 
 impl Session {
     /// A session for `user`, joined to at most `rooms_max` rooms.
     pub fn new(user: UserName, rooms_max: usize) -> Self {
-        Self { user, rooms_max, joined: BTreeMap::new(), closing: false, finished: false, commands: VecDeque::new() }
+        Self {
+            user,
+            rooms_max,
+            joined: BTreeMap::new(),
+            closing: false,
+            finished: false,
+            acks: true,
+            commands: VecDeque::new(),
+        }
+    }
+
+    /// The same session, but accepted sends are not acknowledged with a frame (refusals still
+    /// are): for protocols that have no place for an acknowledgement, like the seed's
+    /// `ChatStream`, where each one would only cost its stream a wake-up to skip it.
+    pub fn without_acks(self) -> Self {
+        Self { acks: false, ..self }
     }
 
     /// The session's user.
@@ -303,6 +321,9 @@ impl Session {
             Ok(sent) => {
                 if let Some(joined) = self.joined.get_mut(&room) {
                     joined.echo = Some(joined.echo.map_or(sent.seq, |seq| seq.max(sent.seq)));
+                }
+                if !self.acks {
+                    return;
                 }
                 self.commands.push_back(SessionCommand::Emit(ServerFrame::SendAck {
                     room,

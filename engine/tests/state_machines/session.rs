@@ -183,3 +183,20 @@ fn delivery_reports_for_a_room_left_are_ignored() {
     joined(&mut session, 1);
     assert!(is_ack_ahead(&ack(&mut session, 1)), "the old subscription's report does not count for the new one");
 }
+
+#[test]
+fn a_session_without_acks_sends_none_but_still_owes_its_echo_and_refusals() {
+    let mut session = Session::new(user("ann"), 4).without_acks();
+    joined(&mut session, 1);
+    session.handle_frame(ClientFrame::Send { room: "r".into(), client_msg_id: String::new(), body: "x".into() });
+    assert!(matches!(commands(&mut session).as_slice(), [SessionCommand::Send { .. }]));
+    session.handle_sent(room_name("r"), None, Ok(Sent { seq: 3, duplicate: false }));
+    assert!(commands(&mut session).is_empty(), "no acknowledgement frame");
+    session.handle_sent(room_name("r"), None, Err(confab_engine::RoomError::Retired));
+    assert!(
+        matches!(commands(&mut session).as_slice(), [SessionCommand::Emit(ServerFrame::Error { .. })]),
+        "a refusal is still told"
+    );
+    session.handle_close();
+    assert_eq!(commands(&mut session), vec![SessionCommand::Finish { echoes: vec![(room_name("r"), 3)] }]);
+}
