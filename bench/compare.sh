@@ -111,7 +111,7 @@ done
 
 echo
 printf '| scenario | Go echo /s | Go rooms /s | confab /s | confab/Go rooms | confab/Go echo | Go rooms p50 ms | confab p50 ms | Go rooms p99 ms | confab p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n'
-med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+med() { tr ' ' '\n' <<<"$1" | { grep . || true; } | median; }
 for scenario in unary pingpong-1 pingpong-64 room-64; do
   go_rate=$(med "${rates[$scenario.go]:-}")
   rooms_rate=$(med "${rates[$scenario.rooms]}")

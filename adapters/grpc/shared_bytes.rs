@@ -45,6 +45,15 @@ pub const SUBSCRIBE_PATH: &str = "/confab.v1.Chat/Subscribe";
 /// The encoding slot of a `confab.v1.RoomEvent` in a published event's encodings.
 pub const CONFAB_V1_ROOM_EVENT_SLOT: usize = 0;
 
+/// The buffer a `Subscribe` stream's encoder starts with, in bytes. tonic's default, 8 KiB,
+/// is most of an idle stream's memory; a chat event and its frame header fit in 1 KiB, and the
+/// buffer grows for a bigger one (or a batch) when it comes.
+pub const SUBSCRIBE_ENCODE_BUFFER_BYTES: usize = 1024;
+
+/// How much a `Subscribe` stream encodes before it hands a batch to HTTP/2 (tonic's default):
+/// everything ready up to this goes out in one DATA frame.
+pub const SUBSCRIBE_YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
 /// A codec that writes pre-encoded protobuf messages and decodes requests with prost.
 pub struct SharedBytesCodec<D> {
     _decode: PhantomData<fn() -> D>,
@@ -82,6 +91,10 @@ impl Encoder for SharedBytesEncoder {
     fn encode(&mut self, item: Arc<[u8]>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.put_slice(&item);
         Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(SUBSCRIBE_ENCODE_BUFFER_BYTES, SUBSCRIBE_YIELD_THRESHOLD_BYTES)
     }
 }
 
