@@ -378,13 +378,17 @@ impl RoomEvents {
     /// The next event as shared with the room's other subscribers (for a transport that
     /// encodes each event once for all of them); the [`Stream`] gives the same events owned.
     pub fn poll_next_shared(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<SharedEvent>> {
+        self.poll_event(cx, true)
+    }
+
+    fn poll_event(&mut self, cx: &mut TaskContext<'_>, shared: bool) -> Poll<Option<SharedEvent>> {
         if let Some(event) = self.head.pop_front() {
             return Poll::Ready(Some(SharedEvent::Own(event)));
         }
         if self.ended {
             return Poll::Ready(None);
         }
-        match self.reader.poll_item(cx) {
+        match self.reader.poll_item(cx, shared) {
             Poll::Ready(ReaderItem::Event(event)) => Poll::Ready(Some(event)),
             Poll::Ready(ReaderItem::Stalled(stalled)) => {
                 self.stalled = Some(stalled);
@@ -412,7 +416,7 @@ impl Stream for RoomEvents {
     type Item = RoomEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<RoomEvent>> {
-        self.poll_next_shared(cx).map(|event| event.map(SharedEvent::into_event))
+        self.poll_event(cx, false).map(|event| event.map(SharedEvent::into_event))
     }
 }
 
@@ -566,7 +570,7 @@ impl SessionEvents {
         let mut gone = Vec::new();
         for (room, reader) in &mut self.readers {
             loop {
-                match reader.poll_item(cx) {
+                match reader.poll_item(cx, false) {
                     Poll::Ready(ReaderItem::Event(event)) => {
                         self.ready.push_back(ServerFrame::Event(event.into_event()));
                     }

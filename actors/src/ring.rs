@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use confab_engine::{
-    Lag, Published, ReadItem, ReadStatus, ReaderEnd, Ring, RoomEvent, RoomName, Seq, SubscriberId, Time,
+    Lag, Published, ReadRef, ReadStatus, ReaderEnd, Ring, RoomEvent, RoomName, Seq, SubscriberId, Time,
 };
 use kameo::actor::ActorRef;
 
@@ -159,6 +159,18 @@ impl SharedEvent {
     }
 }
 
+/// Which waker a reader parked, without holding a clone of it (the ring holds one): two
+/// wakers with the same data and vtable wake the same task, as `Waker::will_wake` decides.
+/// Kept as addresses: only ever compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WakerIdentity(usize, usize);
+
+impl WakerIdentity {
+    fn of(waker: &Waker) -> Self {
+        Self(waker.data() as usize, std::ptr::from_ref(waker.vtable()) as usize)
+    }
+}
+
 /// What a reader hands out, in order.
 #[derive(Clone, Debug)]
 pub(crate) enum ReaderItem {
@@ -201,14 +213,14 @@ pub(crate) struct RingReader {
     handle: ReaderHandle,
     room: RoomName,
     /// Items taken from the ring in the last lock, not yet handed out.
-    taken: VecDeque<ReadItem>,
+    taken: VecDeque<SharedEvent>,
     /// Reused for every read, so a batch costs no allocation.
-    scratch: Vec<ReadItem>,
+    scratch: Vec<SharedEvent>,
     /// Set once the ring said the reader is finished; handed out after `taken`.
     end: Option<ReaderEnd>,
-    /// The generation this reader parked its waker in, and that waker (see
-    /// [`RingShared::generation`]).
-    parked: Option<(u64, Waker)>,
+    /// The generation this reader parked its waker in, and which waker that was (see
+    /// [`RingShared::generation`]); the ring holds the waker itself.
+    parked: Option<(u64, WakerIdentity)>,
     /// A stalled reader's final lag marker was handed out.
     stall_told: bool,
     stats: Arc<EngineStats>,
@@ -248,23 +260,22 @@ impl RingReader {
         !self.taken.is_empty()
     }
 
-    /// The next item, or `Pending` (the room wakes this task when it publishes).
-    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<ReaderItem> {
+    /// The next item, or `Pending` (the room wakes this task when it publishes). `shared`:
+    /// whether the caller wants events as shared with the other readers (to use their
+    /// encodings), or owned (then the reader takes just the event, not the shared entry).
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>, shared: bool) -> Poll<ReaderItem> {
         if self.taken.is_empty() && self.end.is_none() {
-            let unchanged = self.parked.as_ref().is_some_and(|(generation, waker)| {
-                *generation == self.handle.ring.generation() && waker.will_wake(cx.waker())
+            let unchanged = self.parked.is_some_and(|(generation, waker)| {
+                generation == self.handle.ring.generation() && waker == WakerIdentity::of(cx.waker())
             });
             if unchanged {
                 // Caught up, parked, and nothing happened since: no need for the lock.
                 return Poll::Pending;
             }
-            self.take(cx);
+            self.take(cx, shared);
         }
         if let Some(item) = self.taken.pop_front() {
-            return Poll::Ready(ReaderItem::Event(match item {
-                ReadItem::Lagged(lag) => SharedEvent::Own(RoomEvent::Lagged { room: self.room.clone(), lag }),
-                ReadItem::Event(published) => SharedEvent::Shared(published),
-            }));
+            return Poll::Ready(ReaderItem::Event(item));
         }
         match self.end.clone() {
             Some(ReaderEnd::Stalled(lag)) => {
@@ -284,11 +295,27 @@ impl RingReader {
     /// Takes every item ready (up to [`READ_BATCH_MAX`]). A reader that this leaves caught up
     /// parks `cx`'s waker in the same lock, so its next poll needs no lock unless the ring
     /// changed.
-    fn take(&mut self, cx: &mut Context<'_>) {
-        let (id, scratch) = (self.handle.id, &mut self.scratch);
+    fn take(&mut self, cx: &mut Context<'_>, shared: bool) {
+        let (id, scratch, room) = (self.handle.id, &mut self.scratch, &self.room);
+        let (mut events, mut lags, mut missed) = (0, 0, 0);
+        let keep = |item: ReadRef<'_>| match item {
+            ReadRef::Lagged(lag) => {
+                lags += 1;
+                missed += lag.missed_to - lag.missed_from + 1;
+                SharedEvent::Own(RoomEvent::Lagged { room: room.clone(), lag })
+            }
+            ReadRef::Event(published) => {
+                events += 1;
+                if shared {
+                    SharedEvent::Shared(Arc::clone(published))
+                } else {
+                    SharedEvent::Own(published.event.clone())
+                }
+            }
+        };
         let status = {
             let mut cell = self.handle.ring.lock();
-            let status = cell.ring.read(id, scratch, READ_BATCH_MAX);
+            let status = cell.ring.read_into(id, scratch, READ_BATCH_MAX, keep);
             let caught_up = match status {
                 ReadStatus::Empty => true,
                 ReadStatus::Items => scratch.len() < READ_BATCH_MAX,
@@ -297,37 +324,19 @@ impl RingReader {
             if caught_up {
                 // Read under the lock, where every change counts it: exact.
                 let generation = self.handle.ring.0.generation.load(Ordering::Relaxed);
-                let parked = self
-                    .parked
-                    .as_ref()
-                    .is_some_and(|(parked_in, waker)| *parked_in == generation && waker.will_wake(cx.waker()));
-                if !parked {
+                let waker = WakerIdentity::of(cx.waker());
+                if self.parked != Some((generation, waker)) {
                     cell.parked.push(cx.waker().clone());
-                    self.parked = Some((generation, cx.waker().clone()));
+                    self.parked = Some((generation, waker));
                 }
             }
             status
         };
-        self.count();
+        self.stats.delivered(events, lags, missed);
         self.taken.extend(self.scratch.drain(..));
         if let ReadStatus::Ended(end) = status {
             self.end = Some(end);
         }
-    }
-
-    /// Adds what the last read took to the engine's delivery counters.
-    fn count(&self) {
-        let (mut events, mut lags, mut missed) = (0, 0, 0);
-        for item in &self.scratch {
-            match item {
-                ReadItem::Event(_) => events += 1,
-                ReadItem::Lagged(lag) => {
-                    lags += 1;
-                    missed += lag.missed_to - lag.missed_from + 1;
-                }
-            }
-        }
-        self.stats.delivered(events, lags, missed);
     }
 }
 

@@ -35,7 +35,7 @@ pub mod upload;
 pub use error::{NameError, RoomError, SessionError, UploadError};
 pub use limits::Limits;
 pub use rate::{RateLimited, SendRate, TokenBucket};
-pub use ring::{ENCODING_SLOTS, Encodings, Published, ReadItem, ReadStatus, ReaderEnd, Ring};
+pub use ring::{ENCODING_SLOTS, Encodings, Published, ReadItem, ReadRef, ReadStatus, ReaderEnd, Ring};
 pub use room::{HistoryPage, InjectedBug, Persistence, Room, RoomEffect, Sent, SubscriberId, Subscription};
 pub use session::{ClientFrame, FrameError, ServerFrame, Session, SessionCommand};
 pub use types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};

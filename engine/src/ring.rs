@@ -76,6 +76,15 @@ pub enum ReadItem {
     Event(Arc<Published>),
 }
 
+/// An item as [`Ring::read_into`] shows it, before the reader takes what it keeps.
+#[derive(Clone, Copy, Debug)]
+pub enum ReadRef<'a> {
+    /// The reader missed this span of messages just before the next item (G2).
+    Lagged(Lag),
+    /// The next event, still in the ring.
+    Event(&'a Arc<Published>),
+}
+
 /// Why a reader's stream ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReaderEnd {
@@ -223,9 +232,26 @@ impl Ring {
 
     /// Reads at most `max` items for reader `id` into `out`.
     pub fn read(&mut self, id: SubscriberId, out: &mut Vec<ReadItem>, max: usize) -> ReadStatus {
+        self.read_into(id, out, max, |item| match item {
+            ReadRef::Lagged(lag) => ReadItem::Lagged(lag),
+            ReadRef::Event(published) => ReadItem::Event(Arc::clone(published)),
+        })
+    }
+
+    /// Reads at most `max` items for reader `id`, each turned by `take` into what the reader
+    /// keeps (under the shell's lock: a reader that wants only the event, or only its bytes,
+    /// takes just that, without holding the shared entry).
+    pub fn read_into<T>(
+        &mut self,
+        id: SubscriberId,
+        out: &mut Vec<T>,
+        max: usize,
+        mut take: impl FnMut(ReadRef<'_>) -> T,
+    ) -> ReadStatus {
         let head_pos = self.head_pos();
         let (first_pos, last_seq, closed) = (self.first_pos, self.last_seq, self.closed);
-        let first_reader = self.readers.keys().next().copied();
+        // Only the injected defect needs to know who reads first.
+        let first_reader = self.drop_delivery.and_then(|_| self.readers.keys().next().copied());
         let Some(cursor) = self.readers.get_mut(&id) else {
             return ReadStatus::Ended(self.ended.remove(&id).unwrap_or(ReaderEnd::Unsubscribed));
         };
@@ -234,7 +260,7 @@ impl Ring {
             // It fell behind: everything up to the oldest entry is gone for it.
             let missed_to = self.entries.front().map_or(last_seq, |entry| entry.seq_before);
             if missed_to > cursor.delivered {
-                out.push(ReadItem::Lagged(Lag { missed_from: cursor.delivered + 1, missed_to }));
+                out.push(take(ReadRef::Lagged(Lag { missed_from: cursor.delivered + 1, missed_to })));
                 cursor.delivered = missed_to;
             }
             cursor.next_pos = first_pos;
@@ -250,7 +276,7 @@ impl Ring {
                     continue;
                 }
             }
-            out.push(ReadItem::Event(Arc::clone(entry)));
+            out.push(take(ReadRef::Event(entry)));
         }
         if out.len() > before {
             ReadStatus::Items
