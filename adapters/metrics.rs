@@ -7,7 +7,7 @@
 //! and the `RPC_*` constants here are the source of those names.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -174,26 +174,63 @@ impl Default for RpcMetrics {
 }
 
 impl RpcMetrics {
-    /// A call of `rpc` arrived.
-    pub fn started(&self, rpc: &'static str) {
+    /// The series of `rpc`, resolved now, for a caller that keeps them (see [`RpcSeries`]).
+    pub fn series(&self, rpc: &'static str) -> RpcSeries {
         let labels = RpcLabels { rpc };
-        self.started.get_or_create(&labels).inc();
-        self.open.get_or_create(&labels).inc();
+        RpcSeries {
+            rpc,
+            started: self.started.get_or_create(&labels).clone(),
+            open: self.open.get_or_create(&labels).clone(),
+            handling: self.handling.get_or_create(&labels).clone(),
+            finished: std::array::from_fn(|_| OnceLock::new()),
+            metrics: self.clone(),
+        }
+    }
+}
+
+/// gRPC's status codes, 0 (`OK`) to 16 (`UNAUTHENTICATED`).
+const STATUS_CODES: usize = 17;
+
+/// One RPC's series, resolved once (the families' lookups take a lock and hash the labels)
+/// and shared by all its calls; a finished series per status code is resolved the first time
+/// a call ends with that code.
+#[derive(Debug)]
+pub struct RpcSeries {
+    rpc: &'static str,
+    started: Counter,
+    open: Gauge,
+    handling: Histogram,
+    finished: [OnceLock<Counter>; STATUS_CODES],
+    /// Where the finished series come from.
+    metrics: RpcMetrics,
+}
+
+impl RpcSeries {
+    /// A call arrived.
+    pub fn started(&self) {
+        self.started.inc();
+        self.open.inc();
     }
 
-    /// A call of `rpc` produced its response head after `elapsed`.
-    pub fn responded(&self, rpc: &'static str, elapsed: Duration) {
-        self.handling.get_or_create(&RpcLabels { rpc }).observe(elapsed.as_secs_f64());
+    /// A call produced its response head after `elapsed`.
+    pub fn responded(&self, elapsed: Duration) {
+        self.handling.observe(elapsed.as_secs_f64());
     }
 
-    /// A call of `rpc` ended with `code` (its name, e.g. `OK`).
-    pub fn finished(&self, rpc: &'static str, code: &'static str) {
-        self.finished.get_or_create(&RpcCodeLabels { rpc, code }).inc();
+    /// A call ended with status `code` (its number), named `code_name` (e.g. `OK`).
+    pub fn finished(&self, code: usize, code_name: &'static str) {
+        let Some(slot) = self.finished.get(code) else {
+            // Not a gRPC code: counted, but not kept.
+            self.metrics.finished.get_or_create(&RpcCodeLabels { rpc: self.rpc, code: code_name }).inc();
+            return;
+        };
+        let labels = RpcCodeLabels { rpc: self.rpc, code: code_name };
+        slot.get_or_init(|| self.metrics.finished.get_or_create(&labels).clone()).inc();
     }
 
-    /// A call of `rpc` is no longer open (its response is done or dropped).
-    pub fn closed(&self, rpc: &'static str) {
-        self.open.get_or_create(&RpcLabels { rpc }).dec();
+    /// A call is no longer open (its response is done or dropped).
+    pub fn closed(&self) {
+        self.open.dec();
     }
 }
 

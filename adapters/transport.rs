@@ -4,7 +4,8 @@
 //! transport knows lives in the adapter, and every adapter follows the same recipe:
 //!
 //! 1. **Identity.** Decide who the client is from the protocol (gRPC: the bearer token, else
-//!    the `user` metadata key; WebSocket: the `token`, else the `user` query parameter) through
+//!    the `user` metadata key; WebSocket: the token in the `confab.bearer.<base64url>`
+//!    subprotocol, else the `user` query parameter) through
 //!    [`Authenticator`](crate::grpc::auth::Authenticator) and
 //!    [`Caller`](crate::grpc::auth::Caller), so every transport applies the same identity rule
 //!    and refuses the same names with the same message.

@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::{debug, info, trace, warn};
 
-use crate::metrics::RpcMetrics;
+use crate::metrics::{RpcMetrics, RpcSeries};
 
 /// Label of a path that is not one of [`RPCS`].
 pub const UNKNOWN_RPC: &str = "unknown";
@@ -43,10 +44,32 @@ pub const RPCS: &[(&str, bool)] = &[
     ("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", true),
 ];
 
-/// The RPC a request path names, as a label, and whether it streams.
-fn rpc_of(path: &str) -> (&'static str, bool) {
+/// The RPC a request path names: its place in [`RPCS`] (`RPCS.len()` for an unknown path), its
+/// label, and whether it streams.
+fn rpc_index_of(path: &str) -> (usize, &'static str, bool) {
     let name = path.strip_prefix('/').unwrap_or(path);
-    RPCS.iter().find(|(rpc, _)| *rpc == name).copied().unwrap_or((UNKNOWN_RPC, false))
+    match RPCS.iter().position(|(rpc, _)| *rpc == name) {
+        Some(index) => (index, RPCS[index].0, RPCS[index].1),
+        None => (RPCS.len(), UNKNOWN_RPC, false),
+    }
+}
+
+/// Each RPC's metric series, resolved on its first call and kept (index as in
+/// [`rpc_index_of`]): a call then looks up nothing.
+#[derive(Clone, Debug)]
+struct SeriesTable {
+    metrics: RpcMetrics,
+    series: Arc<[OnceLock<Arc<RpcSeries>>]>,
+}
+
+impl SeriesTable {
+    fn new(metrics: RpcMetrics) -> Self {
+        Self { metrics, series: (0..=RPCS.len()).map(|_| OnceLock::new()).collect() }
+    }
+
+    fn get(&self, index: usize, rpc: &'static str) -> Arc<RpcSeries> {
+        Arc::clone(self.series[index].get_or_init(|| Arc::new(self.metrics.series(rpc))))
+    }
 }
 
 /// A status code's name as the gRPC spec writes it (the metrics' `code` label).
@@ -75,13 +98,13 @@ pub fn code_name(code: Code) -> &'static str {
 /// The layer: add it to the tonic server builder.
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
-    metrics: RpcMetrics,
+    series: SeriesTable,
 }
 
 impl ObserveLayer {
     /// Counts calls into `metrics`.
     pub fn new(metrics: RpcMetrics) -> Self {
-        Self { metrics }
+        Self { series: SeriesTable::new(metrics) }
     }
 }
 
@@ -89,7 +112,7 @@ impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, metrics: self.metrics.clone() }
+        Observe { inner, series: self.series.clone() }
     }
 }
 
@@ -97,7 +120,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone, Debug)]
 pub struct Observe<S> {
     inner: S,
-    metrics: RpcMetrics,
+    series: SeriesTable,
 }
 
 impl<S, RequestBody, ResponseBody> Service<http::Request<RequestBody>> for Observe<S>
@@ -114,15 +137,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        let (rpc, streaming) = rpc_of(request.uri().path());
+        let (index, rpc, streaming) = rpc_index_of(request.uri().path());
         // TLS or not, the server records a `TcpConnectInfo` (see `server::GrpcConnection`).
         let peer = request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
         // Dropped with the future if the call ends before responding (the client cancelled).
-        let mut call = Call::start(self.metrics.clone(), rpc, streaming, peer);
+        let mut call = Call::start(self.series.get(index, rpc), rpc, streaming, peer);
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            call.metrics.responded(rpc, call.started.elapsed());
+            call.series.responded(call.started.elapsed());
             let (parts, body) = response.into_parts();
             if let Some(status) = Status::from_header_map(&parts.headers) {
                 // Trailers-only: the call failed (or finished) without a body.
@@ -136,7 +159,7 @@ where
 /// One call in progress. Dropping it closes the call; if no status was seen, the client
 /// cancelled it.
 struct Call {
-    metrics: RpcMetrics,
+    series: Arc<RpcSeries>,
     rpc: &'static str,
     streaming: bool,
     peer: Option<SocketAddr>,
@@ -145,12 +168,12 @@ struct Call {
 }
 
 impl Call {
-    fn start(metrics: RpcMetrics, rpc: &'static str, streaming: bool, peer: Option<SocketAddr>) -> Self {
-        metrics.started(rpc);
+    fn start(series: Arc<RpcSeries>, rpc: &'static str, streaming: bool, peer: Option<SocketAddr>) -> Self {
+        series.started();
         if streaming {
             debug!(rpc, peer = peer.map(display), "stream opened");
         }
-        Self { metrics, rpc, streaming, peer, started: Instant::now(), finished: false }
+        Self { series, rpc, streaming, peer, started: Instant::now(), finished: false }
     }
 
     fn finish(&mut self, status: &Status) {
@@ -160,7 +183,7 @@ impl Call {
         self.finished = true;
         let code = status.code();
         let code_name = code_name(code);
-        self.metrics.finished(self.rpc, code_name);
+        self.series.finished(code as usize, code_name);
         let (rpc, peer, elapsed_ms) = (self.rpc, self.peer, self.started.elapsed().as_millis());
         let reason = status.message();
         match code {
@@ -183,7 +206,7 @@ impl Drop for Call {
         if !self.finished {
             self.finish(&Status::cancelled("the client went away before the call finished"));
         }
-        self.metrics.closed(self.rpc);
+        self.series.closed();
     }
 }
 
@@ -261,6 +284,11 @@ mod tests {
 
     #[test]
     fn unknown_paths_share_one_label() {
+        let rpc_of = |path| {
+            let (index, rpc, streaming) = rpc_index_of(path);
+            assert_eq!(RPCS.get(index).map_or(UNKNOWN_RPC, |(rpc, _)| *rpc), rpc, "the index names the rpc");
+            (rpc, streaming)
+        };
         assert_eq!(rpc_of("/confab.v1.Chat/Send"), ("confab.v1.Chat/Send", false));
         assert_eq!(rpc_of("/confab.v1.Chat/Subscribe"), ("confab.v1.Chat/Subscribe", true));
         assert_eq!(rpc_of("/confab.v1.Chat/Nope"), (UNKNOWN_RPC, false));
