@@ -8,7 +8,7 @@
 //!
 //! Damage is fenced, not served: a store reports a damaged room as [`StoreError::Damaged`]
 //! (naming the room and the sequence numbers), the registry refuses that room, and every other
-//! room goes on. A panic inside a store call ([`guard::catch`]) is a damaged store too, never
+//! room goes on. A panic inside a store call (`guard::catch`) is a damaged store too, never
 //! a dead actor.
 
 pub(crate) mod guard;
