@@ -604,11 +604,10 @@ impl SessionEvents {
     }
 
     /// Ends the stream: every room is left and the session actor hears the client is gone.
-    fn end(&mut self) -> Poll<Option<ServerFrame>> {
+    fn close(&mut self) {
         self.ended = true;
         self.readers.clear();
         self.control.close();
-        Poll::Ready(None)
     }
 }
 
@@ -630,9 +629,7 @@ impl Stream for SessionEvents {
             self.poll_rooms(cx);
             if self.stalled.is_some() {
                 // The final lag marker is in `ready`; the stream ends after it.
-                self.ended = true;
-                self.readers.clear();
-                self.control.close();
+                self.close();
                 if let Some(actor) = self.actor.upgrade() {
                     actor.kill();
                 }
@@ -641,12 +638,11 @@ impl Stream for SessionEvents {
             if !self.ready.is_empty() {
                 continue;
             }
-            // Nothing ready anywhere (every source registered this task's waker).
-            if !self.control_open && (self.finish.is_none() || self.echoes_done()) {
-                return self.end();
-            }
-            if self.control_open && self.finish.is_some() && self.echoes_done() {
-                return self.end();
+            // Nothing ready anywhere (every source registered this task's waker): the session
+            // finished and its echoes came back, or its actor is gone without finishing.
+            if self.echoes_done() || (!self.control_open && self.finish.is_none()) {
+                self.close();
+                return Poll::Ready(None);
             }
             return Poll::Pending;
         }

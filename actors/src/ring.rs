@@ -323,7 +323,7 @@ impl RingReader {
             };
             if caught_up {
                 // Read under the lock, where every change counts it: exact.
-                let generation = self.handle.ring.0.generation.load(Ordering::Relaxed);
+                let generation = self.handle.ring.generation();
                 let waker = WakerIdentity::of(cx.waker());
                 if self.parked != Some((generation, waker)) {
                     cell.parked.push(cx.waker().clone());

@@ -86,7 +86,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
         messages.extend(self.replay(&room).await?);
         messages.push(convert::server_says("Broadcast finished.".into()));
         let stream = futures::stream::iter(messages.into_iter().map(Ok));
-        Ok(Response::new(Box::pin(UntilShutdown::new(stream, &self.shutdown))))
+        Ok(Response::new(Box::pin(UntilShutdown::new(stream, &self.signal))))
     }
 
     async fn upload_stream(

@@ -23,7 +23,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use super::confab_service::ResponseStream;
 use super::proto::{chat::chat_service_server, confab_v1::chat_server};
-use super::shutdown::UntilShutdown;
+use super::shutdown::{ShutdownSignal, UntilShutdown};
 
 /// Every name health is reported for: the whole server (`""`, as the health protocol defines)
 /// and each service this server runs.
@@ -53,7 +53,7 @@ impl ServerHealth {
             inner: HealthService::from_health_reporter(health.reporter.clone()),
             engine,
             shutting_down: Arc::clone(&health.shutting_down),
-            shutdown: shutdown.clone(),
+            shutdown: ShutdownSignal::new(shutdown),
         };
         (health, HealthServer::new(service))
     }
@@ -102,7 +102,7 @@ pub struct HealthUntilShutdown {
     engine: Engine,
     /// Once set, `Check` answers what the reporter says (NOT_SERVING), whatever the engine says.
     shutting_down: Arc<AtomicBool>,
-    shutdown: CancellationToken,
+    shutdown: ShutdownSignal,
 }
 
 impl std::fmt::Debug for HealthUntilShutdown {

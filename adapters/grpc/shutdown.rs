@@ -105,37 +105,10 @@ impl ShutdownWatch {
     }
 }
 
-/// Shutdown as a stream that is not on a hot path sees it (health, reflection, history
-/// replays): through a child token of its own, so it takes only that child's lock.
-struct TokenWatch {
-    token: CancellationToken,
-    /// The child token's wait, made the first time the stream had nothing ready.
-    waiting: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-}
-
-impl TokenWatch {
-    fn new(shutdown: &CancellationToken) -> Self {
-        Self { token: shutdown.child_token(), waiting: None }
-    }
-
-    fn started(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    fn poll_started(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.started() {
-            return true;
-        }
-        let token = &self.token;
-        let waiting = self.waiting.get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
-        waiting.as_mut().poll(cx).is_ready()
-    }
-}
-
 /// A response stream that ends with UNAVAILABLE when shutdown starts.
 pub struct UntilShutdown<S> {
     inner: S,
-    shutdown: TokenWatch,
+    shutdown: ShutdownWatch,
     /// Yield what `inner` has ready before ending (see [`UntilShutdown::ready_first`]).
     ready_first: bool,
     done: bool,
@@ -144,13 +117,13 @@ pub struct UntilShutdown<S> {
 impl<S> UntilShutdown<S> {
     /// Wraps `inner`; at shutdown it ends at once, even if `inner` has items ready (a busy
     /// stream must not delay shutdown).
-    pub fn new(inner: S, shutdown: &CancellationToken) -> Self {
-        Self { inner, shutdown: TokenWatch::new(shutdown), ready_first: false, done: false }
+    pub fn new(inner: S, shutdown: &ShutdownSignal) -> Self {
+        Self { inner, shutdown: ShutdownWatch::new(shutdown), ready_first: false, done: false }
     }
 
     /// Wraps `inner`; at shutdown it first yields what `inner` has ready, then ends. For streams
     /// that report the shutdown itself (health's NOT_SERVING), set just before it starts.
-    pub fn ready_first(inner: S, shutdown: &CancellationToken) -> Self {
+    pub fn ready_first(inner: S, shutdown: &ShutdownSignal) -> Self {
         Self { ready_first: true, ..Self::new(inner, shutdown) }
     }
 }
@@ -203,13 +176,13 @@ where
 #[derive(Clone, Debug)]
 pub struct EndAtShutdown<S> {
     inner: S,
-    shutdown: CancellationToken,
+    shutdown: ShutdownSignal,
 }
 
 impl<S> EndAtShutdown<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, shutdown: &CancellationToken) -> Self {
-        Self { inner, shutdown: shutdown.clone() }
+        Self { inner, shutdown: ShutdownSignal::new(shutdown) }
     }
 }
 
@@ -247,14 +220,14 @@ where
 struct BodyUntilShutdown<B> {
     /// `None` once ended: dropping the inner body releases its side of the HTTP/2 stream.
     inner: Option<B>,
-    shutdown: TokenWatch,
+    shutdown: ShutdownWatch,
     /// A response ends with UNAVAILABLE trailers; a request just ends.
     status_at_shutdown: bool,
 }
 
 impl<B> BodyUntilShutdown<B> {
-    fn new(inner: B, shutdown: &CancellationToken, status_at_shutdown: bool) -> Self {
-        Self { inner: Some(inner), shutdown: TokenWatch::new(shutdown), status_at_shutdown }
+    fn new(inner: B, shutdown: &ShutdownSignal, status_at_shutdown: bool) -> Self {
+        Self { inner: Some(inner), shutdown: ShutdownWatch::new(shutdown), status_at_shutdown }
     }
 }
 

@@ -214,11 +214,6 @@ impl Ring {
         removed
     }
 
-    /// The room unsubscribed a reader: it ends (after nothing more) as unsubscribed.
-    pub fn drop_reader(&mut self, id: SubscriberId) {
-        self.readers.remove(&id);
-    }
-
     /// Readers that left by themselves since the last call, in the order they left.
     pub fn take_departed(&mut self) -> Vec<SubscriberId> {
         std::mem::take(&mut self.departed)
