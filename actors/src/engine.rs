@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::health::EngineHealth;
-use crate::registry::{ListRooms, Registry, RoomTable, StopRooms, Storage, SweepIdle};
+use crate::registry::{Registry, RoomTable, StopRooms, Storage, SweepIdle};
 use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled};
 use crate::room_actor::{History, Info, RoomInfo, SendMessage, Subscribe, Typing};
 use crate::session_actor::{Close, Disconnect, Frame, Outbound, SessionActor};
@@ -39,6 +39,19 @@ const REGISTRY_MAILBOX_LEN: usize = 4_096;
 
 /// Capacity of an upload actor's mailbox: a client streams chunks into it.
 const UPLOAD_MAILBOX_LEN: usize = 64;
+
+/// Most rooms one [`Engine::rooms_page`] (and one ListRooms call) returns.
+pub const ROOMS_PAGE_MAX: usize = 1_000;
+
+/// One page of [`Engine::rooms_page`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoomsPage {
+    /// The rooms, in name order.
+    pub rooms: Vec<RoomInfo>,
+    /// Where the next page starts (pass it as `after`); `None` on the last page.
+    pub next_after: Option<RoomName>,
+}
 
 /// How an engine is set up.
 #[derive(Clone, Default)]
@@ -130,6 +143,9 @@ struct Inner {
     stats: Arc<EngineStats>,
     /// Whether the store commits (durable engines), for [`Engine::health`].
     store_state: Option<Arc<StoreState>>,
+    /// The store, for listing rooms. Weak: the registry owns it and drops it at shutdown, which
+    /// closes the file; a listing after that sees no store.
+    store: std::sync::Weak<dyn HistoryStore>,
     limits: Arc<Limits>,
     runtime: tokio::runtime::Handle,
     /// For `start_background`: dropping it ends the runtime thread.
@@ -183,6 +199,10 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let limits = Arc::new(config.limits);
         let store_state = config.storage.as_ref().map(|_| Arc::new(StoreState::default()));
+        let store = match &config.storage {
+            Some(store) => Arc::downgrade(store),
+            None => std::sync::Weak::<crate::store::MemoryStore>::new() as std::sync::Weak<dyn HistoryStore>,
+        };
         let storage = match (config.storage, &store_state) {
             (Some(store), Some(state)) => {
                 let (writer, thread) = Writer::start(Arc::clone(&store), Arc::clone(state))
@@ -208,7 +228,7 @@ impl Engine {
             Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
         };
         let directory = Directory::new(registry, rooms.clone());
-        let inner = Inner { directory, rooms, stats, store_state, limits, runtime, _background: background };
+        let inner = Inner { directory, rooms, stats, store_state, store, limits, runtime, _background: background };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -330,9 +350,71 @@ impl Engine {
         (SessionSender { actor, closed: false }, events)
     }
 
-    /// Every room, in name order.
+    /// Every room, in name order: [`Engine::rooms_page`] until the last page.
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>, EngineError> {
-        self.inner.directory.registry().ask(ListRooms).await.map_err(|_| EngineError::Stopped)
+        let mut rooms = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.rooms_page(after.as_ref(), ROOMS_PAGE_MAX).await?;
+            rooms.extend(page.rooms);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(rooms),
+            }
+        }
+    }
+
+    /// Up to `limit` rooms (at least 1, at most [`ROOMS_PAGE_MAX`]) named after `after`, in
+    /// name order: live rooms with their subscribers and presence, and stored rooms nobody has
+    /// used since the start from their stored numbers (no subscribers, nobody present).
+    ///
+    /// Listing loads no room and does not pass through the registry: the live rooms answer
+    /// for themselves, concurrently, and the store is read on a blocking thread, one room
+    /// record and one key per stored room. So a listing after a restart costs neither memory
+    /// for every stored history nor a stall of the rooms being created meanwhile.
+    pub async fn rooms_page(&self, after: Option<&RoomName>, limit: usize) -> Result<RoomsPage, EngineError> {
+        let limit = limit.clamp(1, ROOMS_PAGE_MAX);
+        // One more than the page from each side tells whether a next page exists.
+        let live = self.inner.rooms.page_after(after, limit + 1);
+        let stored = match self.inner.store.upgrade() {
+            Some(store) => {
+                let after = after.cloned();
+                let read = move || store.room_summaries(after.as_ref(), limit + 1);
+                match self.inner.runtime.spawn_blocking(read).await {
+                    Ok(Ok(stored)) => stored,
+                    Ok(Err(error)) => return Err(EngineError::Room(RoomError::Storage { reason: error.to_string() })),
+                    Err(_) => return Err(EngineError::Stopped),
+                }
+            }
+            None => Vec::new(),
+        };
+        let infos = futures::future::join_all(live.into_iter().map(|(_, actor)| async move { actor.ask(Info).await }));
+        let mut merged: BTreeMap<RoomName, RoomInfo> = stored
+            .into_iter()
+            .map(|summary| {
+                let info = RoomInfo {
+                    name: summary.name.clone(),
+                    epoch: summary.epoch,
+                    last_seq: summary.last_seq,
+                    first_retained_seq: summary.first_retained_seq,
+                    subscribers: 0,
+                    present: Vec::new(),
+                };
+                (summary.name, info)
+            })
+            .collect();
+        // A live room's own answer wins; one that stopped meanwhile keeps its stored numbers.
+        for info in infos.await.into_iter().flatten() {
+            merged.insert(info.name.clone(), info);
+        }
+        let mut rooms: Vec<RoomInfo> = merged.into_values().take(limit + 1).collect();
+        let next_after = if rooms.len() > limit {
+            rooms.truncate(limit);
+            rooms.last().map(|info| info.name.clone())
+        } else {
+            None
+        };
+        Ok(RoomsPage { rooms, next_after })
     }
 
     /// One room's snapshot, `None` if it does not exist.

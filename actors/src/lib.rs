@@ -41,7 +41,10 @@ mod stats;
 pub mod store;
 mod upload_actor;
 
-pub use engine::{Engine, EngineConfig, RoomEvents, SessionEvents, SessionOptions, SessionSender, TrySend, Upload};
+pub use engine::{
+    Engine, EngineConfig, ROOMS_PAGE_MAX, RoomEvents, RoomsPage, SessionEvents, SessionOptions, SessionSender, TrySend,
+    Upload,
+};
 pub use error::EngineError;
 pub use health::EngineHealth;
 pub use ring::{SharedEvent, Stalled};

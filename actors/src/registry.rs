@@ -13,7 +13,7 @@ use kameo::message::{Context, Message};
 
 use crate::answer::Answer;
 use crate::clock::Clock;
-use crate::room_actor::{Info, RetireIfIdle, RoomActor, RoomInfo};
+use crate::room_actor::{RetireIfIdle, RoomActor};
 use crate::stats::EngineStats;
 use crate::store::writer::{Writer, WriterThread};
 use crate::store::{HistoryStore, StoreError, StoredRoom, guard};
@@ -38,8 +38,16 @@ impl RoomTable {
         self.read().get(name).filter(|actor| actor.is_alive()).cloned()
     }
 
-    fn contains(&self, name: &RoomName) -> bool {
-        self.read().contains_key(name)
+    /// Up to `len` live rooms named after `after`, in name order (a copy: no lock is held
+    /// across awaits).
+    pub(crate) fn page_after(&self, after: Option<&RoomName>, len: usize) -> Vec<(RoomName, ActorRef<RoomActor>)> {
+        let from = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        let rooms = self.read();
+        let live = rooms.range::<RoomName, _>((from, std::ops::Bound::Unbounded)).filter(|(_, actor)| actor.is_alive());
+        live.take(len).map(|(name, actor)| (name.clone(), actor.clone())).collect()
     }
 
     fn len(&self) -> usize {
@@ -195,15 +203,20 @@ impl Registry {
     /// Retires every idle room. Returns how many.
     async fn sweep(&mut self) -> usize {
         self.last_sweep = self.clock.now();
-        let mut retired = Vec::new();
-        for (name, room) in self.rooms.snapshot() {
+        // Every room is asked at once: one room with a long mailbox delays the sweep by its own
+        // wait, not by the sum of all rooms' waits.
+        let asks = self.rooms.snapshot().into_iter().map(|(name, room)| async move {
             // A room that already stopped counts as retired.
-            if room.ask(RetireIfIdle).await.unwrap_or(true) {
+            (name, room.ask(RetireIfIdle).await.unwrap_or(true))
+        });
+        let mut retired = 0;
+        for (name, idle) in futures::future::join_all(asks).await {
+            if idle {
                 self.rooms.remove(&name);
-                retired.push(name);
+                retired += 1;
             }
         }
-        retired.len()
+        retired
     }
 
     async fn sweep_if_due(&mut self) {
@@ -242,34 +255,6 @@ impl Message<Resolve> for Registry {
     async fn handle(&mut self, resolve: Resolve, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
         self.sweep_if_due().await;
         Answer(self.resolve(resolve.room, resolve.create).await)
-    }
-}
-
-/// Snapshots of every room, in name order.
-pub(crate) struct ListRooms;
-
-impl Message<ListRooms> for Registry {
-    type Reply = Vec<RoomInfo>;
-
-    async fn handle(&mut self, _: ListRooms, _: &mut Context<Self, Self::Reply>) -> Vec<RoomInfo> {
-        self.sweep_if_due().await;
-        // Stored rooms count too, even if nobody used them since the start: load them.
-        let stored = self.storage.as_ref().map(|storage| storage.store.room_names());
-        if let Some(Ok(names)) = stored {
-            for name in names {
-                if !self.rooms.contains(&name) {
-                    let _ = self.resolve(name, false).await;
-                }
-            }
-        }
-        let rooms = self.rooms.snapshot();
-        let mut infos = Vec::with_capacity(rooms.len());
-        for (_, room) in rooms {
-            if let Ok(info) = room.ask(Info).await {
-                infos.push(info);
-            }
-        }
-        infos
     }
 }
 

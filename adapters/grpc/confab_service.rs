@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use confab_actors::{Engine, Upload};
+use confab_actors::{Engine, ROOMS_PAGE_MAX, Upload};
 use confab_engine::{RoomName, ServerFrame};
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -77,9 +77,25 @@ impl v1::chat_server::Chat for ConfabChat {
         Ok(Response::new(convert::history(&page)))
     }
 
-    async fn list_rooms(&self, _: Request<v1::ListRoomsRequest>) -> Result<Response<v1::ListRoomsResponse>, Status> {
-        let rooms = self.engine.rooms().await.map_err(ApiError::from)?;
-        Ok(Response::new(v1::ListRoomsResponse { rooms: rooms.iter().map(convert::room_info).collect() }))
+    async fn list_rooms(
+        &self,
+        request: Request<v1::ListRoomsRequest>,
+    ) -> Result<Response<v1::ListRoomsResponse>, Status> {
+        let request = request.into_inner();
+        let after = match request.after.as_str() {
+            "" => None,
+            after => Some(convert::room(after)?),
+        };
+        let limit = match usize::try_from(request.limit) {
+            Ok(0) | Err(_) => ROOMS_PAGE_MAX,
+            Ok(limit) => limit,
+        };
+        let page = self.engine.rooms_page(after.as_ref(), limit).await.map_err(ApiError::from)?;
+        let next_after = page.next_after.map(|name| name.as_str().to_owned()).unwrap_or_default();
+        Ok(Response::new(v1::ListRoomsResponse {
+            rooms: page.rooms.iter().map(convert::room_info).collect(),
+            next_after,
+        }))
     }
 
     type SubscribeStream = ResponseStream<v1::RoomEvent>;

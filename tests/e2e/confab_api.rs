@@ -33,9 +33,32 @@ async fn unary_send_history_and_list_rooms() {
     assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4]);
     assert_eq!((page.messages[0].body.as_str(), page.last_seq, page.first_retained_seq), ("hello 3", 5, 1));
     client.send(send("another", "bob", "", "hi")).await.expect("send");
-    let rooms = client.list_rooms(ListRoomsRequest {}).await.expect("rooms").into_inner().rooms;
+    let rooms = client.list_rooms(ListRoomsRequest::default()).await.expect("rooms").into_inner().rooms;
     let summary: Vec<_> = rooms.iter().map(|r| (r.name.as_str(), r.last_seq)).collect();
     assert_eq!(summary, vec![("another", 1), ("general", 5)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_rooms_pages_in_name_order() {
+    let server = TestServer::start().await;
+    let mut client = server.confab().await;
+    for name in ["e", "a", "d", "b", "c"] {
+        client.send(send(name, "ann", "", "hi")).await.expect("send");
+    }
+    let mut pages = Vec::new();
+    let mut after = String::new();
+    loop {
+        let request = ListRoomsRequest { limit: 2, after: after.clone() };
+        let page = client.list_rooms(request).await.expect("a page").into_inner();
+        pages.push(page.rooms.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
+        if page.next_after.is_empty() {
+            break;
+        }
+        after = page.next_after;
+    }
+    assert_eq!(pages, vec![vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+    let bad = client.list_rooms(ListRoomsRequest { limit: 0, after: "no spaces allowed? \u{0}".into() }).await;
+    assert_eq!(bad.expect_err("an invalid room name").code(), tonic::Code::InvalidArgument);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use confab::grpc::server::ServerOptions;
 use confab_actors::EngineConfig;
-use confab_actors::store::{HistoryStore, MemoryStore, Retention, RoomAppend, StoreError, StoredRoom};
+use confab_actors::store::{HistoryStore, MemoryStore, Retention, RoomAppend, StoreError, StoredRoom, StoredSummary};
 use confab_engine::RoomName;
 
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
@@ -94,8 +94,8 @@ impl HistoryStore for GatedStore {
         self.inner.load_room(room)
     }
 
-    fn room_names(&self) -> Result<Vec<RoomName>, StoreError> {
-        self.inner.room_names()
+    fn room_summaries(&self, after: Option<&RoomName>, limit: usize) -> Result<Vec<StoredSummary>, StoreError> {
+        self.inner.room_summaries(after, limit)
     }
 
     fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError> {

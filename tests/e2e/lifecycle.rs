@@ -5,7 +5,7 @@ use super::{TestServer, bounded};
 
 async fn subscribers(server: &TestServer, room: &str) -> u64 {
     let mut client = server.confab().await;
-    let rooms = client.list_rooms(ListRoomsRequest {}).await.expect("rooms").into_inner().rooms;
+    let rooms = client.list_rooms(ListRoomsRequest::default()).await.expect("rooms").into_inner().rooms;
     rooms.iter().find(|r| r.name == room).map_or(0, |r| r.subscribers)
 }
 

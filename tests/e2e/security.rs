@@ -84,7 +84,7 @@ async fn every_rpc_of_both_services_needs_a_valid_token() {
             confab.history(HistoryRequest { room: "r".into(), after_seq: 0, limit: 0 }).await,
             "History",
         );
-        assert_unauthenticated(confab.list_rooms(ListRoomsRequest {}).await, "ListRooms");
+        assert_unauthenticated(confab.list_rooms(ListRoomsRequest::default()).await, "ListRooms");
         let subscribe = SubscribeRequest { room: "r".into(), after_seq: None, user: String::new() };
         assert_unauthenticated(confab.subscribe(subscribe).await, "Subscribe");
         let chunks = vec![UploadChunk { room: "r".into(), user: String::new(), body: "x".into() }];
@@ -105,7 +105,7 @@ async fn every_rpc_of_both_services_needs_a_valid_token() {
     assert_unauthenticated(basic, "Basic auth");
     // Nothing of the refused calls reached a room.
     let mut ann = ChatClient::new(channel_as(&server, Some(ANN)).await);
-    let rooms = ann.list_rooms(ListRoomsRequest {}).await.expect("ann may list").into_inner().rooms;
+    let rooms = ann.list_rooms(ListRoomsRequest::default()).await.expect("ann may list").into_inner().rooms;
     assert!(rooms.is_empty(), "refused calls created nothing: {rooms:?}");
 }
 

@@ -2,11 +2,12 @@
 //! (a new engine on the same store) without a disk.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Mutex;
 
 use confab_engine::RoomName;
 
-use super::{HistoryStore, Retention, RoomAppend, StoreError, StoredRoom};
+use super::{HistoryStore, Retention, RoomAppend, StoreError, StoredRoom, StoredSummary};
 
 /// History kept in memory, with the same retention as the durable store.
 #[derive(Debug)]
@@ -33,8 +34,17 @@ impl HistoryStore for MemoryStore {
         Ok(self.rooms().get(room).cloned())
     }
 
-    fn room_names(&self) -> Result<Vec<RoomName>, StoreError> {
-        Ok(self.rooms().keys().cloned().collect())
+    fn room_summaries(&self, after: Option<&RoomName>, limit: usize) -> Result<Vec<StoredSummary>, StoreError> {
+        let rooms = self.rooms();
+        let from = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let summaries = rooms.range::<RoomName, _>((from, Bound::Unbounded)).take(limit).map(|(name, stored)| {
+            let first_retained_seq = stored.tail.first().map_or(stored.last_seq + 1, |message| message.seq);
+            StoredSummary { name: name.clone(), epoch: stored.epoch, last_seq: stored.last_seq, first_retained_seq }
+        });
+        Ok(summaries.collect())
     }
 
     fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError> {

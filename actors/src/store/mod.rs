@@ -34,6 +34,19 @@ pub struct StoredRoom {
     pub tail: Vec<ChatMessage>,
 }
 
+/// A stored room's numbers, read without its messages: what listing rooms needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSummary {
+    /// The room.
+    pub name: RoomName,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The last sequence number it gave.
+    pub last_seq: Seq,
+    /// Its oldest retained sequence number (`last_seq + 1` when none is retained).
+    pub first_retained_seq: Seq,
+}
+
 /// New messages of one room, to be made durable together with other rooms' in one commit.
 #[derive(Clone, Debug)]
 pub struct RoomAppend {
@@ -172,8 +185,10 @@ pub trait HistoryStore: std::fmt::Debug + Send + Sync + 'static {
     /// A room's stored state, `None` if it was never stored.
     fn load_room(&self, room: &RoomName) -> Result<Option<StoredRoom>, StoreError>;
 
-    /// Every stored room's name, in order.
-    fn room_names(&self) -> Result<Vec<RoomName>, StoreError>;
+    /// Up to `limit` stored rooms named after `after` (from the first if `None`), in name
+    /// order, without reading their messages' contents. A room whose record is damaged is
+    /// left out here; loading it reports the damage.
+    fn room_summaries(&self, after: Option<&RoomName>, limit: usize) -> Result<Vec<StoredSummary>, StoreError>;
 
     /// Makes all `appends` durable in one commit, then compacts the rooms they touched to the
     /// retention. `now_ms` is the current time on the `accepted_at` clock, for age retention.

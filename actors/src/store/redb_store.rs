@@ -19,6 +19,7 @@
 //! silently restarting every room at 1.
 
 use std::fs::{File, OpenOptions};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
@@ -29,7 +30,7 @@ use redb::{
     TableDefinition, WriteTransaction,
 };
 
-use super::{Damage, HistoryStore, Retention, RoomAppend, StoreError, StoredRoom, guard};
+use super::{Damage, HistoryStore, Retention, RoomAppend, StoreError, StoredRoom, StoredSummary, guard};
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ROOMS: TableDefinition<&str, RoomRecord> = TableDefinition::new("rooms_v2");
@@ -304,11 +305,11 @@ impl HistoryStore for RedbStore {
         read_room(&txn, &self.shown, room.as_str()).map(|stored| stored.map(|(stored, _)| stored))
     }
 
-    fn room_names(&self) -> Result<Vec<RoomName>, StoreError> {
-        let names = stored_room_names(&self.read()?, &self.shown)?;
-        // A name that is not a valid room name is damage, fenced by `load_room` if a client
-        // ever asks for it; listing skips it.
-        Ok(names.iter().filter_map(|name| RoomName::new(name).ok()).collect())
+    fn room_summaries(&self, after: Option<&RoomName>, limit: usize) -> Result<Vec<StoredSummary>, StoreError> {
+        let txn = self.read()?;
+        guard::catch(|| room_summaries(&txn, &self.shown, after, limit)).unwrap_or_else(|panic| {
+            Err(StoreError::io(&self.shown)(format!("listing the stored rooms failed: {panic}")))
+        })
     }
 
     fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError> {
@@ -351,6 +352,55 @@ impl RedbStore {
 /// Every room name in the rooms table, in order.
 fn stored_room_names(txn: &ReadTransaction, shown: &str) -> Result<Vec<String>, StoreError> {
     Ok(room_records(txn, shown)?.into_iter().map(|(name, _)| name).collect())
+}
+
+/// Up to `limit` room summaries after `after`, in name order. Each costs its room record and
+/// the key of its oldest message, never the messages: listing a store of many big rooms stays
+/// cheap. A record that fails its checksum or holds an invalid name is damage, fenced by
+/// `load_room` if a client ever asks for that room; listing skips it.
+fn room_summaries(
+    txn: &ReadTransaction,
+    shown: &str,
+    after: Option<&RoomName>,
+    limit: usize,
+) -> Result<Vec<StoredSummary>, StoreError> {
+    let io = StoreError::io(shown);
+    let rooms = match txn.open_table(ROOMS) {
+        Ok(rooms) => rooms,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(error) => return Err(io(error.to_string())),
+    };
+    let messages = match txn.open_table(MESSAGES) {
+        Ok(messages) => Some(messages),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(error) => return Err(io(error.to_string())),
+    };
+    let range = match after {
+        Some(after) => rooms.range::<&str>((Bound::Excluded(after.as_str()), Bound::Unbounded)),
+        None => rooms.range::<&str>(..),
+    };
+    let mut summaries = Vec::new();
+    for entry in range.map_err(|e| io(e.to_string()))? {
+        if summaries.len() >= limit {
+            break;
+        }
+        let (name, record) = entry.map_err(|e| io(e.to_string()))?;
+        let (name, (epoch, last_seq, checksum)) = (name.value(), record.value());
+        let Ok(room) = RoomName::new(name) else { continue };
+        if checksum != room_checksum(name, epoch, last_seq) {
+            continue;
+        }
+        let oldest = match &messages {
+            Some(messages) => {
+                let mut range = messages.range((name, 0)..=(name, last_seq)).map_err(|e| io(e.to_string()))?;
+                range.next().transpose().map_err(|e| io(e.to_string()))?.map(|(key, _)| key.value().1)
+            }
+            None => None,
+        };
+        let first_retained_seq = oldest.unwrap_or(last_seq + 1);
+        summaries.push(StoredSummary { name: room, epoch, last_seq, first_retained_seq });
+    }
+    Ok(summaries)
 }
 
 /// A stored room record: (epoch, last_seq, checksum).

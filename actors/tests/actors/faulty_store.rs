@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use confab_actors::store::{HistoryStore, MemoryStore, Retention, RoomAppend, StoreError, StoredRoom};
+use confab_actors::store::{HistoryStore, MemoryStore, Retention, RoomAppend, StoreError, StoredRoom, StoredSummary};
 use confab_engine::RoomName;
 
 /// A memory store with injected faults.
@@ -56,8 +56,8 @@ impl HistoryStore for FaultyStore {
         self.inner.load_room(room)
     }
 
-    fn room_names(&self) -> Result<Vec<RoomName>, StoreError> {
-        self.inner.room_names()
+    fn room_summaries(&self, after: Option<&RoomName>, limit: usize) -> Result<Vec<StoredSummary>, StoreError> {
+        self.inner.room_summaries(after, limit)
     }
 
     fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError> {

@@ -64,6 +64,58 @@ async fn survives_a_restart(store: Arc<dyn HistoryStore>) {
     assert_eq!(next, vec![Some(5), Some(6)]);
 }
 
+/// After a restart, rooms are listed page by page from their stored numbers: every stored room
+/// appears once, in name order, with its numbers, and listing loads none of them (a store of
+/// many big rooms once made one ListRooms call load every history into memory).
+async fn lists_stored_rooms_in_pages_without_loading_them(store: Arc<dyn HistoryStore>) {
+    let first = durable_engine(Arc::clone(&store));
+    let names: Vec<String> = (0..7).map(|i| format!("room-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        for n in 0..=i {
+            first.send(&room(name), draft("ann", "", &format!("m{n}"))).await.expect("durable send");
+        }
+    }
+    first.shutdown().await.expect("shutdown");
+    drop(first);
+
+    let second = durable_engine(store);
+    // One live room among the stored ones: its own answer (a subscriber) shows in the list.
+    let live = room("room-3");
+    let _subscription = second.subscribe(&live, None, None).await.expect("subscribe");
+    let mut listed = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = second.rooms_page(after.as_ref(), 3).await.expect("a page");
+        assert!(page.rooms.len() <= 3, "a page holds at most its limit");
+        pages += 1;
+        listed.extend(page.rooms);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "7 rooms in pages of 3");
+    let numbers: Vec<_> = listed.iter().map(|r| (r.name.to_string(), r.last_seq, r.first_retained_seq)).collect();
+    let expected: Vec<_> = names.iter().enumerate().map(|(i, name)| (name.clone(), i as u64 + 1, 1)).collect();
+    assert_eq!(numbers, expected, "every stored room once, in order, with its numbers");
+    assert_eq!(listed[3].subscribers, 1, "the live room answers for itself");
+    assert_eq!(second.stats().rooms, 1, "listing loaded no stored room");
+    assert_eq!(second.rooms().await.expect("all rooms").len(), 7);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stored_rooms_are_listed_in_pages_without_loading_them_in_the_memory_store() {
+    lists_stored_rooms_in_pages_without_loading_them(Arc::new(MemoryStore::new(RETENTION))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_rooms_are_listed_in_pages_without_loading_them_in_the_redb_store() {
+    let dir = TempDir::new("redb-list");
+    let store = RedbStore::open(&dir.0, RETENTION).expect("open");
+    lists_stored_rooms_in_pages_without_loading_them(Arc::new(store)).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn history_survives_a_restart_in_the_memory_store() {
     survives_a_restart(Arc::new(MemoryStore::new(RETENTION))).await;
