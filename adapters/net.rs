@@ -326,8 +326,9 @@ impl AsyncRead for Guarded {
     }
 }
 
-/// `AsyncWrite` by passing every call to the field `$field`: the wrappers here only watch
-/// reads (or nothing), so their writes are the inner stream's.
+/// `AsyncWrite` by passing every call to the field `$field`: the connection wrappers (here and
+/// in `grpc::idle`) only watch reads (or nothing), so their writes are the inner stream's. The
+/// caller imports `Pin`, `Context`, `Poll`, `io` and `AsyncWrite`.
 macro_rules! write_through {
     ($field:ident, impl $($header:tt)+) => {
         impl $($header)+ {
@@ -357,6 +358,8 @@ macro_rules! write_through {
         }
     };
 }
+
+pub(crate) use write_through;
 
 write_through!(stream, impl AsyncWrite for Guarded);
 

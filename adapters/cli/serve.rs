@@ -190,6 +190,10 @@ pub(crate) struct ConnectionArgs {
     /// end, and its sessions' presence with them.
     #[arg(long, default_value = "20s", value_parser = super::parse_positive_duration, value_name = "DURATION")]
     http2_keepalive_timeout: Duration,
+    /// A gRPC connection with no call in progress for this long is closed (keepalive pings do
+    /// not count); its client reconnects on its next call.
+    #[arg(long, default_value = "15m", value_parser = super::parse_positive_duration, value_name = "DURATION")]
+    grpc_connection_idle: Duration,
 }
 
 impl ConnectionArgs {
@@ -329,6 +333,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         connections: args.connections.limits(),
         http2_keepalive_interval: args.connections.http2_keepalive_interval,
         http2_keepalive_timeout: args.connections.http2_keepalive_timeout,
+        connection_idle: args.connections.grpc_connection_idle,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve_with(listener, engine.clone(), options, async {
@@ -408,6 +413,7 @@ mod tests {
 
     use super::*;
     use crate::cli::{Cli, Command};
+    use crate::grpc::idle::GRPC_CONNECTION_IDLE;
     use crate::grpc::server::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT};
     use crate::ws::liveness::LivenessConfig;
     use crate::ws::server::{WS_HEADER_READ_TIMEOUT, WsConfig};
@@ -427,6 +433,7 @@ mod tests {
         assert_eq!(limits.handshake_timeout, defaults.handshake_timeout);
         assert_eq!(args.connections.http2_keepalive_interval, HTTP2_KEEPALIVE_INTERVAL);
         assert_eq!(args.connections.http2_keepalive_timeout, HTTP2_KEEPALIVE_TIMEOUT);
+        assert_eq!(args.connections.grpc_connection_idle, GRPC_CONNECTION_IDLE);
         let web = args.web.config();
         assert_eq!(web.header_read_timeout, WS_HEADER_READ_TIMEOUT);
         assert_eq!(web.liveness, LivenessConfig::default());

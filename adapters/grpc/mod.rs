@@ -24,6 +24,7 @@ pub mod confab_service;
 pub mod convert;
 pub mod deadline;
 pub mod health;
+pub mod idle;
 pub mod observe;
 pub mod proto;
 pub mod rate;

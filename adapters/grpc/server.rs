@@ -34,6 +34,7 @@ use super::chat_service::SeedChat;
 use super::confab_service::ConfabChat;
 use super::deadline::DeadlineLayer;
 use super::health::ServerHealth;
+use super::idle::{GRPC_CONNECTION_IDLE, GrpcConnectInfo, IdleClose, IdleLayer};
 use super::observe::ObserveLayer;
 use super::proto::chat::chat_service_server::ChatServiceServer;
 use super::rate::SendLimiter;
@@ -83,6 +84,8 @@ pub struct ServerOptions {
     pub http2_keepalive_interval: Duration,
     /// See [`HTTP2_KEEPALIVE_TIMEOUT`].
     pub http2_keepalive_timeout: Duration,
+    /// See [`GRPC_CONNECTION_IDLE`].
+    pub connection_idle: Duration,
 }
 
 impl Default for ServerOptions {
@@ -97,6 +100,7 @@ impl Default for ServerOptions {
             connections: ConnectionLimits::default(),
             http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
+            connection_idle: GRPC_CONNECTION_IDLE,
         }
     }
 }
@@ -142,15 +146,18 @@ pub async fn serve_with(
     let acceptor = Acceptor::new(listener, "grpc", options.connections.clone());
     // The acceptor never fails (it backs off and logs), so tonic never sees an accept error:
     // tonic's own loop retries those at once, which spins on EMFILE.
+    let idle = options.connection_idle;
     let incoming = match options.tls {
         None => plaintext_connections(acceptor).boxed(),
         Some(tls) => tls_connections(acceptor, TlsAcceptor::from(tls)).boxed(),
     };
+    let incoming = incoming.map(move |connection| connection.map(|connection| IdleClose::new(connection, idle)));
     let builder = Server::builder()
         .max_concurrent_streams(options.streams_per_connection_max)
         .http2_keepalive_interval(Some(options.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(options.http2_keepalive_timeout));
     builder
+        .layer(IdleLayer)
         .layer(ObserveLayer::new(options.metrics))
         .layer(DeadlineLayer)
         .layer(CancelLayer)
@@ -173,6 +180,9 @@ pub async fn serve_with(
 /// until the HTTP/2 preface came (TLS is done here rather than by tonic, so the preface
 /// deadline can sit above it: a client that finishes TLS and then says nothing is closed too).
 pub type GrpcConnection = Preface<Either<Guarded, TlsStream<Guarded>>>;
+
+/// A gRPC connection that is closed once it carries no call for `--grpc-connection-idle`.
+pub type IdleGrpcConnection = IdleClose<GrpcConnection>;
 
 /// Plaintext connections, each to send its preface by its handshake deadline.
 fn plaintext_connections(acceptor: Acceptor) -> impl Stream<Item = io::Result<GrpcConnection>> + Send {
@@ -217,16 +227,17 @@ fn tls_connections(mut acceptor: Acceptor, tls: TlsAcceptor) -> impl Stream<Item
 /// each at once; this only decouples the handshake tasks from its accept loop.
 const TLS_READY_LEN_MAX: usize = 64;
 
-/// What tonic records about a connection (`Request::remote_addr`, the per-connection send
-/// rate): the same as for a bare `TcpStream`, TLS or not.
-impl Connected for GrpcConnection {
-    type ConnectInfo = TcpConnectInfo;
+/// What tonic records about a connection: its call count, and the addresses that
+/// [`IdleLayer`] hands on as a [`TcpConnectInfo`] (`Request::remote_addr`, the per-connection
+/// send rate), the same as for a bare `TcpStream`, TLS or not.
+impl Connected for IdleGrpcConnection {
+    type ConnectInfo = GrpcConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        let tcp = match self.get_ref() {
+    fn connect_info(&self) -> GrpcConnectInfo {
+        let tcp = match self.get_ref().get_ref() {
             Either::Left(plain) => plain,
             Either::Right(tls) => tls.get_ref().0,
         };
-        TcpConnectInfo { local_addr: tcp.local(), remote_addr: Some(tcp.peer()) }
+        self.connect_info_with(TcpConnectInfo { local_addr: tcp.local(), remote_addr: Some(tcp.peer()) })
     }
 }

@@ -235,6 +235,36 @@ async fn a_grpc_connection_that_never_sends_its_preface_is_closed() {
     server.stop().await.expect("stopped");
 }
 
+/// An HTTP/2 connection that carries no call is closed at `--grpc-connection-idle` though it
+/// sent its preface (5,000 such connections were held forever before, ~31 KiB each), while a
+/// connection with a call in progress stays open past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_connection_with_no_call_is_closed_after_the_idle_time() {
+    let idle = Duration::from_millis(1_500);
+    let options = ServerOptions { connection_idle: idle, ..ServerOptions::default() };
+    let server = TestServer::start_with_options(Limits::default(), options).await;
+    // The preface and an empty SETTINGS frame (length 0, type 4, flags 0, stream 0).
+    let mut quiet = TcpStream::connect(server.address).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    quiet.write_all(HTTP2_PREFACE).await.expect("preface");
+    quiet.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.expect("settings");
+    assert!(closed_by_server(&mut quiet).await, "an HTTP/2 connection with no call is closed");
+    assert!(started.elapsed() >= idle - Duration::from_millis(100), "closed only after the idle time");
+
+    // A subscription open for twice the idle time keeps its connection: events still arrive.
+    let mut client = server.confab().await;
+    let request = v1::SubscribeRequest { room: "r".into(), after_seq: None, user: String::new() };
+    let mut events = bounded(client.subscribe(request)).await.expect("subscribe").into_inner();
+    bounded(events.message()).await.expect("subscribed").expect("an event");
+    tokio::time::sleep(idle * 2).await;
+    let mut sender = server.confab().await;
+    let send = SendRequest { room: "r".into(), user: "ann".into(), client_msg_id: String::new(), body: "hi".into() };
+    bounded(sender.send(send)).await.expect("send");
+    let event = bounded(events.message()).await.expect("the stream is still open").expect("an event");
+    assert!(matches!(event.event, Some(v1::room_event::Event::Message(_))), "{event:?}");
+    server.stop().await.expect("stopped");
+}
+
 /// With TLS, the deadline covers the handshake and the preface after it: a client that never
 /// starts TLS, and one that finishes TLS and then says nothing, are both closed (tonic's own TLS
 /// bounded only the handshake).
