@@ -29,6 +29,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, info};
 
 use super::auth::{Authenticator, Tokens};
+use super::jwt::JwtVerifier;
 use super::cancel::CancelLayer;
 use super::chat_service::SeedChat;
 use super::confab_service::ConfabChat;
@@ -69,6 +70,9 @@ pub enum ServeError {
 pub struct ServerOptions {
     /// Bearer tokens every chat call must carry; `None` serves anyone (an open server).
     pub tokens: Option<Arc<Tokens>>,
+    /// JWTs every chat call may carry instead ([`super::jwt`]); with neither this nor `tokens`
+    /// the server is open.
+    pub jwt: Option<Arc<JwtVerifier>>,
     /// TLS on the listener ([`super::tls::server_config`]); `None` serves plaintext HTTP/2.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// HTTP/2 streams (calls) open at once on one connection.
@@ -90,6 +94,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             tokens: None,
+            jwt: None,
             tls: None,
             streams_per_connection_max: STREAMS_PER_CONNECTION_MAX,
             send_rate: SendRate::default(),
@@ -135,7 +140,7 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let streams_end = CancellationToken::new();
     let limiter = SendLimiter::new(options.send_rate);
-    let auth = Authenticator::new(options.tokens);
+    let auth = Authenticator::new(options.tokens).with_jwt(options.jwt);
     let confab = ConfabChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter.clone());
     let seed = SeedChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter);
     let (health, health_service) = ServerHealth::serving(&streams_end, engine).await;
