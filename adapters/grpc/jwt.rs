@@ -190,6 +190,11 @@ impl JwtVerifier {
         };
         let permissions = RoomPermissions::new(patterns("rooms", claims.rooms)?, patterns("read_rooms", claims.read_rooms)?);
         let expires_at = UNIX_EPOCH + Duration::from_secs(exp).saturating_add(self.leeway);
+        // `jsonwebtoken` compares whole seconds and still takes a token during its `exp` second;
+        // RFC 7519 says "before", and the token's streams end at `expires_at`, so calls must too.
+        if SystemTime::now() >= expires_at {
+            return Err(refused(self.explain(&ErrorKind::ExpiredSignature)));
+        }
         Ok(JwtBearer { user, permissions, expires_at })
     }
 
@@ -208,7 +213,7 @@ impl JwtVerifier {
             ErrorKind::InvalidAudience => "the token's aud is not this server's audience (--jwt-audience)".into(),
             ErrorKind::InvalidIssuer => "the token's iss is not an issuer this server takes (--jwt-issuer)".into(),
             ErrorKind::InvalidClaimFormat(claim) => format!("the token's {claim} claim is malformed"),
-            ErrorKind::Json(error) => format!("the token's claims are malformed: {error}"),
+            ErrorKind::Json(error) => format!("the token is not a valid JWT: its header or claims are malformed: {error}"),
             other => format!("the token is not a valid JWT: {other:?}"),
         }
     }
