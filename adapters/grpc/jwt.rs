@@ -50,9 +50,7 @@ pub enum JwtKeyError {
         bytes: usize,
     },
     /// The file is not a PEM public key of a kind confab verifies.
-    #[error(
-        "not a PEM public key for RS256 (RSA) or ES256 (EC P-256): {0} (expected `-----BEGIN PUBLIC KEY-----`)"
-    )]
+    #[error("not a PEM public key for RS256 (RSA) or ES256 (EC P-256): {0} (expected `-----BEGIN PUBLIC KEY-----`)")]
     PublicKey(jsonwebtoken::errors::Error),
 }
 
@@ -188,7 +186,8 @@ impl JwtVerifier {
                 .transpose()
                 .map_err(|error: PatternError| refused(format!("the token's {claim} claim: {error}")))
         };
-        let permissions = RoomPermissions::new(patterns("rooms", claims.rooms)?, patterns("read_rooms", claims.read_rooms)?);
+        let permissions =
+            RoomPermissions::new(patterns("rooms", claims.rooms)?, patterns("read_rooms", claims.read_rooms)?);
         let expires_at = UNIX_EPOCH + Duration::from_secs(exp).saturating_add(self.leeway);
         // `jsonwebtoken` compares whole seconds and still takes a token during its `exp` second;
         // RFC 7519 says "before", and the token's streams end at `expires_at`, so calls must too.
@@ -213,7 +212,9 @@ impl JwtVerifier {
             ErrorKind::InvalidAudience => "the token's aud is not this server's audience (--jwt-audience)".into(),
             ErrorKind::InvalidIssuer => "the token's iss is not an issuer this server takes (--jwt-issuer)".into(),
             ErrorKind::InvalidClaimFormat(claim) => format!("the token's {claim} claim is malformed"),
-            ErrorKind::Json(error) => format!("the token is not a valid JWT: its header or claims are malformed: {error}"),
+            ErrorKind::Json(error) => {
+                format!("the token is not a valid JWT: its header or claims are malformed: {error}")
+            }
             other => format!("the token is not a valid JWT: {other:?}"),
         }
     }

@@ -29,12 +29,12 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, info};
 
 use super::auth::{Authenticator, Tokens};
-use super::jwt::JwtVerifier;
 use super::cancel::CancelLayer;
 use super::chat_service::SeedChat;
 use super::confab_service::ConfabChat;
 use super::deadline::DeadlineLayer;
 use super::health::ServerHealth;
+use super::jwt::JwtVerifier;
 use super::observe::ObserveLayer;
 use super::proto::chat::chat_service_server::ChatServiceServer;
 use super::rate::SendLimiter;

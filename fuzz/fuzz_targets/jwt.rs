@@ -58,7 +58,8 @@ fuzz_target!(|data: &[u8]| {
 
     // The bytes as a token's claims, signed: the claims parser and the patterns in them.
     if let Ok(claims) = serde_json::from_str::<serde_json::Value>(text) {
-        if let Ok(token) = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET))
+        if let Ok(token) =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET))
         {
             if let Ok((_, grant)) = auth.bearer(&token) {
                 let sub = claims.get("sub").and_then(serde_json::Value::as_str);

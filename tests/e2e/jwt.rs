@@ -332,10 +332,9 @@ async fn ends_expired<T: std::fmt::Debug>(stream: &mut tonic::Streaming<T>, what
 /// The tokens file's `rooms=` and `read_rooms=` lines, and the same server taking JWTs too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_file_room_patterns_are_enforced_beside_jwts() {
-    let tokens = Tokens::parse(
-        "ann-token-0123456789 ann\n    rooms=team-*\n    read_rooms=news\nbob-token-0123456789 bob\n",
-    )
-    .expect("tokens");
+    let tokens =
+        Tokens::parse("ann-token-0123456789 ann\n    rooms=team-*\n    read_rooms=news\nbob-token-0123456789 bob\n")
+            .expect("tokens");
     let options = ServerOptions { tokens: Some(Arc::new(tokens)), jwt: Some(hmac_verifier()), ..Default::default() };
     let server = start_with(options).await;
     let mut ann = confab_as(&server, "ann-token-0123456789").await;
