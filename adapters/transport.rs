@@ -8,7 +8,9 @@
 //!    subprotocol, else the `user` query parameter) through
 //!    [`Authenticator`](crate::grpc::auth::Authenticator) and
 //!    [`Caller`](crate::grpc::auth::Caller), so every transport applies the same identity rule
-//!    and refuses the same names with the same message.
+//!    and refuses the same names with the same message. The token's
+//!    [`Grant`] says which rooms it may read and post to ([`admit`] holds a session's frames to
+//!    it) and when it expires ([`crate::grpc::expiry`]).
 //! 2. **Decode.** Turn the wire frame into a `confab.v1` message (prost for protobuf bytes, or
 //!    another encoding of the same message, like the WebSocket's JSON), then into an engine type
 //!    with [`crate::grpc::convert`]. That module is the one place where wire meets engine.

@@ -71,7 +71,8 @@ enum LogFormat {
 #[command(next_help_heading = "Security")]
 struct SecurityArgs {
     /// Require `authorization: Bearer <token>` on every call, with the tokens in FILE: one
-    /// `TOKEN USER` per line, `#` comments (README, "Running in production"). The sender of a
+    /// `TOKEN USER` per line, optionally followed by `rooms=P1,P2` and `read_rooms=P3` lines,
+    /// `#` comments (README, "Running in production"). The sender of a
     /// message is the token's user. The web port takes it in a WebSocket subprotocol
     /// (`confab.bearer.<base64url>`) or an `Authorization` header. Without it the
     /// server is open: anyone may call as anyone.
@@ -470,5 +471,13 @@ mod tests {
         assert_eq!(web.header_read_timeout, WS_HEADER_READ_TIMEOUT);
         assert_eq!(web.liveness, LivenessConfig::default());
         assert_eq!(web.frame_bytes_max, WsConfig::default().frame_bytes_max);
+    }
+
+    #[test]
+    fn the_jwt_leeway_default_is_the_named_constant() {
+        let Ok(Cli { command: Command::Serve(args) }) = Cli::try_parse_from(["confab", "serve"]) else {
+            panic!("`confab serve` parses")
+        };
+        assert_eq!(args.security.jwt_leeway, crate::grpc::jwt::JWT_LEEWAY);
     }
 }

@@ -65,9 +65,10 @@ pub struct WsConfig {
     pub connections_max: usize,
     /// Each connection's session posts are held to this rate, like a gRPC `Session`'s.
     pub send_rate: SendRate,
-    /// The server's tokens (`--tokens`): with them, `/ws` needs the token in a subprotocol and
-    /// `/rooms` in an `Authorization` header, and the session's user is the token's user,
-    /// under the gRPC identity rule.
+    /// The server's tokens (`--tokens`, JWTs): with them, `/ws` needs the token in a
+    /// subprotocol and `/rooms` in an `Authorization` header, the session's user is the token's
+    /// user, under the gRPC identity rule, its joins and posts are held to the token's rooms,
+    /// and the socket closes when the token expires.
     pub auth: Authenticator,
     /// TCP connection caps, TCP keepalive, and the TLS handshake deadline of the port.
     pub connections: ConnectionLimits,
