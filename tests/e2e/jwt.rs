@@ -206,6 +206,31 @@ async fn an_ec_public_key_verifies_es256_tokens_of_its_private_half() {
     server.stop().await.expect("stopped");
 }
 
+/// `--jwt-public-key-file` with an RSA key (a test fixture): RS256 tokens of its private half
+/// work, and the public key cannot be used to forge an HS256 token (algorithm confusion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rsa_public_key_verifies_rs256_tokens_and_refuses_algorithm_confusion() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let public = fixtures.join("jwt-rs256-public.pem");
+    let verifier = JwtVerifier::public_key_file(&public, &policy()).expect("an RSA public key");
+    assert_eq!(verifier.algorithm(), Algorithm::RS256);
+    let server = start_with(ServerOptions { jwt: Some(Arc::new(verifier)), ..ServerOptions::default() }).await;
+    let private = std::fs::read(fixtures.join("jwt-rs256-private.pem")).expect("the fixture");
+    let signing = EncodingKey::from_rsa_pem(&private).expect("a PKCS#8 RSA key");
+    let claims = json!({"sub": "ann", "exp": now() + 3_600});
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &signing).expect("signed");
+    let mut ann = confab_as(&server, &token).await;
+    assert!(ann.send(send("lobby", "signed by the key")).await.expect("valid").into_inner().seq > 0);
+    // An HS256 token whose "secret" is the public key's text: refused for its algorithm.
+    let public_text = std::fs::read(&public).expect("the fixture");
+    let confused =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&public_text))
+            .expect("signed");
+    let mut forged = confab_as(&server, &confused).await;
+    assert_refused(forged.send(send("lobby", "x")).await, Code::Unauthenticated, "RS256", "algorithm confusion");
+    server.stop().await.expect("stopped");
+}
+
 /// A `rooms` claim: the bearer reads and posts in matching rooms only. Every RPC of both
 /// services that names another room is PERMISSION_DENIED naming it; a Session's join or post
 /// there is an error frame and the session goes on; ListRooms lists only readable rooms.
