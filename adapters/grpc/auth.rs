@@ -396,7 +396,7 @@ impl Authenticator {
         match &self.jwt {
             Some(jwt) if looks_like_jwt(token) => {
                 let bearer = jwt.verify(token).map_err(|refused| ApiError::Unauthenticated(refused.to_string()))?;
-                let grant = Grant::new(bearer.user.clone(), Arc::new(bearer.permissions), Some(bearer.expires_at));
+                let grant = Grant::new(bearer.user.clone(), Arc::new(bearer.permissions), bearer.expires_at);
                 Ok((Caller::User(bearer.user), grant))
             }
             _ => Err(ApiError::Unauthenticated("unknown bearer token".into())),

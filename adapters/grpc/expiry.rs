@@ -28,11 +28,11 @@ pub struct Expiry {
 
 impl Expiry {
     /// The expiry of `grant`'s token (`None`: never). A token that has already expired is due
-    /// at once.
+    /// at once; one too far ahead for the clock never is.
     pub fn of(grant: &Grant) -> Self {
-        let at = grant.expires_at().map(|when| {
+        let at = grant.expires_at().and_then(|when| {
             let left = when.duration_since(SystemTime::now()).unwrap_or_default();
-            Instant::now() + left
+            Instant::now().checked_add(left)
         });
         Self { at }
     }

@@ -33,6 +33,9 @@ pub const JWT_LEEWAY: Duration = Duration::from_secs(5);
 /// the hash (32 bytes).
 pub const JWT_HMAC_SECRET_BYTES_MIN: usize = 32;
 
+/// Most leeway `--jwt-leeway` takes: more would keep expired tokens alive for long.
+pub const JWT_LEEWAY_MAX: Duration = Duration::from_secs(3_600);
+
 /// Longest bearer token verified as a JWT. Rooms lists are bounded after decoding; this bounds
 /// the decoding itself (a token travels in every call's metadata).
 pub const JWT_BYTES_MAX: usize = 8 * 1024;
@@ -49,6 +52,9 @@ pub enum JwtKeyError {
         /// Its length, after trailing whitespace is dropped.
         bytes: usize,
     },
+    /// The leeway is over [`JWT_LEEWAY_MAX`].
+    #[error("a leeway of {0:?} is over the most taken, {JWT_LEEWAY_MAX:?} (--jwt-leeway)")]
+    LeewayTooLong(Duration),
     /// The file is not a PEM public key of a kind confab verifies.
     #[error("not a PEM public key for RS256 (RSA) or ES256 (EC P-256): {0} (expected `-----BEGIN PUBLIC KEY-----`)")]
     PublicKey(jsonwebtoken::errors::Error),
@@ -79,8 +85,9 @@ pub struct JwtBearer {
     pub user: UserName,
     /// `rooms` and `read_rooms`.
     pub permissions: RoomPermissions,
-    /// `exp` plus the leeway: when streams opened with the token end.
-    pub expires_at: SystemTime,
+    /// `exp` plus the leeway: when streams opened with the token end. `None` for an `exp` so
+    /// far ahead that the clock cannot hold it (it never comes).
+    pub expires_at: Option<SystemTime>,
 }
 
 /// Why a bearer token was refused (the message goes to the client with UNAUTHENTICATED).
@@ -123,6 +130,7 @@ impl JwtVerifier {
 
     /// HS256 with `secret` (trailing whitespace dropped).
     pub fn hmac_secret(secret: &[u8], policy: &JwtPolicy) -> Result<Self, JwtKeyError> {
+        check_leeway(policy)?;
         let secret = secret.trim_ascii_end();
         if secret.len() < JWT_HMAC_SECRET_BYTES_MIN {
             return Err(JwtKeyError::SecretTooShort { bytes: secret.len() });
@@ -137,6 +145,7 @@ impl JwtVerifier {
 
     /// RS256 or ES256, chosen by the kind of the PEM public key `pem`.
     pub fn public_key_pem(pem: &[u8], policy: &JwtPolicy) -> Result<Self, JwtKeyError> {
+        check_leeway(policy)?;
         if let Ok(key) = DecodingKey::from_ec_pem(pem) {
             return Ok(Self::with_key(key, Algorithm::ES256, policy));
         }
@@ -188,10 +197,11 @@ impl JwtVerifier {
         };
         let permissions =
             RoomPermissions::new(patterns("rooms", claims.rooms)?, patterns("read_rooms", claims.read_rooms)?);
-        let expires_at = UNIX_EPOCH + Duration::from_secs(exp).saturating_add(self.leeway);
+        // Checked: an `exp` of u64::MAX seconds is past what `SystemTime` holds.
+        let expires_at = UNIX_EPOCH.checked_add(Duration::from_secs(exp).saturating_add(self.leeway));
         // `jsonwebtoken` compares whole seconds and still takes a token during its `exp` second;
         // RFC 7519 says "before", and the token's streams end at `expires_at`, so calls must too.
-        if SystemTime::now() >= expires_at {
+        if expires_at.is_some_and(|expires_at| SystemTime::now() >= expires_at) {
             return Err(refused(self.explain(&ErrorKind::ExpiredSignature)));
         }
         Ok(JwtBearer { user, permissions, expires_at })
@@ -218,6 +228,10 @@ impl JwtVerifier {
             other => format!("the token is not a valid JWT: {other:?}"),
         }
     }
+}
+
+fn check_leeway(policy: &JwtPolicy) -> Result<(), JwtKeyError> {
+    if policy.leeway > JWT_LEEWAY_MAX { Err(JwtKeyError::LeewayTooLong(policy.leeway)) } else { Ok(()) }
 }
 
 /// Whether a bearer token has the shape of a JWT: three non-empty base64url parts separated by
@@ -262,7 +276,9 @@ mod tests {
         assert!(looks_like_jwt(&token));
         let bearer = verifier().verify(&token).expect("valid");
         assert_eq!(bearer.user.as_str(), "ann");
-        assert_eq!(bearer.expires_at, UNIX_EPOCH + Duration::from_secs(exp));
+        assert_eq!(bearer.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp)));
+        let far = verifier().verify(&sign(&json!({"sub": "ann", "exp": u64::MAX}))).expect("valid for ever");
+        assert_eq!(far.expires_at, None, "beyond the clock: never");
         assert!(bearer.permissions.allows("team-a", super::super::permissions::RoomAction::Post));
         assert!(!bearer.permissions.allows("news", super::super::permissions::RoomAction::Post));
     }
@@ -298,6 +314,8 @@ mod tests {
             Err(JwtKeyError::SecretTooShort { bytes: 5 })
         ));
         assert!(JwtVerifier::public_key_pem(b"not a key", &JwtPolicy::default()).is_err());
+        let lax = JwtPolicy { leeway: JWT_LEEWAY_MAX + Duration::from_secs(1), ..JwtPolicy::default() };
+        assert!(matches!(JwtVerifier::hmac_secret(SECRET, &lax), Err(JwtKeyError::LeewayTooLong(_))));
     }
 
     #[test]
