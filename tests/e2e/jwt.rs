@@ -411,6 +411,13 @@ async fn bad_jwt_key_files_stop_the_server_naming_the_flag() {
     std::fs::write(&short, "too short\n").expect("write");
     let stderr = refused_start(&["--jwt-hmac-secret-file", short.to_str().expect("utf-8")]).await;
     assert!(stderr.contains("--jwt-hmac-secret-file") && stderr.contains("at least 32"), "{stderr}");
+    let good = dir.join("good-secret");
+    std::fs::write(&good, SECRET).expect("write");
+    let good = good.to_str().expect("utf-8");
+    let stderr = refused_start(&["--jwt-hmac-secret-file", good, "--jwt-leeway", "2h"]).await;
+    assert!(stderr.contains("--jwt-leeway"), "{stderr}");
+    let stderr = refused_start(&["--jwt-hmac-secret-file", good, "--jwt-public-key-file", good]).await;
+    assert!(stderr.contains("cannot be used with"), "one key per server: {stderr}");
     let stderr = refused_start(&["--jwt-hmac-secret-file", "/nonexistent/secret"]).await;
     assert!(stderr.contains("--jwt-hmac-secret-file /nonexistent/secret: cannot read it"), "{stderr}");
     let garbage = dir.join("garbage.pem");
