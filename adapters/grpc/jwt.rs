@@ -60,7 +60,8 @@ pub enum JwtKeyError {
     PublicKey(jsonwebtoken::errors::Error),
 }
 
-/// What the server checks besides the signature.
+/// What the server checks besides the signature. `Default` is the strictest (no leeway);
+/// [`JwtPolicy::new`] has `confab serve`'s defaults.
 #[derive(Clone, Debug, Default)]
 pub struct JwtPolicy {
     /// See [`JWT_LEEWAY`].
