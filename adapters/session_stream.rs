@@ -59,7 +59,8 @@ pub trait SessionOutput: Send + Unpin + 'static {
     const ACKS: bool;
     /// A frame from the session.
     fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item>;
-    /// A post refused for the rate ([`RatePolicy::Refuse`]), about `room`.
+    /// A frame about `room` refused without ending the session: a post over the rate
+    /// ([`RatePolicy::Refuse`]), or a frame the token's room permissions do not allow.
     fn refusal(&mut self, room: &str, error: ApiError) -> Option<Self::Item>;
     /// The last item: `None` when the session finished normally, or why it ended.
     fn end(&mut self, reason: Option<ApiError>) -> Option<Self::Item>;
@@ -180,6 +181,10 @@ where
                     self.input_done = true;
                 }
                 Poll::Ready(Some(Inbound::Malformed(error))) => return Err(Some(error)),
+                Poll::Ready(Some(Inbound::Refused { room, error })) => {
+                    let refusal = self.output.refusal(&room, error);
+                    self.refusals.extend(refusal);
+                }
                 Poll::Ready(Some(Inbound::Gone)) => return Err(None),
                 Poll::Pending => return Ok(()),
             }

@@ -8,7 +8,9 @@
 //!    subprotocol, else the `user` query parameter) through
 //!    [`Authenticator`](crate::grpc::auth::Authenticator) and
 //!    [`Caller`](crate::grpc::auth::Caller), so every transport applies the same identity rule
-//!    and refuses the same names with the same message.
+//!    and refuses the same names with the same message. The token's
+//!    [`Grant`] says which rooms it may read and post to ([`admit`] holds a session's frames to
+//!    it) and when it expires ([`crate::grpc::expiry`]).
 //! 2. **Decode.** Turn the wire frame into a `confab.v1` message (prost for protobuf bytes, or
 //!    another encoding of the same message, like the WebSocket's JSON), then into an engine type
 //!    with [`crate::grpc::convert`]. That module is the one place where wire meets engine.
@@ -35,6 +37,7 @@ use confab_engine::{ClientFrame, ServerFrame, UserName};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::grpc::auth::Grant;
 use crate::grpc::rate::SessionRate;
 use crate::grpc::status::ApiError;
 
@@ -48,6 +51,14 @@ pub enum Inbound {
     Finished,
     /// The client sent something that is not a frame: the session ends with this error.
     Malformed(ApiError),
+    /// A frame the client's token may not send (its room permissions): refused with this
+    /// error about `room`, like a post over the rate; the session goes on.
+    Refused {
+        /// The room the frame names.
+        room: String,
+        /// Why ([`ApiError::Forbidden`]).
+        error: ApiError,
+    },
     /// The client went away: the session disconnects at once.
     Gone,
 }
@@ -150,8 +161,25 @@ pub async fn pump_session<Source, Sink>(
                     sink.end(Some(error)).await;
                     return;
                 }
+                Inbound::Refused { room, error } => {
+                    if sink.refuse(&room, error).await.is_err() {
+                        return;
+                    }
+                }
                 Inbound::Gone => return,
             },
         }
+    }
+}
+
+/// `inbound` as `grant` allows it: a frame its room permissions do not allow becomes
+/// [`Inbound::Refused`]; everything else passes.
+pub fn admit(grant: &Grant, inbound: Inbound) -> Inbound {
+    match inbound {
+        Inbound::Frame(frame) => match grant.check_frame(&frame) {
+            Ok(()) => Inbound::Frame(frame),
+            Err((room, error)) => Inbound::Refused { room, error },
+        },
+        other => other,
     }
 }

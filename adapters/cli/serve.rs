@@ -14,6 +14,7 @@ use confab_engine::{Limits, SendRate, limits};
 use tracing::{error, info, warn};
 
 use crate::grpc::auth::{Authenticator, Tokens};
+use crate::grpc::jwt::{JwtPolicy, JwtVerifier};
 use crate::grpc::server::{ServerOptions, serve_with};
 use crate::metrics::{METRICS_PATH, Metrics, RpcMetrics, serve_metrics};
 use crate::net::{self, ConnectionLimits};
@@ -70,12 +71,32 @@ enum LogFormat {
 #[command(next_help_heading = "Security")]
 struct SecurityArgs {
     /// Require `authorization: Bearer <token>` on every call, with the tokens in FILE: one
-    /// `TOKEN USER` per line, `#` comments (README, "Running in production"). The sender of a
+    /// `TOKEN USER` per line, optionally followed by `rooms=P1,P2` and `read_rooms=P3` lines,
+    /// `#` comments (README, "Running in production"). The sender of a
     /// message is the token's user. The web port takes it in a WebSocket subprotocol
     /// (`confab.bearer.<base64url>`) or an `Authorization` header. Without it the
     /// server is open: anyone may call as anyone.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// Also take JWTs signed with HS256 and the secret in FILE (at least 32 bytes; a final
+    /// newline is dropped): `sub` is the user, `exp` is required, optional `rooms` and
+    /// `read_rooms` claims limit the rooms (README, "Authentication"). Alone or with --tokens.
+    #[arg(long, value_name = "FILE", conflicts_with = "jwt_public_key_file")]
+    jwt_hmac_secret_file: Option<PathBuf>,
+    /// Also take JWTs signed with the private half of the PEM public key in FILE: RS256 for an
+    /// RSA key, ES256 for an EC P-256 key. Claims as for --jwt-hmac-secret-file.
+    #[arg(long, value_name = "FILE")]
+    jwt_public_key_file: Option<PathBuf>,
+    /// How long past its `exp` (and before its `nbf`) a JWT is still taken, for clock skew;
+    /// streams opened with a token end this long after its `exp`. Whole seconds.
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration, value_name = "DURATION")]
+    jwt_leeway: Duration,
+    /// Accepted `aud` values of JWTs (comma-separated); without it a JWT must carry no `aud`.
+    #[arg(long, value_name = "AUD", value_delimiter = ',')]
+    jwt_audience: Vec<String>,
+    /// Accepted `iss` values of JWTs (comma-separated); without it `iss` is not checked.
+    #[arg(long, value_name = "ISS", value_delimiter = ',')]
+    jwt_issuer: Vec<String>,
     /// Serve TLS with this PEM certificate chain (leaf first), on the gRPC port and the web
     /// port; needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -89,6 +110,20 @@ impl SecurityArgs {
     fn tokens(&self) -> anyhow::Result<Option<Tokens>> {
         let Some(path) = &self.tokens else { return Ok(None) };
         Tokens::load(path).map(Some).with_context(|| format!("--tokens {}", path.display()))
+    }
+
+    fn jwt(&self) -> anyhow::Result<Option<JwtVerifier>> {
+        let policy =
+            JwtPolicy { leeway: self.jwt_leeway, audience: self.jwt_audience.clone(), issuer: self.jwt_issuer.clone() };
+        match (&self.jwt_hmac_secret_file, &self.jwt_public_key_file) {
+            (Some(path), _) => JwtVerifier::hmac_secret_file(path, &policy)
+                .map(Some)
+                .with_context(|| format!("--jwt-hmac-secret-file {}", path.display())),
+            (None, Some(path)) => JwtVerifier::public_key_file(path, &policy)
+                .map(Some)
+                .with_context(|| format!("--jwt-public-key-file {}", path.display())),
+            (None, None) => Ok(None),
+        }
     }
 
     fn tls(&self) -> anyhow::Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>> {
@@ -248,6 +283,7 @@ fn init_logs(format: LogFormat) {
 async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     // Checked before binding, so a bad file never leaves a half-started server.
     let tokens = args.security.tokens()?.map(Arc::new);
+    let jwt = args.security.jwt()?.map(Arc::new);
     let tls = args.security.tls()?;
     let web_tls = args.security.web_tls()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -276,13 +312,16 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let engine = Engine::start(config)?;
-    let access = match (&tokens, &args.security.tokens) {
-        (Some(tokens), Some(path)) => format!(
-            "bearer tokens required ({} tokens of {} users from {})",
+    let access = match (&tokens, &args.security.tokens, &jwt) {
+        (Some(tokens), Some(path), _) => format!(
+            "bearer tokens required ({} tokens of {} users from {}, {} limited to some rooms{})",
             tokens.len(),
             tokens.user_count(),
-            path.display()
+            path.display(),
+            tokens.restricted_count(),
+            jwt.as_ref().map(|jwt| format!(", or {:?} JWTs", jwt.algorithm())).unwrap_or_default()
         ),
+        (_, _, Some(jwt)) => format!("bearer tokens required ({:?} JWTs)", jwt.algorithm()),
         _ => "OPEN: serving without authentication, anyone may send as anyone (--tokens FILE to require tokens)"
             .to_owned(),
     };
@@ -293,7 +332,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stdout(),
         "confab listening on {address} (confab.v1.Chat, chat.ChatService), {history}; {access}; {transport}; Ctrl-C stops"
     );
-    if tokens.is_none() {
+    if tokens.is_none() && jwt.is_none() {
         warn!(%address, "serving without authentication: anyone who can reach this address may send as anyone");
         if !address.ip().is_loopback() {
             warn!(%address, "an open server on a non-loopback address: use --tokens (and TLS) unless this network is trusted");
@@ -303,7 +342,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let web = web_listener
         .map(|listener| {
             listener
-                .with_guards(rate, Authenticator::new(tokens.clone()))
+                .with_guards(rate, Authenticator::new(tokens.clone()).with_jwt(jwt.clone()))
                 .with_transport(args.connections.limits(), web_tls)
                 .start(engine.clone())
         })
@@ -326,6 +365,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     }
     let options = ServerOptions {
         tokens,
+        jwt,
         tls,
         streams_per_connection_max: args.limits.streams_per_connection_max,
         send_rate: rate,
@@ -438,5 +478,13 @@ mod tests {
         assert_eq!(web.header_read_timeout, WS_HEADER_READ_TIMEOUT);
         assert_eq!(web.liveness, LivenessConfig::default());
         assert_eq!(web.frame_bytes_max, WsConfig::default().frame_bytes_max);
+    }
+
+    #[test]
+    fn the_jwt_leeway_default_is_the_named_constant() {
+        let Ok(Cli { command: Command::Serve(args) }) = Cli::try_parse_from(["confab", "serve"]) else {
+            panic!("`confab serve` parses")
+        };
+        assert_eq!(args.security.jwt_leeway, crate::grpc::jwt::JWT_LEEWAY);
     }
 }

@@ -7,9 +7,11 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Caller, caller};
+use super::auth::{Caller, caller, grant};
 use super::confab_service::ResponseStream;
 use super::convert;
+use super::expiry::Expiry;
+use super::permissions::RoomAction;
 use super::proto::chat;
 use super::rate::SendLimiter;
 use super::shutdown::{ShutdownSignal, UntilShutdown};
@@ -64,9 +66,10 @@ impl SeedChat {
 #[tonic::async_trait]
 impl chat::chat_service_server::ChatService for SeedChat {
     async fn say_hello(&self, request: Request<chat::Message>) -> Result<Response<chat::Message>, Status> {
-        let caller = caller(&request)?;
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
         self.limiter.check_unary(&caller, request.remote_addr())?;
         let room = convert::metadata_room(request.metadata())?;
+        grant.check(room.as_str(), RoomAction::Post)?;
         let message = request.into_inner();
         let user = caller.user(&message.user, "user")?;
         let greeting = format!("Hello, {user}! Thanks for your message.");
@@ -81,26 +84,31 @@ impl chat::chat_service_server::ChatService for SeedChat {
         &self,
         request: Request<chat::Message>,
     ) -> Result<Response<Self::BroadcastMessagesStream>, Status> {
+        let grant = grant(&request)?;
         let room = convert::metadata_room(request.metadata())?;
+        grant.check(room.as_str(), RoomAction::Read)?;
         let mut messages = vec![convert::server_says("Welcome to the broadcast!".into())];
         messages.extend(self.replay(&room).await?);
         messages.push(convert::server_says("Broadcast finished.".into()));
         let stream = futures::stream::iter(messages.into_iter().map(Ok));
-        Ok(Response::new(Box::pin(UntilShutdown::new(stream, &self.signal))))
+        Ok(Response::new(Box::pin(Expiry::of(&grant).stream(UntilShutdown::new(stream, &self.signal)))))
     }
 
     async fn upload_stream(
         &self,
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<chat::Message>, Status> {
-        let caller = caller(&request)?;
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
         let room = convert::metadata_room(request.metadata())?;
+        grant.check(room.as_str(), RoomAction::Post)?;
+        let expiry = Expiry::of(&grant);
         let mut inbound = request.into_inner();
         // Dropped on any error before commit: the upload is aborted and commits nothing (G6).
         let mut upload = self.engine.upload(&room);
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+                _ = expiry.expired() => return Err(Expiry::error().into()),
                 message = inbound.message() => message.map_err(inbound_status)?,
             };
             let Some(message) = message else { break };
@@ -123,12 +131,16 @@ impl chat::chat_service_server::ChatService for SeedChat {
         &self,
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
-        let caller = caller(&request)?;
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
         let room = convert::metadata_room(request.metadata())?;
+        // Joins to read and posts: posting covers both.
+        grant.check(room.as_str(), RoomAction::Post)?;
+        let expiry = Expiry::of(&grant);
         let mut inbound = request.into_inner();
         let first = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+            _ = expiry.expired() => return Err(Expiry::error().into()),
             first = inbound.message() => first.map_err(inbound_status)?,
         };
         // No message at all: nothing to join, end OK.
@@ -148,7 +160,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
             SeedMessages,
             &self.signal,
         );
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(expiry.stream(stream))))
     }
 }
 

@@ -8,15 +8,17 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::caller;
+use super::auth::{caller, grant};
 use super::convert;
+use super::expiry::{Expiry, UntilExpiry};
+use super::permissions::RoomAction;
 use super::proto::confab_v1 as v1;
 use super::rate::SendLimiter;
 use super::shared_bytes::SharedSubscribeStream;
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
 use super::status::{ApiError, inbound_status};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
-use crate::transport::Inbound;
+use crate::transport::{Inbound, admit};
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -36,13 +38,14 @@ impl ConfabChat {
     pub(crate) async fn subscribe_shared(
         &self,
         request: Request<v1::SubscribeRequest>,
-    ) -> Result<SharedSubscribeStream, Status> {
-        let caller = caller(&request)?;
+    ) -> Result<UntilExpiry<SharedSubscribeStream>, Status> {
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
+        grant.check(room.as_str(), RoomAction::Read)?;
         let user = caller.optional_user(&request.user, "user")?;
         let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
-        Ok(SharedSubscribeStream::new(events, ShutdownWatch::new(&self.signal)))
+        Ok(Expiry::of(&grant).stream(SharedSubscribeStream::new(events, ShutdownWatch::new(&self.signal))))
     }
 
     /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
@@ -60,27 +63,33 @@ impl ConfabChat {
 #[tonic::async_trait]
 impl v1::chat_server::Chat for ConfabChat {
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
-        let caller = caller(&request)?;
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
         self.limiter.check_unary(&caller, request.remote_addr())?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
+        grant.check(room.as_str(), RoomAction::Post)?;
         let draft = convert::draft_by(caller.user(&request.user, "user")?, &request.client_msg_id, request.body)?;
         let sent = self.engine.send(&room, draft).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::SendResponse { seq: sent.seq, duplicate: sent.duplicate }))
     }
 
     async fn history(&self, request: Request<v1::HistoryRequest>) -> Result<Response<v1::HistoryResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
+        grant.check(room.as_str(), RoomAction::Read)?;
         let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
         let page = self.engine.history(&room, request.after_seq, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(convert::history(&page)))
     }
 
+    /// Only the rooms the token may read: a page may hold fewer than `limit` rooms (even none)
+    /// when some are not readable, and `next_after` still says where the next page starts.
     async fn list_rooms(
         &self,
         request: Request<v1::ListRoomsRequest>,
     ) -> Result<Response<v1::ListRoomsResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         let after = match request.after.as_str() {
             "" => None,
@@ -92,10 +101,8 @@ impl v1::chat_server::Chat for ConfabChat {
         };
         let page = self.engine.rooms_page(after.as_ref(), limit).await.map_err(ApiError::from)?;
         let next_after = page.next_after.map(|name| name.as_str().to_owned()).unwrap_or_default();
-        Ok(Response::new(v1::ListRoomsResponse {
-            rooms: page.rooms.iter().map(convert::room_info).collect(),
-            next_after,
-        }))
+        let readable = page.rooms.iter().filter(|room| grant.allows(room.name.as_str(), RoomAction::Read));
+        Ok(Response::new(v1::ListRoomsResponse { rooms: readable.map(convert::room_info).collect(), next_after }))
     }
 
     type SubscribeStream = ResponseStream<v1::RoomEvent>;
@@ -115,18 +122,21 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
-        let caller = caller(&request)?;
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
+        let expiry = Expiry::of(&grant);
         let mut inbound = request.into_inner();
         // Created on the first chunk, which names the room. Dropped on any error: aborted (G6).
         let mut upload: Option<(RoomName, Upload)> = None;
         loop {
             let chunk = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+                _ = expiry.expired() => return Err(Expiry::error().into()),
                 chunk = inbound.message() => chunk.map_err(inbound_status)?,
             };
             let Some(chunk) = chunk else { break };
             if upload.is_none() {
                 let room = convert::room(&chunk.room)?;
+                grant.check(room.as_str(), RoomAction::Post)?;
                 upload = Some((room.clone(), self.engine.upload(&room)));
             }
             let Some((room, current)) = upload.as_mut() else { unreachable!("set just above") };
@@ -150,8 +160,10 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let user = caller(&request)?.metadata_user(request.metadata())?;
-        let inbound = request.into_inner().map(inbound_frame as fn(_) -> _);
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
+        let user = caller.metadata_user(request.metadata())?;
+        let expiry = Expiry::of(&grant);
+        let inbound = request.into_inner().map(move |frame| admit(&grant, inbound_frame(frame)));
         let rate = self.limiter.session();
         let stream = SessionStream::open(
             &self.engine,
@@ -163,7 +175,7 @@ impl v1::chat_server::Chat for ConfabChat {
             SessionFrames,
             &self.signal,
         );
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(expiry.stream(stream))))
     }
 }
 

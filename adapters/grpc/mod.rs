@@ -11,7 +11,9 @@
 //! - [`reflection`]: server reflection (v1 and v1alpha) from the compiled-in descriptors.
 //! - [`observe`]: the layer every call passes: per-RPC metrics and logs of refusals and streams.
 //! - [`server`]: [`server::serve`] runs all of them on a listener until a shutdown future.
-//! - [`auth`]: bearer tokens, the interceptor in front of both services, the identity rule.
+//! - [`auth`]: bearer tokens, the interceptor in front of both services, the identity rule;
+//!   [`jwt`]: tokens signed by the operator's backend; [`permissions`]: the rooms a token may
+//!   read and post to; [`expiry`]: streams end when their token expires.
 //! - [`tls`]: the server's certificate and key; [`client`]: connecting with a token and TLS.
 //! - [`rate`]: send-rate limits per session, user or connection; [`deadline`]: `grpc-timeout`.
 //! - [`cancel`]: a client's reset is an error for the handler, not the end of its stream.
@@ -23,9 +25,12 @@ pub mod client;
 pub mod confab_service;
 pub mod convert;
 pub mod deadline;
+pub mod expiry;
 pub mod health;
 pub mod idle;
+pub mod jwt;
 pub mod observe;
+pub mod permissions;
 pub mod proto;
 pub mod rate;
 pub mod reflection;

@@ -35,6 +35,7 @@ use super::confab_service::ConfabChat;
 use super::deadline::DeadlineLayer;
 use super::health::ServerHealth;
 use super::idle::{GRPC_CONNECTION_IDLE, GrpcConnectInfo, IdleClose, IdleLayer};
+use super::jwt::JwtVerifier;
 use super::observe::ObserveLayer;
 use super::proto::chat::chat_service_server::ChatServiceServer;
 use super::rate::SendLimiter;
@@ -70,6 +71,9 @@ pub enum ServeError {
 pub struct ServerOptions {
     /// Bearer tokens every chat call must carry; `None` serves anyone (an open server).
     pub tokens: Option<Arc<Tokens>>,
+    /// JWTs every chat call may carry instead ([`super::jwt`]); with neither this nor `tokens`
+    /// the server is open.
+    pub jwt: Option<Arc<JwtVerifier>>,
     /// TLS on the listener ([`super::tls::server_config`]); `None` serves plaintext HTTP/2.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// HTTP/2 streams (calls) open at once on one connection.
@@ -93,6 +97,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             tokens: None,
+            jwt: None,
             tls: None,
             streams_per_connection_max: STREAMS_PER_CONNECTION_MAX,
             send_rate: SendRate::default(),
@@ -139,7 +144,7 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let streams_end = CancellationToken::new();
     let limiter = SendLimiter::new(options.send_rate);
-    let auth = Authenticator::new(options.tokens);
+    let auth = Authenticator::new(options.tokens).with_jwt(options.jwt);
     let confab = ConfabChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter.clone());
     let seed = SeedChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter);
     let (health, health_service) = ServerHealth::serving(&streams_end, engine).await;

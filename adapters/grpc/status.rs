@@ -5,6 +5,8 @@ use confab_actors::{EngineError, Stalled};
 use confab_engine::{FrameError, Lag, NameError, RateLimited, RoomError, SessionError, UploadError, UserName};
 use tonic::{Code, Status};
 
+use super::permissions::RoomAction;
+
 /// Why a request failed, before it becomes a [`Status`].
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -56,6 +58,16 @@ pub enum ApiError {
         claimed: String,
         /// The authenticated user.
         user: UserName,
+    },
+    /// The token's room permissions do not allow this (`rooms`, `read_rooms`).
+    #[error("user {user} may not {action} room '{room}' (the token's rooms do not allow it)")]
+    Forbidden {
+        /// The token's user.
+        user: String,
+        /// What was refused.
+        action: RoomAction,
+        /// The room.
+        room: String,
     },
     /// The sender is over its send rate (`--sends-per-second-max`, `--send-burst-max`).
     #[error("{0} (--sends-per-second-max)")]
@@ -118,7 +130,7 @@ impl From<ApiError> for Status {
             ApiError::Lagged(_) | ApiError::Stalled(_) | ApiError::FrameTooBig { .. } => Code::ResourceExhausted,
             ApiError::ShuttingDown => Code::Unavailable,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
-            ApiError::Impersonation { .. } => Code::PermissionDenied,
+            ApiError::Impersonation { .. } | ApiError::Forbidden { .. } => Code::PermissionDenied,
             ApiError::RateLimited(_) => Code::ResourceExhausted,
         };
         Status::new(code, error.to_string())

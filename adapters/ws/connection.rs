@@ -21,11 +21,13 @@ use tokio_util::sync::CancellationToken;
 use super::close::{close_frame, idle_close_frame};
 use super::json;
 use super::liveness::{Due, Liveness, LivenessConfig};
+use crate::grpc::auth::Grant;
 use crate::grpc::convert;
+use crate::grpc::expiry::Expiry;
 use crate::grpc::proto::confab_v1 as v1;
 use crate::grpc::rate::SessionRate;
 use crate::grpc::status::ApiError;
-use crate::transport::{FrameSink, FrameSource, Gone, Inbound, pump_session};
+use crate::transport::{FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
 
 /// How long a connection's close frame may take to send before the socket is dropped instead.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -67,10 +69,12 @@ pub struct ConnectionOptions {
 }
 
 /// Runs one connection until the session ends, the client goes, or shutdown starts.
+#[allow(clippy::too_many_arguments)] // Each is one independent part of a connection's setup.
 pub async fn run(
     socket: WebSocket,
     engine: Engine,
     user: UserName,
+    grant: Grant,
     options: ConnectionOptions,
     rate: SessionRate,
     shutdown: CancellationToken,
@@ -78,14 +82,20 @@ pub async fn run(
     let (sink, stream) = socket.split();
     let sink = Arc::new(Mutex::new(sink));
     let liveness = Liveness::new(options.liveness, Instant::now());
+    let expiry = Expiry::of(&grant);
     let source = Frames {
         stream,
         format: options.format,
         frame_bytes_max: options.frame_bytes_max,
         liveness,
         sink: Arc::clone(&sink),
+        grant,
     };
-    pump_session(&engine, user, source, Replies { sink, format: options.format }, rate, &shutdown).await;
+    let replies = Replies { sink: Arc::clone(&sink), format: options.format };
+    // At the token's expiry the session is dropped (it disconnects) and the socket closed.
+    if let Err(expired) = expiry.bound(pump_session(&engine, user, source, replies, rate, &shutdown)).await {
+        close(&sink, close_frame(Some(expired))).await;
+    }
 }
 
 /// The inbound half: decodes client frames and keeps the connection's liveness.
@@ -97,6 +107,8 @@ struct Frames {
     liveness: Liveness,
     /// For pings and the idle close.
     sink: SharedSink,
+    /// The frames the token allows; others are refused with an error frame.
+    grant: Grant,
 }
 
 impl FrameSource for Frames {
@@ -146,7 +158,7 @@ impl FrameSource for Frames {
                 (Message::Close(_), _) => return Inbound::Gone,
             };
             return match frame.and_then(convert::client_frame) {
-                Ok(frame) => Inbound::Frame(frame),
+                Ok(frame) => admit(&self.grant, Inbound::Frame(frame)),
                 Err(error) => Inbound::Malformed(error),
             };
         }

@@ -37,6 +37,7 @@ use super::liveness::LivenessConfig;
 use super::{json, page};
 use crate::grpc::auth::{self as grpc_auth, Authenticator, Caller};
 use crate::grpc::convert;
+use crate::grpc::permissions::RoomAction;
 use crate::grpc::rate::SendLimiter;
 use crate::grpc::status::ApiError;
 use crate::net::{Acceptor, ConnectionLimits, Guarded};
@@ -64,9 +65,10 @@ pub struct WsConfig {
     pub connections_max: usize,
     /// Each connection's session posts are held to this rate, like a gRPC `Session`'s.
     pub send_rate: SendRate,
-    /// The server's tokens (`--tokens`): with them, `/ws` needs the token in a subprotocol and
-    /// `/rooms` in an `Authorization` header, and the session's user is the token's user,
-    /// under the gRPC identity rule.
+    /// The server's tokens (`--tokens`, JWTs): with them, `/ws` needs the token in a
+    /// subprotocol and `/rooms` in an `Authorization` header, the session's user is the token's
+    /// user, under the gRPC identity rule, its joins and posts are held to the token's rooms,
+    /// and the socket closes when the token expires.
     pub auth: Authenticator,
     /// TCP connection caps, TCP keepalive, and the TLS handshake deadline of the port.
     pub connections: ConnectionLimits,
@@ -267,12 +269,15 @@ async fn connect(
         Ok(token) => token,
         Err(reason) => return http_refusal(ApiError::Unauthenticated(reason)),
     };
-    let identified = shared.config.auth.authenticate_token(token.as_deref()).and_then(|caller| match caller {
-        Caller::Anyone => convert::user(query.user.as_deref().unwrap_or(convert::DEFAULT_USER)),
-        caller => caller.user(query.user.as_deref().unwrap_or_default(), "user"),
+    let identified = shared.config.auth.authorize_token(token.as_deref()).and_then(|(caller, grant)| {
+        let user = match caller {
+            Caller::Anyone => convert::user(query.user.as_deref().unwrap_or(convert::DEFAULT_USER)),
+            caller => caller.user(query.user.as_deref().unwrap_or_default(), "user"),
+        };
+        user.map(|user| (user, grant))
     });
-    let user = match identified {
-        Ok(user) => user,
+    let (user, grant) = match identified {
+        Ok(identified) => identified,
         Err(error) => return http_refusal(error),
     };
     let format = match Format::parse(query.format.as_deref()) {
@@ -292,7 +297,7 @@ async fn connect(
     upgrade.on_upgrade(move |socket| {
         let (engine, sessions_end) = (shared.engine.clone(), shared.sessions_end.clone());
         shared.sessions.track_future(async move {
-            connection::run(socket, engine, user, options, rate, sessions_end).await;
+            connection::run(socket, engine, user, grant, options, rate, sessions_end).await;
             drop(permit);
         })
     })
@@ -316,13 +321,17 @@ async fn room_info(
         return refused;
     }
     let token = header_text(&headers, &header::AUTHORIZATION).and_then(grpc_auth::bearer_token);
-    if let Err(error) = shared.config.auth.authenticate_token(token) {
-        return http_refusal(error);
-    }
+    let grant = match shared.config.auth.authorize_token(token) {
+        Ok((_, grant)) => grant,
+        Err(error) => return http_refusal(error),
+    };
     let room = match convert::room(&name) {
         Ok(room) => room,
         Err(error) => return http_refusal(error),
     };
+    if let Err(error) = grant.check(room.as_str(), RoomAction::Read) {
+        return http_refusal(error);
+    }
     let info = match shared.engine.room(&room).await {
         Ok(Some(info)) => json::RoomInfo::from(convert::room_info(&info)),
         Ok(None) => return http_refusal(EngineError::Room(RoomError::NotFound).into()),

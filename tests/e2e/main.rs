@@ -7,6 +7,7 @@ mod confab_api;
 mod connections;
 mod crash;
 mod deadlines;
+mod jwt;
 mod lifecycle;
 mod limits;
 mod line_chat;

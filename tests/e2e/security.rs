@@ -216,7 +216,7 @@ async fn first_line(child: &mut tokio::process::Child) -> String {
 }
 
 /// Runs `confab serve` with `args` and expects it to refuse to start; returns its stderr.
-async fn refused_start(args: &[&str]) -> String {
+pub(super) async fn refused_start(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_confab"))
         .args(["serve", "--listen", "127.0.0.1:0", "--in-memory"])
         .args(args)
