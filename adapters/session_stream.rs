@@ -20,7 +20,7 @@ use confab_engine::{ClientFrame, ServerFrame, UserName};
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
-use crate::grpc::rate::SessionRate;
+use crate::grpc::rate::{SenderRate, frame_rate};
 use crate::grpc::shutdown::{ShutdownSignal, ShutdownWatch};
 use crate::grpc::status::ApiError;
 use crate::transport::Inbound;
@@ -29,7 +29,7 @@ use crate::transport::Inbound;
 /// cannot keep its stream's task from serving others.
 pub const INBOUND_FRAMES_PER_POLL_MAX: usize = 64;
 
-/// What happens to a post over the session's send rate.
+/// What happens to a frame over its sender's rate (posts, typing, joins and leaves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RatePolicy {
     /// Refused with a refusal item; the session goes on (`confab.v1` sessions).
@@ -83,7 +83,8 @@ pub struct SessionStream<In, Out: SessionOutput> {
     pacing: Option<Pin<Box<Sleep>>>,
     /// The client's input ended: half-close once `outgoing` is through.
     input_done: bool,
-    rate: SessionRate,
+    /// The sender's buckets, shared with its other sessions, streams and unary calls.
+    rate: SenderRate,
     policy: RatePolicy,
     output: Out,
     /// Refusals waiting to be yielded.
@@ -106,7 +107,7 @@ where
         user: UserName,
         inbound: In,
         opening: Vec<ClientFrame>,
-        rate: SessionRate,
+        rate: SenderRate,
         policy: RatePolicy,
         output: Out,
         shutdown: &ShutdownSignal,
@@ -186,10 +187,10 @@ where
         }
     }
 
-    /// Gives one frame to the session, under the send rate.
+    /// Gives one frame to the session, under its sender's rates.
     fn dispatch(&mut self, frame: ClientFrame) -> Result<(), Option<ApiError>> {
-        if let ClientFrame::Send { room, .. } = &frame {
-            if let Err(limited) = self.rate.try_take() {
+        if let Some((kind, room)) = frame_rate(&frame) {
+            if let Err(limited) = self.rate.try_take(kind) {
                 match self.policy {
                     RatePolicy::Refuse => {
                         let refusal = self.output.refusal(room, limited.into());

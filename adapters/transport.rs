@@ -35,7 +35,7 @@ use confab_engine::{ClientFrame, ServerFrame, UserName};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::grpc::rate::SessionRate;
+use crate::grpc::rate::{SenderRate, frame_rate};
 use crate::grpc::status::ApiError;
 
 /// What a transport read from its client.
@@ -84,7 +84,7 @@ pub async fn pump_session<Source, Sink>(
     user: UserName,
     mut source: Source,
     mut sink: Sink,
-    mut rate: SessionRate,
+    rate: SenderRate,
     shutdown: &CancellationToken,
 ) where
     Source: FrameSource,
@@ -127,9 +127,10 @@ pub async fn pump_session<Source, Sink>(
             },
             inbound = source.receive(), if frames.is_some() => match inbound {
                 Inbound::Frame(frame) => {
-                    if let ClientFrame::Send { room, .. } = &frame {
-                        // Over the session's send rate: refused here, the session goes on.
-                        if let Err(limited) = rate.try_take() {
+                    if let Some((kind, room)) = frame_rate(&frame) {
+                        // Over the sender's rate (posts, typing, joins and leaves, shared
+                        // with its other sessions): refused here, the session goes on.
+                        if let Err(limited) = rate.try_take(kind) {
                             if sink.refuse(room, limited.into()).await.is_err() {
                                 return;
                             }

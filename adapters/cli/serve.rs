@@ -14,6 +14,7 @@ use confab_engine::{Limits, SendRate, limits};
 use tracing::{error, info, warn};
 
 use crate::grpc::auth::{Authenticator, Tokens};
+use crate::grpc::rate::{RateLimits, SendLimiter};
 use crate::grpc::server::{ServerOptions, serve_with};
 use crate::metrics::{METRICS_PATH, Metrics, RpcMetrics, serve_metrics};
 use crate::net::{self, ConnectionLimits};
@@ -154,15 +155,30 @@ struct LimitArgs {
     /// Calls (HTTP/2 streams) open at once on one connection; clients queue calls beyond it.
     #[arg(long, default_value_t = limits::STREAMS_PER_CONNECTION_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     streams_per_connection_max: u32,
-    /// Sends per second per Session (an over-rate post gets an Error frame; a seed ChatStream is
-    /// paced), and per user (with --tokens) or per connection for unary Send and SayHello
-    /// (RESOURCE_EXHAUSTED). 0 turns the limit off (for load tests).
+    /// Sends per second per user (with --tokens) or per client connection (open server), in one
+    /// bucket over unary Send and SayHello (RESOURCE_EXHAUSTED), Session and WebSocket posts (an
+    /// Error frame), seed ChatStream messages and uploaded messages (paced), on both ports.
+    /// 0 turns the limit off (for load tests).
     #[arg(long, default_value_t = limits::SENDS_PER_SECOND_MAX)]
     sends_per_second_max: u32,
     /// Sends allowed at once after a quiet spell (the token bucket's size, refilled at
     /// --sends-per-second-max).
     #[arg(long, default_value_t = limits::SEND_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     send_burst_max: u32,
+    /// Typing notices per second per user or connection, in a bucket of their own (over it: an
+    /// Error frame). 0 turns the limit off.
+    #[arg(long, default_value_t = limits::TYPING_PER_SECOND_MAX)]
+    typing_per_second_max: u32,
+    /// Typing notices allowed at once after a quiet spell.
+    #[arg(long, default_value_t = limits::TYPING_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    typing_burst_max: u32,
+    /// Joins and leaves together per second per user or connection, in a bucket of their own
+    /// (over it: an Error frame; a seed ChatStream's join is paced). 0 turns the limit off.
+    #[arg(long, default_value_t = limits::JOINS_PER_SECOND_MAX)]
+    joins_per_second_max: u32,
+    /// Joins and leaves allowed at once after a quiet spell.
+    #[arg(long, default_value_t = limits::JOIN_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    join_burst_max: u32,
 }
 
 /// What a connection may hold and how long it may stay silent, on both ports.
@@ -206,6 +222,15 @@ impl ConnectionArgs {
 }
 
 impl LimitArgs {
+    /// Each sender's rates.
+    fn rates(&self) -> RateLimits {
+        RateLimits {
+            send: SendRate { per_second: self.sends_per_second_max, burst: self.send_burst_max },
+            typing: SendRate { per_second: self.typing_per_second_max, burst: self.typing_burst_max },
+            membership: SendRate { per_second: self.joins_per_second_max, burst: self.join_burst_max },
+        }
+    }
+
     fn limits(&self) -> Limits {
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         Limits {
@@ -295,16 +320,19 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
             warn!(%address, "an open server on a non-loopback address: use --tokens (and TLS) unless this network is trusted");
         }
     }
-    let rate = SendRate { per_second: args.limits.sends_per_second_max, burst: args.limits.send_burst_max };
+    let rates = args.limits.rates();
+    let rate = rates.send;
+    // One table for both ports: a user's posts over gRPC and the web count against one bucket.
+    let limiter = SendLimiter::with_rates(rates);
     let web = web_listener
         .map(|listener| {
             listener
-                .with_guards(rate, Authenticator::new(tokens.clone()))
+                .with_guards(limiter.clone(), Authenticator::new(tokens.clone()))
                 .with_transport(args.connections.limits(), web_tls)
                 .start(engine.clone())
         })
         .transpose()?;
-    info!(%address, limits = ?engine.limits(), send_rate = ?rate, transport, "serving");
+    info!(%address, limits = ?engine.limits(), rates = ?rates, transport, "serving");
     let rpc_metrics = RpcMetrics::default();
     // Metrics stay up while the server drains, so the drain itself can be watched.
     let metrics_stop = tokio_util::sync::CancellationToken::new();
@@ -325,6 +353,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         streams_per_connection_max: args.limits.streams_per_connection_max,
         send_rate: rate,
+        limiter: Some(limiter),
         metrics: rpc_metrics,
         connections: args.connections.limits(),
         http2_keepalive_interval: args.connections.http2_keepalive_interval,

@@ -2,7 +2,7 @@
 //! API"): the room comes from the `room` metadata key (default `lobby`).
 
 use confab_actors::Engine;
-use confab_engine::{ClientFrame, RoomError, RoomEvent, RoomName, ServerFrame, UserName};
+use confab_engine::{ClientFrame, RateKind, RoomError, RoomEvent, RoomName, ServerFrame, UserName};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -95,6 +95,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
     ) -> Result<Response<chat::Message>, Status> {
         let caller = caller(&request)?;
         let room = convert::metadata_room(request.metadata())?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let mut inbound = request.into_inner();
         // Dropped on any error before commit: the upload is aborted and commits nothing (G6).
         let mut upload = self.engine.upload(&room);
@@ -104,6 +105,11 @@ impl chat::chat_service_server::ChatService for SeedChat {
                 message = inbound.message() => message.map_err(inbound_status)?,
             };
             let Some(message) = message else { break };
+            // Each message takes a send token; over the rate, the upload is paced.
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+                _ = rate.take_paced(RateKind::Send) => {}
+            }
             let user = caller.user(&message.user, "user")?;
             upload.push(convert::draft_by(user, "", message.content)?).await.map_err(ApiError::from)?;
         }
@@ -125,6 +131,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
         let caller = caller(&request)?;
         let room = convert::metadata_room(request.metadata())?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let mut inbound = request.into_inner();
         let first = tokio::select! {
             biased;
@@ -142,7 +149,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
             user,
             inbound,
             opening,
-            self.limiter.session(),
+            rate,
             // This protocol cannot refuse one message and go on: posts over the rate wait.
             RatePolicy::Pace,
             SeedMessages,

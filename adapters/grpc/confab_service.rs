@@ -3,7 +3,7 @@
 use std::pin::Pin;
 
 use confab_actors::{Engine, Upload};
-use confab_engine::{RoomName, ServerFrame};
+use confab_engine::{RateKind, RoomName, ServerFrame};
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -100,6 +100,7 @@ impl v1::chat_server::Chat for ConfabChat {
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
         let caller = caller(&request)?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let mut inbound = request.into_inner();
         // Created on the first chunk, which names the room. Dropped on any error: aborted (G6).
         let mut upload: Option<(RoomName, Upload)> = None;
@@ -109,6 +110,12 @@ impl v1::chat_server::Chat for ConfabChat {
                 chunk = inbound.message() => chunk.map_err(inbound_status)?,
             };
             let Some(chunk) = chunk else { break };
+            // Each message takes a send token; over the rate, the upload is paced (the stream is
+            // not read meanwhile), as it is all or nothing and may hold more than the burst.
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+                _ = rate.take_paced(RateKind::Send) => {}
+            }
             if upload.is_none() {
                 let room = convert::room(&chunk.room)?;
                 upload = Some((room.clone(), self.engine.upload(&room)));
@@ -134,9 +141,10 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let user = caller(&request)?.metadata_user(request.metadata())?;
+        let caller = caller(&request)?;
+        let user = caller.metadata_user(request.metadata())?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let inbound = request.into_inner().map(inbound_frame as fn(_) -> _);
-        let rate = self.limiter.session();
         let stream = SessionStream::open(
             &self.engine,
             user,

@@ -57,8 +57,9 @@ pub enum ApiError {
         /// The authenticated user.
         user: UserName,
     },
-    /// The sender is over its send rate (`--sends-per-second-max`, `--send-burst-max`).
-    #[error("{0} (--sends-per-second-max)")]
+    /// The sender is over one of its rates (`--sends-per-second-max`, `--send-burst-max`, and
+    /// the typing and join rates), named with its flag.
+    #[error("{0} ({flag})", flag = super::rate::rate_flag(.0.kind))]
     RateLimited(#[from] RateLimited),
 }
 

@@ -23,7 +23,7 @@ use super::json;
 use super::liveness::{Due, Liveness, LivenessConfig};
 use crate::grpc::convert;
 use crate::grpc::proto::confab_v1 as v1;
-use crate::grpc::rate::SessionRate;
+use crate::grpc::rate::SenderRate;
 use crate::grpc::status::ApiError;
 use crate::transport::{FrameSink, FrameSource, Gone, Inbound, pump_session};
 
@@ -72,7 +72,7 @@ pub async fn run(
     engine: Engine,
     user: UserName,
     options: ConnectionOptions,
-    rate: SessionRate,
+    rate: SenderRate,
     shutdown: CancellationToken,
 ) {
     let (sink, stream) = socket.split();

@@ -56,15 +56,39 @@ pub const ROOM_IDLE_MS: u64 = 60 * 60 * 1000;
 /// that takes anything, however slowly, starts the clock again, so only stalled ones go.
 pub const SUBSCRIBER_STALL_MS: u64 = 60 * 1000;
 
-/// Sustained sends per second one sender may make: per session for `Session` posts (the seed's
-/// `ChatStream` is paced to it instead, as its protocol cannot carry a refusal), and per
-/// authenticated user, or per connection on an open server, for unary `Send` and `SayHello`.
-/// Far above what a person types; it stops one client from flooding a room. Enforced by the
-/// transport with a [`TokenBucket`](crate::rate::TokenBucket); 0 turns it off (load tests).
+/// Sustained sends per second one sender may make, in one bucket per sender: the
+/// authenticated user over all their connections, sessions and both services, or, on an open
+/// server (where names are free to invent), one client connection. Unary `Send` and
+/// `SayHello`, `Session` and WebSocket posts, the seed's `ChatStream` messages and every
+/// uploaded message take a token from it. Over the rate, unary sends get RESOURCE_EXHAUSTED and
+/// session posts an `Error` frame; `ChatStream` messages and uploads are paced instead (the
+/// server stops reading them until a token is back), as an upload is all-or-nothing and may
+/// hold more messages than the burst. Far above what a person types; it stops one client from
+/// flooding a room. Enforced by the transport with a [`TokenBucket`](crate::rate::TokenBucket);
+/// 0 turns it off (load tests).
 pub const SENDS_PER_SECOND_MAX: u32 = 100;
 
 /// Sends one sender may make at once after a quiet spell (the token bucket's size).
 pub const SEND_BURST_MAX: u32 = 200;
+
+/// Typing notices per second one sender (as for [`SENDS_PER_SECOND_MAX`]) may make, in a
+/// bucket of their own: each notice is delivered to every member of the room, so a flood
+/// multiplies. A client shows "typing" for seconds after one notice; a few a second is plenty.
+/// Over it, an `Error` frame (RESOURCE_EXHAUSTED). 0 turns it off.
+pub const TYPING_PER_SECOND_MAX: u32 = 5;
+
+/// Typing notices one sender may make at once after a quiet spell.
+pub const TYPING_BURST_MAX: u32 = 10;
+
+/// Joins and leaves together per second one sender (as for [`SENDS_PER_SECOND_MAX`]) may make,
+/// in a bucket of their own: each one is a presence event for every member of the room. Over
+/// it, an `Error` frame (RESOURCE_EXHAUSTED); a seed `ChatStream`'s join is paced. 0 turns it
+/// off.
+pub const JOINS_PER_SECOND_MAX: u32 = 20;
+
+/// Joins and leaves one sender may make at once after a quiet spell: twice
+/// [`SESSION_ROOMS_MAX`], so a client reconnecting two sessions can join all their rooms at once.
+pub const JOIN_BURST_MAX: u32 = 2 * SESSION_ROOMS_MAX as u32;
 
 /// Concurrent calls (HTTP/2 streams) on one client connection. Enforced by the transport as
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: a well-behaved client queues calls beyond it

@@ -1,0 +1,253 @@
+//! What one user (or, on an open server, one connection) may take of what everyone shares:
+//! one send-rate bucket over every session, stream and upload, throttled typing, joins and
+//! leaves, and per-user quotas.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab::grpc::auth::Tokens;
+use confab::grpc::client::{ClientChannel, ClientSecurity, connect};
+use confab::grpc::proto::confab_v1::{
+    self as v1, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame, room_event,
+    server_frame,
+};
+use confab::grpc::rate::{RateLimits, SendLimiter};
+use confab::grpc::server::ServerOptions;
+use confab_engine::{Limits, SendRate};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::codec::Streaming;
+
+use super::{TestServer, bounded, with_metadata};
+
+const ANN: &str = "ann-quota-token-000001";
+
+fn frame(frame: client_frame::Frame) -> v1::ClientFrame {
+    v1::ClientFrame { frame: Some(frame) }
+}
+
+fn join(room: &str) -> v1::ClientFrame {
+    frame(client_frame::Frame::Join(v1::Join { room: room.into(), after_seq: None }))
+}
+
+fn leave(room: &str) -> v1::ClientFrame {
+    frame(client_frame::Frame::Leave(v1::Leave { room: room.into() }))
+}
+
+fn post(room: &str, id: &str) -> v1::ClientFrame {
+    frame(client_frame::Frame::Post(v1::Post { room: room.into(), client_msg_id: id.into(), body: id.into() }))
+}
+
+fn typing(room: &str) -> v1::ClientFrame {
+    frame(client_frame::Frame::Typing(v1::TypingNotice { room: room.into() }))
+}
+
+fn send(room: &str, body: &str) -> SendRequest {
+    SendRequest { room: room.into(), user: "ann".into(), client_msg_id: String::new(), body: body.into() }
+}
+
+/// The most a token bucket of `rate` can have given in `elapsed`, plus one for rounding.
+fn bucket_bound(rate: SendRate, elapsed: Duration) -> usize {
+    let refilled = (elapsed.as_secs_f64() * f64::from(rate.per_second)).ceil() as usize;
+    rate.burst as usize + refilled + 1
+}
+
+/// A client of `server`, with `token` if given.
+async fn client(server: &TestServer, token: Option<&str>) -> ChatClient<ClientChannel> {
+    let security = ClientSecurity { token: token.map(str::to_owned), tls_ca: None };
+    ChatClient::new(connect(&format!("http://{}", server.address), &security).await.expect("connect"))
+}
+
+/// Options whose only rates are `rates`.
+fn rated(rates: RateLimits) -> ServerOptions {
+    ServerOptions { limiter: Some(SendLimiter::with_rates(rates)), ..ServerOptions::default() }
+}
+
+/// A session on `client` with its frame sender (the session ends when it is dropped).
+async fn open_session(
+    client: &mut ChatClient<ClientChannel>,
+    user: &str,
+) -> (mpsc::Sender<v1::ClientFrame>, Streaming<v1::ServerFrame>) {
+    let (frames, outgoing) = mpsc::channel(64);
+    let request = with_metadata(ReceiverStream::new(outgoing), "user", user);
+    let session = bounded(client.session(request)).await.expect("open").into_inner();
+    (frames, session)
+}
+
+/// What a session answered to its own frames.
+#[derive(Debug, Default)]
+struct Replies {
+    acks: usize,
+    /// Refusals, each with its message.
+    refused: Vec<String>,
+}
+
+/// Reads `session` until it answered `count` frames with an ack or an error (joins, typing
+/// and leaves that pass get no reply; count only what does).
+async fn replies(session: &mut Streaming<v1::ServerFrame>, count: usize) -> Replies {
+    let mut replies = Replies::default();
+    while replies.acks + replies.refused.len() < count {
+        let frame = bounded(session.message()).await.expect("session goes on").expect("a frame").frame;
+        match frame.expect("content") {
+            server_frame::Frame::Ack(_) => replies.acks += 1,
+            server_frame::Frame::Error(error) => {
+                assert_eq!(error.code, Code::ResourceExhausted as i32, "{error:?}");
+                replies.refused.push(error.message);
+            }
+            server_frame::Frame::Event(_) | server_frame::Frame::Left(_) => {}
+        }
+    }
+    replies
+}
+
+/// The bypass: 20 Sessions with one token, over several connections, posting as fast
+/// as they can. Together they get no more than the user's one bucket allows; each refused post
+/// is an error frame naming the send rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sessions_with_one_token_share_the_users_send_rate() {
+    const SESSIONS: usize = 20;
+    const POSTS: usize = 15;
+    let rate = SendRate { per_second: 10, burst: 10 };
+    let tokens = Arc::new(Tokens::parse(&format!("{ANN} ann\n")).expect("tokens"));
+    let options = ServerOptions { tokens: Some(tokens), send_rate: rate, ..ServerOptions::default() };
+    let server = TestServer::start_with_options(Limits::default(), options).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(client(&server, Some(ANN)).await);
+    }
+    // Before the first token is taken: the window the bucket is measured over can only be
+    // shorter than this.
+    let started = Instant::now();
+    let mut sessions = Vec::new();
+    for index in 0..SESSIONS {
+        let connection = index % clients.len();
+        let (frames, session) = open_session(&mut clients[connection], "ann").await;
+        frames.send(join("shared")).await.expect("queue");
+        sessions.push((frames, session));
+    }
+    for (index, (frames, _)) in sessions.iter().enumerate() {
+        for post_index in 0..POSTS {
+            frames.send(post("shared", &format!("s{index}-{post_index}"))).await.expect("queue");
+        }
+    }
+    let mut accepted = 0;
+    let mut refused = 0;
+    for (_, session) in &mut sessions {
+        let answered = replies(session, POSTS).await;
+        accepted += answered.acks;
+        refused += answered.refused.len();
+        for message in &answered.refused {
+            assert!(message.contains("send rate") && message.contains("--sends-per-second-max"), "{message}");
+        }
+    }
+    let bound = bucket_bound(rate, started.elapsed());
+    assert!(accepted <= bound, "{accepted} posts accepted, the user's bucket allows at most {bound}");
+    assert!(accepted >= rate.burst as usize, "at least the burst is accepted: {accepted}");
+    assert_eq!(accepted + refused, SESSIONS * POSTS);
+}
+
+/// Every uploaded message takes a token from the sender's bucket: an upload over the rate is
+/// paced (it takes at least as long as the rate says), and leaves the bucket empty for the
+/// sender's next unary send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_take_tokens_from_the_senders_bucket() {
+    let rate = SendRate { per_second: 1, burst: 3 };
+    let server = TestServer::start_with_options(Limits::default(), rated(RateLimits::sending(rate))).await;
+    let mut client = server.confab().await;
+    let chunks = (0..4).map(|index| UploadChunk { room: "up".into(), user: "ann".into(), body: format!("u{index}") });
+    let started = Instant::now();
+    let receipt = bounded(client.upload(tokio_stream::iter(chunks.collect::<Vec<_>>()))).await.expect("upload");
+    assert_eq!(receipt.into_inner().count, 4, "paced, not refused: all or nothing still holds");
+    // A burst of 3 at 1/s: the fourth message waited for a token. Only a lower bound is safe.
+    assert!(started.elapsed() >= Duration::from_millis(900), "paced: {:?}", started.elapsed());
+    let refused = client.send(send("up", "after the upload")).await.expect_err("the upload used the bucket");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("--sends-per-second-max"), "{}", refused.message());
+    let mut other = server.confab().await;
+    other.send(send("up", "another connection")).await.expect("its own bucket on an open server");
+}
+
+/// Typing notices, joins and leaves have buckets of their own: a flood of them is refused with
+/// error frames naming their limit, other members see no more than the bucket allows, and the
+/// sender's posts are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_joins_and_leaves_are_throttled() {
+    const TYPING_FLOOD: usize = 50;
+    const MEMBERSHIP_FLOOD: usize = 20;
+    let typing_rate = SendRate { per_second: 2, burst: 3 };
+    let membership_rate = SendRate { per_second: 2, burst: 4 };
+    let rates = RateLimits { send: SendRate::default(), typing: typing_rate, membership: membership_rate };
+    let server = TestServer::start_with_options(Limits::default(), rated(rates)).await;
+    let mut watcher_client = server.confab().await;
+    let request = SubscribeRequest { room: "quiet".into(), after_seq: None, user: String::new() };
+    let mut watcher = bounded(watcher_client.subscribe(request)).await.expect("subscribe").into_inner();
+    bounded(watcher.message()).await.expect("ok").expect("subscribed");
+
+    let mut client = client(&server, None).await;
+    let started = Instant::now();
+    let (frames, mut session) = open_session(&mut client, "ann").await;
+    frames.send(join("quiet")).await.expect("queue");
+    for _ in 0..TYPING_FLOOD {
+        frames.send(typing("quiet")).await.expect("queue");
+    }
+    frames.send(post("quiet", "marker")).await.expect("queue");
+    // Accepted notices get no reply; refused ones an error frame each; the marker an ack.
+    let mut refused_typing = 0;
+    let mut acked = false;
+    while !acked {
+        let frame = bounded(session.message()).await.expect("session goes on").expect("a frame").frame;
+        match frame.expect("content") {
+            server_frame::Frame::Ack(_) => acked = true,
+            server_frame::Frame::Error(error) => {
+                assert_eq!(error.code, Code::ResourceExhausted as i32, "{error:?}");
+                assert!(error.message.contains("typing rate"), "{}", error.message);
+                assert!(error.message.contains("--typing-per-second-max"), "{}", error.message);
+                refused_typing += 1;
+            }
+            _ => {}
+        }
+    }
+    let bound = bucket_bound(typing_rate, started.elapsed());
+    // The watcher sees the accepted notices, then the marker (one room, one order).
+    let mut delivered_typing = 0;
+    loop {
+        match bounded(watcher.message()).await.expect("ok").expect("event").event {
+            Some(room_event::Event::Typing(_)) => delivered_typing += 1,
+            Some(room_event::Event::Message(message)) if message.body == "marker" => break,
+            _ => {}
+        }
+    }
+    assert!(delivered_typing <= bound, "{delivered_typing} typing notices delivered, the bucket allows {bound}");
+    assert_eq!(delivered_typing + refused_typing, TYPING_FLOOD);
+
+    // Joins and leaves: one was taken by the first join; alternate leave and join.
+    let started = Instant::now();
+    for index in 0..MEMBERSHIP_FLOOD {
+        let membership = if index % 2 == 0 { leave("elsewhere") } else { join("elsewhere") };
+        frames.send(membership).await.expect("queue");
+    }
+    frames.send(post("quiet", "second marker")).await.expect("queue");
+    let mut refused_membership = Vec::new();
+    loop {
+        let frame = bounded(session.message()).await.expect("session goes on").expect("a frame").frame;
+        match frame.expect("content") {
+            server_frame::Frame::Ack(_) => break,
+            server_frame::Frame::Error(error) if error.message.contains("--joins-per-second-max") => {
+                assert_eq!(error.code, Code::ResourceExhausted as i32, "{error:?}");
+                refused_membership.push(error.message);
+            }
+            // A leave of a room not joined: refused by the session, not by the rate.
+            _ => {}
+        }
+    }
+    let bound = bucket_bound(membership_rate, started.elapsed());
+    assert!(
+        MEMBERSHIP_FLOOD - refused_membership.len() <= bound,
+        "{} joins and leaves passed, the bucket allows {bound}",
+        MEMBERSHIP_FLOOD - refused_membership.len()
+    );
+    assert!(refused_membership[0].contains("join and leave rate"), "{}", refused_membership[0]);
+    drop(frames);
+}
