@@ -14,6 +14,7 @@ use confab_engine::{Limits, SendRate, limits};
 use tracing::{error, info, warn};
 
 use crate::grpc::auth::{Authenticator, Tokens};
+use crate::grpc::quota::QuotaLimits;
 use crate::grpc::rate::{RateLimits, SendLimiter};
 use crate::grpc::server::{ServerOptions, serve_with};
 use crate::metrics::{METRICS_PATH, Metrics, RpcMetrics, serve_metrics};
@@ -179,6 +180,24 @@ struct LimitArgs {
     /// Joins and leaves allowed at once after a quiet spell.
     #[arg(long, default_value_t = limits::JOIN_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     join_burst_max: u32,
+    /// Rooms one user (with --tokens) or client connection (open server) may create per second:
+    /// a send, subscribe, join or upload to a room that is not live takes a token
+    /// (RESOURCE_EXHAUSTED over it). 0 turns the limit off.
+    #[arg(long, default_value_t = limits::ROOMS_CREATED_PER_SECOND_MAX)]
+    rooms_created_per_second_max: u32,
+    /// Rooms one user or connection may create at once after a quiet spell.
+    #[arg(long, default_value_t = limits::ROOM_CREATION_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    room_creation_burst_max: u32,
+    /// Distinct rooms one user (with --tokens) or client connection (open server) may hold
+    /// joined or subscribed at once, over all its sessions and Subscribe streams.
+    #[arg(long, default_value_t = limits::ROOMS_PER_USER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    rooms_per_user_max: u64,
+    /// Sessions (gRPC Session, seed ChatStream, WebSocket) one user or connection may have open.
+    #[arg(long, default_value_t = limits::SESSIONS_PER_USER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    sessions_per_user_max: u64,
+    /// Uploads one user or connection may have open at once.
+    #[arg(long, default_value_t = limits::UPLOADS_PER_USER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    uploads_per_user_max: u64,
 }
 
 /// What a connection may hold and how long it may stay silent, on both ports.
@@ -228,6 +247,17 @@ impl LimitArgs {
             send: SendRate { per_second: self.sends_per_second_max, burst: self.send_burst_max },
             typing: SendRate { per_second: self.typing_per_second_max, burst: self.typing_burst_max },
             membership: SendRate { per_second: self.joins_per_second_max, burst: self.join_burst_max },
+            creation: SendRate { per_second: self.rooms_created_per_second_max, burst: self.room_creation_burst_max },
+        }
+    }
+
+    /// Each sender's quotas.
+    fn quotas(&self) -> QuotaLimits {
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        QuotaLimits {
+            rooms_per_user_max: size(self.rooms_per_user_max),
+            sessions_per_user_max: size(self.sessions_per_user_max),
+            uploads_per_user_max: size(self.uploads_per_user_max),
         }
     }
 
@@ -323,7 +353,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let rates = args.limits.rates();
     let rate = rates.send;
     // One table for both ports: a user's posts over gRPC and the web count against one bucket.
-    let limiter = SendLimiter::with_rates(rates);
+    let limiter = SendLimiter::with_rates(rates).with_quotas(args.limits.quotas());
     let web = web_listener
         .map(|listener| {
             listener
@@ -332,7 +362,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
                 .start(engine.clone())
         })
         .transpose()?;
-    info!(%address, limits = ?engine.limits(), rates = ?rates, transport, "serving");
+    info!(%address, limits = ?engine.limits(), rates = ?rates, quotas = ?limiter.quotas(), transport, "serving");
     let rpc_metrics = RpcMetrics::default();
     // Metrics stay up while the server drains, so the drain itself can be watched.
     let metrics_stop = tokio_util::sync::CancellationToken::new();

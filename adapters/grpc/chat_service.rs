@@ -65,8 +65,10 @@ impl SeedChat {
 impl chat::chat_service_server::ChatService for SeedChat {
     async fn say_hello(&self, request: Request<chat::Message>) -> Result<Response<chat::Message>, Status> {
         let caller = caller(&request)?;
-        self.limiter.check_unary(&caller, request.remote_addr())?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
+        rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         let room = convert::metadata_room(request.metadata())?;
+        rate.check_creation(&self.engine, &room)?;
         let message = request.into_inner();
         let user = caller.user(&message.user, "user")?;
         let greeting = format!("Hello, {user}! Thanks for your message.");
@@ -96,6 +98,8 @@ impl chat::chat_service_server::ChatService for SeedChat {
         let caller = caller(&request)?;
         let room = convert::metadata_room(request.metadata())?;
         let rate = self.limiter.sender(&caller, request.remote_addr());
+        let _upload_slot = rate.hold_upload()?;
+        rate.check_creation(&self.engine, &room)?;
         let mut inbound = request.into_inner();
         // Dropped on any error before commit: the upload is aborted and commits nothing (G6).
         let mut upload = self.engine.upload(&room);
@@ -154,7 +158,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
             RatePolicy::Pace,
             SeedMessages,
             &self.signal,
-        );
+        )?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -38,11 +38,15 @@ impl ConfabChat {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<SharedSubscribeStream, Status> {
         let caller = caller(&request)?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
         let user = caller.optional_user(&request.user, "user")?;
+        // The room's slot in the subscriber's quota, held while the stream is open.
+        let held = rate.hold_room(room.as_str())?;
+        rate.check_creation(&self.engine, &room)?;
         let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
-        Ok(SharedSubscribeStream::new(events, ShutdownWatch::new(&self.signal)))
+        Ok(SharedSubscribeStream::new(events, ShutdownWatch::new(&self.signal)).holding(held))
     }
 
     /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
@@ -61,9 +65,11 @@ impl ConfabChat {
 impl v1::chat_server::Chat for ConfabChat {
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
         let caller = caller(&request)?;
-        self.limiter.check_unary(&caller, request.remote_addr())?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
+        rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
+        rate.check_creation(&self.engine, &room)?;
         let draft = convert::draft_by(caller.user(&request.user, "user")?, &request.client_msg_id, request.body)?;
         let sent = self.engine.send(&room, draft).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::SendResponse { seq: sent.seq, duplicate: sent.duplicate }))
@@ -101,6 +107,7 @@ impl v1::chat_server::Chat for ConfabChat {
     ) -> Result<Response<v1::UploadReceipt>, Status> {
         let caller = caller(&request)?;
         let rate = self.limiter.sender(&caller, request.remote_addr());
+        let _upload_slot = rate.hold_upload()?;
         let mut inbound = request.into_inner();
         // Created on the first chunk, which names the room. Dropped on any error: aborted (G6).
         let mut upload: Option<(RoomName, Upload)> = None;
@@ -118,6 +125,7 @@ impl v1::chat_server::Chat for ConfabChat {
             }
             if upload.is_none() {
                 let room = convert::room(&chunk.room)?;
+                rate.check_creation(&self.engine, &room)?;
                 upload = Some((room.clone(), self.engine.upload(&room)));
             }
             let Some((room, current)) = upload.as_mut() else { unreachable!("set just above") };
@@ -154,7 +162,7 @@ impl v1::chat_server::Chat for ConfabChat {
             RatePolicy::Refuse,
             SessionFrames,
             &self.signal,
-        );
+        )?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -26,6 +26,7 @@ pub mod deadline;
 pub mod health;
 pub mod observe;
 pub mod proto;
+pub mod quota;
 pub mod rate;
 pub mod reflection;
 pub mod server;

@@ -18,10 +18,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use confab_engine::{ClientFrame, RateKind, RateLimited, SendRate, Time, TokenBucket, UserName, limits};
+use confab_actors::Engine;
+use confab_engine::{ClientFrame, RateKind, RateLimited, RoomName, SendRate, Time, TokenBucket, UserName, limits};
 use tokio::time::Instant;
 
 use super::auth::Caller;
+use super::quota::{Held, QuotaLimits, Quotas};
 use super::status::ApiError;
 
 /// The shared table is swept of buckets that have refilled (they are the same as new ones)
@@ -35,6 +37,7 @@ pub fn rate_flag(kind: RateKind) -> &'static str {
         RateKind::Send => "--sends-per-second-max",
         RateKind::Typing => "--typing-per-second-max",
         RateKind::Membership => "--joins-per-second-max",
+        RateKind::Creation => "--rooms-created-per-second-max",
     }
 }
 
@@ -47,6 +50,8 @@ pub struct RateLimits {
     pub typing: SendRate,
     /// Joins and leaves together.
     pub membership: SendRate,
+    /// Rooms created.
+    pub creation: SendRate,
 }
 
 impl RateLimits {
@@ -56,14 +61,19 @@ impl RateLimits {
     }
 
     /// No limit of any kind.
-    pub const UNLIMITED: RateLimits =
-        RateLimits { send: SendRate::UNLIMITED, typing: SendRate::UNLIMITED, membership: SendRate::UNLIMITED };
+    pub const UNLIMITED: RateLimits = RateLimits {
+        send: SendRate::UNLIMITED,
+        typing: SendRate::UNLIMITED,
+        membership: SendRate::UNLIMITED,
+        creation: SendRate::UNLIMITED,
+    };
 
     fn of(&self, kind: RateKind) -> SendRate {
         match kind {
             RateKind::Send => self.send,
             RateKind::Typing => self.typing,
             RateKind::Membership => self.membership,
+            RateKind::Creation => self.creation,
         }
     }
 }
@@ -74,6 +84,10 @@ impl Default for RateLimits {
             send: SendRate::default(),
             typing: SendRate { per_second: limits::TYPING_PER_SECOND_MAX, burst: limits::TYPING_BURST_MAX },
             membership: SendRate { per_second: limits::JOINS_PER_SECOND_MAX, burst: limits::JOIN_BURST_MAX },
+            creation: SendRate {
+                per_second: limits::ROOMS_CREATED_PER_SECOND_MAX,
+                burst: limits::ROOM_CREATION_BURST_MAX,
+            },
         }
     }
 }
@@ -89,9 +103,9 @@ pub fn frame_rate(frame: &ClientFrame) -> Option<(RateKind, &str)> {
     }
 }
 
-/// Who shares a bucket.
+/// Who shares a bucket (and a set of quotas).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Sender {
+pub(crate) enum Sender {
     /// An authenticated user, over all their connections.
     User(UserName),
     /// One client connection of an open server.
@@ -116,6 +130,8 @@ pub struct SendLimiter {
     buckets: Arc<Mutex<Buckets>>,
     /// Numbers [`Sender::Socket`]s.
     sockets: Arc<AtomicU64>,
+    /// What each sender holds, against its quotas.
+    quotas: Quotas,
 }
 
 impl SendLimiter {
@@ -127,7 +143,18 @@ impl SendLimiter {
     /// A limiter allowing `rates` per sender.
     pub fn with_rates(rates: RateLimits) -> Self {
         let buckets = Buckets { by_sender: HashMap::new(), sweep_at_len: SWEEP_LEN_MIN };
-        Self { rates, origin: Instant::now(), buckets: Arc::new(Mutex::new(buckets)), sockets: Arc::default() }
+        let (buckets, quotas) = (Arc::new(Mutex::new(buckets)), Quotas::default());
+        Self { rates, origin: Instant::now(), buckets, sockets: Arc::default(), quotas }
+    }
+
+    /// The same limiter with `quotas` for what each sender may hold.
+    pub fn with_quotas(self, quotas: QuotaLimits) -> Self {
+        Self { quotas: Quotas::new(quotas), ..self }
+    }
+
+    /// The quotas each sender gets.
+    pub fn quotas(&self) -> QuotaLimits {
+        self.quotas.limits()
     }
 
     /// The rate each sender gets for sends.
@@ -214,6 +241,27 @@ impl SenderRate {
     /// Takes a token of `kind` now, or says when the next one is there.
     pub fn try_take(&self, kind: RateKind) -> Result<(), RateLimited> {
         self.limiter.take_at(&self.sender, kind, self.limiter.now())
+    }
+
+    /// Takes a room-creation token if `room` is not live (this use would create it, or load it
+    /// from the store): RESOURCE_EXHAUSTED over `--rooms-created-per-second-max`.
+    pub fn check_creation(&self, engine: &Engine, room: &RoomName) -> Result<(), ApiError> {
+        if engine.has_live_room(room) { Ok(()) } else { Ok(self.try_take(RateKind::Creation)?) }
+    }
+
+    /// Holds `room` against the sender's room quota until the guard drops.
+    pub fn hold_room(&self, room: &str) -> Result<Held, ApiError> {
+        Ok(self.limiter.quotas.hold_room(&self.sender, room)?)
+    }
+
+    /// Holds a session slot until the guard drops.
+    pub fn hold_session(&self) -> Result<Held, ApiError> {
+        Ok(self.limiter.quotas.hold_session(&self.sender)?)
+    }
+
+    /// Holds an upload slot until the guard drops.
+    pub fn hold_upload(&self) -> Result<Held, ApiError> {
+        Ok(self.limiter.quotas.hold_upload(&self.sender)?)
     }
 
     /// Waits until a token of `kind` is there and takes it (pacing, for streams that cannot be
@@ -312,7 +360,8 @@ mod tests {
     #[test]
     fn typing_and_joins_have_their_own_buckets_and_name_themselves() {
         let slow = SendRate { per_second: 1, burst: 1 };
-        let limiter = SendLimiter::with_rates(RateLimits { send: slow, typing: slow, membership: slow });
+        let limiter =
+            SendLimiter::with_rates(RateLimits { send: slow, typing: slow, membership: slow, creation: slow });
         let ann = limiter.sender(&Caller::Anyone, peer(1));
         ann.try_take(RateKind::Send).expect("send");
         ann.try_take(RateKind::Typing).expect("typing is not sending");

@@ -61,6 +61,9 @@ pub enum ApiError {
     /// the typing and join rates), named with its flag.
     #[error("{0} ({flag})", flag = super::rate::rate_flag(.0.kind))]
     RateLimited(#[from] RateLimited),
+    /// The sender holds as much as its quota allows (rooms, sessions, uploads).
+    #[error(transparent)]
+    Quota(#[from] super::quota::QuotaExceeded),
 }
 
 impl ApiError {
@@ -120,7 +123,7 @@ impl From<ApiError> for Status {
             ApiError::ShuttingDown => Code::Unavailable,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Impersonation { .. } => Code::PermissionDenied,
-            ApiError::RateLimited(_) => Code::ResourceExhausted,
+            ApiError::RateLimited(_) | ApiError::Quota(_) => Code::ResourceExhausted,
         };
         Status::new(code, error.to_string())
     }

@@ -90,6 +90,30 @@ pub const JOINS_PER_SECOND_MAX: u32 = 20;
 /// [`SESSION_ROOMS_MAX`], so a client reconnecting two sessions can join all their rooms at once.
 pub const JOIN_BURST_MAX: u32 = 2 * SESSION_ROOMS_MAX as u32;
 
+/// Rooms one sender (the authenticated user, or one connection on an open server) may create
+/// per second, in a bucket of its own: a use of a room that is not live (a send, subscribe,
+/// join or upload) takes a token. Rooms are shared by everyone ([`ROOMS_MAX`]); without this
+/// one client could fill the table with empty rooms. Over it: RESOURCE_EXHAUSTED. 0 turns it
+/// off.
+pub const ROOMS_CREATED_PER_SECOND_MAX: u32 = 10;
+
+/// Rooms one sender may create at once after a quiet spell.
+pub const ROOM_CREATION_BURST_MAX: u32 = 1_000;
+
+/// Distinct rooms one sender (as for [`ROOMS_CREATED_PER_SECOND_MAX`]) may hold joined or
+/// subscribed at once, over all its sessions and `Subscribe` streams: each holds the room live
+/// (it is not retired while held), so one client must not hold a large share of [`ROOMS_MAX`].
+/// Over it: RESOURCE_EXHAUSTED (an `Error` frame in a session).
+pub const ROOMS_PER_USER_MAX: usize = 1_000;
+
+/// Sessions (gRPC `Session`, seed `ChatStream`, WebSocket) one sender may have open at once;
+/// each holds a session actor and its queues. Over it: RESOURCE_EXHAUSTED.
+pub const SESSIONS_PER_USER_MAX: usize = 256;
+
+/// Uploads one sender may have open at once; each may buffer up to [`UPLOAD_BYTES_MAX`] until it
+/// commits. Over it: RESOURCE_EXHAUSTED.
+pub const UPLOADS_PER_USER_MAX: usize = 8;
+
 /// Concurrent calls (HTTP/2 streams) on one client connection. Enforced by the transport as
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: a well-behaved client queues calls beyond it
 /// until one ends. Above the 1,250 streams per connection the idle-stream benchmark opens.

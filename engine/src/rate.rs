@@ -55,6 +55,8 @@ pub enum RateKind {
     Typing,
     /// Joins and leaves together.
     Membership,
+    /// Rooms created (a use of a room that is not live).
+    Creation,
 }
 
 impl RateKind {
@@ -64,6 +66,7 @@ impl RateKind {
             RateKind::Send => "send",
             RateKind::Typing => "typing",
             RateKind::Membership => "join and leave",
+            RateKind::Creation => "room creation",
         }
     }
 }

@@ -11,6 +11,7 @@ use confab::grpc::proto::confab_v1::{
     self as v1, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame, room_event,
     server_frame,
 };
+use confab::grpc::quota::QuotaLimits;
 use confab::grpc::rate::{RateLimits, SendLimiter};
 use confab::grpc::server::ServerOptions;
 use confab_engine::{Limits, SendRate};
@@ -178,7 +179,7 @@ async fn typing_joins_and_leaves_are_throttled() {
     const MEMBERSHIP_FLOOD: usize = 20;
     let typing_rate = SendRate { per_second: 2, burst: 3 };
     let membership_rate = SendRate { per_second: 2, burst: 4 };
-    let rates = RateLimits { send: SendRate::default(), typing: typing_rate, membership: membership_rate };
+    let rates = RateLimits { typing: typing_rate, membership: membership_rate, ..RateLimits::default() };
     let server = TestServer::start_with_options(Limits::default(), rated(rates)).await;
     let mut watcher_client = server.confab().await;
     let request = SubscribeRequest { room: "quiet".into(), after_seq: None, user: String::new() };
@@ -250,4 +251,155 @@ async fn typing_joins_and_leaves_are_throttled() {
     );
     assert!(refused_membership[0].contains("join and leave rate"), "{}", refused_membership[0]);
     drop(frames);
+}
+
+/// Options with the default rates and `quotas`.
+fn with_quotas(quotas: QuotaLimits) -> ServerOptions {
+    ServerOptions { limiter: Some(SendLimiter::default().with_quotas(quotas)), ..ServerOptions::default() }
+}
+
+fn subscribe_to(room: &str) -> SubscribeRequest {
+    SubscribeRequest { room: room.into(), after_seq: None, user: String::new() }
+}
+
+/// The exhaustion: one client with no token opening Subscribe streams to distinct rooms
+/// gets no more than its quota of rooms, so it cannot take every room slot: another client
+/// still sends to new rooms. A session's join counts against the same quota, and a closed
+/// stream gives its room back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_room() {
+    const ROOMS_PER_USER_MAX: usize = 4;
+    let limits = Limits { rooms_max: 14, ..Limits::default() };
+    let quotas = QuotaLimits { rooms_per_user_max: ROOMS_PER_USER_MAX, ..QuotaLimits::default() };
+    let server = TestServer::start_with_options(limits, with_quotas(quotas)).await;
+    let mut hog = client(&server, None).await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for index in 0..10 {
+        match bounded(hog.subscribe(subscribe_to(&format!("hog-{index}")))).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                bounded(stream.message()).await.expect("ok").expect("subscribed");
+                held.push(stream);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("--rooms-per-user-max"), "names the limit: {}", status.message());
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((held.len(), refused), (ROOMS_PER_USER_MAX, 10 - ROOMS_PER_USER_MAX));
+    // A second stream to a room it holds costs nothing more.
+    let mut again = bounded(hog.subscribe(subscribe_to("hog-0"))).await.expect("a held room again").into_inner();
+    bounded(again.message()).await.expect("ok").expect("subscribed");
+
+    // A session's join is one more room: an error frame, and the session goes on.
+    let (frames, mut session) = open_session(&mut hog, "hog").await;
+    frames.send(join("hog-0")).await.expect("queue");
+    frames.send(join("hog-extra")).await.expect("queue");
+    let answered = replies(&mut session, 1).await;
+    assert_eq!(answered.refused.len(), 1);
+    assert!(answered.refused[0].contains("--rooms-per-user-max"), "{}", answered.refused[0]);
+    drop((frames, session));
+
+    // Another client creates rooms the hog could have taken: 4 held + 8 new + 1 below <= 14.
+    let mut other = server.confab().await;
+    for index in 0..8 {
+        bounded(other.send(send(&format!("other-{index}"), "still works"))).await.expect("a new room");
+    }
+
+    // A closed stream gives its room back (once the server saw the stream go).
+    drop(held.pop());
+    let mut reopened = None;
+    for _ in 0..200 {
+        match bounded(hog.subscribe(subscribe_to("hog-new"))).await {
+            Ok(response) => {
+                reopened = Some(response.into_inner());
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut reopened = reopened.expect("the slot came back");
+    bounded(reopened.message()).await.expect("ok").expect("subscribed");
+}
+
+/// Sessions and uploads per user: the one over the quota is refused naming the limit, and an
+/// ended one gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_uploads_per_user_are_bounded() {
+    let tokens = Arc::new(Tokens::parse(&format!("{ANN} ann\n")).expect("tokens"));
+    let quotas = QuotaLimits { sessions_per_user_max: 2, uploads_per_user_max: 1, ..QuotaLimits::default() };
+    let options = ServerOptions { tokens: Some(tokens), ..with_quotas(quotas) };
+    let server = TestServer::start_with_options(Limits::default(), options).await;
+    let mut one = client(&server, Some(ANN)).await;
+    let mut two = client(&server, Some(ANN)).await;
+    let first = open_session(&mut one, "ann").await;
+    let _second = open_session(&mut two, "ann").await;
+    let (_frames, outgoing) = mpsc::channel::<v1::ClientFrame>(1);
+    let third = bounded(one.session(with_metadata(ReceiverStream::new(outgoing), "user", "ann"))).await;
+    let refused = third.expect_err("a third session of the same user, on any connection");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("--sessions-per-user-max"), "{}", refused.message());
+    drop(first);
+    let mut reopened = false;
+    for _ in 0..200 {
+        let (_frames, outgoing) = mpsc::channel::<v1::ClientFrame>(1);
+        match bounded(one.session(with_metadata(ReceiverStream::new(outgoing), "user", "ann"))).await {
+            Ok(_) => {
+                reopened = true;
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(reopened, "an ended session gives its slot back");
+
+    // One upload open at a time: a second one is refused while the first waits for chunks.
+    let (chunks, outgoing) = mpsc::channel::<UploadChunk>(4);
+    let chunk = |body: &str| UploadChunk { room: "up".into(), user: String::new(), body: body.into() };
+    chunks.send(chunk("first")).await.expect("queue");
+    let mut open_upload = one.clone();
+    let pending = tokio::spawn(async move { open_upload.upload(ReceiverStream::new(outgoing)).await });
+    let mut refusal = None;
+    for _ in 0..200 {
+        match bounded(two.upload(tokio_stream::iter(vec![chunk("second")]))).await {
+            // The first had not started yet; try again.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Err(status) => {
+                refusal = Some(status);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("a second upload while the first is open is refused");
+    assert_eq!(refusal.code(), Code::ResourceExhausted);
+    assert!(refusal.message().contains("--uploads-per-user-max"), "{}", refusal.message());
+    drop(chunks);
+    bounded(pending).await.expect("task").expect("the first upload commits");
+    bounded(two.upload(tokio_stream::iter(vec![chunk("third")]))).await.expect("the slot is back");
+}
+
+/// Rooms created per user: past the burst, a use of a new room is refused naming the limit,
+/// while rooms that exist stay usable and another connection creates its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_created_per_user_are_rate_limited() {
+    let creation = SendRate { per_second: 1, burst: 3 };
+    let server =
+        TestServer::start_with_options(Limits::default(), rated(RateLimits { creation, ..RateLimits::default() }))
+            .await;
+    let mut creator = server.confab().await;
+    for index in 0..3 {
+        creator.send(send(&format!("new-{index}"), "create")).await.expect("within the burst");
+    }
+    let refused = creator.send(send("new-3", "one too many")).await.expect_err("a fourth new room");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("--rooms-created-per-second-max"), "{}", refused.message());
+    let refused = creator.subscribe(subscribe_to("new-4")).await.expect_err("subscribing creates too");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    creator.send(send("new-0", "an existing room")).await.expect("using a room is not creating one");
+    server.confab().await.send(send("new-5", "elsewhere")).await.expect("another connection's own bucket");
 }
