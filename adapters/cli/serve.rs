@@ -149,6 +149,10 @@ struct LimitArgs {
     /// A room with no subscriber and no activity for this long is retired (its history dropped).
     #[arg(long, default_value = "1h", value_parser = super::parse_duration, value_name = "DURATION")]
     room_idle: Duration,
+    /// A room that never got a message (a subscription or join created it) is retired this long
+    /// after its last subscriber left, instead of --room-idle.
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
+    empty_room_idle: Duration,
     /// A subscriber (stream or session) that stays lagged this long without reading a single
     /// event is closed with RESOURCE_EXHAUSTED, naming what it missed.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
@@ -276,6 +280,7 @@ impl LimitArgs {
             session_outbound_len_max: size(self.session_outbound_len_max),
             rooms_max: size(self.rooms_max),
             room_idle_ms: u64::try_from(self.room_idle.as_millis()).unwrap_or(u64::MAX),
+            empty_room_idle_ms: u64::try_from(self.empty_room_idle.as_millis()).unwrap_or(u64::MAX),
             subscriber_stall_ms: u64::try_from(self.subscriber_stall.as_millis()).unwrap_or(u64::MAX),
         }
     }

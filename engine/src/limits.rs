@@ -51,6 +51,13 @@ pub const ROOMS_MAX: usize = 100_000;
 /// is dropped and a later use creates it again with a new epoch).
 pub const ROOM_IDLE_MS: u64 = 60 * 60 * 1000;
 
+/// A room that never got a message (`last_seq` 0: a subscription, a join or a typing notice
+/// created it) and has no subscriber left is retired after this long instead of
+/// [`ROOM_IDLE_MS`]: it has no history to keep, and a client opening streams to many new rooms
+/// must not hold their slots in [`ROOMS_MAX`] for an hour. The registry sweeps at least this
+/// often, so such a room goes within twice this time (at once when the room table is full).
+pub const EMPTY_ROOM_IDLE_MS: u64 = 60 * 1000;
+
 /// A subscriber that stays lagged this long without taking a single event is closed (evicted):
 /// a stalled reader would otherwise hold its queue and its place in the room forever. A reader
 /// that takes anything, however slowly, starts the clock again, so only stalled ones go.
@@ -146,6 +153,8 @@ pub struct Limits {
     pub rooms_max: usize,
     /// See [`ROOM_IDLE_MS`].
     pub room_idle_ms: u64,
+    /// See [`EMPTY_ROOM_IDLE_MS`].
+    pub empty_room_idle_ms: u64,
     /// See [`SUBSCRIBER_STALL_MS`].
     pub subscriber_stall_ms: u64,
 }
@@ -165,6 +174,7 @@ impl Default for Limits {
             session_outbound_len_max: SESSION_OUTBOUND_LEN_MAX,
             rooms_max: ROOMS_MAX,
             room_idle_ms: ROOM_IDLE_MS,
+            empty_room_idle_ms: EMPTY_ROOM_IDLE_MS,
             subscriber_stall_ms: SUBSCRIBER_STALL_MS,
         }
     }

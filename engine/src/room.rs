@@ -107,6 +107,8 @@ pub struct Room {
     dedupe_window_len: usize,
     subscribers_max: usize,
     idle_ms: u64,
+    /// The idle time of a room that never got a message (never above `idle_ms`).
+    empty_idle_ms: u64,
     last_seq: Seq,
     /// Retained messages, contiguous, ending at `last_seq`.
     history: VecDeque<Arc<ChatMessage>>,
@@ -146,6 +148,7 @@ impl Room {
             dedupe_window_len: limits.dedupe_window_len,
             subscribers_max: limits.room_subscribers_max,
             idle_ms: limits.room_idle_ms,
+            empty_idle_ms: limits.empty_room_idle_ms.min(limits.room_idle_ms),
             last_seq: 0,
             history: VecDeque::new(),
             dedupe: BTreeMap::new(),
@@ -350,10 +353,12 @@ impl Room {
         Ok(())
     }
 
-    /// Retires the room if it has no subscriber and saw no activity for the idle time.
+    /// Retires the room if it has no subscriber and saw no activity for the idle time (the
+    /// shorter one if it never got a message, so it has no history to lose).
     /// A retired room refuses everything with `RoomError::Retired`.
     pub fn handle_retire_if_idle(&mut self, now: Time) -> bool {
-        if self.subscribers.is_empty() && now.millis_since(self.last_activity) >= self.idle_ms {
+        let idle_ms = if self.last_seq == 0 { self.empty_idle_ms } else { self.idle_ms };
+        if self.subscribers.is_empty() && now.millis_since(self.last_activity) >= idle_ms {
             self.retired = true;
         }
         self.retired

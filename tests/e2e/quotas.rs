@@ -403,3 +403,35 @@ async fn rooms_created_per_user_are_rate_limited() {
     creator.send(send("new-0", "an existing room")).await.expect("using a room is not creating one");
     server.confab().await.send(send("new-5", "elsewhere")).await.expect("another connection's own bucket");
 }
+
+/// Rooms that subscriptions created and that never got a message are retired after the short
+/// empty-room idle time, so a full room table takes new rooms again long before the normal
+/// idle time; a room with history stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_that_never_got_a_message_retire_quickly() {
+    let limits = Limits { rooms_max: 4, room_idle_ms: 3_600_000, empty_room_idle_ms: 200, ..Limits::default() };
+    let server = TestServer::start_with_options(limits, ServerOptions::default()).await;
+    let mut client = server.confab().await;
+    client.send(send("kept", "history")).await.expect("a room with history");
+    for index in 0..3 {
+        let mut stream =
+            bounded(client.subscribe(subscribe_to(&format!("empty-{index}")))).await.expect("subscribe").into_inner();
+        bounded(stream.message()).await.expect("ok").expect("subscribed");
+    }
+    let full = client.send(send("new-0", "no room")).await.expect_err("the room table is full");
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    // The streams above are gone; past the empty-room idle time, their rooms give way. A lower
+    // bound on waiting is safe; the retries only cover the server seeing the streams end.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut created = false;
+    for _ in 0..100 {
+        if client.send(send("new-0", "a new room")).await.is_ok() {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(created, "empty rooms retired and made way");
+    let kept = server.engine.room(&confab_engine::RoomName::new("kept").expect("name")).await.expect("info");
+    assert_eq!(kept.expect("the room with history stays").last_seq, 1);
+}

@@ -207,6 +207,22 @@ fn an_idle_room_retires_and_refuses_everything_after() {
 }
 
 #[test]
+fn a_room_that_never_got_a_message_retires_after_the_shorter_idle_time() {
+    let limits = Limits { room_idle_ms: 10_000, empty_room_idle_ms: 1_000, ..Limits::default() };
+    let mut empty = Room::new(room_name("empty"), 1, &limits, at(0));
+    let mut used = Room::new(room_name("used"), 2, &limits, at(0));
+    for room in [&mut empty, &mut used] {
+        let sub = room.handle_subscribe(None, None, at(0)).expect("subscribed");
+        room.handle_unsubscribe(sub.id, at(0));
+    }
+    used.handle_send(draft("ann", "", "history to keep"), at(0)).expect("sent");
+    assert!(!empty.handle_retire_if_idle(at(999)), "not idle long enough");
+    assert!(empty.handle_retire_if_idle(at(1_000)), "nothing to keep: the short idle time");
+    assert!(!used.handle_retire_if_idle(at(1_000)), "a room with history keeps the normal idle time");
+    assert!(used.handle_retire_if_idle(at(10_000)));
+}
+
+#[test]
 fn names_are_validated() {
     assert_eq!(RoomName::new(""), Err(NameError::RoomEmpty));
     assert!(matches!(RoomName::new("a b"), Err(NameError::RoomCharset { bad: ' ' })));
