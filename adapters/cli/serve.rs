@@ -122,6 +122,14 @@ struct LimitArgs {
     /// Largest History page, in messages.
     #[arg(long, default_value_t = limits::HISTORY_PAGE_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     history_page_max: u64,
+    /// Largest History page, in bytes of messages: a page stops early there (with at least one
+    /// message), and the client continues after its last message.
+    #[arg(long, default_value_t = limits::HISTORY_PAGE_BYTES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    history_page_bytes_max: u64,
+    /// Bytes of messages each room retains for History and resume, besides --history-len-max:
+    /// beyond it the oldest are dropped (the newest is always kept).
+    #[arg(long, default_value_t = limits::HISTORY_BYTES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    history_bytes_max: u64,
     /// Client message ids each room remembers for dedupe of retries.
     #[arg(long, default_value_t = limits::DEDUPE_WINDOW_LEN as u64)]
     dedupe_window_len: u64,
@@ -202,6 +210,10 @@ struct LimitArgs {
     /// Uploads one user or connection may have open at once.
     #[arg(long, default_value_t = limits::UPLOADS_PER_USER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     uploads_per_user_max: u64,
+    /// Bytes of message bodies all open uploads together may hold, server-wide (a chunk past it:
+    /// RESOURCE_EXHAUSTED, and the upload commits nothing).
+    #[arg(long, default_value_t = limits::UPLOAD_BYTES_IN_FLIGHT_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_bytes_in_flight_max: u64,
 }
 
 /// What a connection may hold and how long it may stay silent, on both ports.
@@ -262,6 +274,7 @@ impl LimitArgs {
             rooms_per_user_max: size(self.rooms_per_user_max),
             sessions_per_user_max: size(self.sessions_per_user_max),
             uploads_per_user_max: size(self.uploads_per_user_max),
+            upload_bytes_in_flight_max: size(self.upload_bytes_in_flight_max),
         }
     }
 
@@ -271,6 +284,8 @@ impl LimitArgs {
             message_bytes_max: size(self.message_bytes_max),
             history_len_max: size(self.history_len_max),
             history_page_max: size(self.history_page_max),
+            history_page_bytes_max: size(self.history_page_bytes_max),
+            history_bytes_max: size(self.history_bytes_max),
             dedupe_window_len: size(self.dedupe_window_len),
             room_subscribers_max: size(self.room_subscribers_max),
             session_rooms_max: size(self.session_rooms_max),

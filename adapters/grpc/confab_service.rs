@@ -108,6 +108,7 @@ impl v1::chat_server::Chat for ConfabChat {
         let caller = caller(&request)?;
         let rate = self.limiter.sender(&caller, request.remote_addr());
         let _upload_slot = rate.hold_upload()?;
+        let mut upload_bytes = rate.upload_bytes();
         let mut inbound = request.into_inner();
         // Created on the first chunk, which names the room. Dropped on any error: aborted (G6).
         let mut upload: Option<(RoomName, Upload)> = None;
@@ -134,6 +135,7 @@ impl v1::chat_server::Chat for ConfabChat {
                 return Err(ApiError::Malformed(message).into());
             }
             let user = caller.user(&chunk.user, "user")?;
+            upload_bytes.reserve(chunk.body.len()).map_err(ApiError::from)?;
             current.push(convert::draft_by(user, "", chunk.body)?).await.map_err(ApiError::from)?;
         }
         let Some((_, upload)) = upload else {

@@ -14,7 +14,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use confab_engine::limits::{ROOMS_PER_USER_MAX, SESSIONS_PER_USER_MAX, UPLOADS_PER_USER_MAX};
+use confab_engine::limits::{
+    ROOMS_PER_USER_MAX, SESSIONS_PER_USER_MAX, UPLOAD_BYTES_IN_FLIGHT_MAX, UPLOADS_PER_USER_MAX,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::rate::Sender;
 
@@ -27,6 +30,8 @@ pub struct QuotaLimits {
     pub sessions_per_user_max: usize,
     /// See [`UPLOADS_PER_USER_MAX`].
     pub uploads_per_user_max: usize,
+    /// See [`UPLOAD_BYTES_IN_FLIGHT_MAX`] (server-wide, not per sender).
+    pub upload_bytes_in_flight_max: usize,
 }
 
 impl Default for QuotaLimits {
@@ -35,21 +40,27 @@ impl Default for QuotaLimits {
             rooms_per_user_max: ROOMS_PER_USER_MAX,
             sessions_per_user_max: SESSIONS_PER_USER_MAX,
             uploads_per_user_max: UPLOADS_PER_USER_MAX,
+            upload_bytes_in_flight_max: UPLOAD_BYTES_IN_FLIGHT_MAX,
         }
     }
 }
 
 /// A sender would hold more than its quota.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("over the quota of {max} {what} at once per user (per connection on an open server) ({flag})")]
+#[error("over the quota of {max} {what} at once {scope} ({flag})")]
 pub struct QuotaExceeded {
     /// What is counted ("rooms joined or subscribed", "sessions", "uploads").
     pub what: &'static str,
+    /// Whose: [`PER_SENDER`], or the whole server's.
+    pub scope: &'static str,
     /// The quota.
     pub max: usize,
     /// The flag that sets it.
     pub flag: &'static str,
 }
+
+/// The scope of the per-sender quotas, as refusals say it.
+const PER_SENDER: &str = "per user (per connection on an open server)";
 
 /// Something a sender holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,9 +86,11 @@ impl Usage {
 }
 
 /// The server's quota table: cheap to clone, shared like the rate limiter.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Quotas {
     limits: QuotaLimits,
+    /// One permit per byte of upload bodies in flight, server-wide.
+    upload_bytes: Arc<Semaphore>,
     /// Only senders that hold something have an entry, so the table is bounded by what is
     /// open (streams, sessions, uploads), itself bounded by the connection caps.
     usage: Arc<Mutex<HashMap<Sender, Usage>>>,
@@ -85,7 +98,13 @@ pub(crate) struct Quotas {
 
 impl Quotas {
     pub(crate) fn new(limits: QuotaLimits) -> Self {
-        Self { limits, usage: Arc::default() }
+        let upload_bytes = Arc::new(Semaphore::new(limits.upload_bytes_in_flight_max.min(Semaphore::MAX_PERMITS)));
+        Self { limits, upload_bytes, usage: Arc::default() }
+    }
+
+    /// A new, empty reservation of upload bytes, for one upload.
+    pub(crate) fn upload_bytes(&self) -> UploadBytes {
+        UploadBytes { quotas: self.clone(), held: None }
     }
 
     pub(crate) fn limits(&self) -> QuotaLimits {
@@ -125,6 +144,7 @@ impl Quotas {
                         None
                     }
                     None if held >= limits.rooms_per_user_max => Some(QuotaExceeded {
+                        scope: PER_SENDER,
                         what: "rooms joined or subscribed",
                         max: limits.rooms_per_user_max,
                         flag: "--rooms-per-user-max",
@@ -136,6 +156,7 @@ impl Quotas {
                 }
             }
             Resource::Session if usage.sessions >= limits.sessions_per_user_max => Some(QuotaExceeded {
+                scope: PER_SENDER,
                 what: "sessions",
                 max: limits.sessions_per_user_max,
                 flag: "--sessions-per-user-max",
@@ -145,6 +166,7 @@ impl Quotas {
                 None
             }
             Resource::Upload if usage.uploads >= limits.uploads_per_user_max => Some(QuotaExceeded {
+                scope: PER_SENDER,
                 what: "uploads",
                 max: limits.uploads_per_user_max,
                 flag: "--uploads-per-user-max",
@@ -189,6 +211,40 @@ impl Quotas {
     }
 }
 
+impl Default for Quotas {
+    fn default() -> Self {
+        Self::new(QuotaLimits::default())
+    }
+}
+
+/// The upload bytes one upload holds of the server's budget, given back when dropped (the
+/// upload committed or ended).
+#[derive(Debug)]
+pub struct UploadBytes {
+    quotas: Quotas,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl UploadBytes {
+    /// Reserves `bytes` more, or refuses if the server's budget would be exceeded.
+    pub fn reserve(&mut self, bytes: usize) -> Result<(), QuotaExceeded> {
+        let max = self.quotas.limits.upload_bytes_in_flight_max;
+        let refused = || QuotaExceeded {
+            what: "bytes of uploads in flight",
+            scope: "on the whole server",
+            max,
+            flag: "--upload-bytes-in-flight-max",
+        };
+        let permits = u32::try_from(bytes).map_err(|_| refused())?;
+        let more = Arc::clone(&self.quotas.upload_bytes).try_acquire_many_owned(permits).map_err(|_| refused())?;
+        match self.held.as_mut() {
+            Some(held) => held.merge(more),
+            None => self.held = Some(more),
+        }
+        Ok(())
+    }
+}
+
 /// One thing a sender holds, given back when dropped.
 #[derive(Debug)]
 pub struct Held {
@@ -208,7 +264,27 @@ mod tests {
     use super::*;
 
     fn quotas(max: usize) -> Quotas {
-        Quotas::new(QuotaLimits { rooms_per_user_max: max, sessions_per_user_max: max, uploads_per_user_max: max })
+        Quotas::new(QuotaLimits {
+            rooms_per_user_max: max,
+            sessions_per_user_max: max,
+            uploads_per_user_max: max,
+            upload_bytes_in_flight_max: 100,
+        })
+    }
+
+    #[test]
+    fn upload_bytes_are_one_budget_for_the_server_given_back_when_an_upload_ends() {
+        let quotas = quotas(1);
+        let mut first = quotas.upload_bytes();
+        let mut second = quotas.upload_bytes();
+        first.reserve(60).expect("60 of 100");
+        first.reserve(30).expect("90 of 100");
+        let refused = second.reserve(20).expect_err("110 of 100");
+        assert!(refused.to_string().contains("--upload-bytes-in-flight-max"), "{refused}");
+        assert!(refused.to_string().contains("on the whole server"), "{refused}");
+        second.reserve(10).expect("exactly the budget");
+        drop(first);
+        second.reserve(90).expect("the first upload's bytes came back");
     }
 
     fn connection(port: u16) -> Sender {

@@ -23,7 +23,7 @@ use confab_engine::{ClientFrame, RateKind, RateLimited, RoomName, SendRate, Time
 use tokio::time::Instant;
 
 use super::auth::Caller;
-use super::quota::{Held, QuotaLimits, Quotas};
+use super::quota::{Held, QuotaLimits, Quotas, UploadBytes};
 use super::status::ApiError;
 
 /// The shared table is swept of buckets that have refilled (they are the same as new ones)
@@ -257,6 +257,11 @@ impl SenderRate {
     /// Holds a session slot until the guard drops.
     pub fn hold_session(&self) -> Result<Held, ApiError> {
         Ok(self.limiter.quotas.hold_session(&self.sender)?)
+    }
+
+    /// An empty reservation of the server's upload-byte budget, for one upload.
+    pub fn upload_bytes(&self) -> UploadBytes {
+        self.limiter.quotas.upload_bytes()
     }
 
     /// Holds an upload slot until the guard drops.

@@ -21,6 +21,29 @@ pub const HISTORY_LEN_MAX: usize = 10_000;
 /// Largest `History` page, in messages.
 pub const HISTORY_PAGE_MAX: usize = 1_000;
 
+/// Largest `History` page, in bytes of messages (as [`message_bytes`] counts them): a page
+/// stops early at this budget (with at least one message), and the client continues after the
+/// last message it got, as after any page. Far below the 4 MiB a default gRPC client accepts
+/// in one message, which 1,000 messages of 64 KiB would exceed 16 times over.
+pub const HISTORY_PAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Bytes of messages (as [`message_bytes`] counts them) a room retains for `History` and
+/// resume, besides [`HISTORY_LEN_MAX`]: beyond either, the oldest are dropped first, though the
+/// newest message is always kept. Bounds a room's memory at this rather than at
+/// `HISTORY_LEN_MAX` x [`MESSAGE_BYTES_MAX`] (625 MiB).
+pub const HISTORY_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// What one message counts for in the byte budgets beside its strings: its numbers, and the
+/// framing a transport adds around it.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 64;
+
+/// The bytes one message counts for in the history budgets: its body, its user and its client
+/// message id, and [`MESSAGE_OVERHEAD_BYTES`].
+pub fn message_bytes(message: &crate::ChatMessage) -> usize {
+    let id = message.client_msg_id.as_ref().map_or(0, |id| id.as_str().len());
+    message.body.len() + message.user.as_str().len() + id + MESSAGE_OVERHEAD_BYTES
+}
+
 /// Client message ids a room remembers for dedupe (G4). A retry older than the newest
 /// `DEDUPE_WINDOW_LEN` identified sends of that room is appended again.
 pub const DEDUPE_WINDOW_LEN: usize = 4_096;
@@ -121,6 +144,12 @@ pub const SESSIONS_PER_USER_MAX: usize = 256;
 /// commits. Over it: RESOURCE_EXHAUSTED.
 pub const UPLOADS_PER_USER_MAX: usize = 8;
 
+/// Bytes of message bodies held by all open uploads together, server-wide: an upload keeps its
+/// messages in memory until it commits, so without this, 40 unfinished uploads on one
+/// connection could hold 640 MiB. A chunk that would go past it gets RESOURCE_EXHAUSTED (the
+/// upload is aborted and commits nothing); the bytes come back when an upload commits or ends.
+pub const UPLOAD_BYTES_IN_FLIGHT_MAX: usize = 256 * 1024 * 1024;
+
 /// Concurrent calls (HTTP/2 streams) on one client connection. Enforced by the transport as
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: a well-behaved client queues calls beyond it
 /// until one ends. Above the 1,250 streams per connection the idle-stream benchmark opens.
@@ -135,6 +164,10 @@ pub struct Limits {
     pub history_len_max: usize,
     /// See [`HISTORY_PAGE_MAX`].
     pub history_page_max: usize,
+    /// See [`HISTORY_PAGE_BYTES_MAX`].
+    pub history_page_bytes_max: usize,
+    /// See [`HISTORY_BYTES_MAX`].
+    pub history_bytes_max: usize,
     /// See [`DEDUPE_WINDOW_LEN`].
     pub dedupe_window_len: usize,
     /// See [`ROOM_SUBSCRIBERS_MAX`].
@@ -165,6 +198,8 @@ impl Default for Limits {
             message_bytes_max: MESSAGE_BYTES_MAX,
             history_len_max: HISTORY_LEN_MAX,
             history_page_max: HISTORY_PAGE_MAX,
+            history_page_bytes_max: HISTORY_PAGE_BYTES_MAX,
+            history_bytes_max: HISTORY_BYTES_MAX,
             dedupe_window_len: DEDUPE_WINDOW_LEN,
             room_subscribers_max: ROOM_SUBSCRIBERS_MAX,
             session_rooms_max: SESSION_ROOMS_MAX,

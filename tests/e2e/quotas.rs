@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use confab::grpc::auth::Tokens;
 use confab::grpc::client::{ClientChannel, ClientSecurity, connect};
+use confab::grpc::proto::chat;
 use confab::grpc::proto::confab_v1::{
-    self as v1, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame, room_event,
-    server_frame,
+    self as v1, HistoryRequest, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame,
+    room_event, server_frame,
 };
 use confab::grpc::quota::QuotaLimits;
 use confab::grpc::rate::{RateLimits, SendLimiter};
@@ -359,24 +360,9 @@ async fn sessions_and_uploads_per_user_are_bounded() {
     assert!(reopened, "an ended session gives its slot back");
 
     // One upload open at a time: a second one is refused while the first waits for chunks.
-    let (chunks, outgoing) = mpsc::channel::<UploadChunk>(4);
     let chunk = |body: &str| UploadChunk { room: "up".into(), user: String::new(), body: body.into() };
-    chunks.send(chunk("first")).await.expect("queue");
-    let mut open_upload = one.clone();
-    let pending = tokio::spawn(async move { open_upload.upload(ReceiverStream::new(outgoing)).await });
-    let mut refusal = None;
-    for _ in 0..200 {
-        match bounded(two.upload(tokio_stream::iter(vec![chunk("second")]))).await {
-            // The first had not started yet; try again.
-            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
-            Err(status) => {
-                refusal = Some(status);
-                break;
-            }
-        }
-    }
-    let refusal = refusal.expect("a second upload while the first is open is refused");
-    assert_eq!(refusal.code(), Code::ResourceExhausted);
+    let second = || tokio_stream::iter(vec![chunk("second")]);
+    let (refusal, chunks, pending) = refused_beside_open_upload(&one, chunk("first"), &mut two, second).await;
     assert!(refusal.message().contains("--uploads-per-user-max"), "{}", refusal.message());
     drop(chunks);
     bounded(pending).await.expect("task").expect("the first upload commits");
@@ -434,4 +420,129 @@ async fn rooms_that_never_got_a_message_retire_quickly() {
     assert!(created, "empty rooms retired and made way");
     let kept = server.engine.room(&confab_engine::RoomName::new("kept").expect("name")).await.expect("info");
     assert_eq!(kept.expect("the room with history stays").last_seq, 1);
+}
+
+/// The 64 MB page: with the default limits, a room of big messages answers a default
+/// `History` call with a page a default client (4 MiB) can receive, and paging on from its last
+/// message reaches everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_history_page_fits_a_default_client() {
+    const MESSAGES: u64 = 80;
+    let server = TestServer::start().await;
+    let mut client = server.confab().await;
+    let body = "b".repeat(60 * 1024);
+    for _ in 0..MESSAGES {
+        client.send(send("big", &body)).await.expect("send");
+    }
+    let mut after_seq = 0;
+    let mut pages = 0;
+    while after_seq < MESSAGES {
+        let request = HistoryRequest { room: "big".into(), after_seq, limit: 0 };
+        let page = bounded(client.history(request)).await.expect("a page a default client receives").into_inner();
+        assert!(!page.messages.is_empty(), "every page moves on");
+        assert!(page.messages.len() < MESSAGES as usize, "cut by bytes, not by the 1,000-message limit");
+        assert_eq!(page.messages[0].seq, after_seq + 1, "contiguous");
+        after_seq = page.messages.last().expect("non-empty").seq;
+        pages += 1;
+    }
+    assert!(pages >= 4, "4.8 MB of messages in pages of at most 1 MiB: {pages}");
+}
+
+/// A room retains at most `--history-bytes-max` of messages, dropping the oldest first as it
+/// does past `--history-len-max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_retains_at_most_its_byte_budget() {
+    // Each message counts 1,000 + 3 ("ann") + 64 = 1,067 bytes: 3,000 keeps two.
+    let server = TestServer::start_with(Limits { history_bytes_max: 3_000, ..Limits::default() }).await;
+    let mut client = server.confab().await;
+    for _ in 0..10 {
+        client.send(send("budget", &"m".repeat(1_000))).await.expect("send");
+    }
+    let page = client.history(HistoryRequest { room: "budget".into(), after_seq: 0, limit: 0 }).await;
+    let page = page.expect("history").into_inner();
+    assert_eq!(page.first_retained_seq, 9, "the oldest went");
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [9, 10]);
+}
+
+/// BroadcastMessages replays a room page by page (here 2 messages a page, or fewer by bytes):
+/// everything, in order, between the seed's markers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_messages_replays_every_page_in_order() {
+    let limits = Limits { history_page_max: 2, history_page_bytes_max: 150, ..Limits::default() };
+    let server = TestServer::start_with(limits).await;
+    let mut client = server.confab().await;
+    for index in 0..7 {
+        client.send(send("replay", &format!("m{index}"))).await.expect("send");
+    }
+    let mut seed = server.seed().await;
+    let request = with_metadata(chat::Message { user: "ann".into(), content: String::new() }, "room", "replay");
+    let mut stream = bounded(seed.broadcast_messages(request)).await.expect("broadcast").into_inner();
+    let mut contents = Vec::new();
+    while let Some(message) = bounded(stream.message()).await.expect("ok") {
+        contents.push(message.content);
+    }
+    let mut expected = vec!["Welcome to the broadcast!".to_owned()];
+    expected.extend((0..7).map(|index| format!("m{index}")));
+    expected.push("Broadcast finished.".into());
+    assert_eq!(contents, expected);
+}
+
+/// All open uploads together hold at most `--upload-bytes-in-flight-max` of bodies: a chunk
+/// past it is refused (that upload commits nothing), and a finished upload gives its bytes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_flight_share_one_byte_budget() {
+    let quotas = QuotaLimits { upload_bytes_in_flight_max: 1_000, ..QuotaLimits::default() };
+    let server = TestServer::start_with_options(Limits::default(), with_quotas(quotas)).await;
+    let chunk =
+        |room: &str, bytes: usize| UploadChunk { room: room.into(), user: "ann".into(), body: "u".repeat(bytes) };
+    let holder = server.confab().await;
+    let mut other = server.confab().await;
+    let second = || tokio_stream::iter(vec![chunk("other", 300)]);
+    let (refusal, chunks, pending) = refused_beside_open_upload(&holder, chunk("held", 800), &mut other, second).await;
+    assert!(refusal.message().contains("--upload-bytes-in-flight-max"), "{}", refusal.message());
+    drop(chunks);
+    assert_eq!(bounded(pending).await.expect("task").expect("the first commits").into_inner().count, 1);
+    bounded(other.upload(tokio_stream::iter(vec![chunk("other", 300)]))).await.expect("the bytes came back");
+}
+
+/// An upload of `first` on `holder`, left open, and the refusal of an upload of `second()` on
+/// `other` beside it. Which of the two the server sees first is up to it: while the second
+/// wins (it commits, or the first is refused), the first is started again.
+async fn refused_beside_open_upload<C, S>(
+    holder: &ChatClient<C>,
+    first: UploadChunk,
+    other: &mut ChatClient<C>,
+    second: impl Fn() -> S,
+) -> (
+    tonic::Status,
+    mpsc::Sender<UploadChunk>,
+    tokio::task::JoinHandle<Result<tonic::Response<v1::UploadReceipt>, tonic::Status>>,
+)
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    C::Future: Send,
+    C::ResponseBody: tonic::transport::Body<Data = bytes::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::transport::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    S: futures::Stream<Item = UploadChunk> + Send + 'static,
+{
+    let open = || {
+        let (chunks, outgoing) = mpsc::channel::<UploadChunk>(4);
+        chunks.try_send(first.clone()).expect("room for one");
+        let mut client = holder.clone();
+        (chunks, tokio::spawn(async move { client.upload(ReceiverStream::new(outgoing)).await }))
+    };
+    let (mut chunks, mut pending) = open();
+    for _ in 0..200 {
+        if pending.is_finished() {
+            (chunks, pending) = open();
+        }
+        match bounded(other.upload(second())).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                return (status, chunks, pending);
+            }
+        }
+    }
+    panic!("an upload beside the open one was never refused");
 }
