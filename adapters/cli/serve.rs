@@ -511,4 +511,16 @@ mod tests {
         assert_eq!(web.liveness, LivenessConfig::default());
         assert_eq!(web.frame_bytes_max, WsConfig::default().frame_bytes_max);
     }
+
+    /// The same for the engine limits, the rates and the quotas (`--room-idle` and
+    /// `--empty-room-idle` are written as text too).
+    #[test]
+    fn limit_rate_and_quota_flag_defaults_are_the_named_constants() {
+        let Ok(Cli { command: Command::Serve(args) }) = Cli::try_parse_from(["confab", "serve"]) else {
+            panic!("`confab serve` parses")
+        };
+        assert_eq!(args.limits.limits(), Limits::default());
+        assert_eq!(args.limits.rates(), RateLimits::default());
+        assert_eq!(args.limits.quotas(), QuotaLimits::default());
+    }
 }

@@ -51,7 +51,7 @@ impl Default for QuotaLimits {
 pub struct QuotaExceeded {
     /// What is counted ("rooms joined or subscribed", "sessions", "uploads").
     pub what: &'static str,
-    /// Whose: [`PER_SENDER`], or the whole server's.
+    /// Whose: per user (per connection on an open server), or the whole server's.
     pub scope: &'static str,
     /// The quota.
     pub max: usize,
