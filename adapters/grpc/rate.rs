@@ -118,8 +118,22 @@ pub(crate) enum Sender {
 
 #[derive(Debug)]
 struct Buckets {
-    by_sender: HashMap<(Sender, RateKind), TokenBucket>,
+    /// Each sender's bucket of each kind, made on first use (looked up without cloning the
+    /// sender's name: this runs on every post).
+    by_sender: HashMap<Sender, [Option<TokenBucket>; RATE_KINDS]>,
     sweep_at_len: usize,
+}
+
+/// How many [`RateKind`]s there are: one bucket slot each per sender.
+const RATE_KINDS: usize = 4;
+
+fn slot(kind: RateKind) -> usize {
+    match kind {
+        RateKind::Send => 0,
+        RateKind::Typing => 1,
+        RateKind::Membership => 2,
+        RateKind::Creation => 3,
+    }
 }
 
 /// The server's rate limiter: cheap to clone, shared by both services and the web port.
@@ -205,17 +219,17 @@ impl SendLimiter {
         // A poisoned lock only means another call panicked mid-update; the table is still a
         // valid set of buckets.
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let taken = match buckets.by_sender.get_mut(&(sender.clone(), kind)) {
-            Some(bucket) => bucket.try_take(now),
+        let taken = match buckets.by_sender.get_mut(sender) {
+            Some(kinds) => kinds[slot(kind)].get_or_insert_with(|| TokenBucket::new(rate, now)).try_take(now),
             None => {
-                let mut bucket = TokenBucket::new(rate, now);
-                let taken = bucket.try_take(now);
-                buckets.by_sender.insert((sender.clone(), kind), bucket);
+                let mut kinds: [Option<TokenBucket>; RATE_KINDS] = Default::default();
+                let taken = kinds[slot(kind)].insert(TokenBucket::new(rate, now)).try_take(now);
+                buckets.by_sender.insert(sender.clone(), kinds);
                 taken
             }
         };
         if buckets.by_sender.len() > buckets.sweep_at_len {
-            buckets.by_sender.retain(|_, bucket| !bucket.is_full(now));
+            buckets.by_sender.retain(|_, kinds| kinds.iter().flatten().any(|bucket| !bucket.is_full(now)));
             buckets.sweep_at_len = (buckets.by_sender.len() * 2).max(SWEEP_LEN_MIN);
         }
         taken.map_err(|limited| RateLimited { kind, ..limited })
