@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use confab_actors::{Engine, EngineError, SessionEvents, SessionOptions, SessionSender, TrySend};
-use confab_engine::{ClientFrame, RateKind, RateLimited, RoomName, ServerFrame, UserName};
+use confab_engine::{ClientFrame, RateLimited, RoomName, ServerFrame, UserName};
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
@@ -88,10 +88,7 @@ impl SessionGuard {
                 self.rooms.remove(room);
                 Admission::Pass
             }
-            _ => {
-                debug_assert!(kind != RateKind::Creation);
-                Admission::Pass
-            }
+            _ => Admission::Pass,
         }
     }
 

@@ -546,3 +546,51 @@ where
     }
     panic!("an upload beside the open one was never refused");
 }
+
+/// With `confab serve`'s one limiter for both ports, a user's unary sends, gRPC sessions and
+/// WebSockets draw on one send bucket and one session quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_websocket_and_grpc_calls_share_one_bucket_and_quota() {
+    use confab::grpc::auth::Authenticator;
+    use confab::ws::access::{WS_PROTOCOL, token_protocol};
+    use confab::ws::server::WsConfig;
+    use serde_json::json;
+
+    use super::websocket::{WsServer, close_of, next_chat_json, send_json};
+
+    let tokens = Arc::new(Tokens::parse(&format!("{ANN} ann\n")).expect("tokens"));
+    let rates = RateLimits { send: SendRate { per_second: 1, burst: 2 }, ..RateLimits::default() };
+    let quotas = QuotaLimits { sessions_per_user_max: 2, ..QuotaLimits::default() };
+    let limiter = SendLimiter::with_rates(rates).with_quotas(quotas);
+    let options =
+        ServerOptions { tokens: Some(Arc::clone(&tokens)), limiter: Some(limiter.clone()), ..Default::default() };
+    let grpc = TestServer::start_with_options(Limits::default(), options).await;
+    let config = WsConfig { auth: Authenticator::new(Some(tokens)), limiter: Some(limiter), ..WsConfig::default() };
+    let web = WsServer::start_with(config).await;
+    let protocols = format!("{WS_PROTOCOL}, {}", token_protocol(ANN));
+    let headers = [("sec-websocket-protocol", protocols.as_str())];
+
+    let mut unary = client(&grpc, Some(ANN)).await;
+    let unnamed = |body: &str| SendRequest { user: String::new(), ..send("both", body) };
+    unary.send(unnamed("1")).await.expect("1");
+    unary.send(unnamed("2")).await.expect("2");
+    let mut socket = web.connect_with("format=json", &headers).await;
+    send_json(&mut socket, json!({"type": "join", "room": "both"})).await;
+    send_json(&mut socket, json!({"type": "post", "room": "both", "body": "3"})).await;
+    let error = loop {
+        let frame = next_chat_json(&mut socket).await;
+        if frame["type"] == "error" {
+            break frame;
+        }
+    };
+    assert_eq!(error["code"].as_i64(), Some(Code::ResourceExhausted as i64), "{error}");
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("send rate")), "the gRPC sends used it: {error}");
+
+    // The socket is one session; a gRPC session is the second; a second socket is one too many.
+    let _session = open_session(&mut unary, "ann").await;
+    let mut third = web.connect_with("format=json", &headers).await;
+    let (_, reason) = close_of(&mut third).await;
+    assert!(reason.contains("--sessions-per-user-max"), "{reason}");
+    drop(socket);
+    web.stop().await.expect("stopped");
+}

@@ -62,7 +62,7 @@ impl WsServer {
         request
     }
 
-    async fn connect_with(&self, query: &str, headers: &[(&'static str, &str)]) -> Socket {
+    pub(super) async fn connect_with(&self, query: &str, headers: &[(&'static str, &str)]) -> Socket {
         bounded(connect_async(self.upgrade_request(query, headers))).await.expect("upgraded").0
     }
 
@@ -158,7 +158,7 @@ async fn next_chat_binary(socket: &mut Socket) -> v1::server_frame::Frame {
 }
 
 /// The close frame that ends `socket` (code and reason).
-async fn close_of(socket: &mut Socket) -> (u16, String) {
+pub(super) async fn close_of(socket: &mut Socket) -> (u16, String) {
     loop {
         match bounded(socket.next()).await {
             Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), frame.reason.as_str().to_owned()),
