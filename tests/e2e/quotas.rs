@@ -594,3 +594,31 @@ async fn a_users_websocket_and_grpc_calls_share_one_bucket_and_quota() {
     drop(socket);
     web.stop().await.expect("stopped");
 }
+
+/// A seed `ChatStream` cannot carry a refusal and go on, so a join over the room quota ends it
+/// with the status, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_stream_over_the_room_quota_ends_with_the_status() {
+    let quotas = QuotaLimits { rooms_per_user_max: 1, ..QuotaLimits::default() };
+    let server = TestServer::start_with_options(Limits::default(), with_quotas(quotas)).await;
+    let mut seed = server.seed().await;
+    let hello = |content: &str| chat::Message { user: "ann".into(), content: content.into() };
+    let (first_messages, outgoing) = mpsc::channel(4);
+    first_messages.send(hello("in a")).await.expect("queue");
+    let request = with_metadata(ReceiverStream::new(outgoing), "room", "room-a");
+    let mut first = bounded(seed.chat_stream(request)).await.expect("the first room").into_inner();
+    let echo = bounded(first.message()).await.expect("ok").expect("its own message back");
+    assert_eq!(echo.content, "in a");
+    let request = with_metadata(tokio_stream::iter(vec![hello("in b")]), "room", "room-b");
+    let mut second = bounded(seed.chat_stream(request)).await.expect("opens").into_inner();
+    let ended = loop {
+        match bounded(second.message()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended OK, but the room was over the quota"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::ResourceExhausted);
+    assert!(ended.message().contains("--rooms-per-user-max"), "{}", ended.message());
+    drop(first_messages);
+}
