@@ -9,18 +9,19 @@
 //! reads is served before more of its input is taken), then takes input until the session's
 //! mailbox is full or the input is pending, and checks shutdown with one atomic load.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use confab_actors::{Engine, EngineError, SessionEvents, SessionOptions, SessionSender, TrySend};
-use confab_engine::{ClientFrame, ServerFrame, UserName};
+use confab_engine::{ClientFrame, RateLimited, RoomName, ServerFrame, UserName};
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
-use crate::grpc::rate::SessionRate;
+use crate::grpc::quota::Held;
+use crate::grpc::rate::{SenderRate, frame_rate};
 use crate::grpc::shutdown::{ShutdownSignal, ShutdownWatch};
 use crate::grpc::status::ApiError;
 use crate::transport::Inbound;
@@ -29,7 +30,7 @@ use crate::transport::Inbound;
 /// cannot keep its stream's task from serving others.
 pub const INBOUND_FRAMES_PER_POLL_MAX: usize = 64;
 
-/// What happens to a post over the session's send rate.
+/// What happens to a frame over its sender's rate (posts, typing, joins and leaves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RatePolicy {
     /// Refused with a refusal item; the session goes on (`confab.v1` sessions).
@@ -37,6 +38,68 @@ pub enum RatePolicy {
     /// Held until the rate allows it (protocols that cannot refuse one message and go on, like
     /// the seed's `ChatStream`); the client's later frames wait behind it.
     Pace,
+}
+
+/// What the sender's rates and quotas say about one client frame.
+#[derive(Debug)]
+pub enum Admission {
+    /// Pass it on to the session.
+    Pass,
+    /// Over a rate: refuse it, or wait as long as it says ([`RatePolicy`]).
+    OverRate(RateLimited),
+    /// Over a quota (rooms held, rooms created): refused, whatever the policy.
+    Refused(ApiError),
+}
+
+/// A session's share of its sender's rates and quotas: it holds a session slot while it
+/// lives, and one room slot per room it joined (the transport cannot see which joins the
+/// session refused, so a refused join holds its slot until a leave of it or the session's
+/// end; only the sender's own quota pays for that). Shared by both session pumps.
+pub struct SessionGuard {
+    engine: Engine,
+    rate: SenderRate,
+    _session: Held,
+    /// The rooms joined, by the name the client gave.
+    rooms: HashMap<String, Held>,
+}
+
+impl SessionGuard {
+    /// Takes a session slot of the sender's: RESOURCE_EXHAUSTED over its quota.
+    pub fn open(engine: &Engine, rate: SenderRate) -> Result<Self, ApiError> {
+        let session = rate.hold_session()?;
+        Ok(Self { engine: engine.clone(), rate, _session: session, rooms: HashMap::new() })
+    }
+
+    /// Checks one client frame against the sender's rates and quotas, and counts it.
+    pub fn admit(&mut self, frame: &ClientFrame) -> Admission {
+        let Some((kind, room)) = frame_rate(frame) else { return Admission::Pass };
+        if let Err(limited) = self.rate.try_take(kind) {
+            return Admission::OverRate(limited);
+        }
+        match frame {
+            ClientFrame::Join { room, .. } if !self.rooms.contains_key(room) => match self.hold(room) {
+                Ok(held) => {
+                    self.rooms.insert(room.clone(), held);
+                    Admission::Pass
+                }
+                Err(error) => Admission::Refused(error),
+            },
+            ClientFrame::Leave { .. } => {
+                self.rooms.remove(room);
+                Admission::Pass
+            }
+            _ => Admission::Pass,
+        }
+    }
+
+    /// A room slot for a join, after its creation token if the join would create the room.
+    fn hold(&self, room: &str) -> Result<Held, ApiError> {
+        // An invalid name is the session's to refuse; it creates nothing.
+        if let Ok(name) = RoomName::new(room) {
+            self.rate.check_creation(&self.engine, &name)?;
+        }
+        self.rate.hold_room(room)
+    }
 }
 
 /// What one session frame becomes on a transport.
@@ -84,7 +147,8 @@ pub struct SessionStream<In, Out: SessionOutput> {
     pacing: Option<Pin<Box<Sleep>>>,
     /// The client's input ended: half-close once `outgoing` is through.
     input_done: bool,
-    rate: SessionRate,
+    /// The sender's buckets and quotas, shared with its other sessions, streams and unary calls.
+    guard: SessionGuard,
     policy: RatePolicy,
     output: Out,
     /// Refusals waiting to be yielded.
@@ -101,20 +165,22 @@ where
     /// Opens a session for `user`; `opening` frames go to it first (a seed `ChatStream`'s join
     /// and first post). The stream ends when the session finishes, the client goes away, or
     /// `shutdown` is cancelled ([`ApiError::ShuttingDown`]). `In` ending counts as a half-close.
+    /// Refused (RESOURCE_EXHAUSTED) when the sender has as many sessions open as its quota.
     #[allow(clippy::too_many_arguments)] // Each is one independent part of a session's setup.
     pub fn open(
         engine: &Engine,
         user: UserName,
         inbound: In,
         opening: Vec<ClientFrame>,
-        rate: SessionRate,
+        rate: SenderRate,
         policy: RatePolicy,
         output: Out,
         shutdown: &ShutdownSignal,
-    ) -> Self {
+    ) -> Result<Self, ApiError> {
+        let guard = SessionGuard::open(engine, rate)?;
         let options = if Out::ACKS { SessionOptions::default() } else { SessionOptions::without_acks() };
         let (sender, events) = engine.open_session_with(user, options);
-        Self {
+        Ok(Self {
             inbound: Some(inbound),
             sender: Some(sender),
             events,
@@ -122,13 +188,13 @@ where
             sending: None,
             pacing: None,
             input_done: false,
-            rate,
+            guard,
             policy,
             output,
             refusals: VecDeque::new(),
             shutdown: ShutdownWatch::new(shutdown),
             done: false,
-        }
+        })
     }
 
     /// Ends the stream with `reason`'s item, if the transport has one.
@@ -191,23 +257,29 @@ where
         }
     }
 
-    /// Gives one frame to the session, under the send rate.
+    /// Gives one frame to the session, under its sender's rates and quotas. A refusal is an
+    /// item ([`RatePolicy::Refuse`]) or ends the stream ([`RatePolicy::Pace`], which has no
+    /// place for one), and a frame over a rate waits under [`RatePolicy::Pace`].
     fn dispatch(&mut self, frame: ClientFrame) -> Result<(), Option<ApiError>> {
-        if let ClientFrame::Send { room, .. } = &frame {
-            if let Err(limited) = self.rate.try_take() {
-                match self.policy {
-                    RatePolicy::Refuse => {
-                        let refusal = self.output.refusal(room, limited.into());
-                        self.refusals.extend(refusal);
-                    }
-                    RatePolicy::Pace => {
-                        self.outgoing.push_front(frame);
-                        let wait = Duration::from_millis(limited.retry_after_ms);
-                        self.pacing = Some(Box::pin(tokio::time::sleep(wait)));
-                    }
-                }
+        let refused = match self.guard.admit(&frame) {
+            Admission::Pass => None,
+            Admission::OverRate(limited) if self.policy == RatePolicy::Pace => {
+                self.outgoing.push_front(frame);
+                let wait = Duration::from_millis(limited.retry_after_ms);
+                self.pacing = Some(Box::pin(tokio::time::sleep(wait)));
                 return Ok(());
             }
+            Admission::OverRate(limited) => Some(ApiError::from(limited)),
+            Admission::Refused(error) => Some(error),
+        };
+        if let Some(error) = refused {
+            if self.policy == RatePolicy::Pace {
+                return Err(Some(error));
+            }
+            let room = frame_rate(&frame).map(|(_, room)| room).unwrap_or_default();
+            let refusal = self.output.refusal(room, error);
+            self.refusals.extend(refusal);
+            return Ok(());
         }
         let Some(sender) = self.sender.as_ref() else { return Ok(()) };
         match sender.try_send(frame) {

@@ -38,8 +38,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::grpc::auth::Grant;
-use crate::grpc::rate::SessionRate;
+use crate::grpc::rate::{SenderRate, frame_rate};
 use crate::grpc::status::ApiError;
+use crate::session_stream::{Admission, SessionGuard};
 
 /// What a transport read from its client.
 #[derive(Debug)]
@@ -95,12 +96,16 @@ pub async fn pump_session<Source, Sink>(
     user: UserName,
     mut source: Source,
     mut sink: Sink,
-    mut rate: SessionRate,
+    rate: SenderRate,
     shutdown: &CancellationToken,
 ) where
     Source: FrameSource,
     Sink: FrameSink,
 {
+    let mut guard = match SessionGuard::open(engine, rate) {
+        Ok(guard) => guard,
+        Err(error) => return sink.end(Some(error)).await,
+    };
     let (frames, mut events) = engine.open_session(user);
     // Dropping the sender without closing disconnects the session; `None` once half-closed.
     let mut frames: Option<SessionSender> = Some(frames);
@@ -138,14 +143,19 @@ pub async fn pump_session<Source, Sink>(
             },
             inbound = source.receive(), if frames.is_some() => match inbound {
                 Inbound::Frame(frame) => {
-                    if let ClientFrame::Send { room, .. } = &frame {
-                        // Over the session's send rate: refused here, the session goes on.
-                        if let Err(limited) = rate.try_take() {
-                            if sink.refuse(room, limited.into()).await.is_err() {
-                                return;
-                            }
-                            continue;
+                    // Over the sender's rates (posts, typing, joins and leaves, shared with its
+                    // other sessions) or quotas: refused here, the session goes on.
+                    let refused = match guard.admit(&frame) {
+                        Admission::Pass => None,
+                        Admission::OverRate(limited) => Some(limited.into()),
+                        Admission::Refused(error) => Some(error),
+                    };
+                    if let Some(error) = refused {
+                        let room = frame_rate(&frame).map(|(_, room)| room).unwrap_or_default();
+                        if sink.refuse(room, error).await.is_err() {
+                            return;
                         }
+                        continue;
                     }
                     let Some(sender) = frames.as_ref() else { continue };
                     if sender.send(frame).await.is_err() {

@@ -41,7 +41,7 @@ PEER_ADDR=127.0.0.1:50171 target/peers/go/bin/server 2>/dev/null &
 go_pid=$!
 PEER_SEMANTICS=rooms PEER_ADDR=127.0.0.1:50173 target/peers/go/bin/server 2>/dev/null &
 rooms_pid=$!
-"$CONFAB" serve --listen 127.0.0.1:50172 --in-memory --sends-per-second-max 0 >/dev/null 2>&1 &
+"$CONFAB" serve --listen 127.0.0.1:50172 --in-memory --sends-per-second-max 0 --typing-per-second-max 0 --joins-per-second-max 0 >/dev/null 2>&1 &
 confab_pid=$!
 trap 'kill $go_pid $rooms_pid $confab_pid 2>/dev/null || true' EXIT
 for port in 50171 50172 50173; do

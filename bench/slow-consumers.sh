@@ -20,7 +20,7 @@ CONFAB=target/release/confab
 
 run() {
   local stalled=$1
-  "$CONFAB" serve --listen 127.0.0.1:$PORT --in-memory --subscriber-stall 5s --sends-per-second-max 0 --ws-listen off 2>/dev/null &
+  "$CONFAB" serve --listen 127.0.0.1:$PORT --in-memory --subscriber-stall 5s --sends-per-second-max 0 --typing-per-second-max 0 --joins-per-second-max 0 --ws-listen off 2>/dev/null &
   local server=$!
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
   echo "== $READERS readers, $stalled stalled subscribers, $MESSAGES messages of $BODY bytes at $RATE/s"

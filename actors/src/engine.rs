@@ -265,6 +265,13 @@ impl Engine {
         Ok(sent)
     }
 
+    /// Whether `room` is live in memory now: a read of the room table, no actor hop. A
+    /// transport counts a use of a room that is not live as a creation (a stored room being
+    /// loaded counts too).
+    pub fn has_live_room(&self, room: &RoomName) -> bool {
+        self.inner.rooms.get(room).is_some()
+    }
+
     /// A page of `room`'s retained history after `after_seq`. `RoomError::NotFound` if the
     /// room does not exist.
     pub async fn history(&self, room: &RoomName, after_seq: Seq, limit: usize) -> Result<HistoryPage, EngineError> {

@@ -220,7 +220,8 @@ impl Registry {
     }
 
     async fn sweep_if_due(&mut self) {
-        let interval = (self.limits.room_idle_ms / 4).max(1);
+        // Often enough for a room that never got a message to go soon after its idle time.
+        let interval = (self.limits.room_idle_ms / 4).min(self.limits.empty_room_idle_ms).max(1);
         if self.clock.now().millis_since(self.last_sweep) >= interval {
             self.sweep().await;
         }

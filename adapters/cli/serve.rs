@@ -15,6 +15,8 @@ use tracing::{error, info, warn};
 
 use crate::grpc::auth::{Authenticator, Tokens};
 use crate::grpc::jwt::{JwtPolicy, JwtVerifier};
+use crate::grpc::quota::QuotaLimits;
+use crate::grpc::rate::{RateLimits, SendLimiter};
 use crate::grpc::server::{ServerOptions, serve_with};
 use crate::metrics::{METRICS_PATH, Metrics, RpcMetrics, serve_metrics};
 use crate::net::{self, ConnectionLimits};
@@ -155,6 +157,14 @@ struct LimitArgs {
     /// Largest History page, in messages.
     #[arg(long, default_value_t = limits::HISTORY_PAGE_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     history_page_max: u64,
+    /// Largest History page, in bytes of messages: a page stops early there (with at least one
+    /// message), and the client continues after its last message.
+    #[arg(long, default_value_t = limits::HISTORY_PAGE_BYTES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    history_page_bytes_max: u64,
+    /// Bytes of messages each room retains for History and resume, besides --history-len-max:
+    /// beyond it the oldest are dropped (the newest is always kept).
+    #[arg(long, default_value_t = limits::HISTORY_BYTES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    history_bytes_max: u64,
     /// Client message ids each room remembers for dedupe of retries.
     #[arg(long, default_value_t = limits::DEDUPE_WINDOW_LEN as u64)]
     dedupe_window_len: u64,
@@ -182,6 +192,10 @@ struct LimitArgs {
     /// A room with no subscriber and no activity for this long is retired (its history dropped).
     #[arg(long, default_value = "1h", value_parser = super::parse_duration, value_name = "DURATION")]
     room_idle: Duration,
+    /// A room that never got a message (a subscription or join created it) is retired this long
+    /// after its last subscriber left, instead of --room-idle.
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
+    empty_room_idle: Duration,
     /// A subscriber (stream or session) that stays lagged this long without reading a single
     /// event is closed with RESOURCE_EXHAUSTED, naming what it missed.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
@@ -189,15 +203,52 @@ struct LimitArgs {
     /// Calls (HTTP/2 streams) open at once on one connection; clients queue calls beyond it.
     #[arg(long, default_value_t = limits::STREAMS_PER_CONNECTION_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     streams_per_connection_max: u32,
-    /// Sends per second per Session (an over-rate post gets an Error frame; a seed ChatStream is
-    /// paced), and per user (with --tokens) or per connection for unary Send and SayHello
-    /// (RESOURCE_EXHAUSTED). 0 turns the limit off (for load tests).
+    /// Sends per second per user (with --tokens) or per client connection (open server), in one
+    /// bucket over unary Send and SayHello (RESOURCE_EXHAUSTED), Session and WebSocket posts (an
+    /// Error frame), seed ChatStream messages and uploaded messages (paced), on both ports.
+    /// 0 turns the limit off (for load tests).
     #[arg(long, default_value_t = limits::SENDS_PER_SECOND_MAX)]
     sends_per_second_max: u32,
     /// Sends allowed at once after a quiet spell (the token bucket's size, refilled at
     /// --sends-per-second-max).
     #[arg(long, default_value_t = limits::SEND_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     send_burst_max: u32,
+    /// Typing notices per second per user or connection, in a bucket of their own (over it: an
+    /// Error frame). 0 turns the limit off.
+    #[arg(long, default_value_t = limits::TYPING_PER_SECOND_MAX)]
+    typing_per_second_max: u32,
+    /// Typing notices allowed at once after a quiet spell.
+    #[arg(long, default_value_t = limits::TYPING_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    typing_burst_max: u32,
+    /// Joins and leaves together per second per user or connection, in a bucket of their own
+    /// (over it: an Error frame; a seed ChatStream's join is paced). 0 turns the limit off.
+    #[arg(long, default_value_t = limits::JOINS_PER_SECOND_MAX)]
+    joins_per_second_max: u32,
+    /// Joins and leaves allowed at once after a quiet spell.
+    #[arg(long, default_value_t = limits::JOIN_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    join_burst_max: u32,
+    /// Rooms one user (with --tokens) or client connection (open server) may create per second:
+    /// a send, subscribe, join or upload to a room that is not live takes a token
+    /// (RESOURCE_EXHAUSTED over it). 0 turns the limit off.
+    #[arg(long, default_value_t = limits::ROOMS_CREATED_PER_SECOND_MAX)]
+    rooms_created_per_second_max: u32,
+    /// Rooms one user or connection may create at once after a quiet spell.
+    #[arg(long, default_value_t = limits::ROOM_CREATION_BURST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    room_creation_burst_max: u32,
+    /// Distinct rooms one user (with --tokens) or client connection (open server) may hold
+    /// joined or subscribed at once, over all its sessions and Subscribe streams.
+    #[arg(long, default_value_t = limits::ROOMS_PER_USER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    rooms_per_user_max: u64,
+    /// Sessions (gRPC Session, seed ChatStream, WebSocket) one user or connection may have open.
+    #[arg(long, default_value_t = limits::SESSIONS_PER_USER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    sessions_per_user_max: u64,
+    /// Uploads one user or connection may have open at once.
+    #[arg(long, default_value_t = limits::UPLOADS_PER_USER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    uploads_per_user_max: u64,
+    /// Bytes of message bodies all open uploads together may hold, server-wide (a chunk past it:
+    /// RESOURCE_EXHAUSTED, and the upload commits nothing).
+    #[arg(long, default_value_t = limits::UPLOAD_BYTES_IN_FLIGHT_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_bytes_in_flight_max: u64,
 }
 
 /// What a connection may hold and how long it may stay silent, on both ports.
@@ -245,12 +296,35 @@ impl ConnectionArgs {
 }
 
 impl LimitArgs {
+    /// Each sender's rates.
+    fn rates(&self) -> RateLimits {
+        RateLimits {
+            send: SendRate { per_second: self.sends_per_second_max, burst: self.send_burst_max },
+            typing: SendRate { per_second: self.typing_per_second_max, burst: self.typing_burst_max },
+            membership: SendRate { per_second: self.joins_per_second_max, burst: self.join_burst_max },
+            creation: SendRate { per_second: self.rooms_created_per_second_max, burst: self.room_creation_burst_max },
+        }
+    }
+
+    /// Each sender's quotas.
+    fn quotas(&self) -> QuotaLimits {
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        QuotaLimits {
+            rooms_per_user_max: size(self.rooms_per_user_max),
+            sessions_per_user_max: size(self.sessions_per_user_max),
+            uploads_per_user_max: size(self.uploads_per_user_max),
+            upload_bytes_in_flight_max: size(self.upload_bytes_in_flight_max),
+        }
+    }
+
     fn limits(&self) -> Limits {
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         Limits {
             message_bytes_max: size(self.message_bytes_max),
             history_len_max: size(self.history_len_max),
             history_page_max: size(self.history_page_max),
+            history_page_bytes_max: size(self.history_page_bytes_max),
+            history_bytes_max: size(self.history_bytes_max),
             dedupe_window_len: size(self.dedupe_window_len),
             room_subscribers_max: size(self.room_subscribers_max),
             session_rooms_max: size(self.session_rooms_max),
@@ -260,6 +334,7 @@ impl LimitArgs {
             session_outbound_len_max: size(self.session_outbound_len_max),
             rooms_max: size(self.rooms_max),
             room_idle_ms: u64::try_from(self.room_idle.as_millis()).unwrap_or(u64::MAX),
+            empty_room_idle_ms: u64::try_from(self.empty_room_idle.as_millis()).unwrap_or(u64::MAX),
             subscriber_stall_ms: u64::try_from(self.subscriber_stall.as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -338,16 +413,19 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
             warn!(%address, "an open server on a non-loopback address: use --tokens (and TLS) unless this network is trusted");
         }
     }
-    let rate = SendRate { per_second: args.limits.sends_per_second_max, burst: args.limits.send_burst_max };
+    let rates = args.limits.rates();
+    let rate = rates.send;
+    // One table for both ports: a user's posts over gRPC and the web count against one bucket.
+    let limiter = SendLimiter::with_rates(rates).with_quotas(args.limits.quotas());
     let web = web_listener
         .map(|listener| {
             listener
-                .with_guards(rate, Authenticator::new(tokens.clone()).with_jwt(jwt.clone()))
+                .with_guards(limiter.clone(), Authenticator::new(tokens.clone()).with_jwt(jwt.clone()))
                 .with_transport(args.connections.limits(), web_tls)
                 .start(engine.clone())
         })
         .transpose()?;
-    info!(%address, limits = ?engine.limits(), send_rate = ?rate, transport, "serving");
+    info!(%address, limits = ?engine.limits(), rates = ?rates, quotas = ?limiter.quotas(), transport, "serving");
     let rpc_metrics = RpcMetrics::default();
     // Metrics stay up while the server drains, so the drain itself can be watched.
     let metrics_stop = tokio_util::sync::CancellationToken::new();
@@ -369,6 +447,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         streams_per_connection_max: args.limits.streams_per_connection_max,
         send_rate: rate,
+        limiter: Some(limiter),
         metrics: rpc_metrics,
         connections: args.connections.limits(),
         http2_keepalive_interval: args.connections.http2_keepalive_interval,
@@ -486,5 +565,17 @@ mod tests {
             panic!("`confab serve` parses")
         };
         assert_eq!(args.security.jwt_leeway, crate::grpc::jwt::JWT_LEEWAY);
+    }
+
+    /// The same for the engine limits, the rates and the quotas (`--room-idle` and
+    /// `--empty-room-idle` are written as text too).
+    #[test]
+    fn limit_rate_and_quota_flag_defaults_are_the_named_constants() {
+        let Ok(Cli { command: Command::Serve(args) }) = Cli::try_parse_from(["confab", "serve"]) else {
+            panic!("`confab serve` parses")
+        };
+        assert_eq!(args.limits.limits(), Limits::default());
+        assert_eq!(args.limits.rates(), RateLimits::default());
+        assert_eq!(args.limits.quotas(), QuotaLimits::default());
     }
 }

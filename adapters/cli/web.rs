@@ -121,9 +121,15 @@ impl WebArgs {
 }
 
 impl WebListener {
-    /// Holds every WebSocket session to `rate` and to the server's tokens, like the gRPC ones.
-    pub(crate) fn with_guards(mut self, rate: confab_engine::SendRate, auth: crate::grpc::auth::Authenticator) -> Self {
-        self.config.send_rate = rate;
+    /// Holds every WebSocket session to `limiter`'s rates (shared with the gRPC port) and to
+    /// the server's tokens, like the gRPC ones.
+    pub(crate) fn with_guards(
+        mut self,
+        limiter: crate::grpc::rate::SendLimiter,
+        auth: crate::grpc::auth::Authenticator,
+    ) -> Self {
+        self.config.send_rate = limiter.rate();
+        self.config.limiter = Some(limiter);
         self.config.auth = auth;
         self
     }

@@ -2,7 +2,7 @@
 //! API"): the room comes from the `room` metadata key (default `lobby`).
 
 use confab_actors::Engine;
-use confab_engine::{ClientFrame, RoomError, RoomEvent, RoomName, ServerFrame, UserName};
+use confab_engine::{ClientFrame, RateKind, RoomError, RoomEvent, RoomName, ServerFrame, UserName};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -39,27 +39,63 @@ impl SeedChat {
     pub fn with_limiter(self, limiter: SendLimiter) -> Self {
         Self { limiter, ..self }
     }
+}
 
-    /// The room's retained history, oldest first, up to what it held when the call began.
-    async fn replay(&self, room: &RoomName) -> Result<Vec<chat::Message>, ApiError> {
-        let mut replay = Vec::new();
-        let mut after_seq = 0;
-        let mut last_seq = None;
-        loop {
-            let page = match self.engine.history(room, after_seq, 0).await {
-                Ok(page) => page,
-                Err(confab_actors::EngineError::Room(RoomError::NotFound)) => return Ok(replay),
-                Err(error) => return Err(error.into()),
-            };
-            let end = *last_seq.get_or_insert(page.last_seq);
-            for message in page.messages.iter().take_while(|m| m.seq <= end) {
-                replay.push(convert::seed_message(message));
-                after_seq = message.seq;
+/// A room's retained history, oldest first, up to what it held when the call began, read one
+/// `History` page at a time as the client takes it: a replay holds one page (bounded in
+/// messages and bytes), never the whole history.
+struct Replay {
+    engine: Engine,
+    room: RoomName,
+    after_seq: u64,
+    /// The room's last seq when the replay began: where it stops.
+    end: Option<u64>,
+    done: bool,
+}
+
+impl Replay {
+    /// The first page now (so a refusal is the call's status), the rest as the stream is read.
+    async fn start(
+        engine: Engine,
+        room: RoomName,
+    ) -> Result<impl futures::Stream<Item = Result<chat::Message, Status>> + Send, ApiError> {
+        let mut replay = Replay { engine, room, after_seq: 0, end: None, done: false };
+        let first = replay.next_page().await?;
+        let rest = futures::stream::unfold(replay, |mut replay| async move {
+            if replay.done {
+                return None;
             }
-            if page.messages.is_empty() || after_seq >= end {
-                return Ok(replay);
+            let page = replay.next_page().await.map_err(Status::from);
+            Some((page, replay))
+        });
+        let pages = futures::stream::once(futures::future::ready(Ok(first))).chain(rest);
+        Ok(pages.flat_map(|page| match page {
+            Ok(messages) => futures::stream::iter(messages.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(status) => futures::stream::iter(vec![Err(status)]),
+        }))
+    }
+
+    async fn next_page(&mut self) -> Result<Vec<chat::Message>, ApiError> {
+        let page = match self.engine.history(&self.room, self.after_seq, 0).await {
+            Ok(page) => page,
+            Err(confab_actors::EngineError::Room(RoomError::NotFound)) => {
+                self.done = true;
+                return Ok(Vec::new());
             }
+            Err(error) => {
+                self.done = true;
+                return Err(error.into());
+            }
+        };
+        let end = *self.end.get_or_insert(page.last_seq);
+        let messages: Vec<_> = page.messages.iter().take_while(|m| m.seq <= end).collect();
+        if let Some(last) = messages.last() {
+            self.after_seq = last.seq;
         }
+        if messages.is_empty() || self.after_seq >= end {
+            self.done = true;
+        }
+        Ok(messages.into_iter().map(|message| convert::seed_message(message)).collect())
     }
 }
 
@@ -67,9 +103,11 @@ impl SeedChat {
 impl chat::chat_service_server::ChatService for SeedChat {
     async fn say_hello(&self, request: Request<chat::Message>) -> Result<Response<chat::Message>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
-        self.limiter.check_unary(&caller, request.remote_addr())?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
+        rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         let room = convert::metadata_room(request.metadata())?;
         grant.check(room.as_str(), RoomAction::Post)?;
+        rate.check_creation(&self.engine, &room)?;
         let message = request.into_inner();
         let user = caller.user(&message.user, "user")?;
         let greeting = format!("Hello, {user}! Thanks for your message.");
@@ -87,10 +125,12 @@ impl chat::chat_service_server::ChatService for SeedChat {
         let grant = grant(&request)?;
         let room = convert::metadata_room(request.metadata())?;
         grant.check(room.as_str(), RoomAction::Read)?;
-        let mut messages = vec![convert::server_says("Welcome to the broadcast!".into())];
-        messages.extend(self.replay(&room).await?);
-        messages.push(convert::server_says("Broadcast finished.".into()));
-        let stream = futures::stream::iter(messages.into_iter().map(Ok));
+        let replay = Replay::start(self.engine.clone(), room).await?;
+        let welcome = convert::server_says("Welcome to the broadcast!".into());
+        let finished = convert::server_says("Broadcast finished.".into());
+        let stream = futures::stream::once(futures::future::ready(Ok(welcome)))
+            .chain(Box::pin(replay))
+            .chain(futures::stream::once(futures::future::ready(Ok(finished))));
         Ok(Response::new(Box::pin(Expiry::of(&grant).stream(UntilShutdown::new(stream, &self.signal)))))
     }
 
@@ -102,6 +142,10 @@ impl chat::chat_service_server::ChatService for SeedChat {
         let room = convert::metadata_room(request.metadata())?;
         grant.check(room.as_str(), RoomAction::Post)?;
         let expiry = Expiry::of(&grant);
+        let rate = self.limiter.sender(&caller, request.remote_addr());
+        let _upload_slot = rate.hold_upload()?;
+        let mut upload_bytes = rate.upload_bytes();
+        rate.check_creation(&self.engine, &room)?;
         let mut inbound = request.into_inner();
         // Dropped on any error before commit: the upload is aborted and commits nothing (G6).
         let mut upload = self.engine.upload(&room);
@@ -112,7 +156,13 @@ impl chat::chat_service_server::ChatService for SeedChat {
                 message = inbound.message() => message.map_err(inbound_status)?,
             };
             let Some(message) = message else { break };
+            // Each message takes a send token; over the rate, the upload is paced.
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+                _ = rate.take_paced(RateKind::Send) => {}
+            }
             let user = caller.user(&message.user, "user")?;
+            upload_bytes.reserve(message.content.len()).map_err(ApiError::from)?;
             upload.push(convert::draft_by(user, "", message.content)?).await.map_err(ApiError::from)?;
         }
         let receipt = upload.commit().await.map_err(ApiError::from)?;
@@ -136,6 +186,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
         // Joins to read and posts: posting covers both.
         grant.check(room.as_str(), RoomAction::Post)?;
         let expiry = Expiry::of(&grant);
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let mut inbound = request.into_inner();
         let first = tokio::select! {
             biased;
@@ -154,12 +205,12 @@ impl chat::chat_service_server::ChatService for SeedChat {
             user,
             inbound,
             opening,
-            self.limiter.session(),
+            rate,
             // This protocol cannot refuse one message and go on: posts over the rate wait.
             RatePolicy::Pace,
             SeedMessages,
             &self.signal,
-        );
+        )?;
         Ok(Response::new(Box::pin(expiry.stream(stream))))
     }
 }

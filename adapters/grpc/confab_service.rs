@@ -3,7 +3,7 @@
 use std::pin::Pin;
 
 use confab_actors::{Engine, ROOMS_PAGE_MAX, Upload};
-use confab_engine::{RoomName, ServerFrame};
+use confab_engine::{RateKind, RoomName, ServerFrame};
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,12 +40,17 @@ impl ConfabChat {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<UntilExpiry<SharedSubscribeStream>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
         grant.check(room.as_str(), RoomAction::Read)?;
         let user = caller.optional_user(&request.user, "user")?;
+        // The room's slot in the subscriber's quota, held while the stream is open.
+        let held = rate.hold_room(room.as_str())?;
+        rate.check_creation(&self.engine, &room)?;
         let events = self.engine.subscribe(&room, user, request.after_seq).await.map_err(ApiError::from)?;
-        Ok(Expiry::of(&grant).stream(SharedSubscribeStream::new(events, ShutdownWatch::new(&self.signal))))
+        let stream = SharedSubscribeStream::new(events, ShutdownWatch::new(&self.signal)).holding(held);
+        Ok(Expiry::of(&grant).stream(stream))
     }
 
     /// A service over `engine` whose streams end when `shutdown` is cancelled, with the default
@@ -64,10 +69,12 @@ impl ConfabChat {
 impl v1::chat_server::Chat for ConfabChat {
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
-        self.limiter.check_unary(&caller, request.remote_addr())?;
+        let rate = self.limiter.sender(&caller, request.remote_addr());
+        rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
         grant.check(room.as_str(), RoomAction::Post)?;
+        rate.check_creation(&self.engine, &room)?;
         let draft = convert::draft_by(caller.user(&request.user, "user")?, &request.client_msg_id, request.body)?;
         let sent = self.engine.send(&room, draft).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::SendResponse { seq: sent.seq, duplicate: sent.duplicate }))
@@ -124,6 +131,9 @@ impl v1::chat_server::Chat for ConfabChat {
     ) -> Result<Response<v1::UploadReceipt>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
         let expiry = Expiry::of(&grant);
+        let rate = self.limiter.sender(&caller, request.remote_addr());
+        let _upload_slot = rate.hold_upload()?;
+        let mut upload_bytes = rate.upload_bytes();
         let mut inbound = request.into_inner();
         // Created on the first chunk, which names the room. Dropped on any error: aborted (G6).
         let mut upload: Option<(RoomName, Upload)> = None;
@@ -134,9 +144,16 @@ impl v1::chat_server::Chat for ConfabChat {
                 chunk = inbound.message() => chunk.map_err(inbound_status)?,
             };
             let Some(chunk) = chunk else { break };
+            // Each message takes a send token; over the rate, the upload is paced (the stream is
+            // not read meanwhile), as it is all or nothing and may hold more than the burst.
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+                _ = rate.take_paced(RateKind::Send) => {}
+            }
             if upload.is_none() {
                 let room = convert::room(&chunk.room)?;
                 grant.check(room.as_str(), RoomAction::Post)?;
+                rate.check_creation(&self.engine, &room)?;
                 upload = Some((room.clone(), self.engine.upload(&room)));
             }
             let Some((room, current)) = upload.as_mut() else { unreachable!("set just above") };
@@ -145,6 +162,7 @@ impl v1::chat_server::Chat for ConfabChat {
                 return Err(ApiError::Malformed(message).into());
             }
             let user = caller.user(&chunk.user, "user")?;
+            upload_bytes.reserve(chunk.body.len()).map_err(ApiError::from)?;
             current.push(convert::draft_by(user, "", chunk.body)?).await.map_err(ApiError::from)?;
         }
         let Some((_, upload)) = upload else {
@@ -163,8 +181,8 @@ impl v1::chat_server::Chat for ConfabChat {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
         let user = caller.metadata_user(request.metadata())?;
         let expiry = Expiry::of(&grant);
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let inbound = request.into_inner().map(move |frame| admit(&grant, inbound_frame(frame)));
-        let rate = self.limiter.session();
         let stream = SessionStream::open(
             &self.engine,
             user,
@@ -174,7 +192,7 @@ impl v1::chat_server::Chat for ConfabChat {
             RatePolicy::Refuse,
             SessionFrames,
             &self.signal,
-        );
+        )?;
         Ok(Response::new(Box::pin(expiry.stream(stream))))
     }
 }

@@ -32,6 +32,7 @@ pub mod jwt;
 pub mod observe;
 pub mod permissions;
 pub mod proto;
+pub mod quota;
 pub mod rate;
 pub mod reflection;
 pub mod server;

@@ -78,8 +78,12 @@ pub struct ServerOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// HTTP/2 streams (calls) open at once on one connection.
     pub streams_per_connection_max: u32,
-    /// Sends per second per session, and per user or connection for unary sends.
+    /// Sends per second per sender (the user, or the connection on an open server), over
+    /// unary sends, session posts, seed messages and uploads (unless `limiter` is given).
     pub send_rate: SendRate,
+    /// The rate table (sends, typing, joins) shared with the web port, so a user's posts over
+    /// both count against one bucket; `None` makes one from `send_rate`.
+    pub limiter: Option<SendLimiter>,
     /// Where every call is counted (export it with [`crate::metrics`]).
     pub metrics: RpcMetrics,
     /// Connection caps, TCP keepalive and the handshake deadline of the port.
@@ -101,6 +105,7 @@ impl Default for ServerOptions {
             tls: None,
             streams_per_connection_max: STREAMS_PER_CONNECTION_MAX,
             send_rate: SendRate::default(),
+            limiter: None,
             metrics: RpcMetrics::default(),
             connections: ConnectionLimits::default(),
             http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
@@ -143,7 +148,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let streams_end = CancellationToken::new();
-    let limiter = SendLimiter::new(options.send_rate);
+    let limiter = options.limiter.clone().unwrap_or_else(|| SendLimiter::new(options.send_rate));
     let auth = Authenticator::new(options.tokens).with_jwt(options.jwt);
     let confab = ConfabChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter.clone());
     let seed = SeedChat::new(engine.clone(), streams_end.clone()).with_limiter(limiter);

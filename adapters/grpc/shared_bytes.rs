@@ -36,6 +36,7 @@ use super::confab_service::{ConfabChat, ResponseStream};
 use super::convert;
 use super::proto::confab_v1 as v1;
 use super::proto::confab_v1::chat_server::ChatServer;
+use super::quota::Held;
 use super::shutdown::ShutdownWatch;
 use super::status::ApiError;
 
@@ -110,11 +111,18 @@ pub struct SharedSubscribeStream {
     events: RoomEvents,
     shutdown: ShutdownWatch,
     done: bool,
+    /// The room's slot in its subscriber's quota, given back when the stream is dropped.
+    _held: Option<Held>,
 }
 
 impl SharedSubscribeStream {
     pub(crate) fn new(events: RoomEvents, shutdown: ShutdownWatch) -> Self {
-        Self { events, shutdown, done: false }
+        Self { events, shutdown, done: false, _held: None }
+    }
+
+    /// The same stream, holding `held` until it is dropped.
+    pub(crate) fn holding(self, held: Held) -> Self {
+        Self { _held: Some(held), ..self }
     }
 }
 

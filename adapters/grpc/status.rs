@@ -69,9 +69,13 @@ pub enum ApiError {
         /// The room.
         room: String,
     },
-    /// The sender is over its send rate (`--sends-per-second-max`, `--send-burst-max`).
-    #[error("{0} (--sends-per-second-max)")]
+    /// The sender is over one of its rates (`--sends-per-second-max`, `--send-burst-max`, and
+    /// the typing and join rates), named with its flag.
+    #[error("{0} ({flag})", flag = super::rate::rate_flag(.0.kind))]
     RateLimited(#[from] RateLimited),
+    /// The sender holds as much as its quota allows (rooms, sessions, uploads).
+    #[error(transparent)]
+    Quota(#[from] super::quota::QuotaExceeded),
 }
 
 impl ApiError {
@@ -131,7 +135,7 @@ impl From<ApiError> for Status {
             ApiError::ShuttingDown => Code::Unavailable,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Impersonation { .. } | ApiError::Forbidden { .. } => Code::PermissionDenied,
-            ApiError::RateLimited(_) => Code::ResourceExhausted,
+            ApiError::RateLimited(_) | ApiError::Quota(_) => Code::ResourceExhausted,
         };
         Status::new(code, error.to_string())
     }

@@ -25,7 +25,7 @@ use crate::grpc::auth::Grant;
 use crate::grpc::convert;
 use crate::grpc::expiry::Expiry;
 use crate::grpc::proto::confab_v1 as v1;
-use crate::grpc::rate::SessionRate;
+use crate::grpc::rate::SenderRate;
 use crate::grpc::status::ApiError;
 use crate::transport::{FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
 
@@ -76,7 +76,7 @@ pub async fn run(
     user: UserName,
     grant: Grant,
     options: ConnectionOptions,
-    rate: SessionRate,
+    rate: SenderRate,
     shutdown: CancellationToken,
 ) {
     let (sink, stream) = socket.split();

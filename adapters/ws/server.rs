@@ -63,8 +63,12 @@ pub struct WsConfig {
     pub frame_bytes_max: usize,
     /// See [`WS_CONNECTIONS_MAX`].
     pub connections_max: usize,
-    /// Each connection's session posts are held to this rate, like a gRPC `Session`'s.
+    /// Each sender's session posts are held to this rate, like a gRPC `Session`'s (unless
+    /// `limiter` is given).
     pub send_rate: SendRate,
+    /// The rate table shared with the gRPC port, so a user's posts over both count against
+    /// one bucket; `None` makes one of the port's own from `send_rate`.
+    pub limiter: Option<SendLimiter>,
     /// The server's tokens (`--tokens`, JWTs): with them, `/ws` needs the token in a
     /// subprotocol and `/rooms` in an `Authorization` header, the session's user is the token's
     /// user, under the gRPC identity rule, its joins and posts are held to the token's rooms,
@@ -92,6 +96,7 @@ impl Default for WsConfig {
             frame_bytes_max: WS_FRAME_BYTES_MAX,
             connections_max: WS_CONNECTIONS_MAX,
             send_rate: SendRate::default(),
+            limiter: None,
             auth: Authenticator::default(),
             connections: ConnectionLimits::default(),
             header_read_timeout: WS_HEADER_READ_TIMEOUT,
@@ -111,7 +116,8 @@ struct Shared {
     bound: SocketAddr,
     /// One permit per open connection, so the limit holds without counting by hand.
     slots: Arc<Semaphore>,
-    /// Hands each session its own send-rate bucket (`config.send_rate`) on one clock.
+    /// Hands each session its sender's rate buckets (the user's, or the connection's on an
+    /// open server).
     limiter: SendLimiter,
     /// Cancelled when shutdown starts: every session closes with 1001 (going away).
     sessions_end: CancellationToken,
@@ -131,7 +137,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let bound = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(config.connections_max));
-    let limiter = SendLimiter::new(config.send_rate);
+    let limiter = config.limiter.clone().unwrap_or_else(|| SendLimiter::new(config.send_rate));
     let mut acceptor = Acceptor::new(listener, "web", config.connections.clone());
     let http = Http { tls: config.tls.clone().map(TlsAcceptor::from), header_read_timeout: config.header_read_timeout };
     let shared = Arc::new(Shared {
@@ -269,15 +275,16 @@ async fn connect(
         Ok(token) => token,
         Err(reason) => return http_refusal(ApiError::Unauthenticated(reason)),
     };
-    let identified = shared.config.auth.authorize_token(token.as_deref()).and_then(|(caller, grant)| {
-        let user = match caller {
-            Caller::Anyone => convert::user(query.user.as_deref().unwrap_or(convert::DEFAULT_USER)),
-            caller => caller.user(query.user.as_deref().unwrap_or_default(), "user"),
-        };
-        user.map(|user| (user, grant))
-    });
-    let (user, grant) = match identified {
-        Ok(identified) => identified,
+    let (caller, grant) = match shared.config.auth.authorize_token(token.as_deref()) {
+        Ok(authorized) => authorized,
+        Err(error) => return http_refusal(error),
+    };
+    let identified = match &caller {
+        Caller::Anyone => convert::user(query.user.as_deref().unwrap_or(convert::DEFAULT_USER)),
+        caller => caller.user(query.user.as_deref().unwrap_or_default(), "user"),
+    };
+    let user = match identified {
+        Ok(user) => user,
         Err(error) => return http_refusal(error),
     };
     let format = match Format::parse(query.format.as_deref()) {
@@ -292,7 +299,7 @@ async fn connect(
     };
     let frame_bytes_max = shared.config.frame_bytes_max;
     let options = ConnectionOptions { format, frame_bytes_max, liveness: shared.config.liveness };
-    let rate = shared.limiter.session();
+    let rate = shared.limiter.socket(&caller);
     let upgrade = upgrade.max_message_size(frame_bytes_max).max_frame_size(frame_bytes_max).protocols([WS_PROTOCOL]);
     upgrade.on_upgrade(move |socket| {
         let (engine, sessions_end) = (shared.engine.clone(), shared.sessions_end.clone());

@@ -34,7 +34,7 @@ pub mod upload;
 
 pub use error::{NameError, RoomError, SessionError, UploadError};
 pub use limits::Limits;
-pub use rate::{RateLimited, SendRate, TokenBucket};
+pub use rate::{RateKind, RateLimited, SendRate, TokenBucket};
 pub use ring::{ENCODING_SLOTS, Encodings, Published, ReadItem, ReadRef, ReadStatus, ReaderEnd, Ring};
 pub use room::{HistoryPage, InjectedBug, Persistence, Room, RoomEffect, Sent, SubscriberId, Subscription};
 pub use session::{ClientFrame, FrameError, ServerFrame, Session, SessionCommand};

@@ -44,12 +44,48 @@ impl Default for SendRate {
     }
 }
 
-/// A send was refused: the sender is over its rate.
+/// What a bucket limits: a sender has one bucket of each kind, so a flood of one kind (typing)
+/// cannot use up another (posts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RateKind {
+    /// Posted messages: unary sends, session posts, uploaded messages.
+    #[default]
+    Send,
+    /// Typing notices.
+    Typing,
+    /// Joins and leaves together.
+    Membership,
+    /// Rooms created (a use of a room that is not live).
+    Creation,
+}
+
+impl RateKind {
+    /// What the kind is called in a refusal.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RateKind::Send => "send",
+            RateKind::Typing => "typing",
+            RateKind::Membership => "join and leave",
+            RateKind::Creation => "room creation",
+        }
+    }
+}
+
+impl std::fmt::Display for RateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A send (or typing notice, join, leave) was refused: the sender is over its rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "over the send rate of {per_second} per second (burst {burst}); the next send is allowed in {retry_after_ms} ms"
+    "over the {kind} rate of {per_second} per second (burst {burst}); the next one is allowed in {retry_after_ms} ms"
 )]
 pub struct RateLimited {
+    /// Which of the sender's buckets is empty ([`RateKind::Send`] unless the holder says
+    /// otherwise: a bucket does not know what it limits).
+    pub kind: RateKind,
     /// The sustained rate.
     pub per_second: u32,
     /// The burst.
@@ -87,6 +123,7 @@ impl TokenBucket {
         let missing = MILLI_TOKENS_PER_TOKEN - self.milli_tokens;
         let per_ms = u64::from(self.rate.per_second);
         Err(RateLimited {
+            kind: RateKind::Send,
             per_second: self.rate.per_second,
             burst: self.rate.burst.max(1),
             retry_after_ms: missing.div_ceil(per_ms),

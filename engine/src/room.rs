@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::RoomError;
-use crate::limits::Limits;
+use crate::limits::{Limits, message_bytes};
 use crate::types::{ChatMessage, ClientMsgId, Draft, RoomEvent, RoomName, Seq, Time, UserName};
 
 /// When a sequenced message counts as durable.
@@ -102,14 +102,22 @@ pub struct Room {
     /// Changes whenever the room's history starts over (a new room instance).
     epoch: u64,
     history_len_max: usize,
+    /// See [`Limits::history_bytes_max`].
+    history_bytes_max: usize,
     history_page_max: usize,
+    /// See [`Limits::history_page_bytes_max`].
+    history_page_bytes_max: usize,
     message_bytes_max: usize,
     dedupe_window_len: usize,
     subscribers_max: usize,
     idle_ms: u64,
+    /// The idle time of a room that never got a message (never above `idle_ms`).
+    empty_idle_ms: u64,
     last_seq: Seq,
     /// Retained messages, contiguous, ending at `last_seq`.
     history: VecDeque<Arc<ChatMessage>>,
+    /// What `history` counts for in bytes ([`message_bytes`]), kept up to date with it.
+    history_bytes: usize,
     /// Recent client message ids and the sequence number each was given (G4).
     dedupe: BTreeMap<(UserName, ClientMsgId), Seq>,
     /// The same keys in insertion order, to evict the oldest when the window is full.
@@ -141,13 +149,17 @@ impl Room {
             name,
             epoch,
             history_len_max: limits.history_len_max.max(1),
+            history_bytes_max: limits.history_bytes_max,
             history_page_max: limits.history_page_max.max(1),
+            history_page_bytes_max: limits.history_page_bytes_max,
             message_bytes_max: limits.message_bytes_max,
             dedupe_window_len: limits.dedupe_window_len,
             subscribers_max: limits.room_subscribers_max,
             idle_ms: limits.room_idle_ms,
+            empty_idle_ms: limits.empty_room_idle_ms.min(limits.room_idle_ms),
             last_seq: 0,
             history: VecDeque::new(),
+            history_bytes: 0,
             dedupe: BTreeMap::new(),
             dedupe_order: VecDeque::new(),
             subscribers: BTreeMap::new(),
@@ -185,7 +197,7 @@ impl Room {
             if let Some(id) = &message.client_msg_id {
                 room.remember(message.user.clone(), id.clone(), message.seq);
             }
-            room.history.push_back(Arc::new(message));
+            room.retain(Arc::new(message));
         }
         room.assert_history_contiguous();
         room
@@ -222,7 +234,9 @@ impl Room {
         let first = self.undurable.front()?.seq;
         let last = self.last_seq;
         while self.history.back().is_some_and(|message| message.seq > self.durable_seq) {
-            self.history.pop_back();
+            if let Some(dropped) = self.history.pop_back() {
+                self.history_bytes -= message_bytes(&dropped);
+            }
         }
         while let Some(key) = self.dedupe_order.back() {
             if self.dedupe.get(key).is_some_and(|&seq| seq > self.durable_seq) {
@@ -350,10 +364,12 @@ impl Room {
         Ok(())
     }
 
-    /// Retires the room if it has no subscriber and saw no activity for the idle time.
+    /// Retires the room if it has no subscriber and saw no activity for the idle time (the
+    /// shorter one if it never got a message, so it has no history to lose).
     /// A retired room refuses everything with `RoomError::Retired`.
     pub fn handle_retire_if_idle(&mut self, now: Time) -> bool {
-        if self.subscribers.is_empty() && now.millis_since(self.last_activity) >= self.idle_ms {
+        let idle_ms = if self.last_seq == 0 { self.empty_idle_ms } else { self.idle_ms };
+        if self.subscribers.is_empty() && now.millis_since(self.last_activity) >= idle_ms {
             self.retired = true;
         }
         self.retired
@@ -367,7 +383,7 @@ impl Room {
         let from = after_seq.saturating_add(1).max(self.first_retained_seq());
         Ok(HistoryPage {
             epoch: self.epoch,
-            messages: self.retained_from(from, limit),
+            messages: self.page_from(from, limit),
             first_retained_seq: self.first_retained_seq(),
             last_seq: self.durable_seq,
         })
@@ -429,6 +445,7 @@ impl Room {
         if self.injected_bug == Some(InjectedBug::SkipSeq(seq)) {
             seq += 1;
             self.history.clear();
+            self.history_bytes = 0;
         }
         self.last_seq = seq;
         if let Some(id) = &draft.client_msg_id {
@@ -442,10 +459,7 @@ impl Room {
             body: draft.body,
             accepted_at: now,
         });
-        self.history.push_back(Arc::clone(&message));
-        if self.history.len() > self.history_len_max {
-            self.history.pop_front();
-        }
+        self.retain(Arc::clone(&message));
         match self.persistence {
             Persistence::Immediate => {
                 self.durable_seq = seq;
@@ -486,11 +500,41 @@ impl Room {
         self.history.iter().skip(skip).take(limit).take_while(|m| m.seq <= durable).cloned().collect()
     }
 
+    /// Appends `message` to the retained history and drops the oldest beyond the length and
+    /// byte budgets (always keeping the newest).
+    fn retain(&mut self, message: Arc<ChatMessage>) {
+        self.history_bytes += message_bytes(&message);
+        self.history.push_back(message);
+        while self.history.len() > self.history_len_max
+            || (self.history_bytes > self.history_bytes_max && self.history.len() > 1)
+        {
+            let Some(dropped) = self.history.pop_front() else { break };
+            self.history_bytes -= message_bytes(&dropped);
+        }
+    }
+
+    /// A `History` page: [`Room::retained_from`], cut at the page byte budget (never empty when
+    /// there is something to give, so paging always moves on).
+    fn page_from(&self, from: Seq, limit: usize) -> Vec<Arc<ChatMessage>> {
+        let mut page = self.retained_from(from, limit);
+        let mut bytes = 0;
+        let fits = page
+            .iter()
+            .take_while(|message| {
+                bytes += message_bytes(message);
+                bytes <= self.history_page_bytes_max
+            })
+            .count();
+        page.truncate(fits.max(1));
+        page
+    }
+
     fn assert_history_contiguous(&self) {
         if let (Some(front), Some(back)) = (self.history.front(), self.history.back()) {
             assert_eq!(back.seq, self.last_seq, "history must end at the last sequence number");
             assert_eq!(back.seq - front.seq + 1, self.history.len() as u64, "history must be contiguous");
         }
         assert!(self.history.len() <= self.history_len_max, "history exceeds its bound");
+        debug_assert_eq!(self.history_bytes, self.history.iter().map(|m| message_bytes(m)).sum::<usize>());
     }
 }

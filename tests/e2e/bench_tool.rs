@@ -3,16 +3,15 @@
 use std::time::Duration;
 
 use confab::bench::{BenchOptions, Scenario, run};
+use confab::grpc::rate::{RateLimits, SendLimiter};
 use confab::grpc::server::ServerOptions;
-use confab_engine::{Limits, SendRate};
+use confab_engine::Limits;
 
 use super::{TestServer, bounded};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_measures_real_operations() {
-    // A load tool measures the server, not its send-rate limit (as `--sends-per-second-max 0`).
-    let options = ServerOptions { send_rate: SendRate::UNLIMITED, ..ServerOptions::default() };
-    let server = TestServer::start_with_options(Limits::default(), options).await;
+    let server = TestServer::start_with_options(Limits::default(), unlimited()).await;
     for (name, scenario) in Scenario::ALL {
         let options = BenchOptions {
             server: format!("http://{}", server.address),
@@ -40,6 +39,13 @@ async fn every_scenario_measures_real_operations() {
     }
 }
 
+/// A load tool measures the server, not its rate limits (as `--sends-per-second-max 0
+/// --typing-per-second-max 0 --joins-per-second-max 0`): one connection's sessions share one
+/// bucket, so the scenarios' rates would otherwise be refused.
+fn unlimited() -> ServerOptions {
+    ServerOptions { limiter: Some(SendLimiter::with_rates(RateLimits::UNLIMITED)), ..ServerOptions::default() }
+}
+
 fn options(server: &TestServer, scenario: Scenario) -> BenchOptions {
     BenchOptions {
         server: format!("http://{}", server.address),
@@ -61,7 +67,7 @@ fn options(server: &TestServer, scenario: Scenario) -> BenchOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mix_clients_that_disconnect_resume_in_order() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_options(Limits::default(), unlimited()).await;
     let options = BenchOptions { disconnect_mean: Some(Duration::from_millis(150)), ..options(&server, Scenario::Mix) };
     let report = bounded(run(&options)).await.expect("runs");
     assert!(report.reconnects >= 4, "every client came back at least once: {}", report.human());

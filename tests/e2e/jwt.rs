@@ -260,7 +260,7 @@ async fn the_rooms_claim_limits_every_rpc_to_matching_rooms() {
     assert_denied(ann_seed.chat_stream(chat).await, "ann", "post to", "lobby");
     ann_seed.say_hello(with_metadata(message(), "room", "team-red")).await.expect("the seed in a matching room");
 
-    let rooms = ann.list_rooms(ListRoomsRequest {}).await.expect("list").into_inner().rooms;
+    let rooms = ann.list_rooms(ListRoomsRequest::default()).await.expect("list").into_inner().rooms;
     assert_eq!(rooms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["team-red"], "only readable rooms");
 
     // A Session: refused frames are error frames naming the room, and the session goes on.

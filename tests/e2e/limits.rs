@@ -161,9 +161,9 @@ async fn each_engine_limit_is_answered_and_everyone_carries_on() {
     drop(frames);
 }
 
-/// The send rate: unary sends per connection on an open server (another connection is not
-/// affected), posts per session (an error frame, then the session goes on), and a refused
-/// sender gets through again once tokens are back.
+/// The send rate: one bucket per connection on an open server (another connection is not
+/// affected), shared by its unary sends and its sessions' posts (an error frame, then the
+/// session goes on), and a refused sender gets through again once tokens are back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_send_rate_refuses_the_excess_and_the_sender_carries_on() {
     let options = ServerOptions { send_rate: SendRate { per_second: 4, burst: 3 }, ..ServerOptions::default() };
@@ -182,7 +182,8 @@ async fn the_send_rate_refuses_the_excess_and_the_sender_carries_on() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     flooder.send(send("rate", "after a pause")).await.expect("a token came back");
 
-    // A session's posts: its own bucket of 3.
+    // A session's posts: the connection's bucket, refilled to its 3 (4/s: 750 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let (frames, outgoing) = mpsc::channel(8);
     frames.send(join("rate")).await.expect("queue");
     for i in 0..4 {
@@ -205,6 +206,8 @@ async fn the_send_rate_refuses_the_excess_and_the_sender_carries_on() {
         }
     }
     assert_eq!((acks.as_slice(), errors), (&["s0".to_owned(), "s1".into(), "s2".into()][..], 1));
+    let shared = flooder.send(send("rate", "unary after the session's posts")).await.expect_err("one bucket");
+    assert_eq!(shared.code(), Code::ResourceExhausted);
     tokio::time::sleep(Duration::from_millis(300)).await;
     frames.send(post("rate", "s4", "after a pause")).await.expect("queue");
     loop {

@@ -12,6 +12,7 @@ mod lifecycle;
 mod limits;
 mod line_chat;
 mod operations;
+mod quotas;
 mod security;
 mod seed_api;
 mod shutdown;

@@ -207,6 +207,44 @@ fn an_idle_room_retires_and_refuses_everything_after() {
 }
 
 #[test]
+fn a_room_that_never_got_a_message_retires_after_the_shorter_idle_time() {
+    let limits = Limits { room_idle_ms: 10_000, empty_room_idle_ms: 1_000, ..Limits::default() };
+    let mut empty = Room::new(room_name("empty"), 1, &limits, at(0));
+    let mut used = Room::new(room_name("used"), 2, &limits, at(0));
+    for room in [&mut empty, &mut used] {
+        let sub = room.handle_subscribe(None, None, at(0)).expect("subscribed");
+        room.handle_unsubscribe(sub.id, at(0));
+    }
+    used.handle_send(draft("ann", "", "history to keep"), at(0)).expect("sent");
+    assert!(!empty.handle_retire_if_idle(at(999)), "not idle long enough");
+    assert!(empty.handle_retire_if_idle(at(1_000)), "nothing to keep: the short idle time");
+    assert!(!used.handle_retire_if_idle(at(1_000)), "a room with history keeps the normal idle time");
+    assert!(used.handle_retire_if_idle(at(10_000)));
+}
+
+#[test]
+fn history_pages_and_retained_history_are_bounded_in_bytes() {
+    // Each message counts its body, its user ("u") and the overhead: 100 + 1 + 64 = 165.
+    let one = 100 + 1 + confab_engine::limits::MESSAGE_OVERHEAD_BYTES;
+    let limits = Limits { history_page_bytes_max: 3 * one + 10, history_bytes_max: 5 * one, ..Limits::default() };
+    let mut room = Room::new(room_name("bytes"), 1, &limits, at(0));
+    for _ in 0..8 {
+        room.handle_send(draft("u", "", &"x".repeat(100)), at(0)).expect("sent");
+    }
+    let page = room.history(0, 0).expect("page");
+    assert_eq!(page.first_retained_seq, 4, "the oldest beyond 5 messages' bytes were dropped");
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [4, 5, 6], "the page stops at its byte budget");
+    assert_eq!(page.last_seq, 8, "and says how far the room goes, to continue after 6");
+    let rest: Vec<u64> = room.history(6, 0).expect("page").messages.iter().map(|m| m.seq).collect();
+    assert_eq!(rest, [7, 8]);
+    // A message bigger than both budgets is still kept and served, alone.
+    room.handle_send(draft("u", "", &"y".repeat(2_000)), at(0)).expect("sent");
+    let page = room.history(0, 0).expect("page");
+    assert_eq!((page.first_retained_seq, page.messages.len()), (9, 1), "never an empty page or history");
+}
+
+#[test]
 fn names_are_validated() {
     assert_eq!(RoomName::new(""), Err(NameError::RoomEmpty));
     assert!(matches!(RoomName::new("a b"), Err(NameError::RoomCharset { bad: ' ' })));
