@@ -10,6 +10,7 @@ mod deadlines;
 mod lifecycle;
 mod limits;
 mod line_chat;
+mod names;
 mod operations;
 mod security;
 mod seed_api;
