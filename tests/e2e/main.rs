@@ -94,6 +94,33 @@ fn with_metadata<T>(message: T, key: &'static str, value: &str) -> tonic::Reques
     request
 }
 
+/// Starts the `confab serve` binary with `args`, stdout and stderr piped (killed when dropped),
+/// and returns it with the gRPC address its start-up line gives.
+async fn serve_child<I, S>(args: I) -> (tokio::process::Child, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .arg("serve")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start confab serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let line =
+        bounded(tokio::io::BufReader::new(stdout).lines().next_line()).await.expect("read").expect("start-up line");
+    let address = line
+        .strip_prefix("confab listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected start-up line: {line}"))
+        .to_owned();
+    (child, address)
+}
+
 /// Awaits `future` for at most [`PATIENCE`].
 async fn bounded<F: std::future::Future>(future: F) -> F::Output {
     tokio::time::timeout(PATIENCE, future).await.expect("finished within the test's patience")
