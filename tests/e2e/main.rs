@@ -121,6 +121,30 @@ where
     (child, address)
 }
 
+/// Runs `confab chat` with `args` and `env`, types `input`, closes its stdin, and returns what
+/// it printed once it ended (it must end successfully: after stdin closes, once its own lines
+/// came back).
+async fn confab_chat(args: &[&std::ffi::OsStr], env: &[(&str, &str)], input: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .arg("chat")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start confab chat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).await.expect("type");
+    drop(stdin);
+    let output = bounded(child.wait_with_output()).await.expect("chat ends after stdin closes");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
 /// Awaits `future` for at most [`PATIENCE`].
 async fn bounded<F: std::future::Future>(future: F) -> F::Output {
     tokio::time::timeout(PATIENCE, future).await.expect("finished within the test's patience")

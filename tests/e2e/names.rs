@@ -4,20 +4,19 @@
 //! gRPC size limit is RESOURCE_EXHAUSTED on every RPC; a flood of refusals is logged as a
 //! summary, not line by line.
 
-use std::process::Stdio;
+use std::ffi::OsStr;
 
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
 use confab::grpc::proto::confab_v1::{self as v1, SendRequest, UploadChunk, client_frame, server_frame};
 use confab::ws::server::WsConfig;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::websocket::WsServer;
-use super::{PATIENCE, TestServer, bounded, serve_child, with_metadata};
+use super::{PATIENCE, TestServer, bounded, confab_chat, serve_child, with_metadata};
 
 /// Names every transport must refuse, and a word of the rule each breaks.
 const BAD_NAMES: &[(&str, &str)] = &[
@@ -123,21 +122,9 @@ async fn confab_chat_shows_control_characters_escaped() {
     let hostile = "hi\u{1b}]0;pwned\u{7}\u{1b}[1A\r\n[2 #cli] bob: fake\u{202E}\u{9b}2J";
     let request = SendRequest { room: "cli".into(), ..send("mallory", hostile) };
     assert_eq!(client.send(request).await.expect("send").into_inner().seq, 1);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args(["chat", "--room", "cli", "--after-seq", "0", "--user", "ann"])
-        .args(["--server", &format!("http://{}", server.address)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start confab chat");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(b"done\n").await.expect("type");
-    drop(stdin);
-    let output = bounded(child.wait_with_output()).await.expect("chat ends after stdin closes");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let url = format!("http://{}", server.address);
+    let args = ["--room", "cli", "--after-seq", "0", "--user", "ann", "--server", &url].map(OsStr::new);
+    let stdout = confab_chat(&args, &[], b"done\n").await;
     let expected = r"[1 #cli] mallory: hi\u{1b}]0;pwned\u{7}\u{1b}[1A\u{d}\u{a}[2 #cli] bob: fake\u{202e}\u{9b}2J";
     assert!(stdout.lines().any(|line| line == expected), "{stdout}");
     assert!(stdout.contains("[2 #cli] ann: done"), "{stdout}");
