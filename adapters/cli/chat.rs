@@ -1,9 +1,16 @@
 //! `confab chat`: a line-based terminal client of the confab.v1 Session RPC.
+//!
+//! Everything the server sends is shown through [`visible`], so no message can drive the
+//! terminal: control characters, escape sequences, bidi controls and invisible characters are
+//! printed as escapes (`\u{1b}`), never written raw.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
+use confab_engine::{is_bidi_control, is_invisible};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -92,26 +99,114 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `c` must not reach the terminal raw: C0 (ESC included), DEL and C1 controls, which
+/// move the cursor, start escape sequences or set the title; bidi controls, which reorder what
+/// follows; and characters that draw nothing, which hide what is there.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || is_bidi_control(c) || is_invisible(c)
+}
+
+/// `text` as it may be printed: every character of [`needs_escape`] as `\u{…}` (so
+/// `"\u{1b}]0;title\u{7}"` shows as `\u{1b}]0;title\u{7}`), the rest unchanged.
+fn visible(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            let _ = write!(shown, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
+
 fn print_frame(frame: v1::ServerFrame, resuming: bool) {
-    let Some(frame) = frame.frame else { return };
-    match frame {
-        server_frame::Frame::Event(event) => match event.event {
-            Some(room_event::Event::Subscribed(s)) => match (resuming, s.recovered) {
-                (false, _) => println!("* joined #{}; live from seq {}", s.room, s.first_seq),
-                (true, true) => println!("* resumed #{} exactly, from seq {}", s.room, s.first_seq),
-                (true, false) => println!("* resumed #{} from seq {}: earlier messages are gone", s.room, s.first_seq),
+    if let Some(line) = frame_line(frame, resuming) {
+        match line {
+            Line::Out(line) => println!("{line}"),
+            Line::Err(line) => eprintln!("{line}"),
+        }
+    }
+}
+
+/// A line to print, and where.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Out(String),
+    Err(String),
+}
+
+/// What `frame` shows, every text from the server through [`visible`].
+fn frame_line(frame: v1::ServerFrame, resuming: bool) -> Option<Line> {
+    let v = visible;
+    let line = match frame.frame? {
+        server_frame::Frame::Event(event) => match event.event? {
+            room_event::Event::Subscribed(s) => match (resuming, s.recovered) {
+                (false, _) => format!("* joined #{}; live from seq {}", v(&s.room), s.first_seq),
+                (true, true) => format!("* resumed #{} exactly, from seq {}", v(&s.room), s.first_seq),
+                (true, false) => {
+                    format!("* resumed #{} from seq {}: earlier messages are gone", v(&s.room), s.first_seq)
+                }
             },
-            Some(room_event::Event::Message(m)) => println!("[{} #{}] {}: {}", m.seq, m.room, m.user, m.body),
-            Some(room_event::Event::Lagged(l)) => {
-                println!("* missed {}..={} in #{} (too slow); see History", l.missed_from, l.missed_to, l.room)
+            room_event::Event::Message(m) => format!("[{} #{}] {}: {}", m.seq, v(&m.room), v(&m.user), v(&m.body)),
+            room_event::Event::Lagged(l) => {
+                format!("* missed {}..={} in #{} (too slow); see History", l.missed_from, l.missed_to, v(&l.room))
             }
-            Some(room_event::Event::Presence(p)) => {
-                println!("* {} {} #{}", p.user, if p.present { "joined" } else { "left" }, p.room)
+            room_event::Event::Presence(p) => {
+                format!("* {} {} #{}", v(&p.user), if p.present { "joined" } else { "left" }, v(&p.room))
             }
-            Some(room_event::Event::Typing(t)) => println!("* {} is typing in #{}", t.user, t.room),
-            None => {}
+            room_event::Event::Typing(t) => format!("* {} is typing in #{}", v(&t.user), v(&t.room)),
         },
-        server_frame::Frame::Ack(_) | server_frame::Frame::Left(_) => {}
-        server_frame::Frame::Error(e) => eprintln!("! {} (code {})", e.message, e.code),
+        server_frame::Frame::Ack(_) | server_frame::Frame::Left(_) => return None,
+        server_frame::Frame::Error(e) => return Some(Line::Err(format!("! {} (code {})", v(&e.message), e.code))),
+    };
+    Some(Line::Out(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_passes_unchanged() {
+        for text in ["hello", "zoë 李雷 محمد 🙂", "tab\\t is two characters here", ""] {
+            assert!(matches!(visible(text), Cow::Borrowed(shown) if shown == text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(visible("a\nb\rc\td"), "a\\u{a}b\\u{d}c\\u{9}d");
+        assert_eq!(visible("\u{1b}]0;pwned\u{7}"), "\\u{1b}]0;pwned\\u{7}", "a title change");
+        assert_eq!(visible("\u{1b}[2K\u{1b}[1A[9 #lobby] Server: fake"), "\\u{1b}[2K\\u{1b}[1A[9 #lobby] Server: fake");
+        assert_eq!(visible("\u{7f}\u{80}\u{9b}31m\u{0}"), "\\u{7f}\\u{80}\\u{9b}31m\\u{0}", "DEL, C1 (CSI), NUL");
+    }
+
+    #[test]
+    fn bidi_and_invisible_characters_are_escaped() {
+        assert_eq!(visible("abc\u{202E}fdp.exe"), "abc\\u{202e}fdp.exe");
+        assert_eq!(visible("\u{2066}x\u{2069}\u{200F}\u{61c}"), "\\u{2066}x\\u{2069}\\u{200f}\\u{61c}");
+        assert_eq!(visible("a\u{200B}b\u{FEFF}c\u{2060}"), "a\\u{200b}b\\u{feff}c\\u{2060}");
+    }
+
+    #[test]
+    fn every_field_of_a_frame_is_shown_escaped() {
+        let message = v1::ChatMessage {
+            room: "r".into(),
+            seq: 3,
+            user: "m\u{202E}".into(),
+            client_msg_id: String::new(),
+            body: "hi\n[4 #r] Server: fake".into(),
+            accepted_at_ms: 0,
+        };
+        let event = v1::RoomEvent { event: Some(room_event::Event::Message(message)) };
+        let frame = v1::ServerFrame { frame: Some(server_frame::Frame::Event(event)) };
+        assert_eq!(frame_line(frame, false), Some(Line::Out("[3 #r] m\\u{202e}: hi\\u{a}[4 #r] Server: fake".into())));
+        let error = v1::Error { room: String::new(), code: 3, message: "bad\u{1b}[31m".into() };
+        let frame = v1::ServerFrame { frame: Some(server_frame::Frame::Error(error)) };
+        assert_eq!(frame_line(frame, false), Some(Line::Err("! bad\\u{1b}[31m (code 3)".into())));
     }
 }

@@ -15,7 +15,7 @@ use super::permissions::RoomAction;
 use super::proto::chat;
 use super::rate::SendLimiter;
 use super::shutdown::{ShutdownSignal, UntilShutdown};
-use super::status::{ApiError, frame_code, inbound_status};
+use super::status::{ApiError, frame_code, inbound_status, over_decode_limit};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::transport::Inbound;
 
@@ -229,7 +229,7 @@ impl SeedInbound {
                 Ok(()) => Inbound::Frame(post(&self.room, message.content)),
                 Err(error) => Inbound::Malformed(error),
             },
-            Err(_) => Inbound::Gone,
+            Err(status) => over_decode_limit(&status).map_or(Inbound::Gone, Inbound::Malformed),
         }
     }
 

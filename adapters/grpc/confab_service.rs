@@ -16,7 +16,7 @@ use super::proto::confab_v1 as v1;
 use super::rate::SendLimiter;
 use super::shared_bytes::SharedSubscribeStream;
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
-use super::status::{ApiError, inbound_status};
+use super::status::{ApiError, inbound_status, over_decode_limit};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::transport::{Inbound, admit};
 
@@ -209,7 +209,7 @@ fn inbound_frame(frame: Result<v1::ClientFrame, Status>) -> Inbound {
             Ok(frame) => Inbound::Frame(frame),
             Err(error) => Inbound::Malformed(error),
         },
-        Err(_) => Inbound::Gone,
+        Err(status) => over_decode_limit(&status).map_or(Inbound::Gone, Inbound::Malformed),
     }
 }
 

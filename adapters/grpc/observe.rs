@@ -1,26 +1,38 @@
 //! What every call did, for operators: a tower layer around all services that counts calls in
 //! [`RpcMetrics`] (started, open, finished by status code, time to the response head) and logs
-//! the events that matter with fields: a refusal with its code and reason at info (a server
-//! fault at warn), a stream's opening and closing at debug. Nothing is logged per message.
+//! the events that matter with fields: a server fault at warn, a refusal with its code and
+//! reason at debug and in a summary at info, at most one line per
+//! [`REFUSAL_SUMMARY_INTERVAL`] (see [`RefusalLog`]), a stream's opening and closing at debug.
+//! Nothing is logged per message.
 //!
 //! A call's final status is in the response headers when it fails before responding
 //! ("trailers-only"), else in the trailers at the end of the body, so the body is wrapped to
-//! see them. A body dropped before its trailers is a call the client cancelled.
+//! see them. A body dropped before its trailers is a call the client cancelled. The layer is
+//! also where tonic's own OUT_OF_RANGE for a message over its decoding limit becomes
+//! RESOURCE_EXHAUSTED ([`over_decode_limit`]), for every RPC alike.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tonic::transport::server::TcpConnectInfo;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::{debug, info, trace, warn};
 
+use super::status::over_decode_limit;
 use crate::metrics::{RpcMetrics, RpcSeries};
+
+/// Refusals are summed up in at most one info line per this interval; each refusal itself is
+/// logged at debug. A flood of refused calls (no token, over a limit) then writes one line a
+/// second, not one per call.
+pub const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Label of a path that is not one of [`RPCS`].
 pub const UNKNOWN_RPC: &str = "unknown";
@@ -95,16 +107,115 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The refusal a summary line shows as its example: the first of its interval.
+#[derive(Debug)]
+struct Example {
+    rpc: &'static str,
+    peer: Option<SocketAddr>,
+    code: Code,
+    reason: String,
+}
+
+/// The refusals not yet summed up.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Per status code (indexed by the code's number).
+    counts: [u64; 17],
+    total: u64,
+    example: Option<Example>,
+    /// When the first of them came.
+    since: Option<Instant>,
+    /// When the last summary line was written.
+    last_summary: Option<Instant>,
+    /// A task will write the summary when the interval is over.
+    scheduled: bool,
+}
+
+/// Refusals, logged at debug one by one and summed up at info at most once per
+/// [`REFUSAL_SUMMARY_INTERVAL`]: "refused 812 calls in the last 1.0s: UNAUTHENTICATED×810,
+/// RESOURCE_EXHAUSTED×2", with the first one's rpc, peer, code and reason as fields. A refusal
+/// after a quiet interval is summed up at once; later ones wait for the interval's end (a
+/// timer task). What is pending when the server's services are dropped is written then.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    pending: Mutex<Pending>,
+}
+
+impl RefusalLog {
+    fn refused(self: &Arc<Self>, rpc: &'static str, peer: Option<SocketAddr>, code: Code, reason: &str) {
+        debug!(rpc, peer = peer.map(display), code = code_name(code), reason, "refused");
+        let now = Instant::now();
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pending.counts[code as usize] += 1;
+        pending.total += 1;
+        pending.since.get_or_insert(now);
+        if pending.example.is_none() {
+            pending.example = Some(Example { rpc, peer, code, reason: reason.to_owned() });
+        }
+        let due = pending.last_summary.map_or(now, |last| last + REFUSAL_SUMMARY_INTERVAL);
+        if due <= now {
+            Self::summarise(&mut pending, now);
+        } else if !pending.scheduled {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return Self::summarise(&mut pending, now);
+            };
+            pending.scheduled = true;
+            let log = Arc::downgrade(self);
+            runtime.spawn(async move {
+                tokio::time::sleep_until(due.into()).await;
+                if let Some(log) = Weak::upgrade(&log) {
+                    let mut pending = log.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    pending.scheduled = false;
+                    Self::summarise(&mut pending, Instant::now());
+                }
+            });
+        }
+    }
+
+    /// Writes the summary line of what is pending, if anything is.
+    fn summarise(pending: &mut Pending, now: Instant) {
+        let Some(example) = pending.example.take() else { return };
+        let (total, since) = (pending.total, pending.since.take().unwrap_or(now));
+        let mut codes = String::new();
+        for (number, &count) in pending.counts.iter().enumerate().filter(|(_, count)| **count > 0) {
+            let separator = if codes.is_empty() { "" } else { ", " };
+            let _ = write!(codes, "{separator}{}×{count}", code_name(Code::from_i32(number as i32)));
+        }
+        pending.counts = [0; 17];
+        pending.total = 0;
+        pending.last_summary = Some(now);
+        let seconds = now.duration_since(since).as_secs_f64().max(REFUSAL_SUMMARY_INTERVAL.as_secs_f64());
+        let calls = if total == 1 { "call" } else { "calls" };
+        info!(
+            refused = total,
+            codes = codes.as_str(),
+            rpc = example.rpc,
+            peer = example.peer.map(display),
+            code = code_name(example.code),
+            reason = example.reason.as_str(),
+            "refused {total} {calls} in the last {seconds:.1}s: {codes}"
+        );
+    }
+}
+
+impl Drop for RefusalLog {
+    fn drop(&mut self) {
+        let pending = self.pending.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Self::summarise(pending, Instant::now());
+    }
+}
+
 /// The layer: add it to the tonic server builder.
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
     series: SeriesTable,
+    refusals: Arc<RefusalLog>,
 }
 
 impl ObserveLayer {
     /// Counts calls into `metrics`.
     pub fn new(metrics: RpcMetrics) -> Self {
-        Self { series: SeriesTable::new(metrics) }
+        Self { series: SeriesTable::new(metrics), refusals: Arc::default() }
     }
 }
 
@@ -112,7 +223,7 @@ impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, series: self.series.clone() }
+        Observe { inner, series: self.series.clone(), refusals: Arc::clone(&self.refusals) }
     }
 }
 
@@ -121,6 +232,18 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     series: SeriesTable,
+    refusals: Arc<RefusalLog>,
+}
+
+/// The status in `headers` (trailers-only headers, or trailers), with tonic's decode-limit
+/// OUT_OF_RANGE rewritten there as RESOURCE_EXHAUSTED.
+fn final_status(headers: &mut HeaderMap) -> Option<Status> {
+    let status = Status::from_header_map(headers)?;
+    let Some(refusal) = over_decode_limit(&status) else { return Some(status) };
+    let status = Status::from(refusal);
+    // Only a message that cannot be a header value fails here; ours are plain text.
+    let _ = status.add_header(headers);
+    Some(status)
 }
 
 impl<S, RequestBody, ResponseBody> Service<http::Request<RequestBody>> for Observe<S>
@@ -141,13 +264,14 @@ where
         // TLS or not, the server records a `TcpConnectInfo` (see `server::GrpcConnection`).
         let peer = request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
         // Dropped with the future if the call ends before responding (the client cancelled).
-        let mut call = Call::start(self.series.get(index, rpc), rpc, streaming, peer);
+        let refusals = Arc::clone(&self.refusals);
+        let mut call = Call::start(self.series.get(index, rpc), rpc, streaming, peer, refusals);
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             call.series.responded(call.started.elapsed());
-            let (parts, body) = response.into_parts();
-            if let Some(status) = Status::from_header_map(&parts.headers) {
+            let (mut parts, body) = response.into_parts();
+            if let Some(status) = final_status(&mut parts.headers) {
                 // Trailers-only: the call failed (or finished) without a body.
                 call.finish(&status);
             }
@@ -165,15 +289,22 @@ struct Call {
     peer: Option<SocketAddr>,
     started: Instant,
     finished: bool,
+    refusals: Arc<RefusalLog>,
 }
 
 impl Call {
-    fn start(series: Arc<RpcSeries>, rpc: &'static str, streaming: bool, peer: Option<SocketAddr>) -> Self {
+    fn start(
+        series: Arc<RpcSeries>,
+        rpc: &'static str,
+        streaming: bool,
+        peer: Option<SocketAddr>,
+        refusals: Arc<RefusalLog>,
+    ) -> Self {
         series.started();
         if streaming {
             debug!(rpc, peer = peer.map(display), "stream opened");
         }
-        Self { series, rpc, streaming, peer, started: Instant::now(), finished: false }
+        Self { series, rpc, streaming, peer, started: Instant::now(), finished: false, refusals }
     }
 
     fn finish(&mut self, status: &Status) {
@@ -196,7 +327,7 @@ impl Call {
             Code::Internal | Code::Unknown | Code::DataLoss => {
                 warn!(rpc, peer = peer.map(display), code = code_name, reason, "call failed")
             }
-            _ => info!(rpc, peer = peer.map(display), code = code_name, reason, "refused"),
+            _ => self.refusals.refused(rpc, peer, code, reason),
         }
     }
 }
@@ -228,9 +359,9 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(status) = frame.trailers_ref().and_then(Status::from_header_map) {
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+            if let Some(status) = frame.trailers_mut().and_then(final_status) {
                 self.call.finish(&status);
             }
         }

@@ -43,6 +43,15 @@ pub enum ApiError {
         /// The server flag that sets it.
         flag: &'static str,
     },
+    /// A gRPC message over the size the server decodes (tonic's limit, which it reports as
+    /// OUT_OF_RANGE; see [`over_decode_limit`]).
+    #[error("message is {bytes} bytes, over the server's gRPC message limit of {bytes_max} bytes")]
+    MessageTooBig {
+        /// Its size, as its length prefix gives it.
+        bytes: usize,
+        /// The limit.
+        bytes_max: usize,
+    },
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -131,7 +140,10 @@ impl From<ApiError> for Status {
         let code = match &error {
             ApiError::Name { .. } | ApiError::Malformed(_) => Code::InvalidArgument,
             ApiError::Engine(error) => engine_code(error),
-            ApiError::Lagged(_) | ApiError::Stalled(_) | ApiError::FrameTooBig { .. } => Code::ResourceExhausted,
+            ApiError::Lagged(_)
+            | ApiError::Stalled(_)
+            | ApiError::FrameTooBig { .. }
+            | ApiError::MessageTooBig { .. } => Code::ResourceExhausted,
             ApiError::ShuttingDown => Code::Unavailable,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Impersonation { .. } | ApiError::Forbidden { .. } => Code::PermissionDenied,
@@ -141,12 +153,65 @@ impl From<ApiError> for Status {
     }
 }
 
+/// The start of tonic's message when a received message is over its decoding limit
+/// (`tonic::codec::decode`, 0.14: "Error, decoded message length too large: found {len} bytes,
+/// the limit is: {limit} bytes"), which it sends as OUT_OF_RANGE.
+const DECODE_LIMIT_PREFIX: &str = "Error, decoded message length too large: found ";
+
+/// The refusal a status stands for if it is tonic's decode limit: a message over a size limit
+/// is RESOURCE_EXHAUSTED (as the README promises and grpc-go answers), not OUT_OF_RANGE.
+/// Recognised by its code and the exact start of tonic's message, so a handler's own
+/// OUT_OF_RANGE is never rewritten.
+pub fn over_decode_limit(status: &Status) -> Option<ApiError> {
+    if status.code() != Code::OutOfRange {
+        return None;
+    }
+    let rest = status.message().strip_prefix(DECODE_LIMIT_PREFIX)?;
+    let (bytes, rest) = rest.split_once(" bytes, the limit is: ")?;
+    let bytes_max = rest.strip_suffix(" bytes")?;
+    Some(ApiError::MessageTooBig { bytes: bytes.parse().ok()?, bytes_max: bytes_max.parse().ok()? })
+}
+
 /// A status from the inbound stream of a client-streaming call: a chunk that does not decode
-/// is the client's fault (tonic reports it as INTERNAL), anything else (cancelled, …) passes.
+/// is the client's fault (tonic reports it as INTERNAL), one over the decoding limit is
+/// RESOURCE_EXHAUSTED, anything else (cancelled, …) passes.
 pub fn inbound_status(status: Status) -> Status {
+    if let Some(refusal) = over_decode_limit(&status) {
+        return refusal.into();
+    }
     if status.code() == Code::Internal {
         Status::invalid_argument(format!("malformed message: {}", status.message()))
     } else {
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decode_limit_becomes_resource_exhausted() {
+        let tonic = Status::out_of_range(
+            "Error, decoded message length too large: found 8388613 bytes, the limit is: 4194304 bytes",
+        );
+        let refusal = over_decode_limit(&tonic).expect("recognised");
+        assert!(matches!(refusal, ApiError::MessageTooBig { bytes: 8_388_613, bytes_max: 4_194_304 }));
+        let status = inbound_status(tonic);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("8388613 bytes") && status.message().contains("4194304"), "{status:?}");
+    }
+
+    #[test]
+    fn other_statuses_are_not_the_decode_limit() {
+        let others = [
+            Status::out_of_range("seq 9 is past the end"),
+            Status::internal("Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes"),
+            Status::out_of_range("Error, decoded message length too large: found many bytes, the limit is: 4 bytes"),
+            Status::out_of_range("Error, encoded message length too large: found 9 bytes, the limit is: 4 bytes"),
+        ];
+        for status in others {
+            assert!(over_decode_limit(&status).is_none(), "{status:?}");
+        }
     }
 }

@@ -31,9 +31,36 @@ pub enum NameError {
         /// The limit.
         bytes_max: usize,
     },
+    /// The user name is empty.
+    #[error("user name is empty")]
+    UserEmpty,
+    /// The user name is only whitespace.
+    #[error("user name is only whitespace")]
+    UserBlank,
     /// The user name contains a control character.
-    #[error("user name contains a control character")]
-    UserControl,
+    #[error("user name has the control character {bad:?}")]
+    UserControl {
+        /// The first offending character.
+        bad: char,
+    },
+    /// The user name contains a bidi control, which would reorder the text around it.
+    #[error("user name has the bidi control {bad:?}, which reorders the text around it")]
+    UserBidi {
+        /// The first offending character.
+        bad: char,
+    },
+    /// The user name contains a character that draws nothing (zero-width, format, filler).
+    #[error("user name has the invisible character {bad:?}")]
+    UserInvisible {
+        /// The first offending character.
+        bad: char,
+    },
+    /// The user name is one the server speaks as.
+    #[error("user name {reserved:?} is reserved for the server (in any case, with or without spaces)")]
+    UserReserved {
+        /// The reserved name it matches.
+        reserved: &'static str,
+    },
     /// The client message id is longer than allowed.
     #[error("client message id is {bytes} bytes, the limit is {bytes_max}")]
     ClientMsgIdTooLong {

@@ -38,5 +38,8 @@ pub use rate::{RateKind, RateLimited, SendRate, TokenBucket};
 pub use ring::{ENCODING_SLOTS, Encodings, Published, ReadItem, ReadRef, ReadStatus, ReaderEnd, Ring};
 pub use room::{HistoryPage, InjectedBug, Persistence, Room, RoomEffect, Sent, SubscriberId, Subscription};
 pub use session::{ClientFrame, FrameError, ServerFrame, Session, SessionCommand};
-pub use types::{ChatMessage, ClientMsgId, Draft, Lag, RoomEvent, RoomName, Seq, Time, UserName};
+pub use types::{
+    ChatMessage, ClientMsgId, Draft, Lag, RESERVED_USER_NAMES, RoomEvent, RoomName, Seq, Time, UserName,
+    is_bidi_control, is_invisible,
+};
 pub use upload::{Batch, Checksum, Receipt, UploadAggregator};

@@ -11,6 +11,7 @@ mod jwt;
 mod lifecycle;
 mod limits;
 mod line_chat;
+mod names;
 mod operations;
 mod quotas;
 mod security;
@@ -93,6 +94,57 @@ fn with_metadata<T>(message: T, key: &'static str, value: &str) -> tonic::Reques
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(key, value.parse().expect("ascii metadata"));
     request
+}
+
+/// Starts the `confab serve` binary with `args`, stdout and stderr piped (killed when dropped),
+/// and returns it with the gRPC address its start-up line gives.
+async fn serve_child<I, S>(args: I) -> (tokio::process::Child, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .arg("serve")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start confab serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let line =
+        bounded(tokio::io::BufReader::new(stdout).lines().next_line()).await.expect("read").expect("start-up line");
+    let address = line
+        .strip_prefix("confab listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected start-up line: {line}"))
+        .to_owned();
+    (child, address)
+}
+
+/// Runs `confab chat` with `args` and `env`, types `input`, closes its stdin, and returns what
+/// it printed once it ended (it must end successfully: after stdin closes, once its own lines
+/// came back).
+async fn confab_chat(args: &[&std::ffi::OsStr], env: &[(&str, &str)], input: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .arg("chat")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start confab chat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).await.expect("type");
+    drop(stdin);
+    let output = bounded(child.wait_with_output()).await.expect("chat ends after stdin closes");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
 }
 
 /// Awaits `future` for at most [`PATIENCE`].

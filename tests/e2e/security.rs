@@ -20,13 +20,12 @@ use confab::grpc::server::ServerOptions;
 use confab::grpc::tls::server_config;
 use confab_engine::{Limits, SendRate};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use super::{TestServer, bounded, with_metadata};
+use super::{TestServer, bounded, confab_chat, with_metadata};
 
 const ANN: &str = "ann-secret-token-0001";
 const BOB: &str = "bob-secret-token-0002";
@@ -350,22 +349,10 @@ async fn confab_chat_connects_with_a_token_over_tls() {
     let tls = server_config(&pki.cert, &pki.key).expect("tls config");
     let options = ServerOptions { tokens: Some(tokens()), tls: Some(tls), ..Default::default() };
     let server = TestServer::start_with_options(Limits::default(), options).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args(["chat", "--room", "cli", "--server", &format!("https://{}", server.address), "--tls-ca"])
-        .arg(&pki.ca)
-        .env("CONFAB_TOKEN", BOB)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start confab chat");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(b"hello over tls\n").await.expect("type");
-    drop(stdin);
-    let output = bounded(child.wait_with_output()).await.expect("chat ends after stdin closes");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let url = format!("https://{}", server.address);
+    let args =
+        ["--room".as_ref(), "cli".as_ref(), "--server".as_ref(), url.as_ref(), "--tls-ca".as_ref(), pki.ca.as_os_str()];
+    let stdout = confab_chat(&args, &[("CONFAB_TOKEN", BOB)], b"hello over tls\n").await;
     assert!(stdout.contains("[1 #cli] bob: hello over tls"), "{stdout}");
 }
 

@@ -67,7 +67,7 @@ impl WsServer {
     }
 
     /// The HTTP status (and body) a refused upgrade gets.
-    async fn refused(&self, query: &str) -> (u16, String) {
+    pub(super) async fn refused(&self, query: &str) -> (u16, String) {
         self.refused_with(query, &[]).await
     }
 

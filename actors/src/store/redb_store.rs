@@ -702,7 +702,7 @@ fn decode(room: &RoomName, seq: u64, value: &[u8]) -> Result<ChatMessage, String
         rest = &rest[4 + len..];
         String::from_utf8(bytes.to_vec()).map_err(|_| "text is not UTF-8".to_owned())
     };
-    let user = UserName::new(&text()?).map_err(|error| error.to_string())?;
+    let user = UserName::recorded(&text()?).map_err(|error| error.to_string())?;
     let client_msg_id = ClientMsgId::new(&text()?).map_err(|error| error.to_string())?;
     let body: Arc<str> = Arc::from(text()?);
     if !rest.is_empty() {

@@ -251,7 +251,7 @@ fn names_are_validated() {
     assert!(matches!(RoomName::new(&"r".repeat(65)), Err(NameError::RoomTooLong { .. })));
     assert!(RoomName::new("team-1.ops_x").is_ok());
     assert!(confab_engine::UserName::new("bad\nname").is_err());
-    assert!(confab_engine::UserName::new("").is_ok());
+    assert_eq!(confab_engine::UserName::new(""), Err(NameError::UserEmpty));
 }
 
 #[test]
