@@ -1,6 +1,11 @@
 //! `Registry`: the one actor that knows every room. It creates a room on first use, finds
-//! existing ones, lists them, and retires idle rooms lazily (checked while resolving, at most
-//! every quarter of the idle time), so no timer task is needed and virtual time stays in charge.
+//! existing ones, and retires idle rooms lazily (checked while resolving, at most every quarter
+//! of the idle time), so no timer task is needed and virtual time stays in charge.
+//!
+//! It does no store I/O in its mailbox: a durable room that is not live is loaded on a blocking
+//! thread, and the callers asking for it wait while the registry answers for other rooms (a big
+//! room's load once stalled every new room behind it). Listing rooms does not pass through the
+//! registry at all (`Engine::rooms_page`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -10,6 +15,7 @@ use kameo::Actor;
 use kameo::actor::{ActorRef, Spawn};
 use kameo::mailbox;
 use kameo::message::{Context, Message};
+use kameo::reply::{DelegatedReply, ReplySender};
 
 use crate::answer::Answer;
 use crate::clock::Clock;
@@ -117,8 +123,20 @@ pub(crate) struct Registry {
     durable: bool,
     /// Rooms refused because their stored history is damaged.
     fenced: Fenced,
+    /// Rooms being loaded from the store on a blocking thread, with the callers waiting for
+    /// them: the registry goes on answering for other rooms meanwhile.
+    loading: BTreeMap<RoomName, Vec<Waiter>>,
     /// The engine's counters, handed to every room.
     stats: Arc<EngineStats>,
+}
+
+/// The answer to a [`Resolve`].
+type Resolved = Answer<Option<ActorRef<RoomActor>>, RoomError>;
+
+/// A caller waiting for a room that is being loaded.
+struct Waiter {
+    create: bool,
+    reply: ReplySender<Resolved>,
 }
 
 impl Registry {
@@ -133,36 +151,31 @@ impl Registry {
     ) -> Self {
         let last_sweep = Time::from_millis(0);
         let durable = storage.is_some();
-        let fenced = Fenced::new();
-        Self { rooms, limits, clock, next_epoch: epoch_base, last_sweep, injected_bug, storage, durable, fenced, stats }
+        let (fenced, loading) = (Fenced::new(), BTreeMap::new());
+        Self {
+            rooms,
+            limits,
+            clock,
+            next_epoch: epoch_base,
+            last_sweep,
+            injected_bug,
+            storage,
+            durable,
+            fenced,
+            loading,
+            stats,
+        }
     }
 
-    /// A room's state machine: restored from the store if it was stored, else a new room if
-    /// `create` is set, else `None`.
-    fn make_room(&mut self, name: &RoomName, create: bool) -> Result<Option<Room>, RoomError> {
+    /// Starts a room: restored from `stored` if it was stored, else a new room if `create` is
+    /// set, else `Ok(None)`. No I/O: a durable room's stored state was loaded before.
+    fn start_room(
+        &mut self,
+        name: &RoomName,
+        create: bool,
+        stored: Option<StoredRoom>,
+    ) -> Result<Option<ActorRef<RoomActor>>, RoomError> {
         let now = self.clock.now();
-        if let Some(refusal) = self.fenced.get(name) {
-            return Err(refusal.clone());
-        }
-        let stored = match &self.storage {
-            Some(storage) => match load(storage.store.as_ref(), name) {
-                Ok(stored) => {
-                    storage.writer.loaded(name.clone());
-                    stored
-                }
-                Err(refusal) => {
-                    if matches!(refusal, RoomError::DataLoss { .. }) {
-                        tracing::error!(room = %name, %refusal, "a room's stored history is damaged; refusing that room");
-                        self.fenced.insert(name.clone(), refusal.clone());
-                    }
-                    return Err(refusal);
-                }
-            },
-            None if self.durable => {
-                return Err(RoomError::Storage { reason: "the engine has shut down".to_owned() });
-            }
-            None => None,
-        };
         let persistence = if self.storage.is_some() { Persistence::Deferred } else { Persistence::Immediate };
         let mut room = match stored {
             Some(stored) => {
@@ -180,24 +193,50 @@ impl Registry {
         if let Some(bug) = self.injected_bug {
             room.inject_bug(bug);
         }
-        Ok(Some(room))
-    }
-
-    async fn resolve(&mut self, name: RoomName, create: bool) -> Result<Option<ActorRef<RoomActor>>, RoomError> {
-        if let Some(room) = self.rooms.get(&name) {
-            return Ok(Some(room));
-        }
-        self.rooms.remove(&name);
-        if self.rooms.len() >= self.limits.rooms_max && self.sweep().await == 0 {
-            return Err(RoomError::TooManyRooms { rooms_max: self.limits.rooms_max });
-        }
-        let Some(room) = self.make_room(&name, create)? else { return Ok(None) };
         let writer = self.storage.as_ref().map(|storage| storage.writer.clone());
         let actor = RoomActor::new(room, &self.limits, self.clock, writer, Arc::clone(&self.stats));
         self.stats.room_created();
         let actor = RoomActor::spawn_with_mailbox(actor, mailbox::bounded(ROOM_MAILBOX_LEN));
-        self.rooms.insert(name, actor.clone());
+        self.rooms.insert(name.clone(), actor.clone());
         Ok(Some(actor))
+    }
+
+    /// Answers a [`Resolve`] now, or, for a durable room that is not live, loads it on a
+    /// blocking thread and answers every caller waiting for it when [`Loaded`] comes back.
+    async fn resolve(&mut self, name: RoomName, create: bool, reply: ReplySender<Resolved>, registry: &ActorRef<Self>) {
+        if let Some(room) = self.rooms.get(&name) {
+            return reply.send(Answer(Ok(Some(room))));
+        }
+        if let Some(refusal) = self.fenced.get(&name) {
+            return reply.send(Answer(Err(refusal.clone())));
+        }
+        if let Some(waiters) = self.loading.get_mut(&name) {
+            return waiters.push(Waiter { create, reply });
+        }
+        self.rooms.remove(&name);
+        let taken = self.rooms.len() + self.loading.len();
+        if taken >= self.limits.rooms_max && self.sweep().await == 0 {
+            return reply.send(Answer(Err(RoomError::TooManyRooms { rooms_max: self.limits.rooms_max })));
+        }
+        let Some(storage) = &self.storage else {
+            let answer = if self.durable {
+                Err(RoomError::Storage { reason: "the engine has shut down".to_owned() })
+            } else {
+                self.start_room(&name, create, None)
+            };
+            return reply.send(Answer(answer));
+        };
+        self.loading.insert(name.clone(), vec![Waiter { create, reply }]);
+        let (store, registry) = (Arc::clone(&storage.store), registry.clone());
+        tokio::spawn(async move {
+            let room = name.clone();
+            let stored = tokio::task::spawn_blocking(move || load(store.as_ref(), &room)).await;
+            let stored = stored.unwrap_or_else(|stopped| {
+                Err(RoomError::Storage { reason: format!("room {name}: loading it did not finish: {stopped}") })
+            });
+            // If the registry has stopped, the waiters' replies are dropped: they see it stopped.
+            let _ = registry.tell(Loaded { room: name, stored }).await;
+        });
     }
 
     /// Retires every idle room. Returns how many.
@@ -251,11 +290,51 @@ pub(crate) struct Resolve {
 }
 
 impl Message<Resolve> for Registry {
-    type Reply = Answer<Option<ActorRef<RoomActor>>, RoomError>;
+    type Reply = DelegatedReply<Resolved>;
 
-    async fn handle(&mut self, resolve: Resolve, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+    async fn handle(&mut self, resolve: Resolve, context: &mut Context<Self, Self::Reply>) -> Self::Reply {
         self.sweep_if_due().await;
-        Answer(self.resolve(resolve.room, resolve.create).await)
+        let registry = context.actor_ref().clone();
+        let (delegated, reply) = context.reply_sender();
+        // Always asked, never told: without a reply sender nobody is waiting.
+        if let Some(reply) = reply {
+            self.resolve(resolve.room, resolve.create, reply, &registry).await;
+        }
+        delegated
+    }
+}
+
+/// A room's stored state, loaded away from the registry's mailbox.
+struct Loaded {
+    room: RoomName,
+    stored: Result<Option<StoredRoom>, RoomError>,
+}
+
+impl Message<Loaded> for Registry {
+    type Reply = ();
+
+    async fn handle(&mut self, loaded: Loaded, _: &mut Context<Self, Self::Reply>) {
+        let Loaded { room: name, stored } = loaded;
+        let waiters = self.loading.remove(&name).unwrap_or_default();
+        let create = waiters.iter().any(|waiter| waiter.create);
+        let answer = match (stored, &self.storage) {
+            (Err(refusal), _) => {
+                if matches!(refusal, RoomError::DataLoss { .. }) {
+                    tracing::error!(room = %name, %refusal, "a room's stored history is damaged; refusing that room");
+                    self.fenced.insert(name.clone(), refusal.clone());
+                }
+                Err(refusal)
+            }
+            (Ok(stored), Some(storage)) => {
+                storage.writer.loaded(name.clone());
+                self.start_room(&name, create, stored)
+            }
+            (Ok(_), None) => Err(RoomError::Storage { reason: "the engine has shut down".to_owned() }),
+        };
+        // A room that one waiter asked to create exists for every waiter.
+        for waiter in waiters {
+            waiter.reply.send(Answer(answer.clone()));
+        }
     }
 }
 

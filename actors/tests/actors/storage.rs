@@ -1,9 +1,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use confab_actors::store::{HistoryStore, MemoryStore, RedbStore, Retention, StoreError};
+use confab_actors::store::{
+    HistoryStore, MemoryStore, RedbStore, Retention, RoomAppend, StoreError, StoredRoom, StoredSummary,
+};
 use confab_actors::{Engine, EngineConfig, EngineError, EngineHealth};
-use confab_engine::{Limits, RoomError, RoomEvent};
+use confab_engine::{Limits, RoomError, RoomEvent, RoomName};
 use futures::StreamExt;
 
 use super::faulty_store::FaultyStore;
@@ -460,4 +462,80 @@ async fn a_room_reloaded_after_a_failed_commit_that_was_stored_anyway_writes_on(
     assert_eq!(sent.seq, 3);
     let retry = engine.send(&lobby, draft("ann", "b", "two")).await.expect("retry");
     assert_eq!((retry.seq, retry.duplicate), (2, true), "the stored one is recognised (G4)");
+}
+
+/// A memory store whose load of one room blocks until it is opened: a big room on a slow disk.
+#[derive(Debug)]
+struct SlowLoadStore {
+    inner: MemoryStore,
+    slow: RoomName,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl SlowLoadStore {
+    fn open(&self) {
+        *self.open.lock().expect("gate") = true;
+        self.opened.notify_all();
+    }
+}
+
+impl HistoryStore for SlowLoadStore {
+    fn load_room(&self, room: &RoomName) -> Result<Option<StoredRoom>, StoreError> {
+        if *room == self.slow {
+            let mut open = self.open.lock().expect("gate");
+            while !*open {
+                open = self.opened.wait(open).expect("gate");
+            }
+        }
+        self.inner.load_room(room)
+    }
+
+    fn room_summaries(&self, after: Option<&RoomName>, limit: usize) -> Result<Vec<StoredSummary>, StoreError> {
+        self.inner.room_summaries(after, limit)
+    }
+
+    fn append(&self, appends: &[RoomAppend], now_ms: u64) -> Result<(), StoreError> {
+        self.inner.append(appends, now_ms)
+    }
+}
+
+/// While a room loads from the store, the registry answers for every other room: new rooms are
+/// created and used at once (the load ran in the registry's mailbox before, so one slow room
+/// stalled them all), and the callers waiting for the slow room all get it once it is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_room_load_does_not_stall_other_rooms() {
+    let patience = std::time::Duration::from_secs(10);
+    let store = Arc::new(SlowLoadStore {
+        inner: MemoryStore::new(RETENTION),
+        slow: room("big"),
+        open: std::sync::Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+    });
+    let engine = durable_engine(Arc::clone(&store) as Arc<dyn HistoryStore>);
+    let slow_sends: Vec<_> = (0..2)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(
+                async move { engine.send(&room("big"), draft("ann", &format!("b{i}"), "to the big room")).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for name in ["small-1", "small-2"] {
+        let sent = tokio::time::timeout(patience, engine.send(&room(name), draft("bob", "", "meanwhile")))
+            .await
+            .expect("another room is served while the big one loads")
+            .expect("send");
+        assert_eq!(sent.seq, 1);
+    }
+    assert!(slow_sends.iter().all(|send| !send.is_finished()), "the big room is still loading");
+    store.open();
+    let mut seqs = Vec::new();
+    for send in slow_sends {
+        let sent = tokio::time::timeout(patience, send).await.expect("loaded").expect("task").expect("send");
+        seqs.push(sent.seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![1, 2], "both callers reached the one loaded room");
 }
