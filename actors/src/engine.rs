@@ -40,6 +40,26 @@ const REGISTRY_MAILBOX_LEN: usize = 4_096;
 /// Capacity of an upload actor's mailbox: a client streams chunks into it.
 const UPLOAD_MAILBOX_LEN: usize = 64;
 
+/// Up to `len` stored rooms after `after` that `visible` keeps, read a page of records at a time.
+fn visible_summaries(
+    store: &dyn HistoryStore,
+    mut after: Option<RoomName>,
+    len: usize,
+    visible: &(dyn Fn(&RoomName) -> bool + Send + Sync),
+) -> Result<Vec<crate::store::StoredSummary>, crate::store::StoreError> {
+    let mut kept = Vec::new();
+    loop {
+        let read = store.room_summaries(after.as_ref(), ROOMS_PAGE_MAX)?;
+        let last_page = read.len() < ROOMS_PAGE_MAX;
+        after = read.last().map(|summary| summary.name.clone());
+        kept.extend(read.into_iter().filter(|summary| visible(&summary.name)));
+        if kept.len() >= len || last_page {
+            kept.truncate(len);
+            return Ok(kept);
+        }
+    }
+}
+
 /// Most rooms one [`Engine::rooms_page`] (and one ListRooms call) returns.
 pub const ROOMS_PAGE_MAX: usize = 1_000;
 
@@ -380,13 +400,26 @@ impl Engine {
     /// record and one key per stored room. So a listing after a restart costs neither memory
     /// for every stored history nor a stall of the rooms being created meanwhile.
     pub async fn rooms_page(&self, after: Option<&RoomName>, limit: usize) -> Result<RoomsPage, EngineError> {
+        self.visible_rooms_page(after, limit, Arc::new(|_: &RoomName| true)).await
+    }
+
+    /// [`Engine::rooms_page`] of only the rooms `visible` keeps (a caller's permissions): the
+    /// page is filled with up to `limit` visible rooms, and `next_after` is the last of them, so
+    /// no name the filter hides leaves the engine. Finding them may read past many hidden
+    /// rooms (on a blocking thread, their records only).
+    pub async fn visible_rooms_page(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+        visible: Arc<dyn Fn(&RoomName) -> bool + Send + Sync>,
+    ) -> Result<RoomsPage, EngineError> {
         let limit = limit.clamp(1, ROOMS_PAGE_MAX);
         // One more than the page from each side tells whether a next page exists.
-        let live = self.inner.rooms.page_after(after, limit + 1);
+        let live = self.inner.rooms.page_after(after, limit + 1, visible.as_ref());
         let stored = match self.inner.store.upgrade() {
             Some(store) => {
                 let after = after.cloned();
-                let read = move || store.room_summaries(after.as_ref(), limit + 1);
+                let read = move || visible_summaries(store.as_ref(), after, limit + 1, visible.as_ref());
                 match self.inner.runtime.spawn_blocking(read).await {
                     Ok(Ok(stored)) => stored,
                     Ok(Err(error)) => return Err(EngineError::Room(RoomError::Storage { reason: error.to_string() })),

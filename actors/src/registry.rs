@@ -44,15 +44,22 @@ impl RoomTable {
         self.read().get(name).filter(|actor| actor.is_alive()).cloned()
     }
 
-    /// Up to `len` live rooms named after `after`, in name order (a copy: no lock is held
-    /// across awaits).
-    pub(crate) fn page_after(&self, after: Option<&RoomName>, len: usize) -> Vec<(RoomName, ActorRef<RoomActor>)> {
+    /// Up to `len` live rooms named after `after` that `visible` keeps, in name order (a copy:
+    /// no lock is held across awaits).
+    pub(crate) fn page_after(
+        &self,
+        after: Option<&RoomName>,
+        len: usize,
+        visible: &(dyn Fn(&RoomName) -> bool + Send + Sync),
+    ) -> Vec<(RoomName, ActorRef<RoomActor>)> {
         let from = match after {
             Some(after) => std::ops::Bound::Excluded(after),
             None => std::ops::Bound::Unbounded,
         };
         let rooms = self.read();
-        let live = rooms.range::<RoomName, _>((from, std::ops::Bound::Unbounded)).filter(|(_, actor)| actor.is_alive());
+        let live = rooms
+            .range::<RoomName, _>((from, std::ops::Bound::Unbounded))
+            .filter(|(name, actor)| actor.is_alive() && visible(name));
         live.take(len).map(|(name, actor)| (name.clone(), actor.clone())).collect()
     }
 

@@ -1,6 +1,7 @@
 //! `confab.v1.Chat`: each RPC is a thin translation into `Engine` calls.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use confab_actors::{Engine, ROOMS_PAGE_MAX, Upload};
 use confab_engine::{RateKind, RoomName, ServerFrame};
@@ -90,8 +91,8 @@ impl v1::chat_server::Chat for ConfabChat {
         Ok(Response::new(convert::history(&page)))
     }
 
-    /// Only the rooms the token may read: a page may hold fewer than `limit` rooms (even none)
-    /// when some are not readable, and `next_after` still says where the next page starts.
+    /// Only the rooms the token may read: the page is filled with readable rooms, and
+    /// `next_after` is the last of them, so a restricted token learns no other room's name.
     async fn list_rooms(
         &self,
         request: Request<v1::ListRoomsRequest>,
@@ -106,10 +107,13 @@ impl v1::chat_server::Chat for ConfabChat {
             Ok(0) | Err(_) => ROOMS_PAGE_MAX,
             Ok(limit) => limit,
         };
-        let page = self.engine.rooms_page(after.as_ref(), limit).await.map_err(ApiError::from)?;
+        let readable = Arc::new(move |room: &RoomName| grant.allows(room.as_str(), RoomAction::Read));
+        let page = self.engine.visible_rooms_page(after.as_ref(), limit, readable).await.map_err(ApiError::from)?;
         let next_after = page.next_after.map(|name| name.as_str().to_owned()).unwrap_or_default();
-        let readable = page.rooms.iter().filter(|room| grant.allows(room.name.as_str(), RoomAction::Read));
-        Ok(Response::new(v1::ListRoomsResponse { rooms: readable.map(convert::room_info).collect(), next_after }))
+        Ok(Response::new(v1::ListRoomsResponse {
+            rooms: page.rooms.iter().map(convert::room_info).collect(),
+            next_after,
+        }))
     }
 
     type SubscribeStream = ResponseStream<v1::RoomEvent>;

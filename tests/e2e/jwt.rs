@@ -425,3 +425,29 @@ async fn bad_jwt_key_files_stop_the_server_naming_the_flag() {
     let stderr = refused_start(&["--jwt-public-key-file", garbage.to_str().expect("utf-8")]).await;
     assert!(stderr.contains("--jwt-public-key-file") && stderr.contains("PEM public key"), "{stderr}");
 }
+
+/// ListRooms pages hold only readable rooms, and `next_after` names only readable rooms too:
+/// paging one room at a time with a restricted token learns nothing of the other rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_rooms_pages_reveal_no_room_the_token_may_not_read() {
+    let server = start_jwt().await;
+    let mut admin = confab_as(&server, &token_for("admin", json!({}))).await;
+    for room in ["a-hidden", "team-1", "b-hidden", "team-2", "c-hidden", "team-3", "d-hidden"] {
+        admin.send(send(room, "hi")).await.expect("send");
+    }
+    let mut ann = confab_as(&server, &token_for("ann", json!({"rooms": ["team-*"]}))).await;
+    let (mut seen, mut cursors, mut after) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = ann.list_rooms(ListRoomsRequest { limit: 1, after: after.clone() }).await.expect("a page");
+        let page = page.into_inner();
+        seen.extend(page.rooms.into_iter().map(|room| room.name));
+        if page.next_after.is_empty() {
+            break;
+        }
+        cursors.push(page.next_after.clone());
+        after = page.next_after;
+    }
+    assert_eq!(seen, ["team-1", "team-2", "team-3"]);
+    assert!(cursors.iter().all(|cursor| cursor.starts_with("team-")), "cursors name readable rooms only: {cursors:?}");
+    server.stop().await.expect("stopped");
+}
