@@ -9,7 +9,8 @@
 //! ("trailers-only"), else in the trailers at the end of the body, so the body is wrapped to
 //! see them. A body dropped before its trailers is a call the client cancelled. The layer is
 //! also where tonic's own OUT_OF_RANGE for a message over its decoding limit becomes
-//! RESOURCE_EXHAUSTED ([`over_decode_limit`]), for every RPC alike.
+//! RESOURCE_EXHAUSTED and a message that does not decode INVALID_ARGUMENT ([`client_fault`]),
+//! for every RPC alike.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -26,7 +27,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::{debug, info, trace, warn};
 
-use super::status::over_decode_limit;
+use super::status::client_fault;
 use crate::metrics::{RpcMetrics, RpcSeries};
 
 /// Refusals are summed up in at most one info line per this interval; each refusal itself is
@@ -235,12 +236,12 @@ pub struct Observe<S> {
     refusals: Arc<RefusalLog>,
 }
 
-/// The status in `headers` (trailers-only headers, or trailers), with tonic's decode-limit
-/// OUT_OF_RANGE rewritten there as RESOURCE_EXHAUSTED.
+/// The status in `headers` (trailers-only headers, or trailers), with tonic's answers to a
+/// client's own mistakes rewritten there ([`client_fault`]): the decode limit's OUT_OF_RANGE
+/// as RESOURCE_EXHAUSTED, a message that does not decode as INVALID_ARGUMENT.
 fn final_status(headers: &mut HeaderMap) -> Option<Status> {
     let status = Status::from_header_map(headers)?;
-    let Some(refusal) = over_decode_limit(&status) else { return Some(status) };
-    let status = Status::from(refusal);
+    let Some(status) = client_fault(&status) else { return Some(status) };
     // Only a message that cannot be a header value fails here; ours are plain text.
     let _ = status.add_header(headers);
     Some(status)

@@ -172,6 +172,22 @@ pub fn over_decode_limit(status: &Status) -> Option<ApiError> {
     Some(ApiError::MessageTooBig { bytes: bytes.parse().ok()?, bytes_max: bytes_max.parse().ok()? })
 }
 
+/// The start of every protobuf decoding error's text (prost's `DecodeError`), which tonic
+/// reports as INTERNAL.
+const PROTOBUF_DECODE_ERROR: &str = "failed to decode Protobuf message: ";
+
+/// tonic's answer to a request the client got wrong, as the client's fault: a message that
+/// does not decode (tonic says INTERNAL) is INVALID_ARGUMENT, one over the decoding limit
+/// (OUT_OF_RANGE) is RESOURCE_EXHAUSTED. `None` for any other status. Applied to every final
+/// status (`observe`), so a flood of garbage is counted and logged as refusals, not failures.
+pub fn client_fault(status: &Status) -> Option<Status> {
+    if let Some(refusal) = over_decode_limit(status) {
+        return Some(refusal.into());
+    }
+    let malformed = status.code() == Code::Internal && status.message().starts_with(PROTOBUF_DECODE_ERROR);
+    malformed.then(|| Status::invalid_argument(format!("malformed message: {}", status.message())))
+}
+
 /// A status from the inbound stream of a client-streaming call: a chunk that does not decode
 /// is the client's fault (tonic reports it as INTERNAL), one over the decoding limit is
 /// RESOURCE_EXHAUSTED, anything else (cancelled, …) passes.
@@ -200,6 +216,15 @@ mod tests {
         let status = inbound_status(tonic);
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert!(status.message().contains("8388613 bytes") && status.message().contains("4194304"), "{status:?}");
+    }
+
+    #[test]
+    fn a_message_that_does_not_decode_is_the_clients_fault() {
+        let tonic = Status::internal("failed to decode Protobuf message: SendRequest.room: invalid string value");
+        let status = client_fault(&tonic).expect("recognised");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("SendRequest.room"), "{status:?}");
+        assert!(client_fault(&Status::internal("the engine stopped")).is_none(), "a real failure stays INTERNAL");
     }
 
     #[test]

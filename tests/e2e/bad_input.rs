@@ -63,6 +63,15 @@ async fn bad_requests_get_clear_statuses_while_other_streams_carry_on() {
     let codec = tonic_prost::ProstCodec::<RawChunk, UploadReceipt>::default();
     let decoded = raw.client_streaming(tonic::Request::new(tokio_stream::iter(garbage)), path, codec).await;
     assert_eq!(decoded.expect_err("garbage").code(), Code::InvalidArgument);
+    // The same garbage as a unary call: the client's fault too, not the server's INTERNAL
+    // (which is also logged at WARN, once per call).
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/confab.v1.Chat/Send");
+    let codec = tonic_prost::ProstCodec::<RawChunk, UploadReceipt>::default();
+    let bad = RawChunk { room: String::new(), user: "u".into(), body: vec![0xff, 0xfe, 0x00, 0xc3] };
+    raw.ready().await.expect("ready");
+    let unary = raw.unary(tonic::Request::new(bad), path, codec).await.expect_err("garbage");
+    assert_eq!(unary.code(), Code::InvalidArgument, "{unary:?}");
+    assert!(unary.message().contains("malformed message"), "{unary:?}");
 
     // Nothing of the refused requests reached the room, and the watcher still gets live messages.
     let ok = client.send(send("calm", "still fine".into())).await.expect("send").into_inner();
