@@ -249,6 +249,9 @@ struct LimitArgs {
     /// RESOURCE_EXHAUSTED, and the upload commits nothing).
     #[arg(long, default_value_t = limits::UPLOAD_BYTES_IN_FLIGHT_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
     upload_bytes_in_flight_max: u64,
+    /// Bytes of message bodies one user's (or connection's) open uploads may hold together.
+    #[arg(long, default_value_t = limits::UPLOAD_BYTES_PER_USER_MAX as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_bytes_per_user_max: u64,
 }
 
 /// What a connection may hold and how long it may stay silent, on both ports.
@@ -314,6 +317,7 @@ impl LimitArgs {
             sessions_per_user_max: size(self.sessions_per_user_max),
             uploads_per_user_max: size(self.uploads_per_user_max),
             upload_bytes_in_flight_max: size(self.upload_bytes_in_flight_max),
+            upload_bytes_per_user_max: size(self.upload_bytes_per_user_max),
         }
     }
 

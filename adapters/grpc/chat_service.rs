@@ -122,10 +122,18 @@ impl chat::chat_service_server::ChatService for SeedChat {
         &self,
         request: Request<chat::Message>,
     ) -> Result<Response<Self::BroadcastMessagesStream>, Status> {
-        let grant = grant(&request)?;
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
         let room = convert::metadata_room(request.metadata())?;
         grant.check(room.as_str(), RoomAction::Read)?;
-        let replay = Replay::start(self.engine.clone(), room).await?;
+        // A replay holds up to a page of the room's history until its client reads it, so it
+        // takes one of the sender's session slots: one client cannot hold thousands of pages.
+        let rate = self.limiter.sender(&caller, request.remote_addr());
+        let slot = rate.hold_session()?;
+        rate.check_creation(&self.engine, &room)?;
+        let replay = Replay::start(self.engine.clone(), room).await?.map(move |message| {
+            let _held_until_the_replay_ends = &slot;
+            message
+        });
         let welcome = convert::server_says("Welcome to the broadcast!".into());
         let finished = convert::server_says("Broadcast finished.".into());
         let stream = futures::stream::once(futures::future::ready(Ok(welcome)))

@@ -82,10 +82,13 @@ impl v1::chat_server::Chat for ConfabChat {
     }
 
     async fn history(&self, request: Request<v1::HistoryRequest>) -> Result<Response<v1::HistoryResponse>, Status> {
-        let grant = grant(&request)?;
+        let (caller, grant) = (caller(&request)?, grant(&request)?);
+        let rate = self.limiter.sender(&caller, request.remote_addr());
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
         grant.check(room.as_str(), RoomAction::Read)?;
+        // Reading a stored room that is not live loads it: that counts as creating it.
+        rate.check_creation(&self.engine, &room)?;
         let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
         let page = self.engine.history(&room, request.after_seq, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(convert::history(&page)))

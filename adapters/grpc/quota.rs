@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use confab_engine::limits::{
-    ROOMS_PER_USER_MAX, SESSIONS_PER_USER_MAX, UPLOAD_BYTES_IN_FLIGHT_MAX, UPLOADS_PER_USER_MAX,
+    ROOMS_PER_USER_MAX, SESSIONS_PER_USER_MAX, UPLOAD_BYTES_IN_FLIGHT_MAX, UPLOAD_BYTES_PER_USER_MAX,
+    UPLOADS_PER_USER_MAX,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -32,6 +33,8 @@ pub struct QuotaLimits {
     pub uploads_per_user_max: usize,
     /// See [`UPLOAD_BYTES_IN_FLIGHT_MAX`] (server-wide, not per sender).
     pub upload_bytes_in_flight_max: usize,
+    /// See [`UPLOAD_BYTES_PER_USER_MAX`].
+    pub upload_bytes_per_user_max: usize,
 }
 
 impl Default for QuotaLimits {
@@ -41,6 +44,7 @@ impl Default for QuotaLimits {
             sessions_per_user_max: SESSIONS_PER_USER_MAX,
             uploads_per_user_max: UPLOADS_PER_USER_MAX,
             upload_bytes_in_flight_max: UPLOAD_BYTES_IN_FLIGHT_MAX,
+            upload_bytes_per_user_max: UPLOAD_BYTES_PER_USER_MAX,
         }
     }
 }
@@ -77,11 +81,13 @@ struct Usage {
     rooms: HashMap<String, usize>,
     sessions: usize,
     uploads: usize,
+    /// Bytes of message bodies its open uploads hold.
+    upload_bytes: usize,
 }
 
 impl Usage {
     fn is_empty(&self) -> bool {
-        self.rooms.is_empty() && self.sessions == 0 && self.uploads == 0
+        self.rooms.is_empty() && self.sessions == 0 && self.uploads == 0 && self.upload_bytes == 0
     }
 }
 
@@ -102,9 +108,43 @@ impl Quotas {
         Self { limits, upload_bytes, usage: Arc::default() }
     }
 
-    /// A new, empty reservation of upload bytes, for one upload.
-    pub(crate) fn upload_bytes(&self) -> UploadBytes {
-        UploadBytes { quotas: self.clone(), held: None }
+    /// A new, empty reservation of upload bytes, for one upload of `sender`.
+    pub(crate) fn upload_bytes(&self, sender: &Sender) -> UploadBytes {
+        UploadBytes { quotas: self.clone(), sender: sender.clone(), bytes: 0, held: None }
+    }
+
+    /// Counts `bytes` more of `sender`'s uploads, unless that goes past its quota.
+    fn take_upload_bytes(&self, sender: &Sender, bytes: usize) -> Result<(), QuotaExceeded> {
+        let max = self.limits.upload_bytes_per_user_max;
+        let mut table = self.lock();
+        let usage = table.entry(sender.clone()).or_default();
+        match usage.upload_bytes.checked_add(bytes).filter(|total| *total <= max) {
+            Some(total) => {
+                usage.upload_bytes = total;
+                Ok(())
+            }
+            None => {
+                if usage.is_empty() {
+                    table.remove(sender);
+                }
+                Err(QuotaExceeded {
+                    what: "bytes of open uploads",
+                    scope: PER_SENDER,
+                    max,
+                    flag: "--upload-bytes-per-user-max",
+                })
+            }
+        }
+    }
+
+    /// Gives back `bytes` of `sender`'s uploads.
+    fn give_upload_bytes(&self, sender: &Sender, bytes: usize) {
+        let mut table = self.lock();
+        let Some(usage) = table.get_mut(sender) else { return };
+        usage.upload_bytes = usage.upload_bytes.saturating_sub(bytes);
+        if usage.is_empty() {
+            table.remove(sender);
+        }
     }
 
     pub(crate) fn limits(&self) -> QuotaLimits {
@@ -217,16 +257,20 @@ impl Default for Quotas {
     }
 }
 
-/// The upload bytes one upload holds of the server's budget, given back when dropped (the
-/// upload committed or ended).
+/// The upload bytes one upload holds of its sender's quota and of the server's budget, given
+/// back when dropped (the upload committed or ended).
 #[derive(Debug)]
 pub struct UploadBytes {
     quotas: Quotas,
+    sender: Sender,
+    /// Counted in the sender's usage.
+    bytes: usize,
     held: Option<OwnedSemaphorePermit>,
 }
 
 impl UploadBytes {
-    /// Reserves `bytes` more, or refuses if the server's budget would be exceeded.
+    /// Reserves `bytes` more, or refuses if the sender's quota or the server's budget would be
+    /// exceeded.
     pub fn reserve(&mut self, bytes: usize) -> Result<(), QuotaExceeded> {
         let max = self.quotas.limits.upload_bytes_in_flight_max;
         let refused = || QuotaExceeded {
@@ -236,12 +280,26 @@ impl UploadBytes {
             flag: "--upload-bytes-in-flight-max",
         };
         let permits = u32::try_from(bytes).map_err(|_| refused())?;
-        let more = Arc::clone(&self.quotas.upload_bytes).try_acquire_many_owned(permits).map_err(|_| refused())?;
+        self.quotas.take_upload_bytes(&self.sender, bytes)?;
+        let more = match Arc::clone(&self.quotas.upload_bytes).try_acquire_many_owned(permits) {
+            Ok(more) => more,
+            Err(_) => {
+                self.quotas.give_upload_bytes(&self.sender, bytes);
+                return Err(refused());
+            }
+        };
+        self.bytes += bytes;
         match self.held.as_mut() {
             Some(held) => held.merge(more),
             None => self.held = Some(more),
         }
         Ok(())
+    }
+}
+
+impl Drop for UploadBytes {
+    fn drop(&mut self) {
+        self.quotas.give_upload_bytes(&self.sender, self.bytes);
     }
 }
 
@@ -269,14 +327,15 @@ mod tests {
             sessions_per_user_max: max,
             uploads_per_user_max: max,
             upload_bytes_in_flight_max: 100,
+            upload_bytes_per_user_max: 100,
         })
     }
 
     #[test]
     fn upload_bytes_are_one_budget_for_the_server_given_back_when_an_upload_ends() {
         let quotas = quotas(1);
-        let mut first = quotas.upload_bytes();
-        let mut second = quotas.upload_bytes();
+        let mut first = quotas.upload_bytes(&connection(1));
+        let mut second = quotas.upload_bytes(&connection(2));
         first.reserve(60).expect("60 of 100");
         first.reserve(30).expect("90 of 100");
         let refused = second.reserve(20).expect_err("110 of 100");
@@ -285,6 +344,20 @@ mod tests {
         second.reserve(10).expect("exactly the budget");
         drop(first);
         second.reserve(90).expect("the first upload's bytes came back");
+    }
+
+    #[test]
+    fn one_senders_uploads_share_its_byte_quota_and_give_it_back() {
+        let quotas = Quotas::new(QuotaLimits { upload_bytes_per_user_max: 50, ..QuotaLimits::default() });
+        let mut first = quotas.upload_bytes(&connection(1));
+        let mut second = quotas.upload_bytes(&connection(1));
+        first.reserve(40).expect("40 of the sender's 50");
+        let refused = second.reserve(20).expect_err("60 of the sender's 50");
+        assert!(refused.to_string().contains("--upload-bytes-per-user-max"), "{refused}");
+        quotas.upload_bytes(&connection(2)).reserve(50).expect("another sender has its own");
+        second.reserve(10).expect("exactly the quota");
+        drop((first, second));
+        assert_eq!(quotas.senders(), 0, "everything given back");
     }
 
     fn connection(port: u16) -> Sender {

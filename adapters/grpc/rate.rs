@@ -273,9 +273,9 @@ impl SenderRate {
         Ok(self.limiter.quotas.hold_session(&self.sender)?)
     }
 
-    /// An empty reservation of the server's upload-byte budget, for one upload.
+    /// An empty reservation of the sender's and the server's upload-byte budgets, for one upload.
     pub fn upload_bytes(&self) -> UploadBytes {
-        self.limiter.quotas.upload_bytes()
+        self.limiter.quotas.upload_bytes(&self.sender)
     }
 
     /// Holds an upload slot until the guard drops.

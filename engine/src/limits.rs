@@ -150,6 +150,12 @@ pub const UPLOADS_PER_USER_MAX: usize = 8;
 /// upload is aborted and commits nothing); the bytes come back when an upload commits or ends.
 pub const UPLOAD_BYTES_IN_FLIGHT_MAX: usize = 256 * 1024 * 1024;
 
+/// Bytes of message bodies one sender's open uploads may hold together: two full uploads
+/// ([`UPLOAD_BYTES_MAX`]), so two users (or two connections of an open server) with unfinished
+/// uploads cannot take the whole [`UPLOAD_BYTES_IN_FLIGHT_MAX`] from everyone else. Over it:
+/// RESOURCE_EXHAUSTED, and that upload commits nothing.
+pub const UPLOAD_BYTES_PER_USER_MAX: usize = 2 * UPLOAD_BYTES_MAX;
+
 /// Concurrent calls (HTTP/2 streams) on one client connection. Enforced by the transport as
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: a well-behaved client queues calls beyond it
 /// until one ends. Above the 1,250 streams per connection the idle-stream benchmark opens.

@@ -505,6 +505,27 @@ async fn uploads_in_flight_share_one_byte_budget() {
     bounded(other.upload(tokio_stream::iter(vec![chunk("other", 300)]))).await.expect("the bytes came back");
 }
 
+/// One sender's open uploads share its own byte quota, below the server's budget: a second
+/// upload of the same connection past it is refused, while another connection uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_open_uploads_share_its_byte_quota() {
+    let quotas = QuotaLimits { upload_bytes_per_user_max: 1_000, ..QuotaLimits::default() };
+    let server = TestServer::start_with_options(Limits::default(), with_quotas(quotas)).await;
+    let chunk =
+        |room: &str, bytes: usize| UploadChunk { room: room.into(), user: "ann".into(), body: "u".repeat(bytes) };
+    let holder = server.confab().await;
+    let mut same_connection = holder.clone();
+    let second = || tokio_stream::iter(vec![chunk("other", 300)]);
+    let (refusal, chunks, pending) =
+        refused_beside_open_upload(&holder, chunk("held", 800), &mut same_connection, second).await;
+    assert!(refusal.message().contains("--upload-bytes-per-user-max"), "{}", refusal.message());
+    let mut other = server.confab().await;
+    bounded(other.upload(second())).await.expect("another sender has its own quota");
+    drop(chunks);
+    assert_eq!(bounded(pending).await.expect("task").expect("the first commits").into_inner().count, 1);
+    bounded(same_connection.upload(second())).await.expect("the bytes came back");
+}
+
 /// An upload of `first` on `holder`, left open, and the refusal of an upload of `second()` on
 /// `other` beside it. Which of the two the server sees first is up to it: while the second
 /// wins (it commits, or the first is refused), the first is started again.
