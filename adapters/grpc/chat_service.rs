@@ -104,9 +104,9 @@ impl chat::chat_service_server::ChatService for SeedChat {
     async fn say_hello(&self, request: Request<chat::Message>) -> Result<Response<chat::Message>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
         let rate = self.limiter.sender(&caller, request.remote_addr());
-        rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         let room = convert::metadata_room(request.metadata())?;
         grant.check(room.as_str(), RoomAction::Post)?;
+        rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         rate.check_creation(&self.engine, &room)?;
         let message = request.into_inner();
         let user = caller.user(&message.user, "user")?;
@@ -166,7 +166,9 @@ impl chat::chat_service_server::ChatService for SeedChat {
             let Some(message) = message else { break };
             // Each message takes a send token; over the rate, the upload is paced.
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+                _ = expiry.expired() => return Err(Expiry::error().into()),
                 _ = rate.take_paced(RateKind::Send) => {}
             }
             let user = caller.user(&message.user, "user")?;

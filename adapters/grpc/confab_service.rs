@@ -71,10 +71,10 @@ impl v1::chat_server::Chat for ConfabChat {
     async fn send(&self, request: Request<v1::SendRequest>) -> Result<Response<v1::SendResponse>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
         let rate = self.limiter.sender(&caller, request.remote_addr());
-        rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         let request = request.into_inner();
         let room = convert::room(&request.room)?;
         grant.check(room.as_str(), RoomAction::Post)?;
+        rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         rate.check_creation(&self.engine, &room)?;
         let draft = convert::draft_by(caller.user(&request.user, "user")?, &request.client_msg_id, request.body)?;
         let sent = self.engine.send(&room, draft).await.map_err(ApiError::from)?;
@@ -154,7 +154,9 @@ impl v1::chat_server::Chat for ConfabChat {
             // Each message takes a send token; over the rate, the upload is paced (the stream is
             // not read meanwhile), as it is all or nothing and may hold more than the burst.
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown.into()),
+                _ = expiry.expired() => return Err(Expiry::error().into()),
                 _ = rate.take_paced(RateKind::Send) => {}
             }
             if upload.is_none() {
