@@ -487,6 +487,48 @@ async fn broadcast_messages_replays_every_page_in_order() {
     assert_eq!(contents, expected);
 }
 
+/// A `BroadcastMessages` replay holds one of its sender's session slots while it runs (it keeps
+/// up to a page of history until its client reads it): a client that opens replays and reads
+/// nothing is refused past `--sessions-per-user-max` (4 calls on a big room once held 2.3 GiB),
+/// and a replay that ends gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_broadcast_replays_are_bounded_by_the_session_quota() {
+    let quotas = QuotaLimits { sessions_per_user_max: 2, ..QuotaLimits::default() };
+    let server = TestServer::start_with_options(Limits::default(), with_quotas(quotas)).await;
+    let mut client = server.confab().await;
+    // 6 MB: more than a tonic client's HTTP/2 window per stream (2 MiB) and per connection
+    // (5 MiB), so an unread replay stays open.
+    for index in 0..100 {
+        client.send(send("big", &format!("{index:04}{}", "x".repeat(60_000)))).await.expect("send");
+    }
+    let seed = server.seed().await;
+    let request = || with_metadata(chat::Message { user: "ann".into(), content: String::new() }, "room", "big");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut replay = bounded(seed.clone().broadcast_messages(request())).await.expect("a replay").into_inner();
+        bounded(replay.message()).await.expect("ok").expect("the welcome");
+        open.push(replay);
+    }
+    let refused = bounded(seed.clone().broadcast_messages(request())).await.expect_err("a third unread replay");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("--sessions-per-user-max"), "{}", refused.message());
+    drop(open.pop());
+    let mut retried = None;
+    for _ in 0..100 {
+        match bounded(seed.clone().broadcast_messages(request())).await {
+            Ok(replay) => {
+                retried = Some(replay);
+                break;
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("unexpected {status:?}"),
+        }
+    }
+    assert!(retried.is_some(), "a cancelled replay gives its slot back");
+}
+
 /// All open uploads together hold at most `--upload-bytes-in-flight-max` of bodies: a chunk
 /// past it is refused (that upload commits nothing), and a finished upload gives its bytes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
