@@ -137,7 +137,7 @@ fn slot(kind: RateKind) -> usize {
 }
 
 /// The server's rate limiter: cheap to clone, shared by both services and the web port.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SendLimiter {
     rates: RateLimits,
     origin: Instant,
@@ -146,6 +146,14 @@ pub struct SendLimiter {
     sockets: Arc<AtomicU64>,
     /// What each sender holds, against its quotas.
     quotas: Quotas,
+}
+
+impl std::fmt::Debug for SendLimiter {
+    /// The settings only: configurations are logged at start-up, and the live tables (every
+    /// sender's buckets and holdings) are neither short nor anyone's business in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendLimiter").field("rates", &self.rates).field("quotas", &self.quotas.limits()).finish()
+    }
 }
 
 impl SendLimiter {

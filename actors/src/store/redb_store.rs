@@ -559,6 +559,9 @@ fn open_database(path: &Path) -> Result<(Database, bool), String> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
     let file = options.open(path).map_err(|error| error.to_string())?;
     restrict(&file).map_err(|error| format!("setting its mode: {error}"))?;
+    // redb reports a repair while it lays out a new, empty file too: only an existing file can
+    // have been left unclean.
+    let created = file.metadata().map_err(|error| error.to_string())?.len() == 0;
     let repaired = Arc::new(AtomicBool::new(false));
     let noticed = Arc::clone(&repaired);
     let database = guard::catch(move || {
@@ -568,7 +571,7 @@ fn open_database(path: &Path) -> Result<(Database, bool), String> {
             .create_file(file)
     })?
     .map_err(explain)?;
-    Ok((database, repaired.load(Ordering::Relaxed)))
+    Ok((database, !created && repaired.load(Ordering::Relaxed)))
 }
 
 /// redb's open errors, in the operator's terms.
