@@ -32,9 +32,8 @@
 
 use std::future::Future;
 
-use confab_actors::{Engine, SessionSender};
+use confab_actors::{Engine, SessionItem, SessionSender, SharedEvent};
 use confab_engine::{ClientFrame, ServerFrame, UserName};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::grpc::auth::Grant;
@@ -80,6 +79,10 @@ pub trait FrameSink: Send {
     /// Delivers one session frame to the client, in order.
     fn deliver(&mut self, frame: &ServerFrame) -> impl Future<Output = Result<(), Gone>> + Send;
 
+    /// Delivers one room event, as shared with the room's other readers: a transport encodes
+    /// it once for all of them ([`SharedEvent::encoded`], in its [`EncodingSlot`]).
+    fn deliver_event(&mut self, event: &SharedEvent) -> impl Future<Output = Result<(), Gone>> + Send;
+
     /// Refuses one client frame about `room` without ending the session (an `Error` frame),
     /// for refusals the transport makes itself, such as the send rate.
     fn refuse(&mut self, room: &str, error: ApiError) -> impl Future<Output = Result<(), Gone>> + Send;
@@ -121,8 +124,8 @@ pub async fn pump_session<Source, Sink>(
                 return;
             }
             // Output first: a client that reads is served before more of its input is taken.
-            event = events.next() => match event {
-                Some(frame) => {
+            item = std::future::poll_fn(|cx| events.poll_next_shared(cx)) => match item {
+                Some(item) => {
                     // A client that stops reading must not hold shutdown up: stop waiting
                     // for it once shutdown starts.
                     tokio::select! {
@@ -131,7 +134,7 @@ pub async fn pump_session<Source, Sink>(
                             sink.end(Some(ApiError::ShuttingDown)).await;
                             return;
                         }
-                        delivered = sink.deliver(&frame) => if delivered.is_err() { return },
+                        delivered = deliver(&mut sink, &item) => if delivered.is_err() { return },
                     }
                 }
                 None => {
@@ -179,6 +182,34 @@ pub async fn pump_session<Source, Sink>(
                 Inbound::Gone => return,
             },
         }
+    }
+}
+
+/// Delivers one item of a session's output.
+async fn deliver<Sink: FrameSink>(sink: &mut Sink, item: &SessionItem) -> Result<(), Gone> {
+    match item {
+        SessionItem::Frame(frame) => sink.deliver(frame).await,
+        SessionItem::Event(event) => sink.deliver_event(event).await,
+    }
+}
+
+/// The wire formats whose bytes for a room event are made once and shared by every reader of
+/// the room: each has its slot in the event's encodings (below
+/// [`ENCODING_SLOTS`](confab_engine::ENCODING_SLOTS)), listed here so no two formats share one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodingSlot {
+    /// A `confab.v1.RoomEvent` message (gRPC `Subscribe`).
+    ConfabV1RoomEvent = 0,
+    /// A `confab.v1.ServerFrame` message carrying the event (WebSocket, binary format).
+    ConfabV1ServerFrame = 1,
+    /// The JSON frame of the event (WebSocket, JSON format).
+    JsonFrame = 2,
+}
+
+impl EncodingSlot {
+    /// The slot's index.
+    pub const fn index(self) -> usize {
+        self as usize
     }
 }
 

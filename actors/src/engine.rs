@@ -650,8 +650,8 @@ pub struct SessionEvents {
     readers: BTreeMap<RoomName, RingReader>,
     /// Set when the session finished: the rooms and messages to read up to before ending.
     finish: Option<Vec<(RoomName, Seq)>>,
-    /// Frames taken and not yet handed out.
-    ready: VecDeque<ServerFrame>,
+    /// Items taken and not yet handed out.
+    ready: VecDeque<SessionItem>,
     /// Set by a room that closed this session for stalling.
     stalled: Option<Stalled>,
     ended: bool,
@@ -672,7 +672,7 @@ impl SessionEvents {
     fn poll_control(&mut self, cx: &mut TaskContext<'_>) {
         while self.control_open && self.ready.is_empty() {
             match self.control.poll_recv(cx) {
-                Poll::Ready(Some(Outbound::Frame(frame))) => self.ready.push_back(frame),
+                Poll::Ready(Some(Outbound::Frame(frame))) => self.ready.push_back(SessionItem::Frame(frame)),
                 Poll::Ready(Some(Outbound::Attach(reader))) => {
                     self.readers.insert(reader.room().clone(), reader);
                 }
@@ -692,10 +692,8 @@ impl SessionEvents {
         let mut gone = Vec::new();
         for (room, reader) in &mut self.readers {
             loop {
-                match reader.poll_item(cx, false) {
-                    Poll::Ready(ReaderItem::Event(event)) => {
-                        self.ready.push_back(ServerFrame::Event(event.into_event()));
-                    }
+                match reader.poll_item(cx, true) {
+                    Poll::Ready(ReaderItem::Event(event)) => self.ready.push_back(SessionItem::Event(event)),
                     Poll::Ready(ReaderItem::Stalled(stalled)) => {
                         self.stalled = Some(stalled);
                         return;
@@ -733,13 +731,14 @@ impl SessionEvents {
     }
 }
 
-impl Stream for SessionEvents {
-    type Item = ServerFrame;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ServerFrame>> {
+impl SessionEvents {
+    /// The next frame, with a room event as shared with the room's other readers (so a
+    /// transport can encode it once for all of them: [`SharedEvent::encoded`]); the stream's
+    /// `poll_next` gives the same frames, each event owned.
+    pub fn poll_next_shared(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<SessionItem>> {
         loop {
-            if let Some(frame) = self.ready.pop_front() {
-                return Poll::Ready(Some(frame));
+            if let Some(item) = self.ready.pop_front() {
+                return Poll::Ready(Some(item));
             }
             if self.ended {
                 return Poll::Ready(None);
@@ -769,4 +768,26 @@ impl Stream for SessionEvents {
             return Poll::Pending;
         }
     }
+}
+
+impl Stream for SessionEvents {
+    type Item = ServerFrame;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ServerFrame>> {
+        self.poll_next_shared(cx).map(|item| {
+            item.map(|item| match item {
+                SessionItem::Frame(frame) => frame,
+                SessionItem::Event(event) => ServerFrame::Event(event.into_event()),
+            })
+        })
+    }
+}
+
+/// One item of a session's output ([`SessionEvents::poll_next_shared`]).
+#[derive(Clone, Debug)]
+pub enum SessionItem {
+    /// A frame for this session alone (acks, errors, `Left`, its own `Subscribed`).
+    Frame(ServerFrame),
+    /// An event of a joined room, as shared with the room's other readers.
+    Event(SharedEvent),
 }

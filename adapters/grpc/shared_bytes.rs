@@ -39,12 +39,13 @@ use super::proto::confab_v1::chat_server::ChatServer;
 use super::quota::Held;
 use super::shutdown::ShutdownWatch;
 use super::status::ApiError;
+use crate::transport::EncodingSlot;
 
 /// The gRPC path of `confab.v1.Chat/Subscribe`.
 pub const SUBSCRIBE_PATH: &str = "/confab.v1.Chat/Subscribe";
 
 /// The encoding slot of a `confab.v1.RoomEvent` in a published event's encodings.
-pub const CONFAB_V1_ROOM_EVENT_SLOT: usize = 0;
+pub const CONFAB_V1_ROOM_EVENT_SLOT: usize = EncodingSlot::ConfabV1RoomEvent.index();
 
 /// The buffer a `Subscribe` stream's encoder starts with, in bytes. tonic's default, 8 KiB,
 /// is most of an idle stream's memory; a chat event and its frame header fit in 1 KiB, and the
@@ -236,7 +237,7 @@ impl Service<http::Request<Body>> for ConfabService {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use confab_actors::SharedEvent;
@@ -247,7 +248,8 @@ mod tests {
 
     use super::*;
 
-    fn events() -> Vec<RoomEvent> {
+    /// One event of each kind, for the encode-once tests of every wire format.
+    pub(crate) fn events() -> Vec<RoomEvent> {
         let room = RoomName::new("lobby").expect("room");
         let user = UserName::new("ann").expect("user");
         let message = ChatMessage {
@@ -268,7 +270,7 @@ mod tests {
     }
 
     /// Publishes `event` through a ring and reads it back as the shared item every reader gets.
-    fn published(event: RoomEvent) -> SharedEvent {
+    pub(crate) fn published(event: RoomEvent) -> SharedEvent {
         let seq_before = event.seq().map_or(0, |seq| seq - 1);
         let mut ring = Ring::new(4, seq_before, 1_000);
         ring.add_reader(SubscriberId(1), seq_before);

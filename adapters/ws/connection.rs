@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use confab_actors::Engine;
-use confab_engine::{ServerFrame, UserName};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use confab_actors::{Engine, SharedEvent};
+use confab_engine::{RoomEvent, ServerFrame, UserName};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -27,7 +28,7 @@ use crate::grpc::expiry::Expiry;
 use crate::grpc::proto::confab_v1 as v1;
 use crate::grpc::rate::SenderRate;
 use crate::grpc::status::ApiError;
-use crate::transport::{FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
+use crate::transport::{EncodingSlot, FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
 
 /// How long a connection's close frame may take to send before the socket is dropped instead.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -48,6 +49,14 @@ impl Format {
             None | Some("binary") | Some("protobuf") => Ok(Format::Binary),
             Some("json") => Ok(Format::Json),
             Some(other) => Err(ApiError::Malformed(format!("format: {other:?} is not \"binary\" or \"json\""))),
+        }
+    }
+
+    /// Where a room event's frame in this format is kept, made once for every reader.
+    pub const fn slot(self) -> EncodingSlot {
+        match self {
+            Format::Binary => EncodingSlot::ConfabV1ServerFrame,
+            Format::Json => EncodingSlot::JsonFrame,
         }
     }
 }
@@ -198,6 +207,18 @@ impl Frames {
     }
 }
 
+/// A room event's frame in `format`, as every reader of the room gets it (made once per event
+/// and format, by the first reader that needs it): the bytes [`Replies::send`] would write for
+/// `ServerFrame::Event(event)`, empty for an event the JSON format does not show.
+fn encode_event(format: Format, event: &RoomEvent) -> Vec<u8> {
+    let frame = convert::server_frame(&ServerFrame::Event(event.clone()));
+    match format {
+        Format::Binary => frame.encode_to_vec(),
+        // Serializing these plain structs cannot fail (no maps with non-string keys).
+        Format::Json => json::server_frame(frame).and_then(|frame| serde_json::to_vec(&frame).ok()).unwrap_or_default(),
+    }
+}
+
 /// The outbound half: encodes server frames.
 struct Replies {
     sink: SharedSink,
@@ -225,6 +246,18 @@ impl FrameSink for Replies {
         self.send(convert::server_frame(frame)).await
     }
 
+    async fn deliver_event(&mut self, event: &SharedEvent) -> Result<(), Gone> {
+        let format = self.format;
+        let bytes = event.encoded(format.slot().index(), |event| encode_event(format, event));
+        let message = match format {
+            Format::Binary => Message::Binary(Bytes::from_owner(bytes)),
+            // An event the JSON format does not show is encoded as nothing.
+            Format::Json if bytes.is_empty() => return Ok(()),
+            Format::Json => Message::Text(Utf8Bytes::try_from(Bytes::from_owner(bytes)).map_err(|_| Gone)?),
+        };
+        self.sink.lock().await.send(message).await.map_err(|_| Gone)
+    }
+
     async fn refuse(&mut self, room: &str, error: ApiError) -> Result<(), Gone> {
         self.send(convert::error_frame(room, error)).await
     }
@@ -243,4 +276,55 @@ async fn close(sink: &SharedSink, frame: CloseFrame) {
     };
     // A client that reads nothing cannot take the close frame; then the socket just drops.
     let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, closing).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::grpc::shared_bytes::tests::{events, published};
+
+    /// The bytes a WebSocket writes for `ServerFrame::Event(event)` frame by frame.
+    fn per_connection(format: Format, event: &RoomEvent) -> Option<Vec<u8>> {
+        let frame = convert::server_frame(&ServerFrame::Event(event.clone()));
+        match format {
+            Format::Binary => Some(frame.encode_to_vec()),
+            Format::Json => json::server_frame(frame).map(|frame| serde_json::to_vec(&frame).expect("serialises")),
+        }
+    }
+
+    #[test]
+    fn shared_frames_decode_to_exactly_the_per_connection_conversion() {
+        for format in [Format::Binary, Format::Json] {
+            for event in events() {
+                let shared = published(event.clone());
+                let first = shared.encoded(format.slot().index(), |event| encode_event(format, event));
+                let again = shared.encoded(format.slot().index(), |_| panic!("encoded a second time"));
+                assert!(Arc::ptr_eq(&first, &again), "every reader gets the same bytes");
+                match (format, per_connection(format, &event)) {
+                    (Format::Binary, Some(expected)) => assert_eq!(
+                        v1::ServerFrame::decode(&first[..]).expect("decodes"),
+                        v1::ServerFrame::decode(&expected[..]).expect("decodes"),
+                        "{event:?}"
+                    ),
+                    (Format::Json, Some(expected)) => assert_eq!(
+                        serde_json::from_slice::<serde_json::Value>(&first).expect("JSON"),
+                        serde_json::from_slice::<serde_json::Value>(&expected).expect("JSON"),
+                        "{event:?}"
+                    ),
+                    (_, None) => assert!(first.is_empty(), "an event the format does not show: {event:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_format_has_a_slot_of_its_own() {
+        let slots = [EncodingSlot::ConfabV1RoomEvent, Format::Binary.slot(), Format::Json.slot()];
+        for (index, slot) in slots.iter().enumerate() {
+            assert!(slot.index() < confab_engine::ENCODING_SLOTS, "{slot:?}");
+            assert!(slots[index + 1..].iter().all(|other| other != slot), "{slot:?} is shared");
+        }
+    }
 }
