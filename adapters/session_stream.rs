@@ -15,8 +15,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use confab_actors::{Engine, EngineError, SessionEvents, SessionOptions, SessionSender, TrySend};
-use confab_engine::{ClientFrame, RateLimited, RoomName, ServerFrame, UserName};
+use confab_actors::{Engine, EngineError, SessionEvents, SessionItem, SessionOptions, SessionSender, TrySend};
+use confab_engine::{ClientFrame, RateLimited, RoomName, UserName};
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
@@ -120,8 +120,11 @@ pub trait SessionOutput: Send + Unpin + 'static {
     /// Whether this vocabulary has a place for send acknowledgements: without one the session
     /// sends none (each would only cost the stream a wake-up to skip it).
     const ACKS: bool;
-    /// A frame from the session.
-    fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item>;
+    /// A frame from the session; a room event comes as shared with the room's other readers,
+    /// so a vocabulary can encode it once for all of them ([`SharedEvent::encoded`]).
+    ///
+    /// [`SharedEvent::encoded`]: confab_actors::SharedEvent::encoded
+    fn item(&mut self, item: &SessionItem) -> Output<Self::Item>;
     /// A frame about `room` refused without ending the session: a post over the rate
     /// ([`RatePolicy::Refuse`]), or a frame the token's room permissions do not allow.
     fn refusal(&mut self, room: &str, error: ApiError) -> Option<Self::Item>;
@@ -316,8 +319,8 @@ where
             return Poll::Ready(Some(refusal));
         }
         loop {
-            match this.events.poll_next_unpin(cx) {
-                Poll::Ready(Some(frame)) => match this.output.frame(&frame) {
+            match this.events.poll_next_shared(cx) {
+                Poll::Ready(Some(item)) => match this.output.item(&item) {
                     Output::Skip => continue,
                     Output::Item(item) => return Poll::Ready(Some(item)),
                     Output::Last(item) => {

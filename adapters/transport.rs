@@ -204,6 +204,8 @@ pub enum EncodingSlot {
     ConfabV1ServerFrame = 1,
     /// The JSON frame of the event (WebSocket, JSON format).
     JsonFrame = 2,
+    /// A `chat.Message` (the seed's `ChatStream`; room messages only).
+    SeedMessage = 3,
 }
 
 impl EncodingSlot {

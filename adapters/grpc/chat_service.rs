@@ -1,9 +1,12 @@
 //! `chat.ChatService`, the seed's proto, with confab's room semantics (DESIGN.md, "The gRPC
 //! API"): the room comes from the `room` metadata key (default `lobby`).
 
-use confab_actors::Engine;
+use std::sync::Arc;
+
+use confab_actors::{Engine, SessionItem};
 use confab_engine::{ClientFrame, RateKind, RoomError, RoomEvent, RoomName, ServerFrame, UserName};
 use futures::StreamExt;
+use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -17,9 +20,10 @@ use super::rate::SendLimiter;
 use super::shutdown::{ShutdownSignal, UntilShutdown};
 use super::status::{ApiError, frame_code, inbound_status, over_decode_limit};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
-use crate::transport::Inbound;
+use crate::transport::{EncodingSlot, Inbound};
 
 /// The seed's `chat.ChatService`.
+#[derive(Clone)]
 pub struct SeedChat {
     engine: Engine,
     shutdown: CancellationToken,
@@ -191,6 +195,24 @@ impl chat::chat_service_server::ChatService for SeedChat {
         &self,
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        // Served by `shared_bytes::SeedService`, which sends each message's bytes made once for
+        // every stream; this is the same stream, decoded, for a plain `ChatServiceServer`.
+        let shared = self.chat_stream_shared(request).await?;
+        let stream = shared.map(|item| {
+            item.and_then(|bytes| {
+                chat::Message::decode(&bytes[..]).map_err(|error| Status::internal(error.to_string()))
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl SeedChat {
+    /// A `ChatStream` call as a stream of each message's shared `chat.Message` bytes.
+    pub(crate) async fn chat_stream_shared(
+        &self,
+        request: Request<Streaming<chat::Message>>,
+    ) -> Result<ResponseStream<Arc<[u8]>>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
         let room = convert::metadata_room(request.metadata())?;
         // Joins to read and posts: posting covers both.
@@ -205,7 +227,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
             first = inbound.message() => first.map_err(inbound_status)?,
         };
         // No message at all: nothing to join, end OK.
-        let Some(first) = first else { return Ok(Response::new(Box::pin(futures::stream::empty()))) };
+        let Some(first) = first else { return Ok(Box::pin(futures::stream::empty())) };
         let user = caller.user(&first.user, "user")?;
         let opening = vec![ClientFrame::Join { room: room.to_string(), after_seq: None }, post(&room, first.content)];
         let later = SeedInbound { caller, identity: user.clone(), room };
@@ -221,7 +243,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
             SeedMessages,
             &self.signal,
         )?;
-        Ok(Response::new(Box::pin(expiry.stream(stream))))
+        Ok(Box::pin(expiry.stream(stream)))
     }
 }
 
@@ -230,6 +252,16 @@ struct SeedInbound {
     caller: Caller,
     identity: UserName,
     room: RoomName,
+}
+
+/// A room message as `chat.Message` bytes: the one conversion and encoding a shared message
+/// gets, whichever ChatStream asks first (nothing for other events, which the seed's protocol
+/// does not carry).
+pub fn encode_seed_message(event: &RoomEvent) -> Vec<u8> {
+    match event {
+        RoomEvent::Message(message) => convert::seed_message(message).encode_to_vec(),
+        _ => Vec::new(),
+    }
 }
 
 impl SeedInbound {
@@ -261,20 +293,32 @@ fn post(room: &RoomName, body: String) -> ClientFrame {
     ClientFrame::Send { room: room.to_string(), client_msg_id: String::new(), body }
 }
 
-/// A ChatStream's vocabulary: room messages as `{user, content}`; a lag or a refused frame
+/// A ChatStream's vocabulary: room messages as `{user, content}`, each encoded once for every
+/// ChatStream in the room (the stream carries the encoded `chat.Message`s:
+/// [`shared_bytes::SeedService`](super::shared_bytes::SeedService)); a lag or a refused frame
 /// ends the stream with its status (the protocol has no place for them); joins, acks,
 /// presence and typing are not carried.
 struct SeedMessages;
 
 impl SessionOutput for SeedMessages {
-    type Item = Result<chat::Message, Status>;
+    type Item = Result<Arc<[u8]>, Status>;
     const ACKS: bool = false;
 
-    fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item> {
-        match frame {
-            ServerFrame::Event(RoomEvent::Message(message)) => Output::Item(Ok(convert::seed_message(message))),
-            ServerFrame::Event(RoomEvent::Lagged { lag, .. }) => Output::Last(Err(ApiError::Lagged(*lag).into())),
-            ServerFrame::Error { error, .. } => Output::Last(Err(Status::new(frame_code(error), error.to_string()))),
+    fn item(&mut self, item: &SessionItem) -> Output<Self::Item> {
+        let event = match item {
+            SessionItem::Event(shared) if matches!(shared.event(), RoomEvent::Message(_)) => {
+                return Output::Item(Ok(shared.encoded(EncodingSlot::SeedMessage.index(), encode_seed_message)));
+            }
+            SessionItem::Event(shared) => shared.event(),
+            SessionItem::Frame(ServerFrame::Error { error, .. }) => {
+                return Output::Last(Err(Status::new(frame_code(error), error.to_string())));
+            }
+            SessionItem::Frame(ServerFrame::Event(event)) => event,
+            SessionItem::Frame(_) => return Output::Skip,
+        };
+        match event {
+            RoomEvent::Message(_) => Output::Item(Ok(encode_seed_message(event).into())),
+            RoomEvent::Lagged { lag, .. } => Output::Last(Err(ApiError::Lagged(*lag).into())),
             _ => Output::Skip,
         }
     }

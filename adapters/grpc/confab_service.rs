@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use confab_actors::{Engine, ROOMS_PAGE_MAX, Upload};
+use confab_actors::{Engine, ROOMS_PAGE_MAX, SessionItem, Upload};
 use confab_engine::{RateKind, RoomName, ServerFrame};
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -230,8 +230,13 @@ impl SessionOutput for SessionFrames {
     type Item = Result<v1::ServerFrame, Status>;
     const ACKS: bool = true;
 
-    fn frame(&mut self, frame: &ServerFrame) -> Output<Self::Item> {
-        Output::Item(Ok(convert::server_frame(frame)))
+    fn item(&mut self, item: &SessionItem) -> Output<Self::Item> {
+        match item {
+            SessionItem::Frame(frame) => Output::Item(Ok(convert::server_frame(frame))),
+            SessionItem::Event(event) => {
+                Output::Item(Ok(convert::server_frame(&ServerFrame::Event(event.event().clone()))))
+            }
+        }
     }
 
     fn refusal(&mut self, room: &str, error: ApiError) -> Option<Self::Item> {

@@ -37,10 +37,9 @@ use super::health::ServerHealth;
 use super::idle::{GRPC_CONNECTION_IDLE, GrpcConnectInfo, IdleClose, IdleLayer};
 use super::jwt::JwtVerifier;
 use super::observe::ObserveLayer;
-use super::proto::chat::chat_service_server::ChatServiceServer;
 use super::rate::SendLimiter;
 use super::reflection;
-use super::shared_bytes::ConfabService;
+use super::shared_bytes::{ConfabService, SeedService};
 use super::shutdown::EndAtShutdown;
 use crate::metrics::RpcMetrics;
 use crate::net::{Acceptor, ConnectionLimits, Guarded, HTTP2_PREFACE_BYTES, Preface};
@@ -172,7 +171,7 @@ pub async fn serve_with(
         .layer(DeadlineLayer)
         .layer(CancelLayer)
         .add_service(ConfabService::new(confab, auth.clone()))
-        .add_service(ChatServiceServer::with_interceptor(seed, auth))
+        .add_service(SeedService::new(seed, auth))
         .add_service(health_service)
         .add_service(EndAtShutdown::new(reflection::v1()?, &streams_end))
         .add_service(EndAtShutdown::new(reflection::v1alpha()?, &streams_end))

@@ -25,15 +25,17 @@ use futures::future::BoxFuture;
 use prost::Message;
 use tonic::body::Body;
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
-use tonic::server::{Grpc, NamedService, ServerStreamingService};
+use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService};
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 use tower::Service;
 
 use super::auth::Authenticator;
+use super::chat_service::SeedChat;
 use super::confab_service::{ConfabChat, ResponseStream};
 use super::convert;
+use super::proto::chat::{self, chat_service_server::ChatServiceServer};
 use super::proto::confab_v1 as v1;
 use super::proto::confab_v1::chat_server::ChatServer;
 use super::quota::Held;
@@ -236,6 +238,87 @@ impl Service<http::Request<Body>> for ConfabService {
     }
 }
 
+/// The gRPC path of the seed's `chat.ChatService/ChatStream`.
+pub const CHAT_STREAM_PATH: &str = "/chat.ChatService/ChatStream";
+
+/// `ChatStream` as a bidirectional method of shared bytes.
+struct ChatStreamMethod(Arc<SeedChat>);
+
+impl StreamingService<chat::Message> for ChatStreamMethod {
+    type Response = Arc<[u8]>;
+    type ResponseStream = ResponseStream<Arc<[u8]>>;
+    type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<chat::Message>>) -> Self::Future {
+        let seed = Arc::clone(&self.0);
+        Box::pin(async move { Ok(Response::new(seed.chat_stream_shared(request).await?)) })
+    }
+}
+
+/// The `ChatStream` route: the generated method's framing and limits, the shared-bytes codec.
+#[derive(Clone)]
+pub struct ChatStreamRoute(Arc<SeedChat>);
+
+impl Service<http::Request<Body>> for ChatStreamRoute {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let method = ChatStreamMethod(Arc::clone(&self.0));
+        Box::pin(async move {
+            let mut grpc = Grpc::new(SharedBytesCodec::<chat::Message>::default());
+            Ok(grpc.streaming(method, request).await)
+        })
+    }
+}
+
+/// The seed's `chat.ChatService`: `ChatStream` through [`ChatStreamRoute`] (each room message
+/// encoded once for every stream in the room), the rest through the generated service, both
+/// behind the same interceptor.
+#[derive(Clone)]
+pub struct SeedService {
+    generated: InterceptedService<ChatServiceServer<SeedChat>, Authenticator>,
+    chat_stream: InterceptedService<ChatStreamRoute, Authenticator>,
+}
+
+impl SeedService {
+    /// The service over `seed`, every call checked by `auth`.
+    pub fn new(seed: SeedChat, auth: Authenticator) -> Self {
+        let chat_stream = InterceptedService::new(ChatStreamRoute(Arc::new(seed.clone())), auth.clone());
+        Self { generated: ChatServiceServer::with_interceptor(seed, auth), chat_stream }
+    }
+}
+
+impl NamedService for SeedService {
+    const NAME: &'static str = <ChatServiceServer<SeedChat> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for SeedService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are always ready (the generated service and the route hold no capacity).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() == CHAT_STREAM_PATH {
+            let response = self.chat_stream.call(request);
+            Box::pin(async move { Ok(response.await?.map(Body::new)) })
+        } else {
+            let response = self.generated.call(request);
+            Box::pin(async move { Ok(response.await?.map(Body::new)) })
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::Arc;
@@ -280,6 +363,21 @@ pub(crate) mod tests {
         match read.pop() {
             Some(ReadItem::Event(published)) => SharedEvent::Shared(published),
             other => panic!("expected the event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_seed_messages_decode_to_exactly_the_per_stream_conversion() {
+        use crate::grpc::chat_service::encode_seed_message;
+        use crate::transport::EncodingSlot;
+        let slot = EncodingSlot::SeedMessage.index();
+        for event in events() {
+            let RoomEvent::Message(message) = &event else { continue };
+            let shared = published(event.clone());
+            let first = shared.encoded(slot, encode_seed_message);
+            assert_eq!(chat::Message::decode(&first[..]).expect("decodes"), convert::seed_message(message));
+            let again = shared.encoded(slot, |_| panic!("encoded a second time"));
+            assert!(Arc::ptr_eq(&first, &again), "every ChatStream gets the same bytes");
         }
     }
 
