@@ -200,7 +200,8 @@ async fn deliver<Sink: FrameSink>(sink: &mut Sink, item: &SessionItem) -> Result
 pub enum EncodingSlot {
     /// A `confab.v1.RoomEvent` message (gRPC `Subscribe`).
     ConfabV1RoomEvent = 0,
-    /// A `confab.v1.ServerFrame` message carrying the event (WebSocket, binary format).
+    /// A `confab.v1.ServerFrame` message carrying the event (gRPC `Session`, and WebSocket in
+    /// the binary format).
     ConfabV1ServerFrame = 1,
     /// The JSON frame of the event (WebSocket, JSON format).
     JsonFrame = 2,

@@ -4,8 +4,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use confab_actors::{Engine, ROOMS_PAGE_MAX, SessionItem, Upload};
-use confab_engine::{RateKind, RoomName, ServerFrame};
+use confab_engine::{RateKind, RoomName};
 use futures::{Stream, StreamExt};
+use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -15,11 +16,11 @@ use super::expiry::{Expiry, UntilExpiry};
 use super::permissions::RoomAction;
 use super::proto::confab_v1 as v1;
 use super::rate::SendLimiter;
-use super::shared_bytes::SharedSubscribeStream;
+use super::shared_bytes::{SharedSubscribeStream, encode_event_frame};
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
 use super::status::{ApiError, inbound_status, over_decode_limit};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
-use crate::transport::{Inbound, admit};
+use crate::transport::{EncodingSlot, Inbound, admit};
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -187,6 +188,27 @@ impl v1::chat_server::Chat for ConfabChat {
         &self,
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // Served by `shared_bytes::ConfabService`, which sends each room event's frame made
+        // once for every session in the room; this is the same stream, decoded, for a plain
+        // `ChatServer`.
+        let shared = self.session_shared(request).await?;
+        let stream = shared.map(|item| {
+            item.and_then(|bytes| {
+                prost::Message::decode(&bytes[..])
+                    .map_err(|error| Status::internal(format!("re-decoding a frame: {error}")))
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl ConfabChat {
+    /// A `Session` call as a stream of each frame's `confab.v1.ServerFrame` bytes: a room
+    /// event's made once for every session in the room, the session's own frames per stream.
+    pub(crate) async fn session_shared(
+        &self,
+        request: Request<Streaming<v1::ClientFrame>>,
+    ) -> Result<ResponseStream<Arc<[u8]>>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
         let user = caller.metadata_user(request.metadata())?;
         let expiry = Expiry::of(&grant);
@@ -202,7 +224,7 @@ impl v1::chat_server::Chat for ConfabChat {
             SessionFrames,
             &self.signal,
         )?;
-        Ok(Response::new(Box::pin(expiry.stream(stream))))
+        Ok(Box::pin(expiry.stream(stream)))
     }
 }
 
@@ -227,20 +249,20 @@ fn inbound_frame(frame: Result<v1::ClientFrame, Status>) -> Inbound {
 struct SessionFrames;
 
 impl SessionOutput for SessionFrames {
-    type Item = Result<v1::ServerFrame, Status>;
+    type Item = Result<Arc<[u8]>, Status>;
     const ACKS: bool = true;
 
     fn item(&mut self, item: &SessionItem) -> Output<Self::Item> {
         match item {
-            SessionItem::Frame(frame) => Output::Item(Ok(convert::server_frame(frame))),
+            SessionItem::Frame(frame) => Output::Item(Ok(convert::server_frame(frame).encode_to_vec().into())),
             SessionItem::Event(event) => {
-                Output::Item(Ok(convert::server_frame(&ServerFrame::Event(event.event().clone()))))
+                Output::Item(Ok(event.encoded(EncodingSlot::ConfabV1ServerFrame.index(), encode_event_frame)))
             }
         }
     }
 
     fn refusal(&mut self, room: &str, error: ApiError) -> Option<Self::Item> {
-        Some(Ok(convert::error_frame(room, error)))
+        Some(Ok(convert::error_frame(room, error).encode_to_vec().into()))
     }
 
     fn end(&mut self, reason: Option<ApiError>) -> Option<Self::Item> {

@@ -1,14 +1,17 @@
 //! Encode once, share the bytes. A room publishes each event once; this is how a thousand
-//! `Subscribe` streams of one room send it without a thousand conversions and encodings:
+//! streams of one room send it without a thousand conversions and encodings:
 //!
 //! - [`SharedBytesCodec`] is a tonic codec whose encode side writes a protobuf message that was
 //!   encoded before (the bytes a [`SharedEvent`](confab_actors::SharedEvent) carries), and
 //!   whose decode side is prost's.
-//! - [`ConfabService`] is `confab.v1.Chat` with `Subscribe` served through that codec, and
-//!   every other method through the generated service. Both pass the same interceptor (auth).
+//! - [`ConfabService`] is `confab.v1.Chat` with `Subscribe` (each event's `RoomEvent`) and
+//!   `Session` (each room event's `ServerFrame`; the session's own frames are encoded per
+//!   stream) served through that codec; [`SeedService`] is the seed's `chat.ChatService` with
+//!   `ChatStream` (each room message's `chat.Message`) served the same way. Every other method
+//!   goes through the generated service, behind the same interceptor (auth).
 //!
-//! tonic's generated services fix one codec per service (prost's), so the one method is
-//! routed here by its path; the request, the response and the status are the generated
+//! tonic's generated services fix one codec per service (prost's), so these methods are
+//! routed here by their paths; the request, the response and the status are the generated
 //! method's, byte for byte on the wire.
 
 use std::convert::Infallible;
@@ -19,7 +22,7 @@ use std::task::{Context, Poll};
 
 use bytes::BufMut;
 use confab_actors::RoomEvents;
-use confab_engine::RoomEvent;
+use confab_engine::{RoomEvent, ServerFrame};
 use futures::Stream;
 use futures::future::BoxFuture;
 use prost::Message;
@@ -106,6 +109,12 @@ impl Encoder for SharedBytesEncoder {
 /// gets, whichever stream asks first.
 pub fn encode_room_event(event: &RoomEvent) -> Vec<u8> {
     convert::room_event(event).encode_to_vec()
+}
+
+/// A room event as the `confab.v1.ServerFrame` that carries it (a `Session`'s frame, and a
+/// WebSocket's in the binary format): made once, whichever reader asks first.
+pub fn encode_event_frame(event: &RoomEvent) -> Vec<u8> {
+    convert::server_frame(&ServerFrame::Event(event.clone())).encode_to_vec()
 }
 
 /// A `Subscribe` stream: each event's shared bytes, then a status if the room closed the
@@ -197,19 +206,61 @@ impl Service<http::Request<Body>> for SubscribeRoute {
     }
 }
 
-/// `confab.v1.Chat`: `Subscribe` through [`SubscribeRoute`], the rest through the generated
-/// service, both behind the same interceptor.
+/// The gRPC path of `confab.v1.Chat/Session`.
+pub const SESSION_PATH: &str = "/confab.v1.Chat/Session";
+
+/// `Session` as a bidirectional method of shared bytes.
+struct SessionMethod(Arc<ConfabChat>);
+
+impl StreamingService<v1::ClientFrame> for SessionMethod {
+    type Response = Arc<[u8]>;
+    type ResponseStream = ResponseStream<Arc<[u8]>>;
+    type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<v1::ClientFrame>>) -> Self::Future {
+        let chat = Arc::clone(&self.0);
+        Box::pin(async move { Ok(Response::new(chat.session_shared(request).await?)) })
+    }
+}
+
+/// The `Session` route: the generated method's framing and limits, the shared-bytes codec.
+#[derive(Clone)]
+pub struct SessionRoute(Arc<ConfabChat>);
+
+impl Service<http::Request<Body>> for SessionRoute {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let method = SessionMethod(Arc::clone(&self.0));
+        Box::pin(async move {
+            let mut grpc = Grpc::new(SharedBytesCodec::<v1::ClientFrame>::default());
+            Ok(grpc.streaming(method, request).await)
+        })
+    }
+}
+
+/// `confab.v1.Chat`: `Subscribe` and `Session` through their shared-bytes routes, the rest
+/// through the generated service, all behind the same interceptor.
 #[derive(Clone)]
 pub struct ConfabService {
     generated: InterceptedService<ChatServer<ConfabChat>, Authenticator>,
     subscribe: InterceptedService<SubscribeRoute, Authenticator>,
+    session: InterceptedService<SessionRoute, Authenticator>,
 }
 
 impl ConfabService {
     /// The service over `chat`, every call checked by `auth`.
     pub fn new(chat: ConfabChat, auth: Authenticator) -> Self {
-        let subscribe = InterceptedService::new(SubscribeRoute(Arc::new(chat.clone())), auth.clone());
-        Self { generated: ChatServer::with_interceptor(chat, auth), subscribe }
+        let shared = Arc::new(chat.clone());
+        let subscribe = InterceptedService::new(SubscribeRoute(Arc::clone(&shared)), auth.clone());
+        let session = InterceptedService::new(SessionRoute(shared), auth.clone());
+        Self { generated: ChatServer::with_interceptor(chat, auth), subscribe, session }
     }
 }
 
@@ -230,6 +281,9 @@ impl Service<http::Request<Body>> for ConfabService {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if request.uri().path() == SUBSCRIBE_PATH {
             let response = self.subscribe.call(request);
+            Box::pin(async move { Ok(response.await?.map(Body::new)) })
+        } else if request.uri().path() == SESSION_PATH {
+            let response = self.session.call(request);
             Box::pin(async move { Ok(response.await?.map(Body::new)) })
         } else {
             let response = self.generated.call(request);
@@ -378,6 +432,20 @@ pub(crate) mod tests {
             assert_eq!(chat::Message::decode(&first[..]).expect("decodes"), convert::seed_message(message));
             let again = shared.encoded(slot, |_| panic!("encoded a second time"));
             assert!(Arc::ptr_eq(&first, &again), "every ChatStream gets the same bytes");
+        }
+    }
+
+    #[test]
+    fn shared_session_frames_decode_to_exactly_the_per_stream_conversion() {
+        use crate::transport::EncodingSlot;
+        let slot = EncodingSlot::ConfabV1ServerFrame.index();
+        for event in events() {
+            let expected = convert::server_frame(&ServerFrame::Event(event.clone()));
+            let shared = published(event.clone());
+            let first = shared.encoded(slot, encode_event_frame);
+            assert_eq!(v1::ServerFrame::decode(&first[..]).expect("decodes"), expected, "{event:?}");
+            let again = shared.encoded(slot, |_| panic!("encoded a second time"));
+            assert!(Arc::ptr_eq(&first, &again), "every session gets the same bytes");
         }
     }
 

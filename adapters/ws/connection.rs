@@ -27,6 +27,7 @@ use crate::grpc::convert;
 use crate::grpc::expiry::Expiry;
 use crate::grpc::proto::confab_v1 as v1;
 use crate::grpc::rate::SenderRate;
+use crate::grpc::shared_bytes::encode_event_frame;
 use crate::grpc::status::ApiError;
 use crate::transport::{EncodingSlot, FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
 
@@ -211,11 +212,13 @@ impl Frames {
 /// and format, by the first reader that needs it): the bytes [`Replies::send`] would write for
 /// `ServerFrame::Event(event)`, empty for an event the JSON format does not show.
 fn encode_event(format: Format, event: &RoomEvent) -> Vec<u8> {
-    let frame = convert::server_frame(&ServerFrame::Event(event.clone()));
     match format {
-        Format::Binary => frame.encode_to_vec(),
+        // The same bytes as a gRPC `Session`'s frame for the event: one slot serves both.
+        Format::Binary => encode_event_frame(event),
         // Serializing these plain structs cannot fail (no maps with non-string keys).
-        Format::Json => json::server_frame(frame).and_then(|frame| serde_json::to_vec(&frame).ok()).unwrap_or_default(),
+        Format::Json => json::server_frame(convert::server_frame(&ServerFrame::Event(event.clone())))
+            .and_then(|frame| serde_json::to_vec(&frame).ok())
+            .unwrap_or_default(),
     }
 }
 
