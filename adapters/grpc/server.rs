@@ -39,7 +39,7 @@ use super::jwt::JwtVerifier;
 use super::observe::ObserveLayer;
 use super::rate::SendLimiter;
 use super::reflection;
-use super::shared_bytes::{ConfabService, SeedService};
+use super::shared_bytes::{confab_service, seed_service};
 use super::shutdown::EndAtShutdown;
 use crate::metrics::RpcMetrics;
 use crate::net::{Acceptor, ConnectionLimits, Guarded, HTTP2_PREFACE_BYTES, Preface};
@@ -170,8 +170,8 @@ pub async fn serve_with(
         .layer(ObserveLayer::new(options.metrics))
         .layer(DeadlineLayer)
         .layer(CancelLayer)
-        .add_service(ConfabService::new(confab, auth.clone()))
-        .add_service(SeedService::new(seed, auth))
+        .add_service(confab_service(confab, auth.clone()))
+        .add_service(seed_service(seed, auth))
         .add_service(health_service)
         .add_service(EndAtShutdown::new(reflection::v1()?, &streams_end))
         .add_service(EndAtShutdown::new(reflection::v1alpha()?, &streams_end))

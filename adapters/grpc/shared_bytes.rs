@@ -209,8 +209,12 @@ impl Service<http::Request<Body>> for SubscribeRoute {
 /// The gRPC path of `confab.v1.Chat/Session`.
 pub const SESSION_PATH: &str = "/confab.v1.Chat/Session";
 
+/// The gRPC path of the seed's `chat.ChatService/ChatStream`.
+pub const CHAT_STREAM_PATH: &str = "/chat.ChatService/ChatStream";
+
 /// `Session` as a bidirectional method of shared bytes.
-struct SessionMethod(Arc<ConfabChat>);
+#[derive(Clone)]
+pub struct SessionMethod(Arc<ConfabChat>);
 
 impl StreamingService<v1::ClientFrame> for SessionMethod {
     type Response = Arc<[u8]>;
@@ -223,80 +227,9 @@ impl StreamingService<v1::ClientFrame> for SessionMethod {
     }
 }
 
-/// The `Session` route: the generated method's framing and limits, the shared-bytes codec.
-#[derive(Clone)]
-pub struct SessionRoute(Arc<ConfabChat>);
-
-impl Service<http::Request<Body>> for SessionRoute {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let method = SessionMethod(Arc::clone(&self.0));
-        Box::pin(async move {
-            let mut grpc = Grpc::new(SharedBytesCodec::<v1::ClientFrame>::default());
-            Ok(grpc.streaming(method, request).await)
-        })
-    }
-}
-
-/// `confab.v1.Chat`: `Subscribe` and `Session` through their shared-bytes routes, the rest
-/// through the generated service, all behind the same interceptor.
-#[derive(Clone)]
-pub struct ConfabService {
-    generated: InterceptedService<ChatServer<ConfabChat>, Authenticator>,
-    subscribe: InterceptedService<SubscribeRoute, Authenticator>,
-    session: InterceptedService<SessionRoute, Authenticator>,
-}
-
-impl ConfabService {
-    /// The service over `chat`, every call checked by `auth`.
-    pub fn new(chat: ConfabChat, auth: Authenticator) -> Self {
-        let shared = Arc::new(chat.clone());
-        let subscribe = InterceptedService::new(SubscribeRoute(Arc::clone(&shared)), auth.clone());
-        let session = InterceptedService::new(SessionRoute(shared), auth.clone());
-        Self { generated: ChatServer::with_interceptor(chat, auth), subscribe, session }
-    }
-}
-
-impl NamedService for ConfabService {
-    const NAME: &'static str = <ChatServer<ConfabChat> as NamedService>::NAME;
-}
-
-impl Service<http::Request<Body>> for ConfabService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both are always ready (the generated service and the route hold no capacity).
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() == SUBSCRIBE_PATH {
-            let response = self.subscribe.call(request);
-            Box::pin(async move { Ok(response.await?.map(Body::new)) })
-        } else if request.uri().path() == SESSION_PATH {
-            let response = self.session.call(request);
-            Box::pin(async move { Ok(response.await?.map(Body::new)) })
-        } else {
-            let response = self.generated.call(request);
-            Box::pin(async move { Ok(response.await?.map(Body::new)) })
-        }
-    }
-}
-
-/// The gRPC path of the seed's `chat.ChatService/ChatStream`.
-pub const CHAT_STREAM_PATH: &str = "/chat.ChatService/ChatStream";
-
 /// `ChatStream` as a bidirectional method of shared bytes.
-struct ChatStreamMethod(Arc<SeedChat>);
+#[derive(Clone)]
+pub struct ChatStreamMethod(Arc<SeedChat>);
 
 impl StreamingService<chat::Message> for ChatStreamMethod {
     type Response = Arc<[u8]>;
@@ -309,11 +242,26 @@ impl StreamingService<chat::Message> for ChatStreamMethod {
     }
 }
 
-/// The `ChatStream` route: the generated method's framing and limits, the shared-bytes codec.
-#[derive(Clone)]
-pub struct ChatStreamRoute(Arc<SeedChat>);
+/// A bidirectional method of shared bytes (`M`, reading `D`s) as a route: the generated
+/// method's framing and limits, the shared-bytes codec.
+pub struct BidiRoute<M, D> {
+    method: M,
+    _decode: PhantomData<fn() -> D>,
+}
 
-impl Service<http::Request<Body>> for ChatStreamRoute {
+impl<M: Clone, D> Clone for BidiRoute<M, D> {
+    fn clone(&self) -> Self {
+        Self { method: self.method.clone(), _decode: PhantomData }
+    }
+}
+
+impl<M, D> Service<http::Request<Body>> for BidiRoute<M, D>
+where
+    M: StreamingService<D, Response = Arc<[u8]>> + Clone + Send + 'static,
+    M::ResponseStream: Send + 'static,
+    M::Future: Send,
+    D: Message + Default + Send + 'static,
+{
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
@@ -323,54 +271,91 @@ impl Service<http::Request<Body>> for ChatStreamRoute {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let method = ChatStreamMethod(Arc::clone(&self.0));
+        let method = self.method.clone();
         Box::pin(async move {
-            let mut grpc = Grpc::new(SharedBytesCodec::<chat::Message>::default());
+            let mut grpc = Grpc::new(SharedBytesCodec::<D>::default());
             Ok(grpc.streaming(method, request).await)
         })
     }
 }
 
-/// The seed's `chat.ChatService`: `ChatStream` through [`ChatStreamRoute`] (each room message
-/// encoded once for every stream in the room), the rest through the generated service, both
-/// behind the same interceptor.
+/// A service whose method at `path` is served by `route`, and every other by `rest`: how a
+/// shared-bytes route sits beside a generated service (each behind its own interceptor).
 #[derive(Clone)]
-pub struct SeedService {
-    generated: InterceptedService<ChatServiceServer<SeedChat>, Authenticator>,
-    chat_stream: InterceptedService<ChatStreamRoute, Authenticator>,
+pub struct Routed<R, G> {
+    path: &'static str,
+    route: R,
+    rest: G,
 }
 
-impl SeedService {
-    /// The service over `seed`, every call checked by `auth`.
-    pub fn new(seed: SeedChat, auth: Authenticator) -> Self {
-        let chat_stream = InterceptedService::new(ChatStreamRoute(Arc::new(seed.clone())), auth.clone());
-        Self { generated: ChatServiceServer::with_interceptor(seed, auth), chat_stream }
-    }
+impl<R, G: NamedService> NamedService for Routed<R, G> {
+    const NAME: &'static str = G::NAME;
 }
 
-impl NamedService for SeedService {
-    const NAME: &'static str = <ChatServiceServer<SeedChat> as NamedService>::NAME;
-}
-
-impl Service<http::Request<Body>> for SeedService {
+impl<R, G, RB, GB> Service<http::Request<Body>> for Routed<R, G>
+where
+    R: Service<http::Request<Body>, Response = http::Response<RB>, Error = Infallible>,
+    R::Future: Send + 'static,
+    G: Service<http::Request<Body>, Response = http::Response<GB>, Error = Infallible>,
+    G::Future: Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<tonic::codegen::StdError>,
+    GB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    GB::Error: Into<tonic::codegen::StdError>,
+{
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both are always ready (the generated service and the route hold no capacity).
+        // Both are always ready (the generated services and the routes hold no capacity).
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() == CHAT_STREAM_PATH {
-            let response = self.chat_stream.call(request);
+        if request.uri().path() == self.path {
+            let response = self.route.call(request);
             Box::pin(async move { Ok(response.await?.map(Body::new)) })
         } else {
-            let response = self.generated.call(request);
+            let response = self.rest.call(request);
             Box::pin(async move { Ok(response.await?.map(Body::new)) })
         }
     }
+}
+
+/// `confab.v1.Chat`: `Subscribe` (each event's `RoomEvent`) and `Session` (each room event's
+/// `ServerFrame`) through their shared-bytes routes, the rest through the generated service,
+/// all behind the same interceptor.
+pub type ConfabService = Routed<
+    InterceptedService<BidiRoute<SessionMethod, v1::ClientFrame>, Authenticator>,
+    Routed<
+        InterceptedService<SubscribeRoute, Authenticator>,
+        InterceptedService<ChatServer<ConfabChat>, Authenticator>,
+    >,
+>;
+
+/// The service over `chat`, every call checked by `auth`.
+pub fn confab_service(chat: ConfabChat, auth: Authenticator) -> ConfabService {
+    let shared = Arc::new(chat.clone());
+    let subscribe = InterceptedService::new(SubscribeRoute(Arc::clone(&shared)), auth.clone());
+    let session = BidiRoute { method: SessionMethod(shared), _decode: PhantomData };
+    let rest =
+        Routed { path: SUBSCRIBE_PATH, route: subscribe, rest: ChatServer::with_interceptor(chat, auth.clone()) };
+    Routed { path: SESSION_PATH, route: InterceptedService::new(session, auth), rest }
+}
+
+/// The seed's `chat.ChatService`: `ChatStream` (each room message's `chat.Message`) through its
+/// shared-bytes route, the rest through the generated service, both behind the same interceptor.
+pub type SeedService = Routed<
+    InterceptedService<BidiRoute<ChatStreamMethod, chat::Message>, Authenticator>,
+    InterceptedService<ChatServiceServer<SeedChat>, Authenticator>,
+>;
+
+/// The service over `seed`, every call checked by `auth`.
+pub fn seed_service(seed: SeedChat, auth: Authenticator) -> SeedService {
+    let chat_stream = BidiRoute { method: ChatStreamMethod(Arc::new(seed.clone())), _decode: PhantomData };
+    let rest = ChatServiceServer::with_interceptor(seed, auth.clone());
+    Routed { path: CHAT_STREAM_PATH, route: InterceptedService::new(chat_stream, auth), rest }
 }
 
 #[cfg(test)]
