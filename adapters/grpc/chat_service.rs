@@ -17,6 +17,7 @@ use super::expiry::Expiry;
 use super::permissions::RoomAction;
 use super::proto::chat;
 use super::rate::SendLimiter;
+use super::shared_bytes::decoded;
 use super::shutdown::{ShutdownSignal, UntilShutdown};
 use super::status::{ApiError, frame_code, inbound_status, over_decode_limit};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
@@ -197,13 +198,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
         // Served by `shared_bytes::SeedService`, which sends each message's bytes made once for
         // every stream; this is the same stream, decoded, for a plain `ChatServiceServer`.
-        let shared = self.chat_stream_shared(request).await?;
-        let stream = shared.map(|item| {
-            item.and_then(|bytes| {
-                chat::Message::decode(&bytes[..]).map_err(|error| Status::internal(error.to_string()))
-            })
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(decoded(self.chat_stream_shared(request).await?)))
     }
 }
 

@@ -16,7 +16,7 @@ use super::expiry::{Expiry, UntilExpiry};
 use super::permissions::RoomAction;
 use super::proto::confab_v1 as v1;
 use super::rate::SendLimiter;
-use super::shared_bytes::{SharedSubscribeStream, encode_event_frame};
+use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
 use super::status::{ApiError, inbound_status, over_decode_limit};
 use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
@@ -128,9 +128,7 @@ impl v1::chat_server::Chat for ConfabChat {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         // Served by `shared_bytes::ConfabService`, which encodes each event once for every
         // stream; this is the same stream, converted per stream, for a plain `ChatServer`.
-        let shared = self.subscribe_shared(request).await?;
-        let stream = shared.map(|item| item.and_then(|bytes| decode_room_event(&bytes)));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(decoded(self.subscribe_shared(request).await?)))
     }
 
     async fn upload(
@@ -191,14 +189,7 @@ impl v1::chat_server::Chat for ConfabChat {
         // Served by `shared_bytes::ConfabService`, which sends each room event's frame made
         // once for every session in the room; this is the same stream, decoded, for a plain
         // `ChatServer`.
-        let shared = self.session_shared(request).await?;
-        let stream = shared.map(|item| {
-            item.and_then(|bytes| {
-                prost::Message::decode(&bytes[..])
-                    .map_err(|error| Status::internal(format!("re-decoding a frame: {error}")))
-            })
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(decoded(self.session_shared(request).await?)))
     }
 }
 
@@ -226,11 +217,6 @@ impl ConfabChat {
         )?;
         Ok(Box::pin(expiry.stream(stream)))
     }
-}
-
-/// Shared bytes back to the message (only for a `ChatServer` used without the shared route).
-fn decode_room_event(bytes: &[u8]) -> Result<v1::RoomEvent, Status> {
-    prost::Message::decode(bytes).map_err(|error| Status::internal(format!("re-decoding an event: {error}")))
 }
 
 /// One client frame of a Session RPC, decoded for the session.

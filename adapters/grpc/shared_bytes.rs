@@ -117,6 +117,20 @@ pub fn encode_event_frame(event: &RoomEvent) -> Vec<u8> {
     convert::server_frame(&ServerFrame::Event(event.clone())).encode_to_vec()
 }
 
+/// Shared bytes back to messages: what a generated service's method returns when it is called
+/// without its shared-bytes route (a plain `ChatServer` or `ChatServiceServer`).
+pub(crate) fn decoded<M, S>(shared: S) -> ResponseStream<M>
+where
+    M: Message + Default + Send + 'static,
+    S: Stream<Item = Result<Arc<[u8]>, Status>> + Send + 'static,
+{
+    Box::pin(futures::StreamExt::map(shared, |item| {
+        item.and_then(|bytes| {
+            M::decode(&bytes[..]).map_err(|error| Status::internal(format!("re-decoding a message: {error}")))
+        })
+    }))
+}
+
 /// A `Subscribe` stream: each event's shared bytes, then a status if the room closed the
 /// stream for stalling, or UNAVAILABLE at shutdown.
 pub struct SharedSubscribeStream {

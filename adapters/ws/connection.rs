@@ -208,17 +208,25 @@ impl Frames {
     }
 }
 
+/// A `confab.v1` frame's bytes in `format`: `None` for a frame the JSON format does not show.
+fn frame_bytes(format: Format, frame: v1::ServerFrame) -> Option<Vec<u8>> {
+    match format {
+        Format::Binary => Some(frame.encode_to_vec()),
+        // Serializing these plain structs cannot fail (no maps with non-string keys).
+        Format::Json => json::server_frame(frame).and_then(|frame| serde_json::to_vec(&frame).ok()),
+    }
+}
+
 /// A room event's frame in `format`, as every reader of the room gets it (made once per event
-/// and format, by the first reader that needs it): the bytes [`Replies::send`] would write for
+/// and format, by the first reader that needs it): the bytes [`frame_bytes`] gives for
 /// `ServerFrame::Event(event)`, empty for an event the JSON format does not show.
 fn encode_event(format: Format, event: &RoomEvent) -> Vec<u8> {
     match format {
         // The same bytes as a gRPC `Session`'s frame for the event: one slot serves both.
         Format::Binary => encode_event_frame(event),
-        // Serializing these plain structs cannot fail (no maps with non-string keys).
-        Format::Json => json::server_frame(convert::server_frame(&ServerFrame::Event(event.clone())))
-            .and_then(|frame| serde_json::to_vec(&frame).ok())
-            .unwrap_or_default(),
+        Format::Json => {
+            frame_bytes(format, convert::server_frame(&ServerFrame::Event(event.clone()))).unwrap_or_default()
+        }
     }
 }
 
@@ -231,14 +239,17 @@ struct Replies {
 impl Replies {
     /// Sends one `confab.v1` frame in the connection's format.
     async fn send(&mut self, frame: v1::ServerFrame) -> Result<(), Gone> {
+        match frame_bytes(self.format, frame) {
+            Some(bytes) => self.write(Bytes::from(bytes)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a frame's bytes as the connection's format's message.
+    async fn write(&mut self, bytes: Bytes) -> Result<(), Gone> {
         let message = match self.format {
-            Format::Binary => Message::Binary(frame.encode_to_vec().into()),
-            Format::Json => {
-                let Some(frame) = json::server_frame(frame) else { return Ok(()) };
-                // Serializing these plain structs cannot fail (no maps with non-string keys).
-                let text = serde_json::to_string(&frame).map_err(|_| Gone)?;
-                Message::Text(text.into())
-            }
+            Format::Binary => Message::Binary(bytes),
+            Format::Json => Message::Text(Utf8Bytes::try_from(bytes).map_err(|_| Gone)?),
         };
         self.sink.lock().await.send(message).await.map_err(|_| Gone)
     }
@@ -252,13 +263,11 @@ impl FrameSink for Replies {
     async fn deliver_event(&mut self, event: &SharedEvent) -> Result<(), Gone> {
         let format = self.format;
         let bytes = event.encoded(format.slot().index(), |event| encode_event(format, event));
-        let message = match format {
-            Format::Binary => Message::Binary(Bytes::from_owner(bytes)),
-            // An event the JSON format does not show is encoded as nothing.
-            Format::Json if bytes.is_empty() => return Ok(()),
-            Format::Json => Message::Text(Utf8Bytes::try_from(Bytes::from_owner(bytes)).map_err(|_| Gone)?),
-        };
-        self.sink.lock().await.send(message).await.map_err(|_| Gone)
+        // An event the JSON format does not show is encoded as nothing.
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.write(Bytes::from_owner(bytes)).await
     }
 
     async fn refuse(&mut self, room: &str, error: ApiError) -> Result<(), Gone> {
@@ -290,11 +299,7 @@ mod tests {
 
     /// The bytes a WebSocket writes for `ServerFrame::Event(event)` frame by frame.
     fn per_connection(format: Format, event: &RoomEvent) -> Option<Vec<u8>> {
-        let frame = convert::server_frame(&ServerFrame::Event(event.clone()));
-        match format {
-            Format::Binary => Some(frame.encode_to_vec()),
-            Format::Json => json::server_frame(frame).map(|frame| serde_json::to_vec(&frame).expect("serialises")),
-        }
+        frame_bytes(format, convert::server_frame(&ServerFrame::Event(event.clone())))
     }
 
     #[test]
