@@ -17,6 +17,9 @@
 //! - [`session`]: [`Session`], one bidirectional client: frames in, [`SessionCommand`]s out.
 //! - [`upload`]: [`UploadAggregator`], folds chunks into a [`Batch`] committed at once (G6).
 //! - [`rate`]: [`TokenBucket`], the send-rate limit a transport applies per sender.
+//! - [`replicated`]: [`Appender`], one room's appends to a log several nodes write (cluster
+//!   mode): one conditional append in flight, unknown outcomes sent again, other nodes'
+//!   entries handed to [`Room::handle_committed`], which sequences the node's own again.
 //!
 //! Data flow: a transport turns client input into `handle_*` calls (through the actor layer);
 //! a room sequences messages and publishes events; the shell appends them to the room's ring,
@@ -26,6 +29,7 @@
 pub mod error;
 pub mod limits;
 pub mod rate;
+pub mod replicated;
 pub mod ring;
 pub mod room;
 pub mod session;
@@ -35,6 +39,7 @@ pub mod upload;
 pub use error::{NameError, RoomError, SessionError, UploadError};
 pub use limits::Limits;
 pub use rate::{RateKind, RateLimited, SendRate, TokenBucket};
+pub use replicated::{Append, Appender, LogEntry, Origin, Position, Step};
 pub use ring::{ENCODING_SLOTS, Encodings, Published, ReadItem, ReadRef, ReadStatus, ReaderEnd, Ring};
 pub use room::{HistoryPage, InjectedBug, Persistence, Room, RoomEffect, Sent, SubscriberId, Subscription};
 pub use session::{ClientFrame, FrameError, ServerFrame, Session, SessionCommand};

@@ -233,6 +233,64 @@ impl Room {
     pub fn handle_persist_failed(&mut self) -> Option<(Seq, Seq)> {
         let first = self.undurable.front()?.seq;
         let last = self.last_seq;
+        self.roll_back_undurable();
+        Some((first, last))
+    }
+
+    /// Messages another writer of the room's log committed (cluster mode: several nodes append
+    /// to one log, and the log admits one message per position). They continue the room's
+    /// durable messages, contiguous from `durable_seq + 1`, and become durable and visible at
+    /// once.
+    ///
+    /// Messages this room sequenced but that are not yet durable lost their numbers to these:
+    /// they are sequenced again after them, in their original order (G3; a batch stays one
+    /// contiguous run, G6), and handed out to persist again. One whose client message id is
+    /// among the committed messages (a retry that reached another node) is not sequenced
+    /// again: it is a duplicate of that one (G4). Returns, for each message sequenced again,
+    /// its old sequence number and what became of it, so the shell can answer its sender.
+    ///
+    /// A message that does not continue the room (a number already durable, or a gap) is
+    /// ignored with every one after it: the shell reads the log again from
+    /// [`Room::durable_seq`].
+    pub fn handle_committed(&mut self, committed: Vec<Arc<ChatMessage>>, now: Time) -> Vec<(Seq, Sent)> {
+        let rebased = self.roll_back_undurable();
+        for message in committed {
+            if message.seq != self.last_seq + 1 || message.room != self.name {
+                break;
+            }
+            self.last_activity = now;
+            self.last_seq = message.seq;
+            if let Some(id) = &message.client_msg_id {
+                self.remember(message.user.clone(), id.clone(), message.seq);
+            }
+            self.retain(Arc::clone(&message));
+            self.durable_seq = message.seq;
+            self.queue(RoomEvent::Message(message));
+        }
+        self.assert_history_contiguous();
+        let mut moved = Vec::with_capacity(rebased.len());
+        for message in rebased {
+            let known =
+                message.client_msg_id.as_ref().and_then(|id| self.dedupe.get(&(message.user.clone(), id.clone())));
+            let sent = match known {
+                Some(&seq) => Sent { seq, duplicate: true },
+                None => {
+                    let draft = Draft {
+                        user: message.user.clone(),
+                        client_msg_id: message.client_msg_id.clone(),
+                        body: Arc::clone(&message.body),
+                    };
+                    Sent { seq: self.append(draft, now), duplicate: false }
+                }
+            };
+            moved.push((message.seq, sent));
+        }
+        moved
+    }
+
+    /// Drops every message not yet durable from the history, the dedupe window and the queue
+    /// to persist, and gives them back, oldest first.
+    fn roll_back_undurable(&mut self) -> Vec<Arc<ChatMessage>> {
         while self.history.back().is_some_and(|message| message.seq > self.durable_seq) {
             if let Some(dropped) = self.history.pop_back() {
                 self.history_bytes -= message_bytes(&dropped);
@@ -246,10 +304,9 @@ impl Room {
                 break;
             }
         }
-        self.undurable.clear();
         self.to_persist.clear();
         self.last_seq = self.durable_seq;
-        Some((first, last))
+        self.undurable.drain(..).collect()
     }
 
     /// The last durable (visible) sequence number.

@@ -3,6 +3,7 @@
 
 mod durability;
 mod properties;
+mod replicated;
 mod ring;
 mod room;
 mod session;

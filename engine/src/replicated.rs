@@ -1,0 +1,220 @@
+//! One room's appends to a log that several nodes write (cluster mode), as a state machine.
+//!
+//! In a cluster every node runs its own [`Room`](crate::room::Room) for a room, and each
+//! sequences the messages its own clients send. The room's log (a JetStream subject, or the
+//! simulator's model of one) is what decides: an append names the [`Position`] of the last
+//! entry its writer knows, and the log admits it only if that is still the last one. So
+//! exactly one append wins each position, and a node that lost learns what won and sequences
+//! its messages again after it ([`Room::handle_committed`](crate::room::Room::handle_committed)).
+//!
+//! [`Appender`] keeps one room's side of this on one node: at most one append in flight (a
+//! log like JetStream admits one conditional append per subject at a time), everything the
+//! room sequenced meanwhile gathered into the next one, an append whose outcome is unknown (a
+//! timeout, a leader change) sent again unchanged (its expectation makes that safe: if the
+//! first one committed, the second conflicts), and the log's entries (from a conflict's
+//! read, or the node's live feed of the log) sorted into this node's own, now durable, and
+//! other nodes', which the room applies.
+//!
+//! Call order, for the shell: hand each [`RoomEffect::Persist`](crate::room::RoomEffect) to
+//! [`Appender::handle_persist`]; send what [`Appender::poll_append`] gives; report its
+//! outcome with [`Appender::handle_appended`], [`Appender::handle_unknown`] or
+//! [`Appender::handle_conflict`] (then read the log after [`Appender::read_after`] and hand
+//! the entries to [`Appender::handle_entries`], as the live feed's entries are); apply each
+//! [`Step`] to the room in order; then poll the room's effects again.
+
+use std::sync::Arc;
+
+use crate::types::{ChatMessage, Seq};
+
+/// Where an entry sits in a room's log. Positions grow with every entry but need not be
+/// contiguous for one room (JetStream numbers entries across all the subjects of a stream);
+/// `Position(0)` means "before the first entry".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position(pub u64);
+
+/// Who wrote an entry: the node (an id unique to the node's run, so a restarted node never
+/// takes an earlier run's entries for its own) and the node's number for the append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin {
+    /// The writing node's run.
+    pub node: u64,
+    /// The append, numbered by that node from 1.
+    pub append: u64,
+}
+
+/// One entry of a room's log: a message, where it sits, and who appended it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its position.
+    pub position: Position,
+    /// Who appended it (every message of one append has the same origin).
+    pub origin: Origin,
+    /// The message, with the room's sequence number the writer gave it.
+    pub message: Arc<ChatMessage>,
+}
+
+/// An append to send: the messages go to the log as one unit (one atomic batch for several),
+/// admitted only if `expected_last` is still the room's last position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Append {
+    /// Marks every entry of this append.
+    pub origin: Origin,
+    /// The position the log's last entry for the room must have.
+    pub expected_last: Position,
+    /// The messages, in sequence order, continuing the room's durable ones.
+    pub messages: Vec<Arc<ChatMessage>>,
+}
+
+/// What the shell applies to its room, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// This node's messages up to this sequence number are committed:
+    /// [`Room::handle_durable`](crate::room::Room::handle_durable).
+    Durable(Seq),
+    /// Other nodes committed these, in order:
+    /// [`Room::handle_committed`](crate::room::Room::handle_committed), which sequences this
+    /// node's undurable messages again after them.
+    Committed(Vec<Arc<ChatMessage>>),
+}
+
+/// The append in flight.
+#[derive(Debug)]
+struct InFlight {
+    append: Append,
+    /// Give it to the shell (again) with the next [`Appender::poll_append`].
+    due: bool,
+}
+
+/// One room's appends on one node (see the module).
+#[derive(Debug)]
+pub struct Appender {
+    node: u64,
+    /// The number of this node's last append.
+    appends: u64,
+    /// The room's last entry as this node knows it, and its sequence number.
+    last_position: Position,
+    last_seq: Seq,
+    in_flight: Option<InFlight>,
+    /// Sequenced while an append was in flight: the next append.
+    pending: Vec<Arc<ChatMessage>>,
+}
+
+impl Appender {
+    /// The appender of node run `node` for a room whose log ends at `last_position`, the entry
+    /// of sequence number `last_seq` (both 0 for an empty log).
+    pub fn new(node: u64, last_position: Position, last_seq: Seq) -> Self {
+        Self { node, appends: 0, last_position, last_seq, in_flight: None, pending: Vec::new() }
+    }
+
+    /// The room sequenced these messages (its `Persist` effect).
+    pub fn handle_persist(&mut self, messages: Vec<Arc<ChatMessage>>) {
+        self.pending.extend(messages);
+    }
+
+    /// The next append to send, if one is due: the one in flight again after an unknown
+    /// outcome, else everything pending once nothing is in flight.
+    pub fn poll_append(&mut self) -> Option<Append> {
+        if let Some(in_flight) = &mut self.in_flight {
+            if !in_flight.due {
+                return None;
+            }
+            in_flight.due = false;
+            return Some(in_flight.append.clone());
+        }
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.appends += 1;
+        let append = Append {
+            origin: Origin { node: self.node, append: self.appends },
+            expected_last: self.last_position,
+            messages: std::mem::take(&mut self.pending),
+        };
+        self.in_flight = Some(InFlight { append: append.clone(), due: false });
+        Some(append)
+    }
+
+    /// The log admitted the append `origin`; its last entry is at `last`. Nothing for an
+    /// answer to an append no longer in flight (its entries came through
+    /// [`Appender::handle_entries`] first).
+    pub fn handle_appended(&mut self, origin: Origin, last: Position) -> Option<Step> {
+        let in_flight = self.in_flight.take_if(|in_flight| in_flight.append.origin == origin)?;
+        let seq = in_flight.append.messages.last().map_or(self.last_seq, |message| message.seq);
+        self.last_position = self.last_position.max(last);
+        self.last_seq = seq;
+        Some(Step::Durable(seq))
+    }
+
+    /// The outcome of the append `origin` is unknown (a timeout, a lost answer): it is sent
+    /// again unchanged, which commits it at most once.
+    pub fn handle_unknown(&mut self, origin: Origin) {
+        if let Some(in_flight) = &mut self.in_flight {
+            if in_flight.append.origin == origin {
+                in_flight.due = true;
+            }
+        }
+    }
+
+    /// The log refused the append `origin`: its expectation is stale. The shell reads the
+    /// log's entries after [`Appender::read_after`] and hands them to
+    /// [`Appender::handle_entries`]; the append is not sent again meanwhile.
+    pub fn handle_conflict(&mut self, origin: Origin) {
+        if let Some(in_flight) = &mut self.in_flight {
+            if in_flight.append.origin == origin {
+                in_flight.due = false;
+            }
+        }
+    }
+
+    /// Where the shell reads the log from: after the last entry this node knows.
+    pub fn read_after(&self) -> Position {
+        self.last_position
+    }
+
+    /// Whether an append is in flight or messages wait for one.
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.is_some() || !self.pending.is_empty()
+    }
+
+    /// Entries of the room's log in log order (after a conflict, or from the live feed);
+    /// entries this node knows already are skipped. This node's append in flight, found in
+    /// the log, is committed ([`Step::Durable`]); other nodes' entries are
+    /// [`Step::Committed`], and then nothing this node sequenced and has not seen committed
+    /// can be: the room sequences it again, and it comes back through
+    /// [`Appender::handle_persist`]. An entry that does not continue the room's sequence
+    /// stops the reading there (the shell reads again from [`Appender::read_after`]).
+    pub fn handle_entries(&mut self, entries: impl IntoIterator<Item = LogEntry>) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for entry in entries {
+            if entry.position <= self.last_position {
+                continue;
+            }
+            if entry.message.seq != self.last_seq + 1 {
+                break;
+            }
+            self.last_position = entry.position;
+            self.last_seq = entry.message.seq;
+            let own = self.in_flight.as_ref().is_some_and(|in_flight| in_flight.append.origin == entry.origin);
+            if own {
+                let committed = self.in_flight.as_ref().and_then(|in_flight| in_flight.append.messages.last());
+                if committed.is_some_and(|last| last.seq == entry.message.seq) {
+                    self.in_flight = None;
+                }
+                match steps.last_mut() {
+                    Some(Step::Durable(upto)) => *upto = entry.message.seq,
+                    _ => steps.push(Step::Durable(entry.message.seq)),
+                }
+                continue;
+            }
+            // Another node won this position: whatever this node has not seen committed will
+            // be sequenced again by the room after it.
+            self.in_flight = None;
+            self.pending.clear();
+            match steps.last_mut() {
+                Some(Step::Committed(messages)) => messages.push(entry.message),
+                _ => steps.push(Step::Committed(vec![entry.message])),
+            }
+        }
+        steps
+    }
+}
