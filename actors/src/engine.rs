@@ -30,6 +30,7 @@ use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled};
 use crate::room_actor::{History, Info, RoomInfo, SendMessage, Subscribe, Typing};
 use crate::session_actor::{Close, Disconnect, Frame, Outbound, SessionActor};
 use crate::stats::{EngineStats, StatsSnapshot};
+use crate::store::LocalLog;
 use crate::store::writer::Writer;
 use crate::store::{HistoryStore, StoreState};
 use crate::upload_actor::{Chunk, Commit, UploadActor};
@@ -227,7 +228,8 @@ impl Engine {
             (Some(store), Some(state)) => {
                 let (writer, thread) = Writer::start(Arc::clone(&store), Arc::clone(state))
                     .map_err(|error| EngineError::Runtime(error.to_string()))?;
-                Some(Storage { store, writer, thread })
+                let log = Arc::new(LocalLog::new(Arc::clone(&store), writer.clone()));
+                Some(Storage { store, log, writer, thread })
             }
             _ => None,
         };

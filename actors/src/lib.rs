@@ -5,7 +5,10 @@
 //! - [`engine`]: the [`Engine`] handle and its streams ([`RoomEvents`], [`SessionEvents`]),
 //!   the upload ([`Upload`]) and the session input ([`SessionSender`]).
 //! - `registry`: the registry actor that creates, finds, lists and retires rooms.
-//! - `room_actor`: one actor per room around `confab_engine::Room`.
+//! - `room_actor`: one actor per room around `confab_engine::Room`; a durable room appends to
+//!   its [`room_log::RoomLog`] through `confab_engine::Appender`.
+//! - [`room_log`]: the boundary between a durable room and where its messages are committed
+//!   (the local store's log, a replicated log, the simulator's model).
 //! - `session_actor`: one actor per bidirectional client around `confab_engine::Session`.
 //! - `upload_actor`: one actor per upload around `confab_engine::UploadAggregator`.
 //! - `directory`: how every part reaches a room (resolve, request, retry if it retired).
@@ -36,6 +39,7 @@ mod health;
 mod registry;
 mod ring;
 mod room_actor;
+pub mod room_log;
 mod session_actor;
 mod stats;
 pub mod store;

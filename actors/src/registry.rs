@@ -19,10 +19,11 @@ use kameo::reply::{DelegatedReply, ReplySender};
 
 use crate::answer::Answer;
 use crate::clock::Clock;
-use crate::room_actor::{RetireIfIdle, RoomActor};
+use crate::room_actor::{Durability, RetireIfIdle, RoomActor};
+use crate::room_log::{LoadedRoom, RoomLog};
 use crate::stats::EngineStats;
+use crate::store::HistoryStore;
 use crate::store::writer::{Writer, WriterThread};
-use crate::store::{HistoryStore, StoreError, StoredRoom, guard};
 
 /// The registry's map of live rooms, shared read-only with every [`Directory`](crate::directory)
 /// so that a request to a known room skips the registry's mailbox. Only the registry writes it.
@@ -91,9 +92,11 @@ impl RoomTable {
     }
 }
 
-/// A durable engine's store, and the writer thread that appends to it.
+/// A durable engine's store, the writer thread that appends to it, and the log its rooms use.
 pub(crate) struct Storage {
     pub(crate) store: Arc<dyn HistoryStore>,
+    /// Where durable rooms are loaded from and append to.
+    pub(crate) log: Arc<dyn RoomLog>,
     pub(crate) writer: Writer,
     /// Joined at shutdown, so the last commit is done and the file closed before the process
     /// exits (a file left open needs redb's repair at the next start).
@@ -174,16 +177,17 @@ impl Registry {
         }
     }
 
-    /// Starts a room: restored from `stored` if it was stored, else a new room if `create` is
-    /// set, else `Ok(None)`. No I/O: a durable room's stored state was loaded before.
+    /// Starts a room: restored from `stored` if its log holds it, else a new room if `create`
+    /// is set, else `Ok(None)`. No I/O: a durable room was loaded before.
     fn start_room(
         &mut self,
         name: &RoomName,
         create: bool,
-        stored: Option<StoredRoom>,
+        stored: Option<LoadedRoom>,
     ) -> Result<Option<ActorRef<RoomActor>>, RoomError> {
         let now = self.clock.now();
         let persistence = if self.storage.is_some() { Persistence::Deferred } else { Persistence::Immediate };
+        let last_position = stored.as_ref().map(|stored| stored.last_position).unwrap_or_default();
         let mut room = match stored {
             Some(stored) => {
                 Room::restore(name.clone(), stored.epoch, &self.limits, now, persistence, stored.last_seq, stored.tail)
@@ -200,8 +204,10 @@ impl Registry {
         if let Some(bug) = self.injected_bug {
             room.inject_bug(bug);
         }
-        let writer = self.storage.as_ref().map(|storage| storage.writer.clone());
-        let actor = RoomActor::new(room, &self.limits, self.clock, writer, Arc::clone(&self.stats));
+        // A single process writes the local log: its appends all come from node 0.
+        let durability =
+            self.storage.as_ref().map(|storage| Durability { log: Arc::clone(&storage.log), node: 0, last_position });
+        let actor = RoomActor::new(room, &self.limits, self.clock, durability, Arc::clone(&self.stats));
         self.stats.room_created();
         let actor = RoomActor::spawn_with_mailbox(actor, mailbox::bounded(ROOM_MAILBOX_LEN));
         self.rooms.insert(name.clone(), actor.clone());
@@ -234,13 +240,9 @@ impl Registry {
             return reply.send(Answer(answer));
         };
         self.loading.insert(name.clone(), vec![Waiter { create, reply }]);
-        let (store, registry) = (Arc::clone(&storage.store), registry.clone());
+        let (loading, registry) = (storage.log.load(&name), registry.clone());
         tokio::spawn(async move {
-            let room = name.clone();
-            let stored = tokio::task::spawn_blocking(move || load(store.as_ref(), &room)).await;
-            let stored = stored.unwrap_or_else(|stopped| {
-                Err(RoomError::Storage { reason: format!("room {name}: loading it did not finish: {stopped}") })
-            });
+            let stored = loading.await;
             // If the registry has stopped, the waiters' replies are dropped: they see it stopped.
             let _ = registry.tell(Loaded { room: name, stored }).await;
         });
@@ -274,22 +276,6 @@ impl Registry {
     }
 }
 
-/// Loads a room from the store. Damage, and a panic inside the store, fence the room
-/// (DATA_LOSS) instead of stopping the registry; an I/O failure is a plain storage refusal, to
-/// try again.
-fn load(store: &dyn HistoryStore, name: &RoomName) -> Result<Option<StoredRoom>, RoomError> {
-    match guard::catch(|| store.load_room(name)) {
-        Ok(Ok(stored)) => Ok(stored),
-        Ok(Err(error @ (StoreError::Damaged { .. } | StoreError::Corrupt { .. }))) => {
-            Err(RoomError::DataLoss { reason: error.to_string() })
-        }
-        Ok(Err(error)) => Err(RoomError::Storage { reason: format!("room {name}: loading it failed: {error}") }),
-        Err(panic) => {
-            Err(RoomError::DataLoss { reason: format!("room {name}: its stored history cannot be read: {panic}") })
-        }
-    }
-}
-
 /// Find a room, creating it if `create` is set.
 pub(crate) struct Resolve {
     pub(crate) room: RoomName,
@@ -314,7 +300,7 @@ impl Message<Resolve> for Registry {
 /// A room's stored state, loaded away from the registry's mailbox.
 struct Loaded {
     room: RoomName,
-    stored: Result<Option<StoredRoom>, RoomError>,
+    stored: Result<Option<LoadedRoom>, RoomError>,
 }
 
 impl Message<Loaded> for Registry {
@@ -332,10 +318,7 @@ impl Message<Loaded> for Registry {
                 }
                 Err(refusal)
             }
-            (Ok(stored), Some(storage)) => {
-                storage.writer.loaded(name.clone());
-                self.start_room(&name, create, stored)
-            }
+            (Ok(stored), Some(_)) => self.start_room(&name, create, stored),
             (Ok(_), None) => Err(RoomError::Storage { reason: "the engine has shut down".to_owned() }),
         };
         // A room that one waiter asked to create exists for every waiter.
@@ -369,8 +352,8 @@ impl Message<StopRooms> for Registry {
         }
         // The rooms held the other writer handles; dropping ours lets the thread finish
         // what is queued and end, and the store closes cleanly with the last `Arc`.
-        if let Some(Storage { store, writer, thread }) = self.storage.take() {
-            drop(writer);
+        if let Some(Storage { store, log, writer, thread }) = self.storage.take() {
+            drop((log, writer));
             let joined = tokio::time::timeout(WRITER_JOIN_TIMEOUT, tokio::task::spawn_blocking(move || thread.join()));
             if !matches!(joined.await, Ok(Ok(()))) {
                 tracing::warn!(timeout = ?WRITER_JOIN_TIMEOUT, "the history writer did not finish; the store may need repair at the next start");

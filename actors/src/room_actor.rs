@@ -1,15 +1,16 @@
 //! `RoomActor`: one per room. Each handler feeds the [`Room`] state machine, then executes its
 //! effects: published events go once into the room's ring (its readers take them from there),
-//! messages to make durable go to the store's writer. The actor arms one timer, for the ring's
-//! stall sweep.
+//! messages to make durable go to the room's log ([`RoomLog`]) through its [`Appender`] (one
+//! conditional append in flight; what the log answers comes back as a message). The actor
+//! arms one timer, for the ring's stall sweep.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use confab_engine::{
-    ChatMessage, Draft, HistoryPage, Limits, Ring, Room, RoomEffect, RoomError, RoomName, Sent, Seq, SubscriberId,
-    Subscription, Time, UserName,
+    Appender, Draft, HistoryPage, Limits, LogEntry, Origin, Position, Ring, Room, RoomEffect, RoomError, RoomName,
+    Sent, Seq, Step, SubscriberId, Subscription, Time, UserName,
 };
 use kameo::Actor;
 use kameo::actor::ActorRef;
@@ -19,9 +20,32 @@ use kameo::reply::{DelegatedReply, ReplySender};
 use crate::answer::Answer;
 use crate::clock::Clock;
 use crate::ring::{RingReader, SharedRing};
+use crate::room_log::{AppendOutcome, RoomLog};
 use crate::stats::EngineStats;
-use crate::store::writer::{WriteRequest, Writer};
-use crate::store::{RoomAppend, StoreError};
+
+/// How long a room waits before sending an append again whose outcome was unknown, or reading
+/// its log again after a read failed or found nothing new: a log that keeps failing fast is
+/// not hammered in a loop.
+const LOG_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Entries a room reads from its log at once after a conflict.
+const LOG_READ_LEN_MAX: usize = 1_000;
+
+/// A durable room's log, and where the room stands in it.
+pub(crate) struct Durability {
+    /// Where its messages are committed.
+    pub(crate) log: Arc<dyn RoomLog>,
+    /// This node's run, marking its appends (see [`Origin`]).
+    pub(crate) node: u64,
+    /// The position of the room's last entry when it was loaded.
+    pub(crate) last_position: Position,
+}
+
+/// The room's log and its appends to it.
+struct Logged {
+    log: Arc<dyn RoomLog>,
+    appender: Appender,
+}
 
 /// A snapshot of a room, for listings, operations and tests.
 #[derive(Clone, Debug, PartialEq, Eq, kameo::Reply)]
@@ -47,8 +71,8 @@ pub(crate) struct RoomActor {
     /// Where the room's events wait for its readers; closed when the actor goes.
     ring: SharedRing,
     clock: Clock,
-    /// The durable store's writer; `None` for an in-memory room (durable when sequenced).
-    writer: Option<Writer>,
+    /// The room's log; `None` for an in-memory room (durable when sequenced).
+    logged: Option<Logged>,
     /// Senders waiting for their message to become durable before they get an answer.
     waiters: VecDeque<Waiter>,
     /// When the one armed timer fires, if one is armed.
@@ -67,6 +91,23 @@ enum Waiter {
 }
 
 impl Waiter {
+    /// The room sequenced its messages again (another node took their numbers):
+    /// `moved` maps old sequence numbers to what became of them.
+    fn moved(&mut self, moved: &std::collections::BTreeMap<Seq, Sent>) {
+        match self {
+            Waiter::Send { sent, .. } => {
+                if let Some(now) = moved.get(&sent.seq) {
+                    *sent = Sent { seq: now.seq, duplicate: sent.duplicate || now.duplicate };
+                }
+            }
+            Waiter::Batch { run, .. } => {
+                if let (Some(first), Some(last)) = (moved.get(&run.0), moved.get(&run.1)) {
+                    *run = (first.seq, last.seq);
+                }
+            }
+        }
+    }
+
     /// The sequence number that must be durable first.
     fn seq(&self) -> Seq {
         match self {
@@ -90,18 +131,22 @@ impl RoomActor {
         room: Room,
         limits: &Limits,
         clock: Clock,
-        writer: Option<Writer>,
+        durability: Option<Durability>,
         stats: Arc<EngineStats>,
     ) -> Self {
         let mut ring = Ring::new(limits.subscriber_queue_len_max, room.durable_seq(), limits.subscriber_stall_ms);
         if let Some(bug) = room.injected_bug() {
             ring.inject_bug(bug);
         }
+        let room_last_seq = room.durable_seq();
         Self {
             room,
             ring: SharedRing::new(ring),
             clock,
-            writer,
+            logged: durability.map(|durability| Logged {
+                appender: Appender::new(durability.node, durability.last_position, room_last_seq),
+                log: durability.log,
+            }),
             waiters: VecDeque::new(),
             timer_at: None,
             ring_due: None,
@@ -110,7 +155,7 @@ impl RoomActor {
     }
 
     /// Executes the room's effects: readers that left are unsubscribed, events published once
-    /// (one wake per parked reader), new messages handed to the writer; then arms the timer.
+    /// (one wake per parked reader), new messages handed to the log; then arms the timer.
     fn flush(&mut self, me: &ActorRef<Self>) {
         let now = self.clock.now();
         for id in self.ring.take_departed() {
@@ -120,27 +165,83 @@ impl RoomActor {
         while let Some(effect) = self.room.poll_effect() {
             match effect {
                 RoomEffect::Publish(event) => events.push(event),
-                RoomEffect::Persist(messages) => self.persist(messages, me),
+                RoomEffect::Persist(messages) => {
+                    if let Some(logged) = &mut self.logged {
+                        logged.appender.handle_persist(messages);
+                    }
+                }
             }
         }
         if !events.is_empty() {
             self.ring_due = self.ring.publish(events, now);
         }
+        self.send_appends(me);
         self.arm_timer(me);
     }
 
-    /// Hands newly sequenced messages to the writer (durable rooms only).
-    fn persist(&mut self, messages: Vec<Arc<ChatMessage>>, me: &ActorRef<Self>) {
-        let Some(writer) = &self.writer else { return };
-        let append = RoomAppend { room: self.room.name().clone(), epoch: self.room.epoch(), messages };
-        if let Err(error) = writer.submit(WriteRequest { append, room: me.clone() }) {
-            self.persist_failed(&error);
+    /// Sends the append the appender has due, if any; its outcome comes back as [`Appended`].
+    fn send_appends(&mut self, me: &ActorRef<Self>) {
+        let Some(logged) = &mut self.logged else { return };
+        while let Some(append) = logged.appender.poll_append() {
+            let origin = append.origin;
+            let appending = logged.log.append(self.room.name(), self.room.epoch(), append);
+            let me = me.downgrade();
+            tokio::spawn(async move {
+                let outcome = appending.await;
+                // A stopped room has nobody left to tell.
+                if let Some(me) = me.upgrade() {
+                    let _ = me.tell(Appended { origin, outcome }).await;
+                }
+            });
         }
     }
 
-    fn persist_failed(&mut self, error: &StoreError) {
+    /// Reads the room's log after the last entry it knows, now or after `delay`; the entries
+    /// come back as [`LogRead`].
+    fn read_log(&self, me: &ActorRef<Self>, delay: Option<Duration>) {
+        let Some(logged) = &self.logged else { return };
+        let reading = logged.log.read_after(self.room.name(), logged.appender.read_after(), LOG_READ_LEN_MAX);
+        let me = me.downgrade();
+        tokio::spawn(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            let entries = reading.await;
+            if let Some(me) = me.upgrade() {
+                let _ = me.tell(LogRead(entries)).await;
+            }
+        });
+    }
+
+    /// Applies what the log said to the room, answers the senders whose messages are now
+    /// committed, and runs the effects.
+    fn apply(&mut self, steps: Vec<Step>, me: &ActorRef<Self>) {
+        for step in steps {
+            match step {
+                Step::Durable(upto) => self.room.handle_durable(upto),
+                Step::Committed(messages) => {
+                    let moved = self.room.handle_committed(messages, self.clock.now());
+                    let moved = moved.into_iter().collect();
+                    for waiter in &mut self.waiters {
+                        waiter.moved(&moved);
+                    }
+                }
+            }
+        }
+        let durable = self.room.durable_seq();
+        let (ready, waiting): (VecDeque<Waiter>, VecDeque<Waiter>) =
+            self.waiters.drain(..).partition(|waiter| waiter.seq() <= durable);
+        self.waiters = waiting;
+        for waiter in ready {
+            waiter.answer(Ok(()));
+        }
+        self.flush(me);
+    }
+
+    /// The log refused an append for good: the room rolls back what it had not seen committed
+    /// and every waiting sender hears why.
+    fn persist_failed(&mut self, failure: RoomError) {
         self.room.handle_persist_failed();
-        let failure = RoomError::Storage { reason: error.to_string() };
         for waiter in self.waiters.drain(..) {
             waiter.answer(Err(failure.clone()));
         }
@@ -244,25 +345,80 @@ impl Message<SendBatch> for RoomActor {
     }
 }
 
-/// The writer's answer: messages up to this sequence number are durable, or writing failed.
-pub(crate) struct Persisted(pub(crate) Result<Seq, StoreError>);
+/// What the log answered an append.
+pub(crate) struct Appended {
+    origin: Origin,
+    outcome: AppendOutcome,
+}
 
-impl Message<Persisted> for RoomActor {
+impl Message<Appended> for RoomActor {
     type Reply = ();
 
-    async fn handle(&mut self, Persisted(outcome): Persisted, ctx: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, appended: Appended, ctx: &mut Context<Self, Self::Reply>) {
+        let Some(logged) = &mut self.logged else { return };
+        let Appended { origin, outcome } = appended;
         match outcome {
-            Ok(upto) => {
-                self.room.handle_durable(upto);
-                let (ready, waiting): (VecDeque<Waiter>, VecDeque<Waiter>) =
-                    self.waiters.drain(..).partition(|waiter| waiter.seq() <= upto);
-                self.waiters = waiting;
-                for waiter in ready {
-                    waiter.answer(Ok(()));
-                }
-                self.flush(ctx.actor_ref());
+            AppendOutcome::Appended(last) => {
+                let steps = logged.appender.handle_appended(origin, last).into_iter().collect();
+                self.apply(steps, ctx.actor_ref());
             }
-            Err(error) => self.persist_failed(&error),
+            AppendOutcome::Conflict => {
+                logged.appender.handle_conflict(origin);
+                self.read_log(ctx.actor_ref(), None);
+            }
+            AppendOutcome::Unknown => {
+                // Sent again unchanged (its expectation commits it at most once), after a
+                // pause so a log that fails fast is not hammered.
+                logged.appender.handle_unknown(origin);
+                let me = ctx.actor_ref().downgrade();
+                tokio::spawn(async move {
+                    tokio::time::sleep(LOG_RETRY_DELAY).await;
+                    if let Some(me) = me.upgrade() {
+                        let _ = me.tell(Resend).await;
+                    }
+                });
+            }
+            AppendOutcome::Failed(failure) => {
+                if logged.appender.handle_failed(origin) {
+                    self.persist_failed(failure);
+                    self.flush(ctx.actor_ref());
+                }
+            }
+        }
+    }
+}
+
+/// Time to send again an append whose outcome was unknown.
+struct Resend;
+
+impl Message<Resend> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Resend, ctx: &mut Context<Self, Self::Reply>) {
+        self.send_appends(ctx.actor_ref());
+    }
+}
+
+/// The room's log after the last entry it knew (after a conflict).
+struct LogRead(Result<Vec<LogEntry>, RoomError>);
+
+impl Message<LogRead> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, LogRead(entries): LogRead, ctx: &mut Context<Self, Self::Reply>) {
+        let Some(logged) = &mut self.logged else { return };
+        let steps = match entries {
+            Ok(entries) => logged.appender.handle_entries(entries),
+            Err(error) => {
+                tracing::debug!(room = %self.room.name(), %error, "reading the room's log failed; reading again");
+                Vec::new()
+            }
+        };
+        let conflicted = logged.appender.is_conflicted();
+        self.apply(steps, ctx.actor_ref());
+        if conflicted {
+            // The read did not reach what the log refused the append for: read again.
+            self.read_log(ctx.actor_ref(), Some(LOG_RETRY_DELAY));
         }
     }
 }
@@ -354,7 +510,8 @@ impl Message<RetireIfIdle> for RoomActor {
 
     async fn handle(&mut self, _: RetireIfIdle, ctx: &mut Context<Self, Self::Reply>) -> bool {
         self.flush(ctx.actor_ref());
-        if !self.waiters.is_empty() {
+        let appending = self.logged.as_ref().is_some_and(|logged| logged.appender.is_busy());
+        if !self.waiters.is_empty() || appending {
             // Writes in flight: their senders are still owed an answer.
             return false;
         }

@@ -81,8 +81,19 @@ pub enum Step {
 #[derive(Debug)]
 struct InFlight {
     append: Append,
-    /// Give it to the shell (again) with the next [`Appender::poll_append`].
-    due: bool,
+    state: Flight,
+}
+
+/// Where the append in flight stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flight {
+    /// Sent; its outcome is awaited.
+    Sent,
+    /// Its outcome is unknown: give it to the shell again with the next
+    /// [`Appender::poll_append`].
+    Due,
+    /// The log refused it: waiting for the log's entries after [`Appender::read_after`].
+    Conflicted,
 }
 
 /// One room's appends on one node (see the module).
@@ -115,10 +126,10 @@ impl Appender {
     /// outcome, else everything pending once nothing is in flight.
     pub fn poll_append(&mut self) -> Option<Append> {
         if let Some(in_flight) = &mut self.in_flight {
-            if !in_flight.due {
+            if in_flight.state != Flight::Due {
                 return None;
             }
-            in_flight.due = false;
+            in_flight.state = Flight::Sent;
             return Some(in_flight.append.clone());
         }
         if self.pending.is_empty() {
@@ -130,7 +141,7 @@ impl Appender {
             expected_last: self.last_position,
             messages: std::mem::take(&mut self.pending),
         };
-        self.in_flight = Some(InFlight { append: append.clone(), due: false });
+        self.in_flight = Some(InFlight { append: append.clone(), state: Flight::Sent });
         Some(append)
     }
 
@@ -148,20 +159,40 @@ impl Appender {
     /// The outcome of the append `origin` is unknown (a timeout, a lost answer): it is sent
     /// again unchanged, which commits it at most once.
     pub fn handle_unknown(&mut self, origin: Origin) {
-        if let Some(in_flight) = &mut self.in_flight {
-            if in_flight.append.origin == origin {
-                in_flight.due = true;
-            }
-        }
+        self.set_state(origin, Flight::Due);
     }
 
     /// The log refused the append `origin`: its expectation is stale. The shell reads the
     /// log's entries after [`Appender::read_after`] and hands them to
     /// [`Appender::handle_entries`]; the append is not sent again meanwhile.
     pub fn handle_conflict(&mut self, origin: Origin) {
+        self.set_state(origin, Flight::Conflicted);
+    }
+
+    /// The log refused the append `origin` for good, committing nothing of it (a failing
+    /// disk, no quorum): the room rolls back everything it has not seen committed
+    /// ([`Room::handle_persist_failed`](crate::room::Room::handle_persist_failed)), so nothing
+    /// is pending any more. Returns whether `origin` was in flight (else the answer is stale
+    /// and there is nothing to roll back).
+    pub fn handle_failed(&mut self, origin: Origin) -> bool {
+        if self.in_flight.take_if(|in_flight| in_flight.append.origin == origin).is_none() {
+            return false;
+        }
+        self.pending.clear();
+        true
+    }
+
+    /// Whether the append in flight was refused and the log's entries after
+    /// [`Appender::read_after`] are still awaited: a shell whose read found nothing new yet
+    /// (a lagging replica) reads again.
+    pub fn is_conflicted(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|in_flight| in_flight.state == Flight::Conflicted)
+    }
+
+    fn set_state(&mut self, origin: Origin, state: Flight) {
         if let Some(in_flight) = &mut self.in_flight {
             if in_flight.append.origin == origin {
-                in_flight.due = false;
+                in_flight.state = state;
             }
         }
     }

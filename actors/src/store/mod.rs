@@ -12,6 +12,7 @@
 //! a dead actor.
 
 pub(crate) mod guard;
+mod local_log;
 mod memory;
 mod redb_store;
 pub(crate) mod writer;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use confab_engine::{ChatMessage, RoomName, Seq};
 
+pub use local_log::LocalLog;
 pub use memory::MemoryStore;
 pub use redb_store::{CheckReport, RedbStore};
 

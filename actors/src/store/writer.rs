@@ -1,6 +1,7 @@
 //! The writer thread: the only code that calls [`HistoryStore::append`]. It takes every request
 //! queued while the previous commit ran and makes them durable in one commit (group commit:
-//! one fsync serves many messages across rooms), then tells each room how far it is durable.
+//! one fsync serves many messages across rooms), then tells each request how far its room is
+//! durable.
 //!
 //! A failed commit fences the rooms in it, so nothing durable ever follows a lost write. Each
 //! such room hears of the failure once, and rolls back every message it had not yet seen
@@ -22,10 +23,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confab_engine::{RoomName, Seq};
-use kameo::actor::ActorRef;
+use tokio::sync::oneshot;
 
 use super::{HistoryStore, RoomAppend, StoreError, StoreState, guard};
-use crate::room_actor::{Persisted, RoomActor};
 
 /// Requests gathered into one commit at most; bounds a commit's size and the latency of the
 /// first request in it.
@@ -35,10 +35,11 @@ const BATCH_LEN_MAX: usize = 4_096;
 /// is queued, so health recovers when the disk does even if nobody sends.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One room's messages to make durable, and whom to tell.
+/// One room's messages to make durable, and where to say how far they are durable (or why
+/// the commit failed).
 pub(crate) struct WriteRequest {
     pub(crate) append: RoomAppend,
-    pub(crate) room: ActorRef<RoomActor>,
+    pub(crate) done: oneshot::Sender<Result<Seq, StoreError>>,
 }
 
 /// What the writer thread is asked to do, in order.
@@ -77,7 +78,7 @@ impl Writer {
         Ok((Self { jobs }, WriterThread(thread)))
     }
 
-    /// Queues a write; the room hears back with a [`Persisted`] message.
+    /// Queues a write; the outcome comes back through the request's `done`.
     pub(crate) fn submit(&self, request: WriteRequest) -> Result<(), StoreError> {
         self.jobs
             .send(Job::Write(request))
@@ -158,7 +159,7 @@ impl Committer {
                 for request in batch {
                     let upto: Seq = request.append.messages.last().map_or(0, |message| message.seq);
                     // A stopped room has nobody left to tell.
-                    let _ = request.room.tell(Persisted(Ok(upto))).blocking_send();
+                    let _ = request.done.send(Ok(upto));
                 }
             }
             Err(error) => {
@@ -169,7 +170,7 @@ impl Committer {
                         continue;
                     }
                     self.fenced.insert(request.append.room.clone(), first);
-                    let _ = request.room.tell(Persisted(Err(error.clone()))).blocking_send();
+                    let _ = request.done.send(Err(error.clone()));
                 }
             }
         }
