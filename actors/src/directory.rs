@@ -9,7 +9,7 @@ use kameo::message::Message;
 use crate::answer::Answer;
 use crate::error::EngineError;
 use crate::registry::{Registry, Resolve, RoomTable};
-use crate::room_actor::RoomActor;
+use crate::room_actor::{CatchUp, RoomActor};
 
 /// How often a request is retried against a freshly resolved room after finding the old one
 /// retired. One retry suffices unless rooms retire within milliseconds; three is generous.
@@ -21,11 +21,13 @@ pub(crate) struct Directory {
     registry: ActorRef<Registry>,
     /// Read first: a known, live room is reached without a registry round trip.
     rooms: RoomTable,
+    /// Whether other engines write the rooms' log too (cluster mode): reads catch up first.
+    replicated: bool,
 }
 
 impl Directory {
-    pub(crate) fn new(registry: ActorRef<Registry>, rooms: RoomTable) -> Self {
-        Self { registry, rooms }
+    pub(crate) fn new(registry: ActorRef<Registry>, rooms: RoomTable, replicated: bool) -> Self {
+        Self { registry, rooms, replicated }
     }
 
     pub(crate) fn registry(&self) -> &ActorRef<Registry> {
@@ -49,6 +51,32 @@ impl Directory {
         let answer =
             self.registry.ask(Resolve { room: room.clone(), create }).await.map_err(|_| EngineError::Stopped)?;
         Ok(answer.0?)
+    }
+
+    /// [`Directory::request`] for a read (history, a subscription's backlog): in cluster mode
+    /// the room first catches up with everything its log's leader has, so a message
+    /// acknowledged on any node before the read is in it (G7).
+    pub(crate) async fn read<M, T>(
+        &self,
+        room: &RoomName,
+        create: bool,
+        make: impl Fn() -> M,
+    ) -> Result<Option<(ActorRef<RoomActor>, T)>, EngineError>
+    where
+        M: Send + 'static,
+        T: Send + 'static,
+        RoomActor: Message<M>,
+        <RoomActor as Message<M>>::Reply: kameo::Reply<Ok = Answer<T, RoomError>, Error = kameo::error::Infallible>,
+    {
+        if self.replicated && !self.catch_up(room, create).await? {
+            return Ok(None);
+        }
+        self.request(room, create, make).await
+    }
+
+    /// Has the room catch up with its log; `false` if the room does not exist.
+    async fn catch_up(&self, room: &RoomName, create: bool) -> Result<bool, EngineError> {
+        Ok(self.request(room, create, || CatchUp).await?.is_some())
     }
 
     /// Runs `make()` as a request to the room, creating the room if `create` is set; retries on

@@ -25,9 +25,10 @@ use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::health::EngineHealth;
-use crate::registry::{Registry, RoomTable, StopRooms, Storage, SweepIdle};
+use crate::registry::{Durable, EngineLog, Registry, RoomTable, StopRooms, Storage, SweepIdle};
 use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled};
-use crate::room_actor::{History, Info, RoomInfo, SendMessage, Subscribe, Typing};
+use crate::room_actor::{History, Info, LogEntries, RoomInfo, SendMessage, Subscribe, Typing};
+use crate::room_log::RoomLog;
 use crate::session_actor::{Close, Disconnect, Frame, Outbound, SessionActor};
 use crate::stats::{EngineStats, StatsSnapshot};
 use crate::store::LocalLog;
@@ -89,6 +90,11 @@ pub struct EngineConfig {
     /// What engine time (`accepted_at`) reads at start, in milliseconds. A server passes the
     /// Unix time so timestamps survive restarts; the simulator passes 0.
     pub time_origin_ms: u64,
+    /// Cluster mode: rooms are kept in this log, which other engines (nodes) append to too;
+    /// each node sequences its own clients' messages, the log admits one per position, and a
+    /// node that lost a position sequences its messages again after the winner. Reads catch
+    /// up with the log first (read-your-writes across nodes). Exclusive with `storage`.
+    pub replicated: Option<Replicated>,
     /// A deliberate defect in every room, to prove checkers catch it. Tests only.
     #[doc(hidden)]
     pub injected_bug: Option<confab_engine::InjectedBug>,
@@ -102,6 +108,24 @@ impl std::fmt::Debug for EngineConfig {
             .field("durable", &self.storage.is_some())
             .field("time_origin_ms", &self.time_origin_ms)
             .finish_non_exhaustive()
+    }
+}
+
+/// A log several engines share (see [`EngineConfig::replicated`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Replicated {
+    /// The log.
+    pub log: Arc<dyn RoomLog>,
+    /// This engine's run among the log's writers: unique to the run (a restarted node must
+    /// not take an earlier run's appends for its own), and never 0 (the local log's).
+    pub node: u64,
+}
+
+impl Replicated {
+    /// Engine run `node` (not 0) of the writers of `log`.
+    pub fn new(log: Arc<dyn RoomLog>, node: u64) -> Self {
+        Self { log, node }
     }
 }
 
@@ -169,8 +193,47 @@ struct Inner {
     store: std::sync::Weak<dyn HistoryStore>,
     limits: Arc<Limits>,
     runtime: tokio::runtime::Handle,
+    /// Cluster mode: dropping it ends the task that feeds the log's entries to the rooms.
+    _follower: Option<oneshot::Sender<()>>,
     /// For `start_background`: dropping it ends the runtime thread.
     _background: Option<oneshot::Sender<()>>,
+}
+
+/// Entries a follower takes from the log's feed at once.
+const FOLLOW_BATCH_LEN_MAX: usize = 256;
+
+/// Feeds every entry the replicated log's feed brings to its room, if the room is live here
+/// (a room that is not loads from the log when it is first used), until `stopped` fires or the
+/// feed ends. Consecutive entries of one room go to it together.
+async fn follow_log(
+    feed: futures::stream::BoxStream<'static, confab_engine::LogEntry>,
+    rooms: RoomTable,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    use futures::StreamExt;
+    let mut batches = feed.ready_chunks(FOLLOW_BATCH_LEN_MAX);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = &mut stopped => return,
+            batch = batches.next() => match batch {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        let mut entries = batch.into_iter().peekable();
+        while let Some(first) = entries.next() {
+            let room = first.message.room.clone();
+            let mut run = vec![first];
+            while let Some(entry) = entries.next_if(|entry| entry.message.room == room) {
+                run.push(entry);
+            }
+            if let Some(actor) = rooms.get(&room) {
+                // A room that stopped meanwhile loads from the log when it is used again.
+                let _ = actor.tell(LogEntries(Ok(run))).await;
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -224,15 +287,37 @@ impl Engine {
             Some(store) => Arc::downgrade(store),
             None => std::sync::Weak::<crate::store::MemoryStore>::new() as std::sync::Weak<dyn HistoryStore>,
         };
+        if config.storage.is_some() && config.replicated.is_some() {
+            return Err(EngineError::Runtime("an engine keeps rooms in a store or a replicated log, not both".into()));
+        }
+        if config.replicated.as_ref().is_some_and(|replicated| replicated.node == 0) {
+            return Err(EngineError::Runtime("a replicated log's node number must not be 0 (the local log's)".into()));
+        }
         let storage = match (config.storage, &store_state) {
             (Some(store), Some(state)) => {
                 let (writer, thread) = Writer::start(Arc::clone(&store), Arc::clone(state))
                     .map_err(|error| EngineError::Runtime(error.to_string()))?;
-                let log = Arc::new(LocalLog::new(Arc::clone(&store), writer.clone()));
-                Some(Storage { store, log, writer, thread })
+                Some(Storage { store, writer, thread })
             }
             _ => None,
         };
+        let durable = match (storage, &config.replicated) {
+            // A single process writes the local log: its appends all come from node 0.
+            (Some(storage), _) => Some(Durable {
+                log: EngineLog {
+                    log: Arc::new(LocalLog::new(Arc::clone(&storage.store), storage.writer.clone())),
+                    node: 0,
+                    replicated: false,
+                },
+                storage: Some(storage),
+            }),
+            (None, Some(replicated)) => Some(Durable {
+                log: EngineLog { log: Arc::clone(&replicated.log), node: replicated.node, replicated: true },
+                storage: None,
+            }),
+            (None, None) => None,
+        };
+        let follow = config.replicated.as_ref().and_then(|replicated| replicated.log.follow());
         let rooms = RoomTable::default();
         let stats = Arc::new(EngineStats::default());
         let registry = {
@@ -243,14 +328,29 @@ impl Engine {
                 clock,
                 config.epoch_base,
                 config.injected_bug,
-                storage,
+                durable,
                 rooms.clone(),
                 Arc::clone(&stats),
             );
             Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
         };
-        let directory = Directory::new(registry, rooms.clone());
-        let inner = Inner { directory, rooms, stats, store_state, store, limits, runtime, _background: background };
+        let follower = follow.map(|feed| {
+            let (stop, stopped) = oneshot::channel();
+            runtime.spawn(follow_log(feed, rooms.clone(), stopped));
+            stop
+        });
+        let directory = Directory::new(registry, rooms.clone(), config.replicated.is_some());
+        let inner = Inner {
+            directory,
+            rooms,
+            stats,
+            store_state,
+            store,
+            limits,
+            runtime,
+            _follower: follower,
+            _background: background,
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -298,7 +398,7 @@ impl Engine {
     /// room does not exist.
     pub async fn history(&self, room: &RoomName, after_seq: Seq, limit: usize) -> Result<HistoryPage, EngineError> {
         let make = || History { after_seq, limit };
-        match self.inner.directory.request(room, false, make).await? {
+        match self.inner.directory.read(room, false, make).await? {
             Some((_, page)) => Ok(page),
             None => Err(RoomError::NotFound.into()),
         }
@@ -315,7 +415,7 @@ impl Engine {
         after_seq: Option<Seq>,
     ) -> Result<RoomEvents, EngineError> {
         let make = || Subscribe { user: user.clone(), after_seq };
-        let (_, (subscription, reader)) = self.existing(self.inner.directory.request(room, true, make).await?)?;
+        let (_, (subscription, reader)) = self.existing(self.inner.directory.read(room, true, make).await?)?;
         let mut head = VecDeque::with_capacity(subscription.backlog.len() + 1);
         head.push_back(RoomEvent::Subscribed {
             room: room.clone(),

@@ -46,8 +46,8 @@ pub mod store;
 mod upload_actor;
 
 pub use engine::{
-    Engine, EngineConfig, ROOMS_PAGE_MAX, RoomEvents, RoomsPage, SessionEvents, SessionItem, SessionOptions,
-    SessionSender, TrySend, Upload,
+    Engine, EngineConfig, ROOMS_PAGE_MAX, Replicated, RoomEvents, RoomsPage, SessionEvents, SessionItem,
+    SessionOptions, SessionSender, TrySend, Upload,
 };
 pub use error::EngineError;
 pub use health::EngineHealth;

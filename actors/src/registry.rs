@@ -92,11 +92,9 @@ impl RoomTable {
     }
 }
 
-/// A durable engine's store, the writer thread that appends to it, and the log its rooms use.
+/// A durable engine's store and the writer thread that appends to it (the local log).
 pub(crate) struct Storage {
     pub(crate) store: Arc<dyn HistoryStore>,
-    /// Where durable rooms are loaded from and append to.
-    pub(crate) log: Arc<dyn RoomLog>,
     pub(crate) writer: Writer,
     /// Joined at shutdown, so the last commit is done and the file closed before the process
     /// exits (a file left open needs redb's repair at the next start).
@@ -126,9 +124,12 @@ pub(crate) struct Registry {
     last_sweep: Time,
     /// Handed to every room created (tests of the checkers only).
     injected_bug: Option<InjectedBug>,
-    /// `None`: rooms live in memory only, or the engine has shut down (see `durable`).
+    /// Where durable rooms are loaded from and append to; `None`: rooms live in memory only,
+    /// or the engine has shut down (see `durable`).
+    log: Option<EngineLog>,
+    /// The local log's store and writer, to close at shutdown.
     storage: Option<Storage>,
-    /// Whether the engine was started with a store: after shutdown took it, a durable
+    /// Whether the engine was started with a log: after shutdown took it, a durable
     /// engine refuses new rooms rather than quietly keeping them in memory.
     durable: bool,
     /// Rooms refused because their stored history is damaged.
@@ -138,6 +139,23 @@ pub(crate) struct Registry {
     loading: BTreeMap<RoomName, Vec<Waiter>>,
     /// The engine's counters, handed to every room.
     stats: Arc<EngineStats>,
+}
+
+/// A durable engine's room log, and who this engine is among the log's writers.
+#[derive(Clone)]
+pub(crate) struct EngineLog {
+    pub(crate) log: Arc<dyn RoomLog>,
+    /// This engine's run among the log's writers (0 for the local log: the one writer).
+    pub(crate) node: u64,
+    /// Whether other engines write the log too (cluster mode).
+    pub(crate) replicated: bool,
+}
+
+/// Where a durable engine keeps its rooms: the log, and the local log's store and writer (to
+/// close at shutdown).
+pub(crate) struct Durable {
+    pub(crate) log: EngineLog,
+    pub(crate) storage: Option<Storage>,
 }
 
 /// The answer to a [`Resolve`].
@@ -155,12 +173,16 @@ impl Registry {
         clock: Clock,
         epoch_base: u64,
         injected_bug: Option<InjectedBug>,
-        storage: Option<Storage>,
+        durable: Option<Durable>,
         rooms: RoomTable,
         stats: Arc<EngineStats>,
     ) -> Self {
+        let (log, storage) = match durable {
+            Some(Durable { log, storage }) => (Some(log), storage),
+            None => (None, None),
+        };
         let last_sweep = Time::from_millis(0);
-        let durable = storage.is_some();
+        let durable = log.is_some();
         let (fenced, loading) = (Fenced::new(), BTreeMap::new());
         Self {
             rooms,
@@ -169,6 +191,7 @@ impl Registry {
             next_epoch: epoch_base,
             last_sweep,
             injected_bug,
+            log,
             storage,
             durable,
             fenced,
@@ -186,15 +209,21 @@ impl Registry {
         stored: Option<LoadedRoom>,
     ) -> Result<Option<ActorRef<RoomActor>>, RoomError> {
         let now = self.clock.now();
-        let persistence = if self.storage.is_some() { Persistence::Deferred } else { Persistence::Immediate };
+        let persistence = if self.log.is_some() { Persistence::Deferred } else { Persistence::Immediate };
         let last_position = stored.as_ref().map(|stored| stored.last_position).unwrap_or_default();
         let mut room = match stored {
             Some(stored) => {
                 Room::restore(name.clone(), stored.epoch, &self.limits, now, persistence, stored.last_seq, stored.tail)
             }
             None if create => {
-                let epoch = self.next_epoch;
-                self.next_epoch += 1;
+                // A replicated log gives every room its epoch, the same on every node.
+                let epoch = match self.log.as_ref().and_then(|log| log.log.epoch()) {
+                    Some(epoch) => epoch,
+                    None => {
+                        self.next_epoch += 1;
+                        self.next_epoch - 1
+                    }
+                };
                 let mut room = Room::new(name.clone(), epoch, &self.limits, now);
                 room.set_persistence(persistence);
                 room
@@ -204,9 +233,12 @@ impl Registry {
         if let Some(bug) = self.injected_bug {
             room.inject_bug(bug);
         }
-        // A single process writes the local log: its appends all come from node 0.
-        let durability =
-            self.storage.as_ref().map(|storage| Durability { log: Arc::clone(&storage.log), node: 0, last_position });
+        let durability = self.log.as_ref().map(|log| Durability {
+            log: Arc::clone(&log.log),
+            node: log.node,
+            last_position,
+            replicated: log.replicated,
+        });
         let actor = RoomActor::new(room, &self.limits, self.clock, durability, Arc::clone(&self.stats));
         self.stats.room_created();
         let actor = RoomActor::spawn_with_mailbox(actor, mailbox::bounded(ROOM_MAILBOX_LEN));
@@ -231,7 +263,7 @@ impl Registry {
         if taken >= self.limits.rooms_max && self.sweep().await == 0 {
             return reply.send(Answer(Err(RoomError::TooManyRooms { rooms_max: self.limits.rooms_max })));
         }
-        let Some(storage) = &self.storage else {
+        let Some(log) = &self.log else {
             let answer = if self.durable {
                 Err(RoomError::Storage { reason: "the engine has shut down".to_owned() })
             } else {
@@ -240,7 +272,7 @@ impl Registry {
             return reply.send(Answer(answer));
         };
         self.loading.insert(name.clone(), vec![Waiter { create, reply }]);
-        let (loading, registry) = (storage.log.load(&name), registry.clone());
+        let (loading, registry) = (log.log.load(&name), registry.clone());
         tokio::spawn(async move {
             let stored = loading.await;
             // If the registry has stopped, the waiters' replies are dropped: they see it stopped.
@@ -310,7 +342,7 @@ impl Message<Loaded> for Registry {
         let Loaded { room: name, stored } = loaded;
         let waiters = self.loading.remove(&name).unwrap_or_default();
         let create = waiters.iter().any(|waiter| waiter.create);
-        let answer = match (stored, &self.storage) {
+        let answer = match (stored, &self.log) {
             (Err(refusal), _) => {
                 if matches!(refusal, RoomError::DataLoss { .. }) {
                     tracing::error!(room = %name, %refusal, "a room's stored history is damaged; refusing that room");
@@ -352,8 +384,9 @@ impl Message<StopRooms> for Registry {
         }
         // The rooms held the other writer handles; dropping ours lets the thread finish
         // what is queued and end, and the store closes cleanly with the last `Arc`.
-        if let Some(Storage { store, log, writer, thread }) = self.storage.take() {
-            drop((log, writer));
+        self.log = None;
+        if let Some(Storage { store, writer, thread }) = self.storage.take() {
+            drop(writer);
             let joined = tokio::time::timeout(WRITER_JOIN_TIMEOUT, tokio::task::spawn_blocking(move || thread.join()));
             if !matches!(joined.await, Ok(Ok(()))) {
                 tracing::warn!(timeout = ?WRITER_JOIN_TIMEOUT, "the history writer did not finish; the store may need repair at the next start");

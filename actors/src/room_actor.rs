@@ -39,6 +39,8 @@ pub(crate) struct Durability {
     pub(crate) node: u64,
     /// The position of the room's last entry when it was loaded.
     pub(crate) last_position: Position,
+    /// Whether other nodes append to the log too (cluster mode).
+    pub(crate) replicated: bool,
 }
 
 /// The room's log and its appends to it.
@@ -75,6 +77,10 @@ pub(crate) struct RoomActor {
     logged: Option<Logged>,
     /// Senders waiting for their message to become durable before they get an answer.
     waiters: VecDeque<Waiter>,
+    /// Readers waiting for the room to catch up with its log up to a position ([`CatchUp`]).
+    catching_up: Vec<(Position, ReplySender<Answer<(), RoomError>>)>,
+    /// Whether other nodes write the room's log too (cluster mode): then reads catch up first.
+    replicated: bool,
     /// When the one armed timer fires, if one is armed.
     timer_at: Option<Time>,
     /// When the ring last said it needs its sweep (it can change only when the actor
@@ -139,6 +145,7 @@ impl RoomActor {
             ring.inject_bug(bug);
         }
         let room_last_seq = room.durable_seq();
+        let replicated = durability.as_ref().is_some_and(|durability| durability.replicated);
         Self {
             room,
             ring: SharedRing::new(ring),
@@ -148,6 +155,8 @@ impl RoomActor {
                 log: durability.log,
             }),
             waiters: VecDeque::new(),
+            catching_up: Vec::new(),
+            replicated,
             timer_at: None,
             ring_due: None,
             stats,
@@ -197,7 +206,7 @@ impl RoomActor {
     }
 
     /// Reads the room's log after the last entry it knows, now or after `delay`; the entries
-    /// come back as [`LogRead`].
+    /// come back as [`LogEntries`].
     fn read_log(&self, me: &ActorRef<Self>, delay: Option<Duration>) {
         let Some(logged) = &self.logged else { return };
         let reading = logged.log.read_after(self.room.name(), logged.appender.read_after(), LOG_READ_LEN_MAX);
@@ -208,7 +217,7 @@ impl RoomActor {
             }
             let entries = reading.await;
             if let Some(me) = me.upgrade() {
-                let _ = me.tell(LogRead(entries)).await;
+                let _ = me.tell(LogEntries(entries)).await;
             }
         });
     }
@@ -399,26 +408,93 @@ impl Message<Resend> for RoomActor {
     }
 }
 
-/// The room's log after the last entry it knew (after a conflict).
-struct LogRead(Result<Vec<LogEntry>, RoomError>);
+/// Entries of the room's log: read after the last entry the room knew (after a conflict, a
+/// gap, or to catch up), or from the node's live feed of the log.
+pub(crate) struct LogEntries(pub(crate) Result<Vec<LogEntry>, RoomError>);
 
-impl Message<LogRead> for RoomActor {
+impl Message<LogEntries> for RoomActor {
     type Reply = ();
 
-    async fn handle(&mut self, LogRead(entries): LogRead, ctx: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, LogEntries(entries): LogEntries, ctx: &mut Context<Self, Self::Reply>) {
         let Some(logged) = &mut self.logged else { return };
         let steps = match entries {
             Ok(entries) => logged.appender.handle_entries(entries),
             Err(error) => {
-                tracing::debug!(room = %self.room.name(), %error, "reading the room's log failed; reading again");
+                tracing::debug!(room = %self.room.name(), %error, "reading the room's log failed");
+                // Readers waiting to catch up hear why; an append waiting for the entries that
+                // beat it keeps waiting (the log is read again below).
+                for (_, reply) in self.catching_up.drain(..) {
+                    reply.send(Answer(Err(error.clone())));
+                }
                 Vec::new()
             }
         };
-        let conflicted = logged.appender.is_conflicted();
+        let (conflicted, behind) = (logged.appender.is_conflicted(), logged.appender.is_behind());
         self.apply(steps, ctx.actor_ref());
-        if conflicted {
-            // The read did not reach what the log refused the append for: read again.
+        let known = self.logged.as_ref().map_or(Position(0), |logged| logged.appender.read_after());
+        let (caught_up, waiting): (Vec<_>, Vec<_>) =
+            self.catching_up.drain(..).partition(|(target, _)| *target <= known);
+        self.catching_up = waiting;
+        for (_, reply) in caught_up {
+            reply.send(Answer(Ok(())));
+        }
+        if behind {
+            self.read_log(ctx.actor_ref(), None);
+        } else if conflicted || !self.catching_up.is_empty() {
+            // The read did not reach what the log refused the append for, or what a reader
+            // waits for (a lagging replica): read again after a pause.
             self.read_log(ctx.actor_ref(), Some(LOG_RETRY_DELAY));
+        }
+    }
+}
+
+/// Catch up with the room's log: answered once the room has every entry the log's leader
+/// has now, so what was acknowledged anywhere before is in the room's history and backlogs
+/// (read-your-writes across nodes, G7). At once for a room only this process writes.
+pub(crate) struct CatchUp;
+
+impl Message<CatchUp> for RoomActor {
+    type Reply = DelegatedReply<Answer<(), RoomError>>;
+
+    async fn handle(&mut self, _: CatchUp, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let Some(logged) = self.logged.as_ref().filter(|_| self.replicated) else {
+            return ctx.reply(Answer(Ok(())));
+        };
+        let (delegated, reply) = ctx.reply_sender();
+        let Some(reply) = reply else { return delegated };
+        let asking = logged.log.last_position(self.room.name());
+        let me = ctx.actor_ref().downgrade();
+        tokio::spawn(async move {
+            let target = asking.await;
+            if let Some(me) = me.upgrade() {
+                let _ = me.tell(CatchUpTo { target, reply }).await;
+            }
+        });
+        delegated
+    }
+}
+
+/// The log's leader said where the room's log ends, for a [`CatchUp`].
+struct CatchUpTo {
+    target: Result<Position, RoomError>,
+    reply: ReplySender<Answer<(), RoomError>>,
+}
+
+impl Message<CatchUpTo> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, CatchUpTo { target, reply }: CatchUpTo, ctx: &mut Context<Self, Self::Reply>) {
+        let known = self.logged.as_ref().map_or(Position(0), |logged| logged.appender.read_after());
+        match target {
+            Err(error) => reply.send(Answer(Err(error))),
+            Ok(target) if target <= known => reply.send(Answer(Ok(()))),
+            Ok(target) => {
+                let reading = !self.catching_up.is_empty();
+                self.catching_up.push((target, reply));
+                if !reading {
+                    self.read_log(ctx.actor_ref(), None);
+                }
+            }
         }
     }
 }

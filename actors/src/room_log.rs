@@ -16,8 +16,13 @@
 //! Calls return boxed futures that own what they need, so a room actor can wait for them on a
 //! task of their own and keep its mailbox free.
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
 use confab_engine::{Append, ChatMessage, LogEntry, Position, RoomError, RoomName, Seq};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::mpsc;
 
 /// A room as its log holds it: enough for a room actor to continue it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,4 +71,150 @@ pub trait RoomLog: Send + Sync + 'static {
         after: Position,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<LogEntry>, RoomError>>;
+
+    /// The position of the room's last entry as the log's leader knows it (not a replica that
+    /// may lag): a node that has read its room up to here has every message acknowledged
+    /// before the call (read-your-writes across nodes, G7). `Position(0)` for no entry.
+    fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>>;
+
+    /// The epoch of every room in this log, if the log decides it (a replicated log: every
+    /// node must give a room the same one); `None` lets the engine number its rooms.
+    fn epoch(&self) -> Option<u64> {
+        None
+    }
+
+    /// Every entry appended from now on, by any writer, in each room's order: how a node
+    /// hears of other nodes' messages. `None` for a log only this process writes.
+    fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
+        None
+    }
+}
+
+/// A replicated log in memory that several engines in one process share, each as a node of
+/// its own: appends are conditional, exactly one wins each position, and every follower hears
+/// of every entry. What cluster mode does over JetStream, without a server: for tests and the
+/// simulator.
+#[derive(Default)]
+pub struct MemoryLog {
+    state: Mutex<MemoryLogState>,
+}
+
+#[derive(Default)]
+struct MemoryLogState {
+    rooms: BTreeMap<RoomName, Vec<LogEntry>>,
+    /// The last position given, across rooms (as in a stream that holds many subjects).
+    last: u64,
+    followers: Vec<mpsc::UnboundedSender<LogEntry>>,
+    /// Entries held back from the followers while the feed is paused.
+    held: Option<Vec<LogEntry>>,
+}
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Holds the feed back (`true`) or lets it go on with everything held (`false`): how a
+    /// test makes other nodes hear of an append late, as a lagging feed would.
+    pub fn pause_feed(&self, paused: bool) {
+        let mut state = self.lock();
+        match (paused, state.held.take()) {
+            (true, held) => state.held = Some(held.unwrap_or_default()),
+            (false, Some(held)) => state.feed(held),
+            (false, None) => {}
+        }
+    }
+
+    /// Every entry of `room`, in order.
+    pub fn entries(&self, room: &RoomName) -> Vec<LogEntry> {
+        self.lock().rooms.get(room).cloned().unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryLogState> {
+        // Every update is complete before it can panic, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for MemoryLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryLog").field("rooms", &self.lock().rooms.len()).finish_non_exhaustive()
+    }
+}
+
+impl MemoryLogState {
+    /// Hands `entries` to every follower still listening.
+    fn feed(&mut self, entries: Vec<LogEntry>) {
+        self.followers.retain(|follower| entries.iter().all(|entry| follower.send(entry.clone()).is_ok()));
+    }
+}
+
+/// The memory log's epoch: every room has it.
+const MEMORY_LOG_EPOCH: u64 = 1;
+
+impl RoomLog for MemoryLog {
+    fn load(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<LoadedRoom>, RoomError>> {
+        let state = self.lock();
+        let loaded = state.rooms.get(room).and_then(|entries| entries.last()).map(|last| LoadedRoom {
+            epoch: MEMORY_LOG_EPOCH,
+            last_seq: last.message.seq,
+            last_position: last.position,
+            tail: state.rooms[room].iter().map(|entry| (*entry.message).clone()).collect(),
+        });
+        futures::future::ready(Ok(loaded)).boxed()
+    }
+
+    fn append(&self, room: &RoomName, _epoch: u64, append: Append) -> BoxFuture<'static, AppendOutcome> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let entries = state.rooms.entry(room.clone()).or_default();
+        if entries.last().map_or(Position(0), |entry| entry.position) != append.expected_last {
+            return futures::future::ready(AppendOutcome::Conflict).boxed();
+        }
+        let mut appended = Vec::with_capacity(append.messages.len());
+        for message in append.messages {
+            state.last += 1;
+            appended.push(LogEntry { position: Position(state.last), origin: append.origin, message });
+        }
+        entries.extend(appended.iter().cloned());
+        match &mut state.held {
+            Some(held) => held.extend(appended),
+            None => state.feed(appended),
+        }
+        futures::future::ready(AppendOutcome::Appended(Position(state.last))).boxed()
+    }
+
+    fn read_after(
+        &self,
+        room: &RoomName,
+        after: Position,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<LogEntry>, RoomError>> {
+        let state = self.lock();
+        let entries = state.rooms.get(room).map(Vec::as_slice).unwrap_or_default();
+        let after = entries.iter().filter(|entry| entry.position > after).take(limit).cloned().collect();
+        futures::future::ready(Ok(after)).boxed()
+    }
+
+    fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
+        let state = self.lock();
+        let last = state.rooms.get(room).and_then(|entries| entries.last()).map_or(Position(0), |entry| entry.position);
+        futures::future::ready(Ok(last)).boxed()
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        Some(MEMORY_LOG_EPOCH)
+    }
+
+    fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
+        let (follower, entries) = mpsc::unbounded_channel();
+        self.lock().followers.push(follower);
+        Some(
+            futures::stream::unfold(entries, |mut entries| async move {
+                entries.recv().await.map(|entry| (entry, entries))
+            })
+            .boxed(),
+        )
+    }
 }

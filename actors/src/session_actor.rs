@@ -80,7 +80,7 @@ impl SessionActor {
             match command {
                 SessionCommand::Subscribe { room, user, after_seq } => {
                     let make = || Subscribe { user: Some(user.clone()), after_seq };
-                    let result = self.directory.request(&room, true, make).await;
+                    let result = self.directory.read(&room, true, make).await;
                     let result = self.remember(&room, result);
                     self.session.handle_subscribed(room, result);
                 }

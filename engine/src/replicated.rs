@@ -108,13 +108,15 @@ pub struct Appender {
     in_flight: Option<InFlight>,
     /// Sequenced while an append was in flight: the next append.
     pending: Vec<Arc<ChatMessage>>,
+    /// The last entries handed in skipped some: the shell reads the log again.
+    behind: bool,
 }
 
 impl Appender {
     /// The appender of node run `node` for a room whose log ends at `last_position`, the entry
     /// of sequence number `last_seq` (both 0 for an empty log).
     pub fn new(node: u64, last_position: Position, last_seq: Seq) -> Self {
-        Self { node, appends: 0, last_position, last_seq, in_flight: None, pending: Vec::new() }
+        Self { node, appends: 0, last_position, last_seq, in_flight: None, pending: Vec::new(), behind: false }
     }
 
     /// The room sequenced these messages (its `Persist` effect).
@@ -202,6 +204,12 @@ impl Appender {
         self.last_position
     }
 
+    /// Whether the last entries handed in did not continue the room (some were missed): the
+    /// shell reads the log after [`Appender::read_after`].
+    pub fn is_behind(&self) -> bool {
+        self.behind
+    }
+
     /// Whether an append is in flight or messages wait for one.
     pub fn is_busy(&self) -> bool {
         self.in_flight.is_some() || !self.pending.is_empty()
@@ -216,11 +224,15 @@ impl Appender {
     /// stops the reading there (the shell reads again from [`Appender::read_after`]).
     pub fn handle_entries(&mut self, entries: impl IntoIterator<Item = LogEntry>) -> Vec<Step> {
         let mut steps = Vec::new();
+        self.behind = false;
         for entry in entries {
             if entry.position <= self.last_position {
                 continue;
             }
             if entry.message.seq != self.last_seq + 1 {
+                // Entries in between were missed (the feed started after them, or skipped
+                // some): the shell reads them from the log.
+                self.behind = true;
                 break;
             }
             self.last_position = entry.position;

@@ -88,6 +88,16 @@ impl RoomLog for LocalLog {
         }
         .boxed()
     }
+
+    fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
+        let (store, room) = (Arc::clone(&self.store), room.clone());
+        async move {
+            let stored = tokio::task::spawn_blocking(move || load(store.as_ref(), &room)).await;
+            let stored = stored.map_err(|stopped| RoomError::Storage { reason: stopped.to_string() })??;
+            Ok(Position(stored.map_or(0, |stored| stored.last_seq)))
+        }
+        .boxed()
+    }
 }
 
 /// A failed commit: nothing of it is stored, and its senders are told why.
