@@ -30,16 +30,17 @@ async fn connect(urls: &str, options: LogOptions) -> JetStreamLog {
 
 /// Retries an append that the server refused only because another conditional append on the
 /// room was in flight (`Busy`): it stored nothing, so the same append may go again.
+/// Returns the outcome and how many times the server said `Busy`.
 async fn append_past_busy(
     log: &JetStreamLog,
     room: &str,
     expected: Position,
     entries: &[Entry],
-) -> Result<Appended, AppendError> {
-    for _ in 0..50 {
+) -> (Result<Appended, AppendError>, u32) {
+    for busy in 0..50 {
         match log.append(room, expected, entries).await {
             Err(AppendError::Busy) => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => return other,
+            other => return (other, busy),
         }
     }
     panic!("still busy after 50 tries");
@@ -53,13 +54,15 @@ async fn two_clients_at_the_same_position_one_wins_and_the_other_learns_its_posi
     let second = connect(&cluster.url(1), options("race")).await;
     let room = "race room";
     let mut expected = Position::NONE;
+    let mut busy_total = 0;
     for round in 1..=20_u64 {
         let sent = [entry(round)];
         let (a, b) = tokio::join!(
             append_past_busy(&first, room, expected, &sent),
             append_past_busy(&second, room, expected, &sent),
         );
-        let (winner, loser) = match (a, b) {
+        busy_total += a.1 + b.1;
+        let (winner, loser) = match (a.0, b.0) {
             (Ok(winner), Err(loser)) | (Err(loser), Ok(winner)) => (winner, loser),
             other => panic!("round {round}: expected exactly one winner, got {other:?}"),
         };
@@ -68,6 +71,7 @@ async fn two_clients_at_the_same_position_one_wins_and_the_other_learns_its_posi
         assert_eq!(loser, AppendError::Conflict { actual_last: winner.last }, "round {round}");
         expected = winner.last;
     }
+    eprintln!("race: 20 rounds, one winner each; the server answered Busy (10164) {busy_total} times");
     let stored = first.read_after(room, Position::NONE, 100).await.expect("read the room");
     let seqs: Vec<u64> = stored.iter().map(|entry| entry.seq).collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "one entry per round, in order");
@@ -151,7 +155,10 @@ async fn every_acknowledged_append_survives_a_kill_9_of_the_stream_leader() {
     let mut stall_max = Duration::ZERO;
     let mut last_ack = Instant::now();
     let started = Instant::now();
-    let mut resends = 0_u32;
+    // Why appends were resent: (busy, unavailable, unknown).
+    let mut resends = (0_u32, 0_u32, 0_u32);
+    // What the server or client said while the stream had no leader (distinct reasons).
+    let mut reasons = std::collections::BTreeSet::new();
     while (acknowledged.len() as u64) < APPENDS {
         assert!(started.elapsed() < RECOVERY_WAIT_MAX * 2, "appends stalled; acknowledged {}", acknowledged.len());
         let seq = acknowledged.len() as u64 + 1;
@@ -172,8 +179,13 @@ async fn every_acknowledged_append_survives_a_kill_9_of_the_stream_leader() {
                 assert_eq!(last, Some((actual_last, seq)), "the conflict is our own earlier attempt");
                 acknowledged.push(actual_last);
             }
-            Err(AppendError::Busy | AppendError::Unavailable { .. } | AppendError::Unknown { .. }) => {
-                resends += 1;
+            Err(error @ (AppendError::Busy | AppendError::Unavailable { .. } | AppendError::Unknown { .. })) => {
+                reasons.insert(error.to_string());
+                match error {
+                    AppendError::Busy => resends.0 += 1,
+                    AppendError::Unavailable { .. } => resends.1 += 1,
+                    _ => resends.2 += 1,
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -186,9 +198,11 @@ async fn every_acknowledged_append_survives_a_kill_9_of_the_stream_leader() {
     let new_leader = log.shard_leader(0).await.expect("stream info").expect("a new leader");
     assert_ne!(new_leader, killed_name, "a new leader was elected");
     eprintln!(
-        "failover: killed leader {killed_name}, new leader {new_leader}, longest stall {stall_max:?}, {resends} resends, {APPENDS} appends in {:?}",
+        "failover: killed leader {killed_name}, new leader {new_leader}, longest stall {stall_max:?}, \
+         resends after busy/unavailable/unknown {resends:?}, {APPENDS} appends in {:?}",
         started.elapsed()
     );
+    eprintln!("failover: reasons {reasons:?}");
 
     let check = |stored: Vec<StoredEntry>| {
         let seqs: Vec<u64> = stored.iter().map(|entry| entry.seq).collect();
