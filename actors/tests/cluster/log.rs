@@ -224,17 +224,20 @@ async fn connect_refuses_a_stream_whose_history_length_differs() {
     let urls = cluster.urls();
     connect(&urls, options("config").history_len_max(100)).await;
     let refused = JetStreamLog::connect(&urls, options("config").history_len_max(200)).await;
-    match refused {
-        Err(ClusterError::ConfigMismatch { ref stream, field, ref wanted, ref found }) => {
-            assert_eq!(
-                (stream.as_str(), field, wanted.as_str(), found.as_str()),
-                ("config-0", "max_msgs_per_subject", "200", "100")
-            );
-            let message = refused.as_ref().err().expect("an error").to_string();
-            assert!(message.contains("max_msgs_per_subject") && message.contains("config-0"), "{message}");
-        }
+    let error = match refused {
+        Err(error) => error,
+        Ok(_) => panic!("a stream with another history length was accepted"),
+    };
+    let message = error.to_string();
+    match error {
+        ClusterError::ConfigMismatch { stream, field, wanted, found } => assert_eq!(
+            (stream.as_str(), field, wanted.as_str(), found.as_str()),
+            ("config-0", "max_msgs_per_subject", "200", "100")
+        ),
         other => panic!("expected a config mismatch, got {other:?}"),
     }
+    eprintln!("config refusal: {message}");
+    assert!(message.contains("max_msgs_per_subject") && message.contains("config-0"), "{message}");
     let refused = JetStreamLog::connect(&urls, options("config").history_len_max(100).replicas(1)).await;
     assert!(matches!(refused, Err(ClusterError::ConfigMismatch { field: "num_replicas", .. })), "{refused:?}");
     // The same configuration connects again.
