@@ -38,6 +38,8 @@ pub const HEADER_SEQ: &str = "Confab-Seq";
 pub const HEADER_EPOCH: &str = "Confab-Epoch";
 /// The most shard streams a deployment may have.
 pub const SHARDS_MAX: u32 = 1_024;
+/// How often [`JetStreamLog::connect`] asks whether a new stream has elected its leader.
+const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The server's error code for a stale `Nats-Expected-Last-Subject-Sequence`
 /// ("wrong last sequence: N").
@@ -117,6 +119,10 @@ pub struct LogOptions {
     pub request_timeout: Duration,
     /// Stream names are `<prefix>-<k>`.
     pub stream_prefix: String,
+    /// How long [`JetStreamLog::connect`] waits for each shard stream to be read or created
+    /// (creating an R3 stream is a meta-leader round across the servers) and then to have a
+    /// leader (until a new stream elects one, appends find no responders).
+    pub setup_wait_max: Duration,
 }
 
 impl Default for LogOptions {
@@ -128,6 +134,7 @@ impl Default for LogOptions {
             batch_len_max: BATCH_LEN_MAX,
             request_timeout: Duration::from_secs(5),
             stream_prefix: "confab-rooms".to_owned(),
+            setup_wait_max: Duration::from_secs(10),
         }
     }
 }
@@ -161,6 +168,11 @@ impl LogOptions {
     /// Sets the stream name prefix (tests use one per test).
     pub fn stream_prefix(mut self, stream_prefix: impl Into<String>) -> Self {
         self.stream_prefix = stream_prefix.into();
+        self
+    }
+    /// Sets how long connecting waits for each shard stream's creation and leader.
+    pub fn setup_wait_max(mut self, setup_wait_max: Duration) -> Self {
+        self.setup_wait_max = setup_wait_max;
         self
     }
 }
@@ -289,8 +301,8 @@ pub enum ReadError {
 #[derive(Clone, Debug)]
 pub struct JetStreamLog {
     client: async_nats::Client,
-    /// One handle per shard, index = shard; reads go through them.
-    streams: Vec<stream::Stream>,
+    /// One handle per shard, index = shard; reads go through them (with the request timeout).
+    streams: Vec<stream::Stream<()>>,
     options: LogOptions,
 }
 
@@ -298,7 +310,8 @@ impl JetStreamLog {
     /// Connects to the servers in `urls` (comma-separated), checks the server's version is at
     /// least [`SERVER_VERSION_MIN`], and makes sure every shard stream exists with this node's
     /// configuration: created if missing, refused with [`ClusterError::ConfigMismatch`] naming
-    /// the field if it disagrees.
+    /// the field if it disagrees. Returns once every stream has a leader (at most
+    /// [`LogOptions::setup_wait_max`] for each stream).
     pub async fn connect(urls: &str, options: LogOptions) -> Result<Self, ClusterError> {
         validate(&options)?;
         let connect_error = |reason: String| ClusterError::Connect { urls: urls.to_owned(), reason };
@@ -316,18 +329,33 @@ impl JetStreamLog {
         if !version_at_least(&found, SERVER_VERSION_MIN) {
             return Err(ClusterError::ServerTooOld { found });
         }
-        let mut context = async_nats::jetstream::new(client.clone());
-        context.set_timeout(options.request_timeout);
+        // Setting streams up may wait for the meta leader and for elections: a longer timeout
+        // than the appends and reads get.
+        let mut setup = async_nats::jetstream::new(client.clone());
+        setup.set_timeout(options.setup_wait_max);
+        let mut reads = async_nats::jetstream::new(client.clone());
+        reads.set_timeout(options.request_timeout);
         let mut streams = Vec::with_capacity(options.shards as usize);
         for shard in 0..options.shards {
             let wanted = stream_config(&options, shard);
             let name = wanted.name.clone();
             let stream_error = |reason: String| ClusterError::Stream { stream: name.clone(), reason };
             let mut stream =
-                context.get_or_create_stream(wanted.clone()).await.map_err(|error| stream_error(error.to_string()))?;
+                setup.get_or_create_stream(wanted.clone()).await.map_err(|error| stream_error(error.to_string()))?;
             let found = &stream.info().await.map_err(|error| stream_error(error.to_string()))?.config;
             check_config(&wanted, found)?;
-            streams.push(stream);
+            let deadline = tokio::time::Instant::now() + options.setup_wait_max;
+            loop {
+                let info = stream.get_info().await.map_err(|error| stream_error(error.to_string()))?;
+                if info.cluster.and_then(|cluster| cluster.leader).is_some() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(stream_error(format!("no stream leader after {:?}", options.setup_wait_max)));
+                }
+                tokio::time::sleep(LEADER_POLL_INTERVAL).await;
+            }
+            streams.push(reads.get_stream_no_info(&name).await.map_err(|error| stream_error(error.to_string()))?);
         }
         Ok(JetStreamLog { client, streams, options })
     }
@@ -452,7 +480,7 @@ impl JetStreamLog {
         }
     }
 
-    fn stream(&self, shard: u32) -> Result<&stream::Stream, ReadError> {
+    fn stream(&self, shard: u32) -> Result<&stream::Stream<()>, ReadError> {
         self.streams.get(shard as usize).ok_or_else(|| ReadError::Unavailable { reason: format!("no shard {shard}") })
     }
 }

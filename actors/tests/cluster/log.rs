@@ -28,22 +28,35 @@ async fn connect(urls: &str, options: LogOptions) -> JetStreamLog {
     JetStreamLog::connect(urls, options).await.unwrap_or_else(|error| panic!("connect to {urls}: {error}"))
 }
 
-/// Retries an append that the server refused only because another conditional append on the
-/// room was in flight (`Busy`): it stored nothing, so the same append may go again.
-/// Returns the outcome and how many times the server said `Busy`.
-async fn append_past_busy(
+/// Appends, resending while the outcome is "nothing stored, try again": `Busy` (another
+/// conditional append on the room is in flight) and `Unavailable` (no responders while a stream
+/// settles, no connection). Any other outcome is returned, with how many times it was `Busy`.
+async fn append_settled(
     log: &JetStreamLog,
     room: &str,
     expected: Position,
     entries: &[Entry],
 ) -> (Result<Appended, AppendError>, u32) {
-    for busy in 0..50 {
+    let mut busy = 0;
+    for _ in 0..100 {
         match log.append(room, expected, entries).await {
-            Err(AppendError::Busy) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(AppendError::Busy) => busy += 1,
+            Err(AppendError::Unavailable { .. }) => {}
             other => return (other, busy),
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("still busy after 50 tries");
+    panic!("append to {room} still busy or unavailable after 100 tries");
+}
+
+/// [`append_settled`] without the count.
+async fn append(
+    log: &JetStreamLog,
+    room: &str,
+    expected: Position,
+    entries: &[Entry],
+) -> Result<Appended, AppendError> {
+    append_settled(log, room, expected, entries).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,8 +71,8 @@ async fn two_clients_at_the_same_position_one_wins_and_the_other_learns_its_posi
     for round in 1..=20_u64 {
         let sent = [entry(round)];
         let (a, b) = tokio::join!(
-            append_past_busy(&first, room, expected, &sent),
-            append_past_busy(&second, room, expected, &sent),
+            append_settled(&first, room, expected, &sent),
+            append_settled(&second, room, expected, &sent),
         );
         busy_total += a.1 + b.1;
         let (winner, loser) = match (a.0, b.0) {
@@ -85,17 +98,17 @@ async fn a_stale_batch_stores_nothing_and_a_good_one_is_contiguous_and_in_order(
     // One shard, so another room's appends share the stream's positions.
     let log = connect(&cluster.urls(), options("batch").shards(1).batch_len_max(5)).await;
     let room = "uploads";
-    let one = log.append(room, Position::NONE, &[entry(1)]).await.expect("first append");
-    let other = log.append("another room", Position::NONE, &[entry(1)]).await.expect("another room's append");
+    let one = append(&log, room, Position::NONE, &[entry(1)]).await.expect("first append");
+    let other = append(&log, "another room", Position::NONE, &[entry(1)]).await.expect("another room's append");
     assert!(other.last > one.last);
 
-    let stale = log.append(room, Position::NONE, &[entry(2), entry(3), entry(4)]).await;
+    let stale = append(&log, room, Position::NONE, &[entry(2), entry(3), entry(4)]).await;
     assert_eq!(stale, Err(AppendError::Conflict { actual_last: one.last }));
     let stored = log.read_after(room, Position::NONE, 100).await.expect("read");
     assert_eq!(stored.len(), 1, "the stale batch stored nothing: {stored:?}");
 
     let batch = [entry(2), entry(3), entry(4)];
-    let appended = log.append(room, one.last, &batch).await.expect("a good batch");
+    let appended = append(&log, room, one.last, &batch).await.expect("a good batch");
     assert_eq!(appended.last.0 - appended.first.0, 2, "contiguous positions: {appended:?}");
     assert!(appended.first > other.last);
     let stored = log.read_after(room, one.last, 100).await.expect("read the batch");
@@ -109,11 +122,11 @@ async fn a_stale_batch_stores_nothing_and_a_good_one_is_contiguous_and_in_order(
 
     let too_many: Vec<Entry> = (5..=10).map(entry).collect();
     assert_eq!(
-        log.append(room, appended.last, &too_many).await,
+        append(&log, room, appended.last, &too_many).await,
         Err(AppendError::TooLarge { len: 6, max: 5 }),
         "refused before sending"
     );
-    assert_eq!(log.append(room, appended.last, &[]).await, Err(AppendError::Empty));
+    assert_eq!(append(&log, room, appended.last, &[]).await, Err(AppendError::Empty));
     assert_eq!(log.last_position(room).await.expect("last"), Some((appended.last, 4)));
     assert_eq!(log.last_position("a room never written").await.expect("last"), None);
 }
@@ -123,9 +136,9 @@ async fn resending_an_identical_append_does_not_store_it_twice() {
     let cluster = NatsCluster::start(ClusterOptions::default());
     let log = connect(&cluster.urls(), options("resend")).await;
     let room = "resent";
-    let single = log.append(room, Position::NONE, &[entry(1)]).await.expect("append");
+    let single = append(&log, room, Position::NONE, &[entry(1)]).await.expect("append");
     // The caller saw no answer (a timeout) and resends the identical append.
-    let resent = log.append(room, Position::NONE, &[entry(1)]).await;
+    let resent = append(&log, room, Position::NONE, &[entry(1)]).await;
     assert_eq!(
         resent,
         Err(AppendError::Conflict { actual_last: single.last }),
@@ -133,8 +146,8 @@ async fn resending_an_identical_append_does_not_store_it_twice() {
     );
 
     let batch = [entry(2), entry(3), entry(4)];
-    let appended = log.append(room, single.last, &batch).await.expect("batch");
-    let resent = log.append(room, single.last, &batch).await;
+    let appended = append(&log, room, single.last, &batch).await.expect("batch");
+    let resent = append(&log, room, single.last, &batch).await;
     assert_eq!(resent, Err(AppendError::Conflict { actual_last: appended.last }));
 
     let stored = log.read_after(room, Position::NONE, 100).await.expect("read");

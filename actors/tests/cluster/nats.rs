@@ -165,17 +165,23 @@ impl NatsCluster {
         self.wait_for_meta_leader();
     }
 
-    /// Waits until a running server reports a JetStream meta leader; returns its name. Fails
-    /// the test after [`META_LEADER_WAIT_MAX`].
+    /// Waits until a running server reports a JetStream meta leader and every running server
+    /// reports itself healthy (`/healthz`: JetStream current with the meta leader, so an R3
+    /// stream can be placed); returns the leader's name. Fails the test after
+    /// [`META_LEADER_WAIT_MAX`].
     pub(crate) fn wait_for_meta_leader(&self) -> String {
         let deadline = Instant::now() + META_LEADER_WAIT_MAX;
         loop {
-            let leader = self
-                .servers
-                .iter()
-                .filter(|server| server.child.is_some())
-                .find_map(|server| meta_leader(server.monitor_port));
-            if let Some(leader) = leader {
+            let running = || self.servers.iter().filter(|server| server.child.is_some());
+            let leader = running().find_map(|server| meta_leader(server.monitor_port));
+            let healthy = running().all(|server| {
+                http_get(server.monitor_port, "/healthz").is_some_and(|response| {
+                    response.lines().next().is_some_and(|status| status.split(' ').nth(1) == Some("200"))
+                })
+            });
+            if let Some(leader) = leader
+                && healthy
+            {
                 return leader;
             }
             if Instant::now() >= deadline {
