@@ -10,4 +10,4 @@ echo "== nats-server (pinned 2.14.6)"
 source scripts/nats-server.sh
 "$CONFAB_NATS_SERVER" --version
 echo "== cluster tests (JetStream log client against a real 3-server cluster)"
-cargo test -p confab-actors --features cluster --test cluster --locked
+cargo test -p confab-actors --features cluster --lib --test cluster --locked
