@@ -52,13 +52,10 @@ pub(super) async fn publish(
         let request = async_nats::Request::new().headers(headers).payload(entry.payload.clone()).timeout(Some(timeout));
         let reply = client.send_request(subject.clone(), request).await.map_err(not_committed)?;
         if let Some(acknowledgement) = parse_reply(&reply.payload)? {
-            // Only the commit stores anything; an acknowledgement here is a protocol change.
-            return Err(AppendError::Refused {
-                code: 0,
-                description: format!(
-                    "the server acknowledged a batch's first message as stored at {}",
-                    acknowledgement.seq
-                ),
+            // Only the commit stores anything, so this is a protocol this client does not know:
+            // the outcome is unknown (and a resend, safe by the expectation, finds out).
+            return Err(AppendError::Unknown {
+                reason: format!("the server acknowledged a batch's first message as stored at {}", acknowledgement.seq),
             });
         }
     }

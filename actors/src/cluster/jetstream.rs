@@ -417,9 +417,10 @@ impl JetStreamLog {
         };
         let count = u64::try_from(entries.len()).expect("a batch length fits a u64");
         if acknowledgement.count.unwrap_or(1) != count || acknowledgement.seq < count {
-            return Err(AppendError::Refused {
-                code: 0,
-                description: format!(
+            // Something was acknowledged, but not what was sent: the caller cannot know what is
+            // stored, and resending (safe by the expectation) finds out.
+            return Err(AppendError::Unknown {
+                reason: format!(
                     "acknowledgement for {} messages ending at {} does not match the {count} sent",
                     acknowledgement.count.unwrap_or(1),
                     acknowledgement.seq
@@ -442,7 +443,7 @@ impl JetStreamLog {
         let stream = self.stream(shard)?;
         let limit = limit.min(READ_LEN_MAX);
         let mut entries = Vec::with_capacity(limit.min(64));
-        let mut from = after.0 + 1;
+        let mut from = after.0.saturating_add(1);
         while entries.len() < limit {
             let message = stream.raw_message_builder().sequence(from).next_by_subject(subject.clone()).send().await;
             let message = match message {
@@ -451,7 +452,7 @@ impl JetStreamLog {
                 Err(error) => return Err(unavailable(error)),
             };
             let entry = stored_entry(message.sequence, &message.headers, message.payload)?;
-            from = entry.position.0 + 1;
+            from = entry.position.0.saturating_add(1);
             entries.push(entry);
         }
         Ok(entries)
