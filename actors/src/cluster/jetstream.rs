@@ -20,7 +20,7 @@ use async_nats::{HeaderMap, RequestErrorKind, ServerAddr};
 use bytes::Bytes;
 
 use super::batch;
-use super::subject::{RoomSubject, room_subject, shard_filter};
+use super::subject::{RoomSubject, room_of_subject, room_subject, shard_filter};
 
 /// The oldest nats-server release with every primitive used here: a conditional append that
 /// clustered mode rechecks when it applies the write (fixed in 2.9.21, nats-server #4320) and
@@ -90,6 +90,15 @@ pub struct StoredEntry {
     pub epoch: u64,
     /// The payload exactly as appended.
     pub payload: Bytes,
+}
+
+/// One entry of a shard's live feed ([`JetStreamLog::feed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedItem {
+    /// The room it was appended to (decoded from its subject).
+    pub room: String,
+    /// The entry.
+    pub entry: StoredEntry,
 }
 
 /// A committed append: the positions of its first and last entry (contiguous).
@@ -479,6 +488,46 @@ impl JetStreamLog {
             Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(error) => Err(unavailable(error)),
         }
+    }
+
+    /// Every entry appended to shard `shard` after position `after`, in stream order, then each
+    /// new one as it commits: what a node follows to feed its local rooms.
+    ///
+    /// An ordered consumer (ephemeral, one replica, no acks): it notices a gap or a restart of
+    /// its stream and recreates itself from the last position it delivered, so the feed has no
+    /// holes and no repeats. An item is an error when a message is not one of this log's.
+    pub async fn feed(
+        &self,
+        shard: u32,
+        after: Position,
+    ) -> Result<impl futures::Stream<Item = Result<FeedItem, ReadError>> + Send + 'static, ReadError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        use futures::StreamExt;
+        let stream = self.stream(shard)?;
+        let deliver_policy = match after {
+            Position::NONE => DeliverPolicy::All,
+            Position(last) => DeliverPolicy::ByStartSequence { start_sequence: last.saturating_add(1) },
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: shard_filter(shard),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let messages = consumer.messages().await.map_err(unavailable)?;
+        Ok(messages.map(|message| {
+            let message = message.map_err(unavailable)?;
+            let position = message.info().map_err(unavailable)?.stream_sequence;
+            let message = message.message;
+            let room = room_of_subject(message.subject.as_str()).ok_or_else(|| ReadError::Malformed {
+                position: Position(position),
+                reason: format!("subject {} is not a room subject", message.subject),
+            })?;
+            let headers = message.headers.unwrap_or_default();
+            Ok(FeedItem { room, entry: stored_entry(position, &headers, message.payload)? })
+        }))
     }
 
     fn stream(&self, shard: u32) -> Result<&stream::Stream<()>, ReadError> {

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`subject`]: room name → shard and subject (stable FNV-1a hash, hex-encoded name).
 //! - [`jetstream`]: [`JetStreamLog`]: connect (server version and stream config checks),
-//!   conditional append, read after a position, the leader's last position.
+//!   conditional append, read after a position, the leader's last position, a shard's live
+//!   feed.
 //! - `batch`: an atomic batch publish (ADR-50 headers), which async-nats 0.51 lacks.
 //!
 //! Data flow: a caller appends a run of [`Entry`]s to a room, conditional on the room's last
@@ -25,4 +26,4 @@ pub use jetstream::{
     AppendError, Appended, BATCH_LEN_MAX, ClusterError, Entry, HEADER_EPOCH, HEADER_SEQ, JetStreamLog, LogOptions,
     Position, READ_LEN_MAX, ReadError, SERVER_VERSION_MIN, StoredEntry,
 };
-pub use subject::{RoomSubject, room_subject, shard_of};
+pub use subject::{RoomSubject, room_of_subject, room_subject, shard_of};

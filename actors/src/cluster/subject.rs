@@ -54,6 +54,20 @@ pub fn room_subject(room: &str, shards: u32) -> RoomSubject {
     RoomSubject { shard, subject }
 }
 
+/// The room name of a room subject (the inverse of [`room_subject`]); `None` for a subject
+/// this module did not make.
+pub fn room_of_subject(subject: &str) -> Option<String> {
+    let encoded = subject.strip_prefix(SUBJECT_PREFIX)?.strip_prefix('.')?.split_once('.')?.1;
+    if encoded.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..encoded.len())
+        .step_by(2)
+        .map(|index| u8::from_str_radix(encoded.get(index..index + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +90,10 @@ mod tests {
             assert_eq!(subject.matches('.').count(), 3, "{subject}");
         }
         assert_ne!(dotted.subject, spaced.subject);
+        assert_eq!(room_of_subject(&dotted.subject).as_deref(), Some("a.>"));
+        assert_eq!(room_of_subject(&room_subject("é 🎉", 3).subject).as_deref(), Some("é 🎉"));
+        assert_eq!(room_of_subject("confab.room.0.6"), None);
+        assert_eq!(room_of_subject("other.room.0.61"), None);
         assert_eq!(room_subject("lobby", 1).subject, "confab.room.0.6c6f626279");
     }
 }

@@ -132,6 +132,37 @@ async fn a_stale_batch_stores_nothing_and_a_good_one_is_contiguous_and_in_order(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_delivers_a_shards_entries_in_order_with_their_rooms() {
+    use futures::StreamExt;
+    let cluster = NatsCluster::start(ClusterOptions::default());
+    let log = connect(&cluster.urls(), options("feed").shards(1)).await;
+    let early = append(&log, "before the feed", Position::NONE, &[entry(1)]).await.expect("append");
+    let feed = log.feed(0, early.last).await.expect("open the feed");
+    let dotted = "a.b > *";
+    let batch = append(&log, dotted, Position::NONE, &[entry(1), entry(2), entry(3)]).await.expect("batch");
+    let single = append(&log, "before the feed", early.last, &[entry(2)]).await.expect("append");
+    let items: Vec<_> = tokio::time::timeout(Duration::from_secs(10), feed.take(4).collect::<Vec<_>>())
+        .await
+        .expect("four items within 10 s");
+    let seen: Vec<(String, u64, u64)> = items
+        .into_iter()
+        .map(|item| item.expect("a feed item"))
+        .map(|item| (item.room, item.entry.position.0, item.entry.seq))
+        .collect();
+    let room = |name: &str| name.to_owned();
+    assert_eq!(
+        seen,
+        vec![
+            (room(dotted), batch.first.0, 1),
+            (room(dotted), batch.first.0 + 1, 2),
+            (room(dotted), batch.last.0, 3),
+            (room("before the feed"), single.last.0, 2),
+        ],
+        "after the start position only, in stream order, rooms decoded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resending_an_identical_append_does_not_store_it_twice() {
     let cluster = NatsCluster::start(ClusterOptions::default());
     let log = connect(&cluster.urls(), options("resend")).await;
