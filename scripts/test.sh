@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README: "Run all tests"): formatting, lints with warnings denied,
-# every test of every crate (unit, integration, property, doc), the interop test against a
+# every test of every crate (unit, integration, property, doc), the cluster tests against a real
+# 3-server nats-server cluster, the interop test against a
 # client nobody here wrote, the browser test of the web chat, and the docs without warnings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ if cargo tree -p confab-engine -e normal --locked | grep -E "tokio|kameo|prost|t
 fi
 echo "== tests"
 cargo test --workspace --locked
+echo "== cluster (the JetStream log client against a real 3-server nats-server cluster)"
+bash scripts/cluster.sh
 echo "== interop (Python grpcio peer client against confab serve)"
 bash scripts/interop.sh
 echo "== browser (two headless Chromium pages chat through confab serve's web page)"

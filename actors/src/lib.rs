@@ -20,6 +20,8 @@
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
 //! - [`store`]: durable history: the [`store::HistoryStore`] trait, the redb store, the
 //!   in-memory store, and the writer thread that group-commits every room's messages.
+//! - `cluster` (feature `cluster`): the JetStream log client for cluster mode, not yet used by
+//!   the room actor.
 //!
 //! Data flow: a transport calls the [`Engine`]; the directory resolves the room through the
 //! registry; the room actor feeds its state machine and appends what it publishes to the
@@ -32,6 +34,8 @@
 
 mod answer;
 mod clock;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod directory;
 pub mod engine;
 mod error;

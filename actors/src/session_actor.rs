@@ -85,10 +85,10 @@ impl SessionActor {
                     self.session.handle_subscribed(room, result);
                 }
                 SessionCommand::Attach { room } => {
-                    if let Some(reader) = self.unattached.remove(&room) {
-                        if !self.tell_client(Outbound::Attach(reader)).await {
-                            return self.disconnect(ctx);
-                        }
+                    if let Some(reader) = self.unattached.remove(&room)
+                        && !self.tell_client(Outbound::Attach(reader)).await
+                    {
+                        return self.disconnect(ctx);
                     }
                 }
                 SessionCommand::Unsubscribe { room, .. } => {
@@ -172,10 +172,10 @@ impl SessionActor {
     fn disconnect(&mut self, ctx: &mut Context<Self, ()>) {
         self.session.handle_disconnect();
         while let Some(command) = self.session.poll_command() {
-            if let SessionCommand::Unsubscribe { room, .. } = command {
-                if let Some((_, reader)) = self.rooms.remove(&room) {
-                    reader.leave();
-                }
+            if let SessionCommand::Unsubscribe { room, .. } = command
+                && let Some((_, reader)) = self.rooms.remove(&room)
+            {
+                reader.leave();
             }
         }
         self.unattached.clear();

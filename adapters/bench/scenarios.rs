@@ -686,10 +686,10 @@ impl OrderCheck {
     }
 
     fn subscribed(&mut self, first_seq: u64) {
-        if let Some(after) = self.resuming_after.take() {
-            if first_seq != after + 1 {
-                self.violations += 1;
-            }
+        if let Some(after) = self.resuming_after.take()
+            && first_seq != after + 1
+        {
+            self.violations += 1;
         }
         self.expected = Some(first_seq);
     }

@@ -89,11 +89,11 @@ where
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(sleep) = this.sleep.as_mut() {
-            if sleep.as_mut().poll(cx).is_ready() {
-                this.done = true;
-                return Poll::Ready(Some(Err(Expiry::error().into())));
-            }
+        if let Some(sleep) = this.sleep.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            this.done = true;
+            return Poll::Ready(Some(Err(Expiry::error().into())));
         }
         let next = this.inner.poll_next_unpin(cx);
         if let Poll::Ready(None) = next {

@@ -361,10 +361,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &mut polled {
-            if let Some(status) = frame.trailers_mut().and_then(final_status) {
-                self.call.finish(&status);
-            }
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(status) = frame.trailers_mut().and_then(final_status)
+        {
+            self.call.finish(&status);
         }
         polled
     }

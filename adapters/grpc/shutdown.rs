@@ -87,11 +87,11 @@ impl ShutdownWatch {
         if self.started() {
             return true;
         }
-        if let Some((_, waker)) = &self.waiting {
-            if waker.will_wake(cx.waker()) {
-                // Registered with this task already: the wake-up comes to it.
-                return false;
-            }
+        if let Some((_, waker)) = &self.waiting
+            && waker.will_wake(cx.waker())
+        {
+            // Registered with this task already: the wake-up comes to it.
+            return false;
         }
         let mut wait = match self.waiting.take() {
             Some((wait, _)) => wait,

@@ -384,10 +384,10 @@ impl Room {
         self.check_open()?;
         self.check_size(&draft)?;
         self.last_activity = now;
-        if let Some(id) = &draft.client_msg_id {
-            if let Some(&seq) = self.dedupe.get(&(draft.user.clone(), id.clone())) {
-                return Ok(Sent { seq, duplicate: true });
-            }
+        if let Some(id) = &draft.client_msg_id
+            && let Some(&seq) = self.dedupe.get(&(draft.user.clone(), id.clone()))
+        {
+            return Ok(Sent { seq, duplicate: true });
         }
         Ok(Sent { seq: self.append(draft, now), duplicate: false })
     }
@@ -535,10 +535,10 @@ impl Room {
         if self.dedupe_window_len == 0 {
             return;
         }
-        if self.dedupe_order.len() == self.dedupe_window_len {
-            if let Some(oldest) = self.dedupe_order.pop_front() {
-                self.dedupe.remove(&oldest);
-            }
+        if self.dedupe_order.len() == self.dedupe_window_len
+            && let Some(oldest) = self.dedupe_order.pop_front()
+        {
+            self.dedupe.remove(&oldest);
         }
         self.dedupe_order.push_back((user.clone(), id.clone()));
         self.dedupe.insert((user, id), seq);

@@ -230,15 +230,15 @@ impl Checker {
                 None => "live".to_owned(),
             },
         );
-        if let Some((after_epoch, after_seq)) = state.after {
-            if after_epoch == epoch {
-                if recovered && first_seq != after_seq + 1 {
-                    let message = format!("resumed after #{after_seq} with recovered=true but starts at #{first_seq}");
-                    self.violate("G5", sub, now_ms, message, None);
-                } else if !recovered && first_seq <= after_seq + 1 {
-                    let message = format!("#{} was retained, yet the resume says recovered=false", after_seq + 1);
-                    self.violate("G5", sub, now_ms, message, None);
-                }
+        if let Some((after_epoch, after_seq)) = state.after
+            && after_epoch == epoch
+        {
+            if recovered && first_seq != after_seq + 1 {
+                let message = format!("resumed after #{after_seq} with recovered=true but starts at #{first_seq}");
+                self.violate("G5", sub, now_ms, message, None);
+            } else if !recovered && first_seq <= after_seq + 1 {
+                let message = format!("#{} was retained, yet the resume says recovered=false", after_seq + 1);
+                self.violate("G5", sub, now_ms, message, None);
             }
         }
     }
@@ -301,13 +301,11 @@ impl Checker {
                     }
                     log.ids.insert(id, seq);
                 }
-                if let Some(expected) = log.expected_bodies.get(&seq) {
-                    if *expected != message.body {
-                        problems.push((
-                            "G6",
-                            format!("#{seq} should be upload message {expected:?}, is {:?}", message.body),
-                        ));
-                    }
+                if let Some(expected) = log.expected_bodies.get(&seq)
+                    && *expected != message.body
+                {
+                    problems
+                        .push(("G6", format!("#{seq} should be upload message {expected:?}, is {:?}", message.body)));
                 }
                 if !self.aborted.is_empty() && self.aborted.contains(&(log.room, message.body.clone())) {
                     problems
@@ -393,10 +391,10 @@ impl Checker {
         let log = &mut self.logs[log_index];
         for (offset, id) in ids.iter().enumerate() {
             let seq = first + offset as u64;
-            if let Some(Some(seen)) = log.messages.get((seq - 1) as usize) {
-                if seen.body != *id {
-                    problems.push(format!("#{seq} should be upload message {id:?}, was seen as {:?}", seen.body));
-                }
+            if let Some(Some(seen)) = log.messages.get((seq - 1) as usize)
+                && seen.body != *id
+            {
+                problems.push(format!("#{seq} should be upload message {id:?}, was seen as {:?}", seen.body));
             }
             log.expected_bodies.insert(seq, id.clone());
         }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The cluster tests: installs the pinned nats-server (scripts/nats-server.sh), then runs the
+# JetStream log client's tests, which start their own 3-server JetStream clusters on loopback
+# (temporary storage, free ports, every process killed when its test ends).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== nats-server (pinned 2.14.6)"
+source scripts/nats-server.sh
+"$CONFAB_NATS_SERVER" --version
+echo "== cluster tests (JetStream log client against a real 3-server cluster)"
+cargo test -p confab-actors --features cluster --lib --test cluster --locked
