@@ -192,10 +192,10 @@ impl Appender {
     }
 
     fn set_state(&mut self, origin: Origin, state: Flight) {
-        if let Some(in_flight) = &mut self.in_flight {
-            if in_flight.append.origin == origin {
-                in_flight.state = state;
-            }
+        if let Some(in_flight) = &mut self.in_flight
+            && in_flight.append.origin == origin
+        {
+            in_flight.state = state;
         }
     }
 
