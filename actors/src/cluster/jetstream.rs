@@ -530,6 +530,26 @@ impl JetStreamLog {
         }))
     }
 
+    /// The number of shard streams.
+    pub fn shards(&self) -> u32 {
+        self.options.shards
+    }
+
+    /// When shard 0's stream was created, in Unix milliseconds: the epoch of every room of this
+    /// log. The same on every node, and new when the streams are made again (their history
+    /// starts over, so room numbers do too).
+    pub async fn epoch(&self) -> Result<u64, ReadError> {
+        let info = self.stream(0)?.get_info().await.map_err(unavailable)?;
+        Ok(u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+    }
+
+    /// The position of shard `shard`'s last message (of any room): where a feed of what comes
+    /// next starts.
+    pub async fn shard_last_position(&self, shard: u32) -> Result<Position, ReadError> {
+        let info = self.stream(shard)?.get_info().await.map_err(unavailable)?;
+        Ok(Position(info.state.last_sequence))
+    }
+
     fn stream(&self, shard: u32) -> Result<&stream::Stream<()>, ReadError> {
         self.streams.get(shard as usize).ok_or_else(|| ReadError::Unavailable { reason: format!("no shard {shard}") })
     }

@@ -1,8 +1,8 @@
 //! Cluster mode's durable log: rooms as subjects of NATS JetStream shard streams (issue 15).
 //!
-//! Built with the `cluster` feature. Nothing in the engine uses it yet: this is the layer under
-//! the coming `RoomLog` boundary, proven against a real 3-server cluster by
-//! `actors/tests/cluster/`.
+//! Built with the `cluster` feature. [`ClusterLog`] is the [`RoomLog`](crate::room_log::RoomLog)
+//! an engine in cluster mode keeps its rooms in ([`crate::EngineConfig::replicated`]); proven
+//! against a real 3-server cluster by `actors/tests/cluster/`.
 //!
 //! # Layout
 //! - [`subject`]: room name → shard and subject (stable FNV-1a hash, hex-encoded name).
@@ -10,6 +10,9 @@
 //!   conditional append, read after a position, the leader's last position, a shard's live
 //!   feed.
 //! - `batch`: an atomic batch publish (ADR-50 headers), which async-nats 0.51 lacks.
+//! - `room_log`: [`ClusterLog`], the engine's room log over [`JetStreamLog`]: entries carry the
+//!   appending node's origin and the message in the store's record format; every shard's feed
+//!   followed from its end.
 //!
 //! Data flow: a caller appends a run of [`Entry`]s to a room, conditional on the room's last
 //! [`Position`]; one entry is one conditional publish, several are one atomic batch. The stream
@@ -18,6 +21,7 @@
 
 mod batch;
 pub mod jetstream;
+mod room_log;
 pub mod subject;
 
 /// Payloads are shared bytes; re-exported so callers need no `bytes` dependency of their own.
@@ -26,4 +30,5 @@ pub use jetstream::{
     AppendError, Appended, BATCH_LEN_MAX, ClusterError, Entry, HEADER_EPOCH, HEADER_SEQ, JetStreamLog, LogOptions,
     Position, READ_LEN_MAX, ReadError, SERVER_VERSION_MIN, StoredEntry,
 };
+pub use room_log::ClusterLog;
 pub use subject::{RoomSubject, room_of_subject, room_subject, shard_of};

@@ -24,6 +24,8 @@ use confab_engine::{ChatMessage, RoomName, Seq};
 pub use local_log::LocalLog;
 pub use memory::MemoryStore;
 pub use redb_store::{CheckReport, RedbStore};
+#[cfg(feature = "cluster")]
+pub(crate) use redb_store::{decode as decode_record, encode as encode_record};
 
 /// A room as stored: enough to continue it after a restart.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -674,7 +674,8 @@ fn message_checksum(room: &str, seq: Seq, payload: &[u8]) -> u32 {
 // Message encoding: the checksum (u32 LE), then the payload: accepted_at (u64 LE), then user,
 // client_msg_id and body, each as a u32 LE length and UTF-8 bytes. The room and seq are the key.
 
-fn encode(message: &ChatMessage, out: &mut Vec<u8>) {
+/// Encodes `message` as a stored record (also cluster mode's entry payload).
+pub(crate) fn encode(message: &ChatMessage, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; CHECKSUM_BYTES]);
     out.extend_from_slice(&message.accepted_at.as_millis().to_le_bytes());
     let id = message.client_msg_id.as_ref().map(ClientMsgId::as_str).unwrap_or("");
@@ -690,7 +691,8 @@ fn accepted_at(value: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(value.get(CHECKSUM_BYTES..CHECKSUM_BYTES + 8)?.try_into().ok()?))
 }
 
-fn decode(room: &RoomName, seq: u64, value: &[u8]) -> Result<ChatMessage, String> {
+/// The message of `room` numbered `seq` in a record [`encode`] made; why not, if damaged.
+pub(crate) fn decode(room: &RoomName, seq: u64, value: &[u8]) -> Result<ChatMessage, String> {
     let (checksum, payload) = value.split_at_checked(CHECKSUM_BYTES).ok_or("shorter than its checksum")?;
     let checksum = u32::from_le_bytes(checksum.try_into().map_err(|_| "bad checksum")?);
     if checksum != message_checksum(room.as_str(), seq, payload) {
