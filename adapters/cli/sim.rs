@@ -51,6 +51,12 @@ pub struct SimArgs {
     /// server's default is 1024; small here so that slow readers do lag).
     #[arg(long, default_value_t = 16)]
     queue_len: u32,
+    /// Engines (nodes) the clients are spread over. Above 1 they are nodes of one simulated
+    /// replicated log (cluster mode) that loses acknowledgements, times appends out, holds
+    /// them up for leader elections and feeds each node late; a reconnecting client moves to
+    /// the next node.
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
     /// Run twice in this process and check both traces hash the same (G8).
     #[arg(long)]
     check_determinism: bool,
@@ -60,8 +66,8 @@ pub struct SimArgs {
     /// Write a latency histogram and a deliveries-over-time chart to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     svg: Option<std::path::PathBuf>,
-    /// Make the engine defective on purpose (skip-seq:N or drop-delivery:N) to see the checker
-    /// catch it.
+    /// Make the engine defective on purpose (skip-seq:N, drop-delivery:N, or reorder-rebase
+    /// with --nodes above 1) to see the checker catch it.
     #[arg(long, hide = true, value_parser = confab_sim::options::parse_bug)]
     inject_bug: Option<InjectedBug>,
 }
@@ -86,6 +92,7 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
         offline: args.offline,
         upload_len_max: args.upload_len,
         queue_len: args.queue_len,
+        nodes: args.nodes,
         injected_bug: args.inject_bug,
     };
     options.validate()?;

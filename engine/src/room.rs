@@ -40,6 +40,9 @@ pub enum InjectedBug {
     /// The delivery of this message to the first subscriber is silently dropped (G2); the
     /// room's [`Ring`](crate::ring::Ring) plays this one.
     DropDelivery(Seq),
+    /// A room that lost positions to another node sequences its messages again in reverse
+    /// order (G3), in cluster mode ([`Room::handle_committed`]).
+    ReorderRebase,
 }
 
 /// A subscriber of one room, numbered by the room in subscription order (never reused).
@@ -269,6 +272,10 @@ impl Room {
         }
         self.assert_history_contiguous();
         let mut moved = Vec::with_capacity(rebased.len());
+        let mut rebased = rebased;
+        if self.injected_bug == Some(InjectedBug::ReorderRebase) {
+            rebased.reverse();
+        }
         for message in rebased {
             let known =
                 message.client_msg_id.as_ref().and_then(|id| self.dedupe.get(&(message.user.clone(), id.clone())));

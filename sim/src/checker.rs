@@ -382,7 +382,8 @@ impl Checker {
         self.counts.uploads_committed += 1;
         self.counts.messages += ids.len() as u64;
         let index = self.sub(sub);
-        if receipt.count != ids.len() || (!ids.is_empty() && last + 1 - first != ids.len() as u64) {
+        let run_len = (last + 1).checked_sub(first);
+        if receipt.count != ids.len() || (!ids.is_empty() && run_len != Some(ids.len() as u64)) {
             let what = format!("upload of {} messages committed as {} at #{first}..=#{last}", ids.len(), receipt.count);
             return self.violate("G6", sub, now_ms, what, None);
         }

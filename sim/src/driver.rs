@@ -25,7 +25,8 @@ use crate::options::SimOptions;
 
 /// What every client shares.
 pub(crate) struct World {
-    pub(crate) engine: Engine,
+    /// The nodes: one engine, or several over one simulated replicated log.
+    pub(crate) engines: Vec<Engine>,
     pub(crate) options: SimOptions,
     pub(crate) rooms: Vec<RoomName>,
     pub(crate) checker: Mutex<Checker>,
@@ -40,12 +41,12 @@ pub(crate) struct World {
 }
 
 impl World {
-    pub(crate) fn new(engine: Engine, options: SimOptions, rooms: Vec<RoomName>, checker: Checker) -> Self {
+    pub(crate) fn new(engines: Vec<Engine>, options: SimOptions, rooms: Vec<RoomName>, checker: Checker) -> Self {
         let start = Instant::now();
         let deadline = start + options.duration;
         let filler = "confab simulated chat ".repeat(options.body_bytes as usize * 2 / 22 + 1);
         World {
-            engine,
+            engines,
             rooms,
             checker: Mutex::new(checker),
             start,
@@ -155,6 +156,9 @@ struct Client {
     sent: u64,
     /// The sequence number each recent session send got, for its retry.
     acked: VecDeque<(Arc<str>, Seq)>,
+    /// The node it is connected to (modulo the nodes): its number at first, the next one after
+    /// each reconnect.
+    node: usize,
 }
 
 /// Runs client `number` until the end of the run.
@@ -163,7 +167,8 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
     let session = rng.random_bool(world.options.session_share);
     let room = rng.random_range(0..world.options.rooms);
     let user = UserName::new(&format!("c{number}")).expect("a valid user name");
-    let mut client = Client { world, number, user, rng, session, room, sent: 0, acked: VecDeque::new() };
+    let node = number as usize;
+    let mut client = Client { world, number, user, rng, session, room, sent: 0, acked: VecDeque::new(), node };
     let Some(mut conn) = client.connect(None).await else { return };
     let first_action = Instant::now() + exponential(&mut client.rng, client.world.options.send_interval);
     // One timer, reset after each action: re-creating it for every delivery would cost a
@@ -258,6 +263,11 @@ async fn next_item(conn: &mut Conn) -> Item {
 }
 
 impl Client {
+    /// The engine of the node this client is connected to.
+    fn engine(&self) -> &Engine {
+        &self.world.engines[self.node % self.world.engines.len()]
+    }
+
     fn now_ms(&self) -> u64 {
         self.world.now_ms()
     }
@@ -286,12 +296,12 @@ impl Client {
         let room = self.room_name();
         let sub = self.world.checker().open(self.number, self.room, after, self.now_ms());
         if self.session {
-            let (sender, events) = self.world.engine.open_session(self.user.clone());
+            let (sender, events) = self.engine().open_session(self.user.clone());
             let join = ClientFrame::Join { room: room.as_str().to_owned(), after_seq: after.map(|(_, seq)| seq) };
             sender.send(join).await.ok()?;
             Some(Conn::Session { sender, events, sub, pending: VecDeque::new() })
         } else {
-            match self.world.engine.subscribe(&room, Some(self.user.clone()), after.map(|(_, seq)| seq)).await {
+            match self.engine().subscribe(&room, Some(self.user.clone()), after.map(|(_, seq)| seq)).await {
                 Ok(events) => Some(Conn::Stream { events, sub }),
                 Err(_) => {
                     self.world.checker().refused(sub, self.now_ms());
@@ -373,6 +383,8 @@ impl Client {
                 let resume = self.close_for_resume(conn, Action::Disconnect);
                 let offline = exponential(&mut self.rng, self.world.options.offline);
                 sleep_until((Instant::now() + offline).min(self.world.deadline)).await;
+                // It comes back through the next node (with one node, the same one).
+                self.node += 1;
                 self.connect(resume).await
             }
             Step::Churn if self.world.options.rooms == 1 => self.send(conn, false).await,
@@ -406,7 +418,7 @@ impl Client {
             }
             Step::Upload | Step::Abort => {
                 let len = self.rng.random_range(1..=self.world.options.upload_len_max);
-                let mut upload = self.world.engine.upload(&self.room_name());
+                let mut upload = self.engine().upload(&self.room_name());
                 let mut ids = Vec::with_capacity(len as usize);
                 for _ in 0..len {
                     // Uploads carry no client message ids: a unique body identifies the message.
@@ -465,7 +477,7 @@ impl Client {
     /// A unary send reported to the checker: `Some(Some(seq))` when sequenced, `Some(None)` when
     /// refused, `None` when the engine stopped.
     async fn unary_send(&mut self, sub: SubId, draft: Draft, retry_of: Option<Seq>) -> Option<Option<Seq>> {
-        match self.world.engine.send(&self.room_name(), draft).await {
+        match self.engine().send(&self.room_name(), draft).await {
             Ok(sent) => {
                 self.world.checker().sent(sub, sent, retry_of, self.now_ms());
                 Some(Some(sent.seq))
@@ -488,12 +500,12 @@ impl Client {
         let draft = self.draft(&id);
         let Some(seq) = self.unary_send(sub, draft, None).await? else { return Some(conn) };
         let room = self.room_name();
-        if let Ok(page) = self.world.engine.history(&room, seq - 1, 1).await {
+        if let Ok(page) = self.engine().history(&room, seq - 1, 1).await {
             self.world.checker().history_read(sub, seq, &id, &page, self.now_ms());
         }
         let epoch = self.world.checker().resume_point(sub).map(|(epoch, _)| epoch)?;
         let probe = self.world.checker().open(self.number, self.room, Some((epoch, seq - 1)), self.now_ms());
-        if let Ok(mut events) = self.world.engine.subscribe(&room, None, Some(seq - 1)).await {
+        if let Ok(mut events) = self.engine().subscribe(&room, None, Some(seq - 1)).await {
             // Subscribed, then the backlog starting with `seq`.
             for _ in 0..2 {
                 let Some(event) = events.next().await else { break };

@@ -18,6 +18,7 @@
 
 pub mod checker;
 mod driver;
+pub mod log;
 pub mod options;
 pub mod report;
 mod trace;
@@ -25,10 +26,11 @@ mod trace;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_actors::{Engine, EngineConfig};
+use confab_actors::{Engine, EngineConfig, Replicated};
 use confab_engine::RoomName;
 
 pub use checker::{Checker, Counts, SubId, Violation};
+pub use log::LogFaults;
 pub use options::{DRAIN, FaultMix, OptionsError, SimOptions};
 pub use report::Report;
 
@@ -55,9 +57,11 @@ pub fn run(options: &SimOptions, progress: Option<Progress>) -> Result<Report, S
         .start_paused(true)
         .build()
         .map_err(|error| SimError::Start(error.to_string()))?;
-    let checker = runtime.block_on(simulate(options, progress))?;
+    let (checker, log_faults) = runtime.block_on(simulate(options, progress))?;
     drop(runtime);
-    Ok(Report::new(options, &checker, wall.elapsed()))
+    let mut report = Report::new(options, &checker, wall.elapsed());
+    report.log_faults = log_faults;
+    Ok(report)
 }
 
 /// Room names: `room-000`, `room-001`, … (as wide as the count needs, so they sort in order).
@@ -66,14 +70,33 @@ fn room_names(rooms: u32) -> Vec<RoomName> {
     (0..rooms).map(|room| RoomName::new(&format!("room-{room:0width$}")).expect("a valid room name")).collect()
 }
 
-async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<Checker, SimError> {
+/// One in-memory engine, or with `--nodes` above 1, that many engines as nodes of one
+/// simulated replicated log (cluster mode, with the log's faults).
+fn start_engines(options: &SimOptions) -> Result<(Vec<Engine>, Option<log::SimLog>), SimError> {
     let config =
         EngineConfig { limits: options.limits(), injected_bug: options.injected_bug, ..EngineConfig::default() };
-    let engine = Engine::start(config).map_err(|error| SimError::Start(error.to_string()))?;
+    if options.nodes <= 1 {
+        return Ok((vec![Engine::start(config).map_err(|error| SimError::Start(error.to_string()))?], None));
+    }
+    // The log draws its faults from a generator of its own, so adding nodes does not change
+    // what the clients draw.
+    let log = log::SimLog::new(options.seed ^ 0x6c6f_6721);
+    let engines = (1..=u64::from(options.nodes))
+        .map(|node| {
+            let replicated = Replicated::new(Arc::new(log.clone()), node);
+            let config = EngineConfig { replicated: Some(replicated), ..config.clone() };
+            Engine::start(config).map_err(|error| SimError::Start(error.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((engines, Some(log)))
+}
+
+async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(Checker, Option<LogFaults>), SimError> {
+    let (engines, log) = start_engines(options)?;
     let rooms = room_names(options.rooms);
     let span_ms = u64::try_from((options.duration + DRAIN).as_millis()).unwrap_or(u64::MAX);
     let checker = Checker::new(rooms.clone(), span_ms);
-    let world = Arc::new(driver::World::new(engine.clone(), options.clone(), rooms, checker));
+    let world = Arc::new(driver::World::new(engines.clone(), options.clone(), rooms, checker));
     if let Some(progress) = progress {
         let (start, end) = (world.start, world.end);
         tokio::spawn(async move {
@@ -96,8 +119,10 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<Ch
     }
     let now = world.now_ms();
     world.checker().finish(now);
-    let _ = engine.shutdown().await;
-    drop(engine);
+    for engine in engines {
+        let _ = engine.shutdown().await;
+    }
     let world = Arc::into_inner(world).expect("every client task has ended");
-    Ok(world.checker.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    let checker = world.checker.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Ok((checker, log.map(|log| log.faults())))
 }

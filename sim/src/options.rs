@@ -150,6 +150,9 @@ pub const DURATION_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 /// everything sent is delivered before the final completeness check.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
+/// Most engines (nodes) a run may have (`--nodes`).
+pub const NODES_MAX: u32 = 16;
+
 /// The options of one run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimOptions {
@@ -178,6 +181,9 @@ pub struct SimOptions {
     /// Events each room's ring keeps, how far a reader may fall behind before it lags (the
     /// engine's `subscriber_queue_len_max`; small by default so slow readers do lag).
     pub queue_len: u32,
+    /// Engines (nodes) the clients are spread over. Above 1 they are nodes of one simulated
+    /// replicated log (cluster mode), and a client that reconnects moves to the next node.
+    pub nodes: u32,
     /// A deliberate engine defect, to prove the checker catches it.
     pub injected_bug: Option<InjectedBug>,
 }
@@ -198,6 +204,7 @@ impl SimOptions {
             offline: Duration::from_secs(10),
             upload_len_max: 20,
             queue_len: 16,
+            nodes: 1,
             injected_bug: None,
         }
     }
@@ -229,6 +236,9 @@ impl SimOptions {
         if self.queue_len == 0 {
             return range("queue-len", "must be at least 1");
         }
+        if self.nodes == 0 || self.nodes > NODES_MAX {
+            return range("nodes", &format!("must be 1..={NODES_MAX}"));
+        }
         self.faults.validate()
     }
 
@@ -257,6 +267,9 @@ impl SimOptions {
             format!("--upload-len={}", self.upload_len_max),
             format!("--queue-len={}", self.queue_len),
         ];
+        if self.nodes > 1 {
+            args.push(format!("--nodes={}", self.nodes));
+        }
         if let Some(bug) = self.injected_bug {
             args.push(format!("--inject-bug={}", bug_to_text(bug)));
         }
@@ -273,9 +286,13 @@ fn humanize(duration: Duration) -> String {
     }
 }
 
-/// Parses `skip-seq:N` or `drop-delivery:N` (the hidden `--inject-bug` flag).
+/// Parses `skip-seq:N`, `drop-delivery:N` or `reorder-rebase` (the hidden `--inject-bug`
+/// flag; the last one needs `--nodes` above 1).
 pub fn parse_bug(text: &str) -> Result<InjectedBug, String> {
-    let (kind, seq) = text.split_once(':').ok_or("expected skip-seq:N or drop-delivery:N")?;
+    if text == "reorder-rebase" {
+        return Ok(InjectedBug::ReorderRebase);
+    }
+    let (kind, seq) = text.split_once(':').ok_or("expected skip-seq:N, drop-delivery:N or reorder-rebase")?;
     let seq: u64 = seq.parse().map_err(|_| format!("`{seq}` is not a sequence number"))?;
     match kind {
         "skip-seq" => Ok(InjectedBug::SkipSeq(seq)),
@@ -288,6 +305,7 @@ fn bug_to_text(bug: InjectedBug) -> String {
     match bug {
         InjectedBug::SkipSeq(seq) => format!("skip-seq:{seq}"),
         InjectedBug::DropDelivery(seq) => format!("drop-delivery:{seq}"),
+        InjectedBug::ReorderRebase => "reorder-rebase".to_owned(),
     }
 }
 

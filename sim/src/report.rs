@@ -73,6 +73,8 @@ pub struct Report {
     pub violation_count: u64,
     /// The first violations, in full.
     pub violations: Vec<ViolationReport>,
+    /// With several nodes: what the simulated replicated log did.
+    pub log_faults: Option<crate::LogFaults>,
 }
 
 impl Report {
@@ -121,6 +123,7 @@ impl Report {
                     excerpt: violation.excerpt.clone(),
                 })
                 .collect(),
+            log_faults: None,
         }
     }
 
@@ -226,6 +229,13 @@ impl fmt::Display for Report {
             counts.read_checks,
             counts.refusals
         )?;
+        if let Some(log) = &self.log_faults {
+            writeln!(
+                f,
+                "log: {} appends, {} conflicts between nodes, {} lost acknowledgements, {} timeouts, {} leader elections",
+                log.appends, log.conflicts, log.lost_acks, log.timeouts, log.elections
+            )?;
+        }
         writeln!(
             f,
             "time: {:.0} s virtual in {:.2} s wall ({:.0}x); {:.0} deliveries/s, {:.0} events/s (wall)",

@@ -41,3 +41,12 @@ fn runs_on_other_threads_at_the_same_time_agree() {
     assert_eq!(hashes[0], hashes[1]);
     assert_eq!(hashes[0], run(&options(7), None).expect("valid").trace_hash);
 }
+
+#[test]
+fn several_nodes_over_the_simulated_log_give_the_same_trace_twice() {
+    let options = SimOptions { nodes: 3, ..options(11) };
+    let (first, second) = (run(&options, None).expect("valid"), run(&options, None).expect("valid"));
+    assert_eq!(first.violation_count, 0, "{first}");
+    assert_eq!(first.trace_hash, second.trace_hash);
+    assert_eq!(first.counts, second.counts);
+}

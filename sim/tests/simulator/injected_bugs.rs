@@ -62,3 +62,29 @@ fn proptest_finds_and_shrinks_an_injected_bug() {
         other => panic!("the injected bug went unnoticed: {other:?}"),
     }
 }
+
+/// Three nodes over the simulated replicated log, busy enough in one room that nodes race
+/// for positions and sequence whole uploads again.
+fn cluster(bug: Option<InjectedBug>) -> SimOptions {
+    SimOptions {
+        clients: 30,
+        rooms: 1,
+        duration: Duration::from_secs(60),
+        send_interval: Duration::from_millis(200),
+        session_share: 0.5,
+        nodes: 3,
+        injected_bug: bug,
+        ..SimOptions::with_seed(1)
+    }
+}
+
+#[test]
+fn a_node_that_sequences_lost_messages_again_in_the_wrong_order_is_caught() {
+    let clean = run(&cluster(None), None).expect("valid");
+    assert_eq!(clean.violation_count, 0, "{clean}");
+    let log = clean.log_faults.expect("several nodes report their log");
+    assert!(log.conflicts > 0 && log.lost_acks + log.timeouts > 0, "the log's faults happened: {log:?}");
+    let report = run(&cluster(Some(InjectedBug::ReorderRebase)), None).expect("valid");
+    assert!(report.violations.iter().any(|violation| violation.guarantee == "G6"), "{report}");
+    assert!(report.replay_command().contains("--nodes=3 --inject-bug=reorder-rebase"));
+}
