@@ -14,21 +14,16 @@
 //!
 //! Every node's feed of the log brings each append late (a delay drawn per append), in order.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use confab_actors::room_log::{AppendOutcome, LoadedRoom, RoomLog};
+use confab_actors::room_log::{AppendOutcome, LoadedRoom, MemoryLog, RoomLog};
 use confab_engine::{Append, LogEntry, Position, RoomError, RoomName};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{BoxStream, StreamExt};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// The epoch of every room in the simulated log.
-const EPOCH: u64 = 1;
 
 /// How long an append travels to the log, at most (uniform from 1 ms).
 const APPEND_LATENCY_MAX: Duration = Duration::from_millis(5);
@@ -52,23 +47,21 @@ struct Fate {
     election: Option<Duration>,
     timeout: bool,
     lost_ack: bool,
-    feed_delay: Duration,
 }
 
-/// The simulated log (see the module). Clones share one log.
+/// The simulated log (see the module): the in-memory replicated log behind a layer of
+/// faults. Clones share one log.
 #[derive(Clone)]
 pub(crate) struct SimLog {
+    log: Arc<MemoryLog>,
     state: Arc<Mutex<State>>,
 }
 
 struct State {
-    rooms: BTreeMap<RoomName, Vec<LogEntry>>,
-    /// The last position given, across rooms.
-    last: u64,
-    /// Each node's feed: entries and when they arrive.
-    followers: Vec<mpsc::UnboundedSender<(Instant, Vec<LogEntry>)>>,
     rng: ChaCha8Rng,
-    /// Counts of the faults met, for the report.
+    /// Feeds made so far: each draws its delays from a generator of its own.
+    followers: u64,
+    seed: u64,
     faults: LogFaults,
 }
 
@@ -90,14 +83,8 @@ pub struct LogFaults {
 impl SimLog {
     /// An empty log whose faults are drawn from `seed`.
     pub(crate) fn new(seed: u64) -> Self {
-        let state = State {
-            rooms: BTreeMap::new(),
-            last: 0,
-            followers: Vec::new(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            faults: LogFaults::default(),
-        };
-        Self { state: Arc::new(Mutex::new(state)) }
+        let state = State { rng: ChaCha8Rng::seed_from_u64(seed), followers: 0, seed, faults: LogFaults::default() };
+        Self { log: Arc::new(MemoryLog::new()), state: Arc::new(Mutex::new(state)) }
     }
 
     /// The faults met so far.
@@ -110,6 +97,11 @@ impl SimLog {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn count(&self, fault: impl FnOnce(&mut LogFaults) -> &mut u64) {
+        *fault(&mut self.lock().faults) += 1;
+    }
+
+    /// What happens to the next append, drawn in the order appends are made.
     fn fate(&self) -> Fate {
         let mut state = self.lock();
         let rng = &mut state.rng;
@@ -119,68 +111,40 @@ impl SimLog {
             .then(|| Duration::from_millis(rng.random_range(1_000..=ELECTION_MAX.as_millis() as u64)));
         let timeout = rng.random_bool(TIMEOUT);
         let lost_ack = !timeout && rng.random_bool(LOST_ACK);
-        let feed_delay = Duration::from_micros(rng.random_range(0..=FEED_DELAY_MAX.as_micros() as u64));
-        Fate { latency, election, timeout, lost_ack, feed_delay }
-    }
-
-    /// Commits `append` if its expectation holds; its last position, or `None` on a conflict.
-    fn commit(&self, room: &RoomName, append: Append, feed_delay: Duration) -> Option<Position> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        let entries = state.rooms.entry(room.clone()).or_default();
-        if entries.last().map_or(Position(0), |entry| entry.position) != append.expected_last {
-            state.faults.conflicts += 1;
-            return None;
-        }
-        let mut appended = Vec::with_capacity(append.messages.len());
-        for message in append.messages {
-            state.last += 1;
-            appended.push(LogEntry { position: Position(state.last), origin: append.origin, message });
-        }
-        entries.extend(appended.iter().cloned());
-        let arrives = Instant::now() + feed_delay;
-        state.followers.retain(|follower| follower.send((arrives, appended.clone())).is_ok());
-        Some(Position(state.last))
+        Fate { latency, election, timeout, lost_ack }
     }
 }
 
 impl RoomLog for SimLog {
     fn load(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<LoadedRoom>, RoomError>> {
-        let state = self.lock();
-        let loaded = state.rooms.get(room).and_then(|entries| {
-            let last = entries.last()?;
-            Some(LoadedRoom {
-                epoch: EPOCH,
-                last_seq: last.message.seq,
-                last_position: last.position,
-                tail: entries.iter().map(|entry| (*entry.message).clone()).collect(),
-            })
-        });
-        futures::future::ready(Ok(loaded)).boxed()
+        self.log.load(room)
     }
 
-    fn append(&self, room: &RoomName, _epoch: u64, append: Append) -> BoxFuture<'static, AppendOutcome> {
+    fn append(&self, room: &RoomName, epoch: u64, append: Append) -> BoxFuture<'static, AppendOutcome> {
         let fate = self.fate();
-        let (log, room) = (self.clone(), room.clone());
+        let (this, room) = (self.clone(), room.clone());
         async move {
             tokio::time::sleep(fate.latency).await;
             if let Some(election) = fate.election {
-                log.lock().faults.elections += 1;
+                this.count(|faults| &mut faults.elections);
                 tokio::time::sleep(election).await;
             }
-            log.lock().faults.appends += 1;
+            this.count(|faults| &mut faults.appends);
             if fate.timeout {
-                log.lock().faults.timeouts += 1;
+                this.count(|faults| &mut faults.timeouts);
                 tokio::time::sleep(TIMEOUT_AFTER).await;
                 return AppendOutcome::Unknown;
             }
-            match log.commit(&room, append, fate.feed_delay) {
-                None => AppendOutcome::Conflict,
-                Some(_) if fate.lost_ack => {
-                    log.lock().faults.lost_acks += 1;
+            match this.log.append(&room, epoch, append).await {
+                AppendOutcome::Conflict => {
+                    this.count(|faults| &mut faults.conflicts);
+                    AppendOutcome::Conflict
+                }
+                AppendOutcome::Appended(_) if fate.lost_ack => {
+                    this.count(|faults| &mut faults.lost_acks);
                     AppendOutcome::Unknown
                 }
-                Some(last) => AppendOutcome::Appended(last),
+                outcome => outcome,
             }
         }
         .boxed()
@@ -192,36 +156,32 @@ impl RoomLog for SimLog {
         after: Position,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<LogEntry>, RoomError>> {
-        let state = self.lock();
-        let entries = state.rooms.get(room).map(Vec::as_slice).unwrap_or_default();
-        let read = entries.iter().filter(|entry| entry.position > after).take(limit).cloned().collect();
-        futures::future::ready(Ok(read)).boxed()
+        self.log.read_after(room, after, limit)
     }
 
     fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
-        let state = self.lock();
-        let last = state.rooms.get(room).and_then(|entries| entries.last()).map_or(Position(0), |entry| entry.position);
-        futures::future::ready(Ok(last)).boxed()
+        self.log.last_position(room)
     }
 
     fn epoch(&self) -> Option<u64> {
-        Some(EPOCH)
+        self.log.epoch()
     }
 
     fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
-        let (follower, arriving) = mpsc::unbounded_channel();
-        self.lock().followers.push(follower);
-        let start = (arriving, VecDeque::new());
-        let feed = futures::stream::unfold(start, |(mut arriving, mut ready)| async move {
-            loop {
-                if let Some(entry) = ready.pop_front() {
-                    return Some((entry, (arriving, ready)));
-                }
-                let (arrives, entries) = arriving.recv().await?;
-                // In order: an append arrives no earlier than the one before it.
-                tokio::time::sleep_until(arrives).await;
-                ready.extend(entries);
-            }
+        let entries = self.log.follow()?;
+        let rng = {
+            let mut state = self.lock();
+            state.followers += 1;
+            ChaCha8Rng::seed_from_u64(state.seed ^ state.followers.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        };
+        // Each entry arrives late, and never before the one ahead of it.
+        let start = (entries, rng, Instant::now());
+        let feed = futures::stream::unfold(start, |(mut entries, mut rng, previous)| async move {
+            let entry = entries.next().await?;
+            let delay = Duration::from_micros(rng.random_range(0..=FEED_DELAY_MAX.as_micros() as u64));
+            let arrives = (Instant::now() + delay).max(previous);
+            tokio::time::sleep_until(arrives).await;
+            Some((entry, (entries, rng, arrives)))
         });
         Some(feed.boxed())
     }
