@@ -121,7 +121,8 @@ pub trait SessionOutput: Send + Unpin + 'static {
     /// sends none (each would only cost the stream a wake-up to skip it).
     const ACKS: bool;
     /// A frame from the session; a room event comes as shared with the room's other readers,
-    /// so a vocabulary can encode it once for all of them ([`SharedEvent::encoded`]).
+    /// so a vocabulary can encode it once for all of them ([`SharedEvent::encoded`]). Never
+    /// [`SessionItem::End`]: the session's end comes to [`SessionOutput::end`].
     ///
     /// [`SharedEvent::encoded`]: confab_actors::SharedEvent::encoded
     fn item(&mut self, item: &SessionItem) -> Output<Self::Item>;
@@ -320,6 +321,9 @@ where
         }
         loop {
             match this.events.poll_next_shared(cx) {
+                // Its last item: a room closed the session for stalling (say so), or it
+                // finished or stopped.
+                Poll::Ready(Some(SessionItem::End(end))) => return this.finish(ApiError::from_end(end)),
                 Poll::Ready(Some(item)) => match this.output.item(&item) {
                     Output::Skip => continue,
                     Output::Item(item) => return Poll::Ready(Some(item)),
@@ -328,11 +332,8 @@ where
                         return Poll::Ready(Some(item));
                     }
                 },
-                Poll::Ready(None) => {
-                    // A room closed the session for stalling: say so; otherwise it finished.
-                    let reason = this.events.stalled().map(|stalled| ApiError::Stalled(stalled.clone()));
-                    return this.finish(reason);
-                }
+                // Not reached: the end came first and finished this stream.
+                Poll::Ready(None) => return this.finish(None),
                 Poll::Pending => break,
             }
         }

@@ -125,6 +125,12 @@ pub async fn pump_session<Source, Sink>(
             }
             // Output first: a client that reads is served before more of its input is taken.
             item = std::future::poll_fn(|cx| events.poll_next_shared(cx)) => match item {
+                // Its last item: a room closed the session for stalling (say so), or it
+                // finished or stopped.
+                Some(SessionItem::End(end)) => {
+                    sink.end(ApiError::from_end(end)).await;
+                    return;
+                }
                 Some(item) => {
                     // A client that stops reading must not hold shutdown up: stop waiting
                     // for it once shutdown starts.
@@ -137,10 +143,9 @@ pub async fn pump_session<Source, Sink>(
                         delivered = deliver(&mut sink, &item) => if delivered.is_err() { return },
                     }
                 }
+                // Not reached: the end came first.
                 None => {
-                    // A room closed the session for stalling: say so; otherwise it finished.
-                    let reason = events.stalled().map(|stalled| ApiError::Stalled(stalled.clone()));
-                    sink.end(reason).await;
+                    sink.end(None).await;
                     return;
                 }
             },
@@ -190,6 +195,8 @@ async fn deliver<Sink: FrameSink>(sink: &mut Sink, item: &SessionItem) -> Result
     match item {
         SessionItem::Frame(frame) => sink.deliver(frame).await,
         SessionItem::Event(event) => sink.deliver_event(event).await,
+        // Never asked: the caller ends the sink instead.
+        SessionItem::End(_) => Ok(()),
     }
 }
 

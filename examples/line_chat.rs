@@ -15,7 +15,7 @@ use std::error::Error;
 use std::io;
 use std::sync::Arc;
 
-use confab_actors::{Engine, EngineConfig, SessionEvents};
+use confab_actors::{Engine, EngineConfig, SessionEvents, StreamEnd, StreamItem};
 use confab_engine::{ClientFrame, RoomEvent, ServerFrame, UserName};
 use futures::StreamExt;
 use smol::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -109,10 +109,17 @@ async fn read_line(reader: &mut BufReader<TcpStream>, replies: &mut TcpStream) -
     Ok(Some(line))
 }
 
-/// Writes each session frame as a line, until the session ends.
+/// Writes each session frame as a line, until the session ends (saying why, if a room closed it).
 async fn print_frames(mut events: SessionEvents, me: UserName, mut out: TcpStream) -> io::Result<()> {
-    while let Some(frame) = events.next().await {
-        if let Some(line) = render(&frame, &me) {
+    while let Some(item) = events.next().await {
+        let line = match item {
+            StreamItem::Next(frame) => render(&frame, &me),
+            StreamItem::End(StreamEnd::Stalled(stalled)) => {
+                Some(format!("! #{} closed the session: it read nothing while lagging; bye\n", stalled.room))
+            }
+            StreamItem::End(_) => None,
+        };
+        if let Some(line) = line {
             out.write_all(line.as_bytes()).await?;
         }
     }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use confab_actors::{Engine, EngineConfig};
+use confab_actors::{Engine, EngineConfig, StreamItem};
 use confab_engine::{Draft, RoomEvent, RoomName, UserName};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
@@ -37,7 +37,7 @@ async fn engine_fanout(engine: &Engine, room: &RoomName, subscribers: usize) -> 
         readers.push(tokio::spawn(async move {
             let mut seen = 0;
             while seen < MESSAGES {
-                if let Some(RoomEvent::Message(_)) = events.next().await {
+                if let Some(StreamItem::Next(RoomEvent::Message(_))) = events.next().await {
                     seen += 1;
                 }
             }

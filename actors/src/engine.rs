@@ -26,7 +26,7 @@ use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::health::EngineHealth;
 use crate::registry::{Durable, EngineLog, Registry, RoomTable, StopRooms, Storage, SweepIdle};
-use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled};
+use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled, StreamEnd};
 use crate::room_actor::{History, Info, LogEntries, RoomInfo, SendMessage, Subscribe, Typing};
 use crate::room_log::RoomLog;
 use crate::session_actor::{Close, Disconnect, Frame, Outbound, SessionActor};
@@ -406,8 +406,9 @@ impl Engine {
 
     /// Subscribes to `room` (created on first use): live from now (`after_seq = None`) or
     /// resuming after `after_seq` (G5). The stream starts with [`RoomEvent::Subscribed`], then
-    /// the backlog, then live events; it ends when the engine stops. A `user` counts in the
-    /// room's presence while subscribed.
+    /// the backlog, then live events; its last item says why it ended ([`StreamEnd`]: the room
+    /// stopped, or closed it for stalling). A `user` counts in the room's presence while
+    /// subscribed.
     pub async fn subscribe(
         &self,
         room: &RoomName,
@@ -424,7 +425,7 @@ impl Engine {
             first_seq: subscription.first_seq,
         });
         head.extend(subscription.backlog.into_iter().map(RoomEvent::Message));
-        Ok(RoomEvents { head, reader, stalled: None, ended: false })
+        Ok(RoomEvents { head, reader, ended: false })
     }
 
     /// Tells `room`'s subscribers that `user` is typing.
@@ -472,7 +473,6 @@ impl Engine {
             readers: BTreeMap::new(),
             finish: None,
             ready: VecDeque::new(),
-            stalled: None,
             ended: false,
             actor: actor.downgrade(),
         };
@@ -584,63 +584,72 @@ impl Engine {
     }
 }
 
+/// One item of a [`RoomEvents`] or [`SessionEvents`] stream: what it carries, then, as its last
+/// item, why it ended; `None` follows the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamItem<T> {
+    /// An event (of a room subscription) or a frame (of a session).
+    Next(T),
+    /// The stream is over, for this reason.
+    End(StreamEnd),
+}
+
+impl<T> StreamItem<T> {
+    fn map<U>(self, change: impl FnOnce(T) -> U) -> StreamItem<U> {
+        match self {
+            StreamItem::Next(next) => StreamItem::Next(change(next)),
+            StreamItem::End(end) => StreamItem::End(end),
+        }
+    }
+}
+
 /// The events of one room subscription. Dropping it unsubscribes.
 ///
 /// It reads the room's ring directly: everything ready is taken in one go, and a reader that
 /// fell more than [`Limits::subscriber_queue_len_max`] events behind gets a
-/// [`RoomEvent::Lagged`] for exactly what it missed, then carries on (G2).
+/// [`RoomEvent::Lagged`] for exactly what it missed, then carries on (G2). Its last item is
+/// [`StreamItem::End`]: [`StreamEnd::RoomStopped`] once it has read everything the stopped room
+/// published, or [`StreamEnd::Stalled`] (after a final [`RoomEvent::Lagged`]) if the room
+/// closed it for taking nothing for [`Limits::subscriber_stall_ms`] while lagging.
 pub struct RoomEvents {
     /// `Subscribed` and the backlog, handed out before the ring is read.
     head: VecDeque<RoomEvent>,
     reader: RingReader,
-    /// Set if the room closed this subscription for stalling.
-    stalled: Option<Stalled>,
+    /// The end was handed out: only `None` follows.
     ended: bool,
 }
 
 impl RoomEvents {
-    /// The next event as shared with the room's other subscribers (for a transport that
-    /// encodes each event once for all of them); the [`Stream`] gives the same events owned.
-    pub fn poll_next_shared(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<SharedEvent>> {
-        self.poll_event(cx, true)
+    /// The next item, its event as shared with the room's other subscribers (for a transport
+    /// that encodes each event once for all of them); the [`Stream`] gives the same items, each
+    /// event owned.
+    pub fn poll_next_shared(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<StreamItem<SharedEvent>>> {
+        self.poll_item(cx, true)
     }
 
-    fn poll_event(&mut self, cx: &mut TaskContext<'_>, shared: bool) -> Poll<Option<SharedEvent>> {
+    fn poll_item(&mut self, cx: &mut TaskContext<'_>, shared: bool) -> Poll<Option<StreamItem<SharedEvent>>> {
         if let Some(event) = self.head.pop_front() {
-            return Poll::Ready(Some(SharedEvent::Own(event)));
+            return Poll::Ready(Some(StreamItem::Next(SharedEvent::Own(event))));
         }
         if self.ended {
             return Poll::Ready(None);
         }
-        match self.reader.poll_item(cx, shared) {
-            Poll::Ready(ReaderItem::Event(event)) => Poll::Ready(Some(event)),
-            Poll::Ready(ReaderItem::Stalled(stalled)) => {
-                self.stalled = Some(stalled);
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(ReaderItem::Ended) => {
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// Why the room closed this subscription, if it did: the reader took nothing for
-    /// [`Limits::subscriber_stall_ms`] while lagging. Once the stream has ended (after a
-    /// final [`RoomEvent::Lagged`] for what it missed), this tells a transport which status to
-    /// give; `None` means the engine stopped.
-    pub fn stalled(&self) -> Option<&Stalled> {
-        self.stalled.as_ref()
+        let end = match self.reader.poll_item(cx, shared) {
+            Poll::Ready(ReaderItem::Event(event)) => return Poll::Ready(Some(StreamItem::Next(event))),
+            Poll::Ready(ReaderItem::Stalled(stalled)) => StreamEnd::Stalled(stalled),
+            Poll::Ready(ReaderItem::Ended) => StreamEnd::RoomStopped,
+            Poll::Pending => return Poll::Pending,
+        };
+        self.ended = true;
+        Poll::Ready(Some(StreamItem::End(end)))
     }
 }
 
 impl Stream for RoomEvents {
-    type Item = RoomEvent;
+    type Item = StreamItem<RoomEvent>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<RoomEvent>> {
-        self.poll_event(cx, false).map(|event| event.map(SharedEvent::into_event))
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<StreamItem<RoomEvent>>> {
+        self.poll_item(cx, false).map(|item| item.map(|item| item.map(SharedEvent::into_event)))
     }
 }
 
@@ -739,7 +748,8 @@ pub enum TrySend {
     Closed,
 }
 
-/// The server side of a session: frames out. Ends when the session finishes.
+/// The server side of a session: frames out. Its last item says why it ended
+/// ([`StreamEnd`]): the session finished, a room closed it for stalling, or it stopped.
 ///
 /// It merges what the session actor says (acks, errors, each subscription's start and backlog)
 /// with the events of every joined room, which it reads from the rooms' rings itself. Frames
@@ -752,10 +762,9 @@ pub struct SessionEvents {
     readers: BTreeMap<RoomName, RingReader>,
     /// Set when the session finished: the rooms and messages to read up to before ending.
     finish: Option<Vec<(RoomName, Seq)>>,
-    /// Items taken and not yet handed out.
+    /// Items taken and not yet handed out (the end, last, once the stream ended).
     ready: VecDeque<SessionItem>,
-    /// Set by a room that closed this session for stalling.
-    stalled: Option<Stalled>,
+    /// The stream ended: its end is the last item in `ready`, then only `None` follows.
     ended: bool,
     /// The session actor, stopped at once if a room closes the session for stalling: its
     /// client reads nothing, so nothing else could reach it either.
@@ -763,13 +772,6 @@ pub struct SessionEvents {
 }
 
 impl SessionEvents {
-    /// Why the session was closed, if a room closed it: the client read nothing for
-    /// [`Limits::subscriber_stall_ms`] while lagging. Once the stream has ended, this tells a
-    /// transport which status to give.
-    pub fn stalled(&self) -> Option<&Stalled> {
-        self.stalled.as_ref()
-    }
-
     /// Takes what the session actor said, up to its first frame.
     fn poll_control(&mut self, cx: &mut TaskContext<'_>) {
         while self.control_open && self.ready.is_empty() {
@@ -789,17 +791,15 @@ impl SessionEvents {
     }
 
     /// Takes what every joined room has ready: a batch from each, in name order, so a busy
-    /// room cannot starve a quiet one.
-    fn poll_rooms(&mut self, cx: &mut TaskContext<'_>) {
+    /// room cannot starve a quiet one. Returns why a room closed the session, if one closed
+    /// it for stalling (its final lag marker is then the last item taken).
+    fn poll_rooms(&mut self, cx: &mut TaskContext<'_>) -> Option<Stalled> {
         let mut gone = Vec::new();
         for (room, reader) in &mut self.readers {
             loop {
                 match reader.poll_item(cx, true) {
                     Poll::Ready(ReaderItem::Event(event)) => self.ready.push_back(SessionItem::Event(event)),
-                    Poll::Ready(ReaderItem::Stalled(stalled)) => {
-                        self.stalled = Some(stalled);
-                        return;
-                    }
+                    Poll::Ready(ReaderItem::Stalled(stalled)) => return Some(stalled),
                     Poll::Ready(ReaderItem::Ended) => {
                         // The room stopped: the session no longer hears from it.
                         gone.push(room.clone());
@@ -815,6 +815,7 @@ impl SessionEvents {
         for room in gone {
             self.readers.remove(&room);
         }
+        None
     }
 
     /// Whether a finished session's stream has carried each of the client's own messages.
@@ -825,18 +826,20 @@ impl SessionEvents {
         })
     }
 
-    /// Ends the stream: every room is left and the session actor hears the client is gone.
-    fn close(&mut self) {
+    /// Ends the stream for `reason`, its last item: every room is left and the session actor
+    /// hears the client is gone.
+    fn end(&mut self, reason: StreamEnd) {
         self.ended = true;
+        self.ready.push_back(SessionItem::End(reason));
         self.readers.clear();
         self.control.close();
     }
 }
 
 impl SessionEvents {
-    /// The next frame, with a room event as shared with the room's other readers (so a
-    /// transport can encode it once for all of them: [`SharedEvent::encoded`]); the stream's
-    /// `poll_next` gives the same frames, each event owned.
+    /// The next item, a room event as shared with the room's other readers (so a transport
+    /// can encode it once for all of them: [`SharedEvent::encoded`]), and last the end; the
+    /// stream's `poll_next` gives the same items, each event owned in a frame.
     pub fn poll_next_shared(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<SessionItem>> {
         loop {
             if let Some(item) = self.ready.pop_front() {
@@ -849,10 +852,9 @@ impl SessionEvents {
             if !self.ready.is_empty() {
                 continue;
             }
-            self.poll_rooms(cx);
-            if self.stalled.is_some() {
-                // The final lag marker is in `ready`; the stream ends after it.
-                self.close();
+            if let Some(stalled) = self.poll_rooms(cx) {
+                // The final lag marker is in `ready`; the end follows it.
+                self.end(StreamEnd::Stalled(stalled));
                 if let Some(actor) = self.actor.upgrade() {
                     actor.kill();
                 }
@@ -863,9 +865,13 @@ impl SessionEvents {
             }
             // Nothing ready anywhere (every source registered this task's waker): the session
             // finished and its echoes came back, or its actor is gone without finishing.
-            if self.echoes_done() || (!self.control_open && self.finish.is_none()) {
-                self.close();
-                return Poll::Ready(None);
+            if self.echoes_done() {
+                self.end(StreamEnd::Finished);
+                continue;
+            }
+            if !self.control_open && self.finish.is_none() {
+                self.end(StreamEnd::SessionStopped);
+                continue;
             }
             return Poll::Pending;
         }
@@ -873,13 +879,14 @@ impl SessionEvents {
 }
 
 impl Stream for SessionEvents {
-    type Item = ServerFrame;
+    type Item = StreamItem<ServerFrame>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ServerFrame>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<StreamItem<ServerFrame>>> {
         self.poll_next_shared(cx).map(|item| {
             item.map(|item| match item {
-                SessionItem::Frame(frame) => frame,
-                SessionItem::Event(event) => ServerFrame::Event(event.into_event()),
+                SessionItem::Frame(frame) => StreamItem::Next(frame),
+                SessionItem::Event(event) => StreamItem::Next(ServerFrame::Event(event.into_event())),
+                SessionItem::End(end) => StreamItem::End(end),
             })
         })
     }
@@ -892,4 +899,6 @@ pub enum SessionItem {
     Frame(ServerFrame),
     /// An event of a joined room, as shared with the room's other readers.
     Event(SharedEvent),
+    /// The stream is over, for this reason: the last item.
+    End(StreamEnd),
 }

@@ -27,7 +27,8 @@
 //! registry; the room actor feeds its state machine and appends what it publishes to the
 //! room's ring once, waking its parked readers once. Every reader (a [`RoomEvents`] stream, a
 //! [`SessionEvents`] stream) takes what is ready from the ring with its own cursor, on its
-//! transport's task: a reader that fell too far behind is told exactly what it missed (G2).
+//! transport's task: a reader that fell too far behind is told exactly what it missed (G2), and
+//! every stream's last item says why it ended ([`StreamEnd`]).
 //!
 //! Handlers never return `Err`: refusals are reply values, because kameo stops an actor whose
 //! `tell` handler fails.
@@ -51,11 +52,11 @@ mod upload_actor;
 
 pub use engine::{
     Engine, EngineConfig, ROOMS_PAGE_MAX, Replicated, RoomEvents, RoomsPage, SessionEvents, SessionItem,
-    SessionOptions, SessionSender, TrySend, Upload,
+    SessionOptions, SessionSender, StreamItem, TrySend, Upload,
 };
 pub use error::EngineError;
 pub use health::EngineHealth;
-pub use ring::{SharedEvent, Stalled};
+pub use ring::{SharedEvent, Stalled, StreamEnd};
 pub use room_actor::RoomInfo;
 pub use session_actor::SessionActor;
 pub use stats::StatsSnapshot;

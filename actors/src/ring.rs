@@ -30,6 +30,29 @@ pub struct Stalled {
     pub lag: Lag,
 }
 
+/// Why a [`RoomEvents`](crate::RoomEvents) or [`SessionEvents`](crate::SessionEvents) stream
+/// ended: its last item ([`StreamItem::End`](crate::StreamItem::End),
+/// [`SessionItem::End`](crate::SessionItem::End)), after which it yields `None`. A transport
+/// maps it to its own status or close code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamEnd {
+    /// A session finished normally: its client half-closed
+    /// ([`SessionSender::close`](crate::SessionSender::close)) and every message it sent came
+    /// back on its stream.
+    Finished,
+    /// The room closed the reader for stalling: it took nothing for
+    /// [`Limits::subscriber_stall_ms`](confab_engine::Limits::subscriber_stall_ms) while
+    /// lagging. Its final [`RoomEvent::Lagged`] came just before.
+    Stalled(Stalled),
+    /// A subscription's room stopped (at engine shutdown, or its actor failed), after the
+    /// subscription read everything the room published.
+    RoomStopped,
+    /// A session stopped without finishing: its client disconnected (dropped its
+    /// [`SessionSender`](crate::SessionSender) without closing it) or its actor was stopped.
+    SessionStopped,
+}
+
 /// The ring and the wakers of its parked readers, behind one lock.
 #[derive(Debug)]
 struct RingCell {

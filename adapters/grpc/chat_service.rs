@@ -309,7 +309,8 @@ impl SessionOutput for SeedMessages {
                 return Output::Last(Err(Status::new(frame_code(error), error.to_string())));
             }
             SessionItem::Frame(ServerFrame::Event(event)) => event,
-            SessionItem::Frame(_) => return Output::Skip,
+            // Never asked for the end: it comes to `end`.
+            SessionItem::Frame(_) | SessionItem::End(_) => return Output::Skip,
         };
         match event {
             RoomEvent::Message(_) => Output::Item(Ok(encode_seed_message(event).into())),

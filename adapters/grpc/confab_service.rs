@@ -244,6 +244,8 @@ impl SessionOutput for SessionFrames {
             SessionItem::Event(event) => {
                 Output::Item(Ok(event.encoded(EncodingSlot::ConfabV1ServerFrame.index(), encode_event_frame)))
             }
+            // Never asked: the session's end comes to `end`.
+            SessionItem::End(_) => Output::Skip,
         }
     }
 

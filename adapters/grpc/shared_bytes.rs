@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BufMut;
-use confab_actors::RoomEvents;
+use confab_actors::{RoomEvents, StreamItem};
 use confab_engine::{RoomEvent, ServerFrame};
 use futures::Stream;
 use futures::future::BoxFuture;
@@ -165,12 +165,19 @@ impl Stream for SharedSubscribeStream {
             return Poll::Ready(Some(Err(ApiError::ShuttingDown.into())));
         }
         match this.events.poll_next_shared(cx) {
-            Poll::Ready(Some(event)) => {
+            Poll::Ready(Some(StreamItem::Next(event))) => {
                 Poll::Ready(Some(Ok(event.encoded(CONFAB_V1_ROOM_EVENT_SLOT, encode_room_event))))
             }
+            // Its last item: a status if the room closed it for stalling; a plain end if the
+            // room stopped.
+            Poll::Ready(Some(StreamItem::End(end))) => {
+                this.done = true;
+                Poll::Ready(ApiError::from_end(end).map(|error| Err(error.into())))
+            }
+            // Not reached: the end came first.
             Poll::Ready(None) => {
                 this.done = true;
-                Poll::Ready(this.events.stalled().map(|stalled| Err(ApiError::Stalled(stalled.clone()).into())))
+                Poll::Ready(None)
             }
             Poll::Pending if this.shutdown.poll_started(cx) => {
                 this.done = true;

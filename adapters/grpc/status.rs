@@ -1,7 +1,7 @@
 //! The one place where errors become gRPC statuses. Handlers work with [`ApiError`] and let `?`
 //! convert at the boundary, so every refusal gets the same code and a message naming the limit.
 
-use confab_actors::{EngineError, Stalled};
+use confab_actors::{EngineError, Stalled, StreamEnd};
 use confab_engine::{FrameError, Lag, NameError, RateLimited, RoomError, SessionError, UploadError, UserName};
 use tonic::{Code, Status};
 
@@ -132,6 +132,19 @@ fn engine_code(error: &EngineError) -> Code {
         EngineError::Upload(UploadError::Aborted) => Code::Aborted,
         EngineError::SessionClosed | EngineError::Stopped => Code::Unavailable,
         EngineError::NoRuntime | EngineError::Runtime(_) => Code::Internal,
+    }
+}
+
+impl ApiError {
+    /// What a stream's end ([`StreamEnd`], its last item) tells its client: a room that closed
+    /// it for stalling is an error; a session that finished, a room or session that stopped
+    /// end it without one (at server shutdown the transport says [`ApiError::ShuttingDown`]
+    /// itself).
+    pub fn from_end(end: StreamEnd) -> Option<ApiError> {
+        match end {
+            StreamEnd::Stalled(stalled) => Some(ApiError::Stalled(stalled)),
+            _ => None,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use confab_actors::{Engine, RoomEvents, SessionEvents, SessionSender};
+use confab_actors::{Engine, RoomEvents, SessionEvents, SessionSender, StreamEnd, StreamItem};
 use confab_engine::{ClientFrame, Draft, RoomEvent, RoomName, Sent, ServerFrame, UserName};
 use confab_engine::{ClientMsgId, Seq};
 use futures::StreamExt;
@@ -135,14 +135,6 @@ impl Conn {
             Conn::Stream { sub, .. } | Conn::Session { sub, .. } => *sub,
         }
     }
-
-    /// Whether the room closed this connection because its reader stalled too long.
-    fn closed_for_stalling(&self) -> bool {
-        match self {
-            Conn::Stream { events, .. } => events.stalled().is_some(),
-            Conn::Session { events, .. } => events.stalled().is_some(),
-        }
-    }
 }
 
 /// One simulated client.
@@ -184,8 +176,8 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
             item = next_item(&mut conn) => {
                 let mut item = item;
                 loop {
-                    if let Item::Ended = item {
-                        if !conn.closed_for_stalling() {
+                    if let Item::Ended { stalled } = item {
+                        if !stalled {
                             return;
                         }
                         match Box::pin(client.resume_after_stall(conn)).await {
@@ -233,19 +225,31 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
 enum Item {
     Event(RoomEvent),
     Frame(ServerFrame),
-    Ended,
+    /// The connection's last item: `stalled` if the room closed it because its reader stalled
+    /// too long.
+    Ended {
+        stalled: bool,
+    },
+}
+
+impl Item {
+    /// A stream's item as the driver's, `next` wrapping what it carries. `None` (not reached:
+    /// the driver stops reading at the end) counts as an end.
+    fn of<T>(item: Option<StreamItem<T>>, next: impl FnOnce(T) -> Item) -> Item {
+        match item {
+            Some(StreamItem::Next(carried)) => next(carried),
+            Some(StreamItem::End(end)) => Item::Ended { stalled: matches!(end, StreamEnd::Stalled(_)) },
+            None => Item::Ended { stalled: false },
+        }
+    }
 }
 
 /// The next item if one is ready now, without waiting (the task's waker stays registered).
 async fn ready_item(conn: &mut Conn) -> Option<Item> {
     std::future::poll_fn(|cx| {
         let polled = match conn {
-            Conn::Stream { events, .. } => {
-                events.poll_next_unpin(cx).map(|event| event.map_or(Item::Ended, Item::Event))
-            }
-            Conn::Session { events, .. } => {
-                events.poll_next_unpin(cx).map(|frame| frame.map_or(Item::Ended, Item::Frame))
-            }
+            Conn::Stream { events, .. } => events.poll_next_unpin(cx).map(|event| Item::of(event, Item::Event)),
+            Conn::Session { events, .. } => events.poll_next_unpin(cx).map(|frame| Item::of(frame, Item::Frame)),
         };
         std::task::Poll::Ready(match polled {
             std::task::Poll::Ready(item) => Some(item),
@@ -257,8 +261,8 @@ async fn ready_item(conn: &mut Conn) -> Option<Item> {
 
 async fn next_item(conn: &mut Conn) -> Item {
     match conn {
-        Conn::Stream { events, .. } => events.next().await.map_or(Item::Ended, Item::Event),
-        Conn::Session { events, .. } => events.next().await.map_or(Item::Ended, Item::Frame),
+        Conn::Stream { events, .. } => Item::of(events.next().await, Item::Event),
+        Conn::Session { events, .. } => Item::of(events.next().await, Item::Frame),
     }
 }
 
@@ -316,7 +320,7 @@ impl Client {
         let now = self.now_ms();
         let sub = conn.sub();
         match item {
-            Item::Ended => return false,
+            Item::Ended { .. } => return false,
             Item::Event(event) => self.world.checker().event(sub, &event, now),
             Item::Frame(ServerFrame::Event(event)) => {
                 // After a churn, events of the room left may still arrive: they belong to no
@@ -508,7 +512,7 @@ impl Client {
         if let Ok(mut events) = self.engine().subscribe(&room, None, Some(seq - 1)).await {
             // Subscribed, then the backlog starting with `seq`.
             for _ in 0..2 {
-                let Some(event) = events.next().await else { break };
+                let Some(StreamItem::Next(event)) = events.next().await else { break };
                 self.world.checker().event(probe, &event, self.now_ms());
             }
         }

@@ -1,8 +1,7 @@
 use confab_actors::{Engine, EngineConfig, EngineError};
 use confab_engine::{ClientFrame, RoomEvent, ServerFrame};
-use futures::StreamExt;
 
-use super::{draft, room, user};
+use super::{draft, next, room, user};
 
 #[test]
 fn the_handle_works_from_smol_against_a_background_engine() {
@@ -10,20 +9,23 @@ fn the_handle_works_from_smol_against_a_background_engine() {
     smol::block_on(async {
         let lobby = room("lobby");
         let mut events = engine.subscribe(&lobby, None, None).await.expect("subscribed");
-        assert!(matches!(events.next().await, Some(RoomEvent::Subscribed { .. })));
+        assert!(matches!(next(&mut events).await, Some(RoomEvent::Subscribed { .. })));
         for i in 0..10 {
             engine.send(&lobby, draft("smol", "", &i.to_string())).await.expect("sent");
         }
         for seq in 1..=10 {
-            assert_eq!(events.next().await.and_then(|e| e.seq()), Some(seq));
+            assert_eq!(next(&mut events).await.and_then(|e| e.seq()), Some(seq));
         }
         let mut upload = engine.upload(&lobby);
         upload.push(draft("smol", "", "u")).await.expect("chunk");
         assert_eq!(upload.commit().await.expect("receipt").seqs, Some((11, 11)));
         let (sender, mut frames) = engine.open_session(user("smol"));
         sender.send(ClientFrame::Join { room: "lobby".into(), after_seq: Some(10) }).await.expect("frame");
-        assert!(matches!(frames.next().await, Some(ServerFrame::Event(RoomEvent::Subscribed { recovered: true, .. }))));
-        assert!(matches!(frames.next().await, Some(ServerFrame::Event(RoomEvent::Message(m))) if m.seq == 11));
+        assert!(matches!(
+            next(&mut frames).await,
+            Some(ServerFrame::Event(RoomEvent::Subscribed { recovered: true, .. }))
+        ));
+        assert!(matches!(next(&mut frames).await, Some(ServerFrame::Event(RoomEvent::Message(m))) if m.seq == 11));
     });
 }
 
@@ -33,7 +35,7 @@ fn the_handle_works_from_async_std_against_a_background_engine() {
     async_std::task::block_on(async {
         let lobby = room("lobby");
         let mut events = engine.subscribe(&lobby, Some(user("reader")), None).await.expect("subscribed");
-        assert!(matches!(events.next().await, Some(RoomEvent::Subscribed { recovered: true, first_seq: 1, .. })));
+        assert!(matches!(next(&mut events).await, Some(RoomEvent::Subscribed { recovered: true, first_seq: 1, .. })));
         // Sends from tasks of async-std's own executor, each awaited there.
         let senders: Vec<_> = (0..4)
             .map(|task| {
@@ -53,7 +55,7 @@ fn the_handle_works_from_async_std_against_a_background_engine() {
         // Every message arrives once, numbered 1..=20 in order (G1).
         let mut seqs = Vec::new();
         while seqs.len() < 20 {
-            match events.next().await {
+            match next(&mut events).await {
                 Some(RoomEvent::Message(message)) => seqs.push(message.seq),
                 Some(_) => {}
                 None => panic!("the subscription ended early"),
@@ -66,8 +68,11 @@ fn the_handle_works_from_async_std_against_a_background_engine() {
         assert_eq!(engine.history(&lobby, 0, 100).await.expect("history").messages.len(), 20);
         let (sender, mut frames) = engine.open_session(user("std"));
         sender.send(ClientFrame::Join { room: "lobby".into(), after_seq: Some(19) }).await.expect("frame");
-        assert!(matches!(frames.next().await, Some(ServerFrame::Event(RoomEvent::Subscribed { recovered: true, .. }))));
-        assert!(matches!(frames.next().await, Some(ServerFrame::Event(RoomEvent::Message(m))) if m.seq == 20));
+        assert!(matches!(
+            next(&mut frames).await,
+            Some(ServerFrame::Event(RoomEvent::Subscribed { recovered: true, .. }))
+        ));
+        assert!(matches!(next(&mut frames).await, Some(ServerFrame::Event(RoomEvent::Message(m))) if m.seq == 20));
     });
 }
 

@@ -12,9 +12,9 @@ mod uploads;
 
 use std::sync::Arc;
 
-use confab_actors::{Engine, EngineConfig, RoomEvents};
+use confab_actors::{Engine, EngineConfig, RoomEvents, StreamItem};
 use confab_engine::{ClientMsgId, Draft, Limits, RoomEvent, RoomName, Seq, UserName};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 
 fn room(name: &str) -> RoomName {
     RoomName::new(name).expect("valid room")
@@ -32,9 +32,18 @@ fn engine_with(limits: Limits) -> Engine {
     Engine::start(EngineConfig { limits, ..EngineConfig::default() }).expect("inside a tokio runtime")
 }
 
+/// The next event or frame a stream carries; `None` at its end, whatever the reason (tests of
+/// how streams end read their items themselves).
+async fn next<T>(stream: &mut (impl Stream<Item = StreamItem<T>> + Unpin)) -> Option<T> {
+    match stream.next().await? {
+        StreamItem::Next(carried) => Some(carried),
+        StreamItem::End(_) => None,
+    }
+}
+
 /// Reads the `Subscribed` event and returns (recovered, first_seq).
 async fn subscribed(events: &mut RoomEvents) -> (bool, Seq) {
-    match events.next().await {
+    match next(events).await {
         Some(RoomEvent::Subscribed { recovered, first_seq, .. }) => (recovered, first_seq),
         other => panic!("expected Subscribed first, got {other:?}"),
     }
@@ -44,7 +53,7 @@ async fn subscribed(events: &mut RoomEvents) -> (bool, Seq) {
 async fn messages(events: &mut RoomEvents, count: usize) -> Vec<(Seq, String, String)> {
     let mut got = Vec::with_capacity(count);
     while got.len() < count {
-        match events.next().await {
+        match next(events).await {
             Some(RoomEvent::Message(message)) => {
                 got.push((message.seq, message.user.to_string(), message.body.to_string()))
             }

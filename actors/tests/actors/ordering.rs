@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
 
-use confab_engine::{Lag, Limits, RoomError, RoomEvent};
+use confab_engine::{Lag, Limits, RoomError, RoomEvent, ServerFrame};
 use futures::StreamExt;
 
-use super::{draft, engine_with, messages, room, subscribed};
-use confab_actors::EngineError;
+use super::{draft, engine_with, messages, next, room, subscribed};
+use confab_actors::{EngineError, Stalled, StreamEnd, StreamItem};
 
 #[tokio::test(flavor = "current_thread")]
 async fn concurrent_senders_and_subscribers_see_one_order_without_loss() {
@@ -86,7 +86,7 @@ async fn a_slow_subscriber_gets_lagged_and_does_not_slow_a_fast_one() {
     let (progress, mut progressed) = tokio::sync::mpsc::unbounded_channel();
     let fast_reader = tokio::spawn(async move {
         let mut seqs = Vec::new();
-        while let Some(event) = fast.next().await {
+        while let Some(event) = next(&mut fast).await {
             match event {
                 RoomEvent::Message(message) => {
                     seqs.push(message.seq);
@@ -108,13 +108,13 @@ async fn a_slow_subscriber_gets_lagged_and_does_not_slow_a_fast_one() {
     // exactly what it missed before them, then reads them and carries on live.
     assert_eq!(subscribed(&mut slow).await, (true, 1));
     assert_eq!(
-        slow.next().await,
+        next(&mut slow).await,
         Some(RoomEvent::Lagged { room: lobby.clone(), lag: Lag { missed_from: 1, missed_to: 92 } })
     );
     let retained = super::messages(&mut slow, 8).await;
     assert_eq!(retained.iter().map(|m| m.0).collect::<Vec<_>>(), (93..=100).collect::<Vec<_>>());
     engine.send(&lobby, draft("pub", "", "after")).await.expect("sent");
-    assert_eq!(slow.next().await.and_then(|e| e.seq()), Some(101), "G2: carries on right after");
+    assert_eq!(next(&mut slow).await.and_then(|e| e.seq()), Some(101), "G2: carries on right after");
     assert_eq!(fast_reader.await.expect("fast"), (1..=101).collect::<Vec<_>>());
     // What it missed is still in history.
     let page = engine.history(&lobby, 8, 5).await.expect("history");
@@ -215,7 +215,7 @@ async fn a_stalled_stream_and_a_stalled_session_are_closed_with_what_they_missed
     // everything up to the room's last message when it was closed; then the end, with the
     // reason.
     assert_eq!(subscribed(&mut stalled).await, (true, 1));
-    let lag = match stalled.next().await {
+    let lag = match next(&mut stalled).await {
         Some(RoomEvent::Lagged { lag, .. }) => lag,
         other => panic!("expected the final lag marker, got {other:?}"),
     };
@@ -224,16 +224,24 @@ async fn a_stalled_stream_and_a_stalled_session_are_closed_with_what_they_missed
     // 5 came (at 4 s); the next sweep (every 1.25 s) starts the stall clock, and the first
     // sweep 5 s later closes it: one message a second, so the room was then at about 10.
     assert!((9..=12).contains(&lag.missed_to), "{lag:?}");
+    // Its last item says why it ended: the room closed it for stalling, with what it missed.
+    let reason = StreamEnd::Stalled(Stalled { room: lobby.clone(), lag });
+    assert_eq!(stalled.next().await, Some(StreamItem::End(reason)));
     assert_eq!(stalled.next().await, None);
-    assert_eq!(stalled.stalled().map(|s| (s.room.clone(), s.lag)), Some((lobby.clone(), lag)));
-    // The session: its frames end, and it says why.
-    let mut frames = 0;
-    while let Some(_frame) = session_frames.next().await {
-        frames += 1;
-        assert!(frames < 100, "a closed session's frames end");
-    }
-    let reason = session_frames.stalled().expect("closed for stalling");
-    assert_eq!(reason.room, lobby);
+    // The session: its frames end with the final lag marker, then the reason.
+    let mut frames = Vec::new();
+    let reason = loop {
+        match session_frames.next().await.expect("the end comes before `None`") {
+            StreamItem::Next(frame) => frames.push(frame),
+            StreamItem::End(reason) => break reason,
+        }
+        assert!(frames.len() < 100, "a closed session's frames end");
+    };
+    let Some(ServerFrame::Event(RoomEvent::Lagged { lag, .. })) = frames.last() else {
+        panic!("the final lag marker comes just before the end: {frames:?}")
+    };
+    assert_eq!(reason, StreamEnd::Stalled(Stalled { room: lobby.clone(), lag: *lag }));
+    assert_eq!(session_frames.next().await, None);
     // Its end stops the session actor (at once, though the actor's task goes at its next turn).
     tokio::task::yield_now().await;
     assert!(session.send(confab_engine::ClientFrame::Typing { room: "lobby".into() }).await.is_err());

@@ -2,9 +2,8 @@
 //! Paused time: the stall sweep cannot fire between the steps below.
 
 use confab_engine::{ClientFrame, Lag, Limits, RoomEvent, ServerFrame};
-use futures::StreamExt;
 
-use super::{draft, engine_with, messages, room, subscribed, user};
+use super::{draft, engine_with, messages, next, room, subscribed, user};
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn stats_count_messages_deliveries_lag_and_sessions() {
@@ -27,7 +26,7 @@ async fn stats_count_messages_deliveries_lag_and_sessions() {
     // It reads: one lag marker for the 3 it missed, then the 2 the ring kept, then the next.
     subscribed(&mut slow).await;
     assert_eq!(
-        slow.next().await,
+        next(&mut slow).await,
         Some(RoomEvent::Lagged { room: lobby.clone(), lag: Lag { missed_from: 1, missed_to: 3 } })
     );
     messages(&mut slow, 2).await;
@@ -52,7 +51,7 @@ async fn stats_count_messages_deliveries_lag_and_sessions() {
     let (sender, mut events) = engine.open_session(user("cy"));
     let not_joined = ClientFrame::Send { room: "lobby".into(), client_msg_id: "c1".into(), body: "x".into() };
     sender.send(not_joined).await.expect("frame");
-    assert!(matches!(events.next().await, Some(ServerFrame::Error { .. })));
+    assert!(matches!(next(&mut events).await, Some(ServerFrame::Error { .. })));
     let stats = engine.stats();
     assert_eq!((stats.sessions, stats.sessions_opened, stats.session_frames_refused), (1, 1, 1));
     drop((sender, events));

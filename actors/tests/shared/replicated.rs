@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use confab_actors::{Engine, RoomEvents};
+use confab_actors::{Engine, RoomEvents, StreamItem};
 use confab_engine::{ClientMsgId, Draft, RoomEvent, RoomName, Seq, UserName};
 use futures::StreamExt;
 
@@ -28,10 +28,12 @@ async fn next_messages(events: &mut RoomEvents, count: usize) -> Vec<Seen> {
     let mut got = Vec::with_capacity(count);
     while got.len() < count {
         match events.next().await {
-            Some(RoomEvent::Message(message)) => {
+            Some(StreamItem::Next(RoomEvent::Message(message))) => {
                 got.push((message.seq, message.user.to_string(), message.body.to_string()))
             }
-            Some(RoomEvent::Subscribed { .. } | RoomEvent::Presence { .. } | RoomEvent::Typing { .. }) => {}
+            Some(StreamItem::Next(
+                RoomEvent::Subscribed { .. } | RoomEvent::Presence { .. } | RoomEvent::Typing { .. },
+            )) => {}
             other => panic!("expected a message, got {other:?}"),
         }
     }
@@ -112,7 +114,9 @@ pub(crate) async fn a_retry_on_another_node_is_kept_once_and_read_there_at_once(
     assert_eq!(seqs, vec![sent.seq, reply.seq], "G7: the first node reads the second's write at once");
     let mut events = first.subscribe(room, None, Some(0)).await.expect("subscribed");
     match events.next().await {
-        Some(RoomEvent::Subscribed { recovered, first_seq, .. }) => assert_eq!((recovered, first_seq), (true, 1)),
+        Some(StreamItem::Next(RoomEvent::Subscribed { recovered, first_seq, .. })) => {
+            assert_eq!((recovered, first_seq), (true, 1))
+        }
         other => panic!("expected Subscribed, got {other:?}"),
     }
     assert_eq!(next_messages(&mut events, 2).await, history, "the backlog has both");
