@@ -156,7 +156,7 @@ impl SessionOptions {
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use confab_actors::{Engine, EngineConfig};
+/// use confab_actors::{Engine, EngineConfig, StreamItem};
 /// use confab_engine::{Draft, RoomName, UserName};
 /// use futures::StreamExt;
 ///
@@ -169,7 +169,7 @@ impl SessionOptions {
 ///     let sent = engine.send(&room, draft).await?;
 ///     assert_eq!(sent.seq, 1);
 ///     let _subscribed = events.next().await; // first event: where the subscription starts
-///     let message = events.next().await.expect("the message");
+///     let Some(StreamItem::Next(message)) = events.next().await else { panic!("the message") };
 ///     assert_eq!(message.seq(), Some(1));
 ///     Ok::<_, Box<dyn std::error::Error>>(())
 /// })?;
