@@ -341,7 +341,9 @@ impl RingReader {
             let status = cell.ring.read_into(id, scratch, READ_BATCH_MAX, keep);
             let caught_up = match status {
                 ReadStatus::Empty => true,
-                ReadStatus::Items => scratch.len() < READ_BATCH_MAX,
+                // A closed ring changes no more: its reader reads again for its end instead
+                // of parking where nothing would wake it.
+                ReadStatus::Items => scratch.len() < READ_BATCH_MAX && !cell.ring.is_closed(),
                 ReadStatus::Ended(_) => false,
             };
             if caught_up {

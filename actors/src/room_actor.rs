@@ -13,7 +13,8 @@ use confab_engine::{
     Sent, Seq, Step, SubscriberId, Subscription, Time, UserName,
 };
 use kameo::Actor;
-use kameo::actor::ActorRef;
+use kameo::actor::{ActorRef, WeakActorRef};
+use kameo::error::ActorStopReason;
 use kameo::message::{Context, Message};
 use kameo::reply::{DelegatedReply, ReplySender};
 
@@ -67,7 +68,6 @@ pub struct RoomInfo {
 }
 
 /// The actor around one [`Room`].
-#[derive(Actor)]
 pub(crate) struct RoomActor {
     room: Room,
     /// Where the room's events wait for its readers; closed when the actor goes.
@@ -306,11 +306,20 @@ impl RoomActor {
     }
 }
 
-impl Drop for RoomActor {
-    fn drop(&mut self) {
-        // However the actor stops (retired, killed at shutdown), its readers end once they
-        // have read what it published.
+impl Actor for RoomActor {
+    type Args = Self;
+    type Error = kameo::error::Infallible;
+
+    async fn on_start(actor: Self, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+        Ok(actor)
+    }
+
+    /// However the actor stops (retired, killed at shutdown), its readers end once they have
+    /// read what it published. Here rather than in `Drop`: the actor's state outlives its stop
+    /// while any `ActorRef` to it does (every ring reader holds one).
+    async fn on_stop(&mut self, _: WeakActorRef<Self>, _: ActorStopReason) -> Result<(), Self::Error> {
         self.ring.update(Ring::close);
+        Ok(())
     }
 }
 

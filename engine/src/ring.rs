@@ -225,6 +225,12 @@ impl Ring {
         self.sweep_at = None;
     }
 
+    /// Whether the room closed the ring: a reader that has read everything is at its end
+    /// (its next read says so), and nothing will be appended to wake it.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// Reads at most `max` items for reader `id` into `out`.
     pub fn read(&mut self, id: SubscriberId, out: &mut Vec<ReadItem>, max: usize) -> ReadStatus {
         self.read_into(id, out, max, |item| match item {

@@ -248,3 +248,19 @@ async fn a_stalled_stream_and_a_stalled_session_are_closed_with_what_they_missed
     // The room counts only the reader now.
     assert_eq!(engine.room(&lobby).await.expect("info").expect("exists").subscribers, 1);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_shutdown_ends_every_subscription_after_what_was_published() {
+    let engine = engine_with(Limits::default());
+    let lobby = room("lobby");
+    let mut events = engine.subscribe(&lobby, None, None).await.expect("subscribed");
+    subscribed(&mut events).await;
+    engine.send(&lobby, draft("ann", "1", "before")).await.expect("sent");
+    engine.shutdown().await.expect("shutdown");
+    let ending = async {
+        assert_eq!(messages(&mut events, 1).await[0].0, 1, "what was published first");
+        assert_eq!(events.next().await, Some(StreamItem::End(StreamEnd::RoomStopped)));
+        assert_eq!(events.next().await, None);
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), ending).await.expect("the subscription ended");
+}
