@@ -151,7 +151,8 @@ impl RoomActor {
             ring: SharedRing::new(ring),
             clock,
             logged: durability.map(|durability| Logged {
-                appender: Appender::new(durability.node, durability.last_position, room_last_seq),
+                appender: Appender::new(durability.node, durability.last_position, room_last_seq)
+                    .with_append_len_max(durability.log.append_len_max()),
                 log: durability.log,
             }),
             waiters: VecDeque::new(),

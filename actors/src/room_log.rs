@@ -77,6 +77,12 @@ pub trait RoomLog: Send + Sync + 'static {
     /// before the call (read-your-writes across nodes, G7). `Position(0)` for no entry.
     fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>>;
 
+    /// Most messages one append may carry (a replicated log's batch limit); more pending are
+    /// sent in several appends, in order.
+    fn append_len_max(&self) -> usize {
+        usize::MAX
+    }
+
     /// The epoch of every room in this log, if the log decides it (a replicated log: every
     /// node must give a room the same one); `None` lets the engine number its rooms.
     fn epoch(&self) -> Option<u64> {

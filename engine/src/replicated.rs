@@ -110,13 +110,33 @@ pub struct Appender {
     pending: Vec<Arc<ChatMessage>>,
     /// The last entries handed in skipped some: the shell reads the log again.
     behind: bool,
+    /// Most messages in one append (the log's batch limit).
+    append_len_max: usize,
 }
 
 impl Appender {
     /// The appender of node run `node` for a room whose log ends at `last_position`, the entry
     /// of sequence number `last_seq` (both 0 for an empty log).
     pub fn new(node: u64, last_position: Position, last_seq: Seq) -> Self {
-        Self { node, appends: 0, last_position, last_seq, in_flight: None, pending: Vec::new(), behind: false }
+        Self {
+            node,
+            appends: 0,
+            last_position,
+            last_seq,
+            in_flight: None,
+            pending: Vec::new(),
+            behind: false,
+            append_len_max: usize::MAX,
+        }
+    }
+
+    /// At most `len_max` (at least 1) messages per append: a log that takes a bounded batch
+    /// (JetStream: 1,000) gets what is pending in several appends, in order. An upload no
+    /// longer than the limit is kept in one append when it starts one; one that a rebase
+    /// carried past an append's start may be split (see the cluster section of the README).
+    pub fn with_append_len_max(mut self, len_max: usize) -> Self {
+        self.append_len_max = len_max.max(1);
+        self
     }
 
     /// The room sequenced these messages (its `Persist` effect).
@@ -138,10 +158,11 @@ impl Appender {
             return None;
         }
         self.appends += 1;
+        let rest = self.pending.split_off(self.pending.len().min(self.append_len_max));
         let append = Append {
             origin: Origin { node: self.node, append: self.appends },
             expected_last: self.last_position,
-            messages: std::mem::take(&mut self.pending),
+            messages: std::mem::replace(&mut self.pending, rest),
         };
         self.in_flight = Some(InFlight { append: append.clone(), state: Flight::Sent });
         Some(append)

@@ -160,6 +160,10 @@ impl RoomLog for ClusterLog {
         .boxed()
     }
 
+    fn append_len_max(&self) -> usize {
+        self.log.options().batch_len_max
+    }
+
     fn epoch(&self) -> Option<u64> {
         Some(self.epoch)
     }

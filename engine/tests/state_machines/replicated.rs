@@ -133,7 +133,8 @@ impl Cluster {
                 room.set_persistence(Persistence::Deferred);
                 Node {
                     room,
-                    appender: Appender::new(node as u64 + 1, Position(0), 0),
+                    // Nodes take 1, 2 and 3 messages per append at most (a bounded batch).
+                    appender: Appender::new(node as u64 + 1, Position(0), 0).with_append_len_max(node + 1),
                     waiting: Vec::new(),
                     published: Vec::new(),
                     fed: 0,
