@@ -150,10 +150,11 @@ impl RoomActor {
             room,
             ring: SharedRing::new(ring),
             clock,
-            logged: durability.map(|durability| Logged {
-                appender: Appender::new(durability.node, durability.last_position, room_last_seq)
-                    .with_append_len_max(durability.log.append_len_max()),
-                log: durability.log,
+            logged: durability.map(|durability| {
+                let appender = Appender::new(durability.node, durability.last_position, room_last_seq)
+                    .with_append_len_max(durability.log.append_len_max());
+                let appender = if durability.log.is_single_writer() { appender.pipelined() } else { appender };
+                Logged { appender, log: durability.log }
             }),
             waiters: VecDeque::new(),
             catching_up: Vec::new(),

@@ -77,6 +77,13 @@ pub trait RoomLog: Send + Sync + 'static {
     /// before the call (read-your-writes across nodes, G7). `Position(0)` for no entry.
     fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>>;
 
+    /// Whether only this process writes the log (the local store): no other writer can take
+    /// a position, so a room sends its appends without waiting for the one before. Such a
+    /// log answers appends in order, and only `Appended` or `Failed`.
+    fn is_single_writer(&self) -> bool {
+        false
+    }
+
     /// Most messages one append may carry (a replicated log's batch limit); more pending are
     /// sent in several appends, in order.
     fn append_len_max(&self) -> usize {

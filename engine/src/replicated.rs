@@ -22,6 +22,7 @@
 //! the entries to [`Appender::handle_entries`], as the live feed's entries are); apply each
 //! [`Step`] to the room in order; then poll the room's effects again.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::types::{ChatMessage, Seq};
@@ -112,6 +113,11 @@ pub struct Appender {
     behind: bool,
     /// Most messages in one append (the log's batch limit).
     append_len_max: usize,
+    /// A log only this node writes: appends are sent as soon as there is something to send,
+    /// without waiting for the one before (see [`Appender::pipelined`]).
+    pipelined: bool,
+    /// Pipelined appends not yet answered, oldest first, with their last sequence numbers.
+    unanswered: VecDeque<(Origin, Seq)>,
 }
 
 impl Appender {
@@ -127,7 +133,18 @@ impl Appender {
             pending: Vec::new(),
             behind: false,
             append_len_max: usize::MAX,
+            pipelined: false,
+            unanswered: VecDeque::new(),
         }
+    }
+
+    /// For a log only this node writes (the local store): no other writer can take a
+    /// position, so appends are sent as soon as there is something to send, without waiting
+    /// for the one before (the log commits them in order, several in one group commit). Such
+    /// a log answers only [`Appender::handle_appended`] or [`Appender::handle_failed`].
+    pub fn pipelined(mut self) -> Self {
+        self.pipelined = true;
+        self
     }
 
     /// At most `len_max` (at least 1) messages per append: a log that takes a bounded batch
@@ -147,6 +164,12 @@ impl Appender {
     /// The next append to send, if one is due: the one in flight again after an unknown
     /// outcome, else everything pending once nothing is in flight.
     pub fn poll_append(&mut self) -> Option<Append> {
+        if self.pipelined {
+            let append = self.next_append()?;
+            let last = append.messages.last().map_or(self.last_seq, |message| message.seq);
+            self.unanswered.push_back((append.origin, last));
+            return Some(append);
+        }
         if let Some(in_flight) = &mut self.in_flight {
             if in_flight.state != Flight::Due {
                 return None;
@@ -154,24 +177,36 @@ impl Appender {
             in_flight.state = Flight::Sent;
             return Some(in_flight.append.clone());
         }
+        let append = self.next_append()?;
+        self.in_flight = Some(InFlight { append: append.clone(), state: Flight::Sent });
+        Some(append)
+    }
+
+    /// A new append of what is pending (up to the length limit), `None` if nothing is.
+    fn next_append(&mut self) -> Option<Append> {
         if self.pending.is_empty() {
             return None;
         }
         self.appends += 1;
         let rest = self.pending.split_off(self.pending.len().min(self.append_len_max));
-        let append = Append {
+        Some(Append {
             origin: Origin { node: self.node, append: self.appends },
             expected_last: self.last_position,
             messages: std::mem::replace(&mut self.pending, rest),
-        };
-        self.in_flight = Some(InFlight { append: append.clone(), state: Flight::Sent });
-        Some(append)
+        })
     }
 
     /// The log admitted the append `origin`; its last entry is at `last`. Nothing for an
     /// answer to an append no longer in flight (its entries came through
     /// [`Appender::handle_entries`] first).
     pub fn handle_appended(&mut self, origin: Origin, last: Position) -> Option<Step> {
+        if self.pipelined {
+            let index = self.unanswered.iter().position(|(unanswered, _)| *unanswered == origin)?;
+            let (_, seq) = self.unanswered.remove(index)?;
+            self.last_position = self.last_position.max(last);
+            self.last_seq = self.last_seq.max(seq);
+            return Some(Step::Durable(seq));
+        }
         let in_flight = self.in_flight.take_if(|in_flight| in_flight.append.origin == origin)?;
         let seq = in_flight.append.messages.last().map_or(self.last_seq, |message| message.seq);
         self.last_position = self.last_position.max(last);
@@ -198,6 +233,14 @@ impl Appender {
     /// is pending any more. Returns whether `origin` was in flight (else the answer is stale
     /// and there is nothing to roll back).
     pub fn handle_failed(&mut self, origin: Origin) -> bool {
+        if self.pipelined {
+            if !self.unanswered.iter().any(|(unanswered, _)| *unanswered == origin) {
+                return false;
+            }
+            self.unanswered.clear();
+            self.pending.clear();
+            return true;
+        }
         if self.in_flight.take_if(|in_flight| in_flight.append.origin == origin).is_none() {
             return false;
         }
@@ -233,7 +276,7 @@ impl Appender {
 
     /// Whether an append is in flight or messages wait for one.
     pub fn is_busy(&self) -> bool {
-        self.in_flight.is_some() || !self.pending.is_empty()
+        self.in_flight.is_some() || !self.pending.is_empty() || !self.unanswered.is_empty()
     }
 
     /// Entries of the room's log in log order (after a conflict, or from the live feed);
@@ -280,5 +323,62 @@ impl Appender {
             }
         }
         steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{RoomName, Time, UserName};
+
+    fn message(seq: Seq) -> Arc<ChatMessage> {
+        Arc::new(ChatMessage {
+            room: RoomName::new("lobby").expect("room"),
+            seq,
+            user: UserName::new("ann").expect("user"),
+            client_msg_id: None,
+            body: Arc::from("hi"),
+            accepted_at: Time::from_millis(0),
+        })
+    }
+
+    #[test]
+    fn a_pipelined_appender_sends_without_waiting_and_answers_in_order() {
+        let mut appender = Appender::new(0, Position(0), 0).pipelined();
+        appender.handle_persist(vec![message(1)]);
+        let first = appender.poll_append().expect("sent at once");
+        appender.handle_persist(vec![message(2), message(3)]);
+        let second = appender.poll_append().expect("sent before the first is answered");
+        assert_eq!(second.messages.len(), 2);
+        assert_eq!(appender.handle_appended(first.origin, Position(1)), Some(Step::Durable(1)));
+        assert!(appender.is_busy(), "the second is unanswered");
+        assert_eq!(appender.handle_appended(second.origin, Position(3)), Some(Step::Durable(3)));
+        assert!(!appender.is_busy());
+    }
+
+    #[test]
+    fn a_failed_pipelined_append_drops_everything_after_it_and_later_answers_are_stale() {
+        let mut appender = Appender::new(0, Position(0), 0).pipelined();
+        appender.handle_persist(vec![message(1)]);
+        let first = appender.poll_append().expect("sent");
+        appender.handle_persist(vec![message(2)]);
+        let second = appender.poll_append().expect("sent");
+        assert!(appender.handle_failed(first.origin), "the room rolls back");
+        assert!(!appender.handle_failed(second.origin), "already rolled back");
+        assert_eq!(appender.handle_appended(second.origin, Position(2)), None);
+        assert!(!appender.is_busy());
+    }
+
+    #[test]
+    fn a_conditional_appender_waits_for_each_answer_and_caps_its_appends() {
+        let mut appender = Appender::new(1, Position(0), 0).with_append_len_max(2);
+        appender.handle_persist(vec![message(1), message(2), message(3)]);
+        let first = appender.poll_append().expect("sent");
+        assert_eq!(first.messages.len(), 2, "capped");
+        assert_eq!(appender.poll_append(), None, "one in flight");
+        assert_eq!(appender.handle_appended(first.origin, Position(7)), Some(Step::Durable(2)));
+        let second = appender.poll_append().expect("the rest");
+        assert_eq!(second.expected_last, Position(7), "expects the first's last position");
+        assert_eq!(second.messages.len(), 1);
     }
 }

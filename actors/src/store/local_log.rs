@@ -89,6 +89,10 @@ impl RoomLog for LocalLog {
         .boxed()
     }
 
+    fn is_single_writer(&self) -> bool {
+        true
+    }
+
     fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
         let (store, room) = (Arc::clone(&self.store), room.clone());
         async move {
