@@ -229,8 +229,10 @@ async fn follow_log(
                 run.push(entry);
             }
             if let Some(actor) = rooms.get(&room) {
-                // A room that stopped meanwhile loads from the log when it is used again.
-                let _ = actor.tell(LogEntries(Ok(run))).await;
+                // Never wait for one room's full mailbox (every other room's feed would wait
+                // too): the room finds what it missed from the gap, or from its next read. A
+                // room that stopped meanwhile loads from the log when it is used again.
+                let _ = actor.tell(LogEntries { entries: Ok(run), read: false }).try_send();
             }
         }
     }
@@ -281,7 +283,12 @@ impl Engine {
         config: EngineConfig,
         background: Option<oneshot::Sender<()>>,
     ) -> Result<Self, EngineError> {
-        let limits = Arc::new(config.limits);
+        let mut limits = config.limits;
+        if let Some(replicated) = &config.replicated {
+            // An upload is one append, all or nothing (G6): no longer than the log takes.
+            limits.upload_messages_max = limits.upload_messages_max.min(replicated.log.append_len_max());
+        }
+        let limits = Arc::new(limits);
         let store_state = config.storage.as_ref().map(|_| Arc::new(StoreState::default()));
         let store = match &config.storage {
             Some(store) => Arc::downgrade(store),

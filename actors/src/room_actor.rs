@@ -12,11 +12,13 @@ use confab_engine::{
     Appender, Draft, HistoryPage, Limits, LogEntry, Origin, Position, Ring, Room, RoomEffect, RoomError, RoomName,
     Sent, Seq, Step, SubscriberId, Subscription, Time, UserName,
 };
+use futures::future::BoxFuture;
 use kameo::Actor;
 use kameo::actor::{ActorRef, WeakActorRef};
 use kameo::error::ActorStopReason;
 use kameo::message::{Context, Message};
 use kameo::reply::{DelegatedReply, ReplySender};
+use tokio::sync::mpsc;
 
 use crate::answer::Answer;
 use crate::clock::Clock;
@@ -48,6 +50,12 @@ pub(crate) struct Durability {
 struct Logged {
     log: Arc<dyn RoomLog>,
     appender: Appender,
+    /// Appends on their way, to the task that tells the room their outcomes in the order they
+    /// were sent (a failure must not overtake the success of an earlier pipelined append).
+    /// Made with the first append; dropped when the actor stops, which ends the task.
+    answers: Option<mpsc::UnboundedSender<(Origin, BoxFuture<'static, AppendOutcome>)>>,
+    /// A read of the log is on its way: one at a time.
+    reading: bool,
 }
 
 /// A snapshot of a room, for listings, operations and tests.
@@ -154,7 +162,7 @@ impl RoomActor {
                 let appender = Appender::new(durability.node, durability.last_position, room_last_seq)
                     .with_append_len_max(durability.log.append_len_max());
                 let appender = if durability.log.is_single_writer() { appender.pipelined() } else { appender };
-                Logged { appender, log: durability.log }
+                Logged { appender, log: durability.log, answers: None, reading: false }
             }),
             waiters: VecDeque::new(),
             catching_up: Vec::new(),
@@ -196,30 +204,41 @@ impl RoomActor {
         while let Some(append) = logged.appender.poll_append() {
             let origin = append.origin;
             let appending = logged.log.append(self.room.name(), self.room.epoch(), append);
-            let me = me.downgrade();
-            tokio::spawn(async move {
-                let outcome = appending.await;
-                // A stopped room has nobody left to tell.
-                if let Some(me) = me.upgrade() {
-                    let _ = me.tell(Appended { origin, outcome }).await;
-                }
+            let answers = logged.answers.get_or_insert_with(|| {
+                let (answers, mut outcomes) = mpsc::unbounded_channel::<(Origin, BoxFuture<'static, AppendOutcome>)>();
+                let me = me.downgrade();
+                tokio::spawn(async move {
+                    while let Some((origin, appending)) = outcomes.recv().await {
+                        let outcome = appending.await;
+                        // A stopped room has nobody left to tell.
+                        let Some(me) = me.upgrade() else { return };
+                        let _ = me.tell(Appended { origin, outcome }).await;
+                    }
+                });
+                answers
             });
+            let _ = answers.send((origin, appending));
         }
     }
 
-    /// Reads the room's log after the last entry it knows, now or after `delay`; the entries
-    /// come back as [`LogEntries`].
-    fn read_log(&self, me: &ActorRef<Self>, delay: Option<Duration>) {
-        let Some(logged) = &self.logged else { return };
-        let reading = logged.log.read_after(self.room.name(), logged.appender.read_after(), LOG_READ_LEN_MAX);
+    /// Reads the room's log after the last entry it knows, now or after `delay`, unless a
+    /// read is on its way already; the entries come back as [`LogEntries`].
+    fn read_log(&mut self, me: &ActorRef<Self>, delay: Option<Duration>) {
+        let Some(logged) = &mut self.logged else { return };
+        if logged.reading {
+            return;
+        }
+        logged.reading = true;
+        let (log, room) = (Arc::clone(&logged.log), self.room.name().clone());
+        let after = logged.appender.read_after();
         let me = me.downgrade();
         tokio::spawn(async move {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            let entries = reading.await;
+            let entries = log.read_after(&room, after, LOG_READ_LEN_MAX).await;
             if let Some(me) = me.upgrade() {
-                let _ = me.tell(LogEntries(entries)).await;
+                let _ = me.tell(LogEntries { entries, read: true }).await;
             }
         });
     }
@@ -321,6 +340,10 @@ impl Actor for RoomActor {
     /// while any `ActorRef` to it does (every ring reader holds one).
     async fn on_stop(&mut self, _: WeakActorRef<Self>, _: ActorStopReason) -> Result<(), Self::Error> {
         self.ring.update(Ring::close);
+        if let Some(logged) = &mut self.logged {
+            // Ends the task that forwards append outcomes.
+            logged.answers = None;
+        }
         Ok(())
     }
 }
@@ -390,22 +413,31 @@ impl Message<Appended> for RoomActor {
                 // Sent again unchanged (its expectation commits it at most once), after a
                 // pause so a log that fails fast is not hammered.
                 logged.appender.handle_unknown(origin);
-                let me = ctx.actor_ref().downgrade();
-                tokio::spawn(async move {
-                    tokio::time::sleep(LOG_RETRY_DELAY).await;
-                    if let Some(me) = me.upgrade() {
-                        let _ = me.tell(Resend).await;
-                    }
-                });
+                schedule_resend(ctx.actor_ref());
             }
             AppendOutcome::Failed(failure) => {
                 if logged.appender.handle_failed(origin) {
                     self.persist_failed(failure);
                     self.flush(ctx.actor_ref());
+                } else {
+                    // An earlier attempt may have committed: sent again after a pause, until
+                    // the log says which.
+                    schedule_resend(ctx.actor_ref());
                 }
             }
         }
     }
+}
+
+/// Sends the room a [`Resend`] after a pause.
+fn schedule_resend(me: &ActorRef<RoomActor>) {
+    let me = me.downgrade();
+    tokio::spawn(async move {
+        tokio::time::sleep(LOG_RETRY_DELAY).await;
+        if let Some(me) = me.upgrade() {
+            let _ = me.tell(Resend).await;
+        }
+    });
 }
 
 /// Time to send again an append whose outcome was unknown.
@@ -421,13 +453,20 @@ impl Message<Resend> for RoomActor {
 
 /// Entries of the room's log: read after the last entry the room knew (after a conflict, a
 /// gap, or to catch up), or from the node's live feed of the log.
-pub(crate) struct LogEntries(pub(crate) Result<Vec<LogEntry>, RoomError>);
+pub(crate) struct LogEntries {
+    pub(crate) entries: Result<Vec<LogEntry>, RoomError>,
+    /// From the room's own read (not the feed).
+    pub(crate) read: bool,
+}
 
 impl Message<LogEntries> for RoomActor {
     type Reply = ();
 
-    async fn handle(&mut self, LogEntries(entries): LogEntries, ctx: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, LogEntries { entries, read }: LogEntries, ctx: &mut Context<Self, Self::Reply>) {
         let Some(logged) = &mut self.logged else { return };
+        if read {
+            logged.reading = false;
+        }
         let steps = match entries {
             Ok(entries) => logged.appender.handle_entries(entries),
             Err(error) => {
@@ -449,11 +488,16 @@ impl Message<LogEntries> for RoomActor {
         for (_, reply) in caught_up {
             reply.send(Answer(Ok(())));
         }
-        if behind {
+        if behind && !read {
+            // The feed skipped entries (it started after them): read them now.
             self.read_log(ctx.actor_ref(), None);
-        } else if conflicted || !self.catching_up.is_empty() {
-            // The read did not reach what the log refused the append for, or what a reader
-            // waits for (a lagging replica): read again after a pause.
+        } else if behind || conflicted || !self.catching_up.is_empty() {
+            // The log itself lacks what the room needs next (trimmed, or a replica behind),
+            // or the read did not reach what an append or a reader waits for: again, after
+            // a pause.
+            if behind {
+                tracing::warn!(room = %self.room.name(), after = ?known, "the room's log has a gap after what the room knows; reading again");
+            }
             self.read_log(ctx.actor_ref(), Some(LOG_RETRY_DELAY));
         }
     }
@@ -500,11 +544,8 @@ impl Message<CatchUpTo> for RoomActor {
             Err(error) => reply.send(Answer(Err(error))),
             Ok(target) if target <= known => reply.send(Answer(Ok(()))),
             Ok(target) => {
-                let reading = !self.catching_up.is_empty();
                 self.catching_up.push((target, reply));
-                if !reading {
-                    self.read_log(ctx.actor_ref(), None);
-                }
+                self.read_log(ctx.actor_ref(), None);
             }
         }
     }

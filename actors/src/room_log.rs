@@ -110,6 +110,8 @@ pub trait RoomLog: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryLog {
     state: Mutex<MemoryLogState>,
+    /// See [`MemoryLog::with_append_len_max`]; `None`: no limit.
+    append_len_max: Option<usize>,
 }
 
 #[derive(Default)]
@@ -126,6 +128,12 @@ impl MemoryLog {
     /// An empty log.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A log that takes at most `len_max` messages per append, as JetStream takes 1,000.
+    pub fn with_append_len_max(mut self, len_max: usize) -> Self {
+        self.append_len_max = Some(len_max);
+        self
     }
 
     /// Holds the feed back (`true`) or lets it go on with everything held (`false`): how a
@@ -179,6 +187,11 @@ impl RoomLog for MemoryLog {
     }
 
     fn append(&self, room: &RoomName, _epoch: u64, append: Append) -> BoxFuture<'static, AppendOutcome> {
+        if append.messages.len() > self.append_len_max() {
+            let reason =
+                format!("{} messages in one append, the most is {}", append.messages.len(), self.append_len_max());
+            return futures::future::ready(AppendOutcome::Failed(RoomError::Storage { reason })).boxed();
+        }
         let mut state = self.lock();
         let state = &mut *state;
         let entries = state.rooms.entry(room.clone()).or_default();
@@ -214,6 +227,10 @@ impl RoomLog for MemoryLog {
         let state = self.lock();
         let last = state.rooms.get(room).and_then(|entries| entries.last()).map_or(Position(0), |entry| entry.position);
         futures::future::ready(Ok(last)).boxed()
+    }
+
+    fn append_len_max(&self) -> usize {
+        self.append_len_max.unwrap_or(usize::MAX)
     }
 
     fn epoch(&self) -> Option<u64> {

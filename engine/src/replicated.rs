@@ -83,6 +83,9 @@ pub enum Step {
 struct InFlight {
     append: Append,
     state: Flight,
+    /// An attempt of it had an unknown outcome: it may be in the log, so a later refusal of
+    /// another attempt does not prove it was never committed.
+    maybe_committed: bool,
 }
 
 /// Where the append in flight stands.
@@ -107,8 +110,9 @@ pub struct Appender {
     last_position: Position,
     last_seq: Seq,
     in_flight: Option<InFlight>,
-    /// Sequenced while an append was in flight: the next append.
-    pending: Vec<Arc<ChatMessage>>,
+    /// Sequenced while an append was in flight, one unit per `Persist` effect (a send, or a
+    /// whole upload, never split): the next appends.
+    pending: VecDeque<Vec<Arc<ChatMessage>>>,
     /// The last entries handed in skipped some: the shell reads the log again.
     behind: bool,
     /// Most messages in one append (the log's batch limit).
@@ -130,7 +134,7 @@ impl Appender {
             last_position,
             last_seq,
             in_flight: None,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             behind: false,
             append_len_max: usize::MAX,
             pipelined: false,
@@ -148,9 +152,10 @@ impl Appender {
     }
 
     /// At most `len_max` (at least 1) messages per append: a log that takes a bounded batch
-    /// (JetStream: 1,000) gets what is pending in several appends, in order. An upload no
-    /// longer than the limit is kept in one append when it starts one; one that a rebase
-    /// carried past an append's start may be split (see the cluster section of the README).
+    /// (JetStream: 1,000) gets what is pending in several appends, in order. A unit (one
+    /// send, one upload) is never split, so an upload stays all or nothing (G6): an engine in
+    /// cluster mode holds uploads to the log's limit, and a unit above it (the messages a
+    /// rebase sequences again at once) goes as one append, which such a log refuses whole.
     pub fn with_append_len_max(mut self, len_max: usize) -> Self {
         self.append_len_max = len_max.max(1);
         self
@@ -158,7 +163,9 @@ impl Appender {
 
     /// The room sequenced these messages (its `Persist` effect).
     pub fn handle_persist(&mut self, messages: Vec<Arc<ChatMessage>>) {
-        self.pending.extend(messages);
+        if !messages.is_empty() {
+            self.pending.push_back(messages);
+        }
     }
 
     /// The next append to send, if one is due: the one in flight again after an unknown
@@ -178,7 +185,7 @@ impl Appender {
             return Some(in_flight.append.clone());
         }
         let append = self.next_append()?;
-        self.in_flight = Some(InFlight { append: append.clone(), state: Flight::Sent });
+        self.in_flight = Some(InFlight { append: append.clone(), state: Flight::Sent, maybe_committed: false });
         Some(append)
     }
 
@@ -188,11 +195,17 @@ impl Appender {
             return None;
         }
         self.appends += 1;
-        let rest = self.pending.split_off(self.pending.len().min(self.append_len_max));
+        let mut messages = self.pending.pop_front().unwrap_or_default();
+        while let Some(unit) = self.pending.front() {
+            if messages.len() + unit.len() > self.append_len_max {
+                break;
+            }
+            messages.extend(self.pending.pop_front().unwrap_or_default());
+        }
         Some(Append {
             origin: Origin { node: self.node, append: self.appends },
             expected_last: self.last_position,
-            messages: std::mem::replace(&mut self.pending, rest),
+            messages,
         })
     }
 
@@ -217,6 +230,11 @@ impl Appender {
     /// The outcome of the append `origin` is unknown (a timeout, a lost answer): it is sent
     /// again unchanged, which commits it at most once.
     pub fn handle_unknown(&mut self, origin: Origin) {
+        if let Some(in_flight) = &mut self.in_flight
+            && in_flight.append.origin == origin
+        {
+            in_flight.maybe_committed = true;
+        }
         self.set_state(origin, Flight::Due);
     }
 
@@ -230,8 +248,9 @@ impl Appender {
     /// The log refused the append `origin` for good, committing nothing of it (a failing
     /// disk, no quorum): the room rolls back everything it has not seen committed
     /// ([`Room::handle_persist_failed`](crate::room::Room::handle_persist_failed)), so nothing
-    /// is pending any more. Returns whether `origin` was in flight (else the answer is stale
-    /// and there is nothing to roll back).
+    /// is pending any more. Returns whether to roll back: `false` for a stale answer, and for
+    /// an append an earlier attempt of which had an unknown outcome (it may be in the log; it
+    /// is sent again until the log says which, and the shell tries again after a pause).
     pub fn handle_failed(&mut self, origin: Origin) -> bool {
         if self.pipelined {
             if !self.unanswered.iter().any(|(unanswered, _)| *unanswered == origin) {
@@ -241,11 +260,18 @@ impl Appender {
             self.pending.clear();
             return true;
         }
-        if self.in_flight.take_if(|in_flight| in_flight.append.origin == origin).is_none() {
-            return false;
+        match &mut self.in_flight {
+            Some(in_flight) if in_flight.append.origin == origin && in_flight.maybe_committed => {
+                in_flight.state = Flight::Due;
+                false
+            }
+            Some(in_flight) if in_flight.append.origin == origin => {
+                self.in_flight = None;
+                self.pending.clear();
+                true
+            }
+            _ => false,
         }
-        self.pending.clear();
-        true
     }
 
     /// Whether the append in flight was refused and the log's entries after
@@ -372,13 +398,33 @@ mod tests {
     #[test]
     fn a_conditional_appender_waits_for_each_answer_and_caps_its_appends() {
         let mut appender = Appender::new(1, Position(0), 0).with_append_len_max(2);
-        appender.handle_persist(vec![message(1), message(2), message(3)]);
+        appender.handle_persist(vec![message(1)]);
         let first = appender.poll_append().expect("sent");
-        assert_eq!(first.messages.len(), 2, "capped");
+        appender.handle_persist(vec![message(2), message(3)]);
+        assert_eq!(appender.handle_appended(first.origin, Position(3)), Some(Step::Durable(1)));
+        appender.handle_persist(vec![message(4)]);
+        let upload = appender.poll_append().expect("sent");
+        assert_eq!(upload.messages.len(), 2, "a unit (an upload) is never split, and the cap holds");
+        assert_eq!(appender.handle_appended(upload.origin, Position(5)), Some(Step::Durable(3)));
+        appender.handle_persist(vec![message(5), message(6), message(7)]);
+        let first = appender.poll_append().expect("sent");
+        assert_eq!(first.messages.len(), 1, "message 4 alone: the next unit would pass the cap");
         assert_eq!(appender.poll_append(), None, "one in flight");
-        assert_eq!(appender.handle_appended(first.origin, Position(7)), Some(Step::Durable(2)));
+        assert_eq!(appender.handle_appended(first.origin, Position(7)), Some(Step::Durable(4)));
         let second = appender.poll_append().expect("the rest");
         assert_eq!(second.expected_last, Position(7), "expects the first's last position");
-        assert_eq!(second.messages.len(), 1);
+        assert_eq!(second.messages.len(), 3, "a unit above the cap goes whole");
+    }
+
+    #[test]
+    fn a_refusal_after_an_unknown_outcome_does_not_roll_back_what_may_be_committed() {
+        let mut appender = Appender::new(1, Position(0), 0);
+        appender.handle_persist(vec![message(1)]);
+        let append = appender.poll_append().expect("sent");
+        appender.handle_unknown(append.origin);
+        assert_eq!(appender.poll_append(), Some(append.clone()), "sent again unchanged");
+        assert!(!appender.handle_failed(append.origin), "the first attempt may be in the log");
+        assert_eq!(appender.poll_append(), Some(append.clone()), "so it is sent again");
+        assert_eq!(appender.handle_appended(append.origin, Position(1)), Some(Step::Durable(1)));
     }
 }

@@ -58,3 +58,19 @@ async fn a_node_new_to_the_room_continues_it_from_the_log() {
     let (first, late) = (node(&log, 1), node(&log, 2));
     within(scenarios::a_node_new_to_the_room_continues_it_from_the_log(&first, &late, &room("lobby"))).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_upload_is_held_to_what_one_append_of_the_log_takes() {
+    let log = Arc::new(MemoryLog::new().with_append_len_max(3));
+    let engine = node(&log, 1);
+    let lobby = room("lobby");
+    let mut upload = engine.upload(&lobby);
+    for number in 0..3 {
+        upload.push(super::draft("ann", "", &number.to_string())).await.expect("within the limit");
+    }
+    let refused = upload.push(super::draft("ann", "", "4")).await;
+    assert!(refused.is_err(), "a fourth message is over the log's append limit: {refused:?}");
+    let receipt = within(upload.commit()).await.expect("committed");
+    assert_eq!(receipt.seqs, Some((1, 3)));
+    assert_eq!(log.entries(&lobby).len(), 3, "one append, all or nothing");
+}
