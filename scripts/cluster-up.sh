@@ -125,7 +125,10 @@ echo "or open http://127.0.0.1:$web_port/ and http://127.0.0.1:$((web_port + 2))
 echo "Logs: $dir/node*.log, $dir/nats*.log (removed on exit). Ctrl-C stops everything."
 
 if [ -n "${CONFAB_CLUSTER_UP_FOR:-}" ]; then
-  sleep "$CONFAB_CLUSTER_UP_FOR"
+  # In the background and waited for, so a TERM runs the trap at once, not after the sleep.
+  sleep "$CONFAB_CLUSTER_UP_FOR" &
+  pids+=($!)
+  wait $!
 else
   # Until Ctrl-C; or until a process dies by itself, which is reported.
   while true; do
