@@ -11,6 +11,8 @@ echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The cluster e2e tests are `test = false` (they need nats-server), which --all-targets skips.
+cargo clippy --workspace --test cluster_e2e --locked -- -D warnings
 echo "== the engine core depends on no runtime, actor or wire crate"
 if cargo tree -p confab-engine -e normal --locked | grep -E "tokio|kameo|prost|tonic"; then
   echo "confab-engine must stay sans-IO: the crates above crept into its dependency tree" >&2

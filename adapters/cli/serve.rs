@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use confab_actors::cluster::{ClusterLog, LogOptions};
 use confab_actors::store::{HistoryStore, RedbStore, Retention};
-use confab_actors::{Engine, EngineConfig};
+use confab_actors::{Engine, EngineConfig, Replicated};
 use confab_engine::{Limits, SendRate, limits};
 use tracing::{error, info, warn};
 
@@ -50,6 +51,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
     limits: LimitArgs,
@@ -66,6 +69,81 @@ enum LogFormat {
     Text,
     /// One JSON object per line, fields included.
     Json,
+}
+
+/// Cluster mode: this node is one of several sharing rooms through NATS JetStream.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Cluster")]
+struct ClusterArgs {
+    /// Cluster mode: keep every room in the NATS JetStream servers at these URLs
+    /// (comma-separated, e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222), shared with every
+    /// node given the same servers; clients of any node may use any room. A send is
+    /// acknowledged once a quorum of the servers stored it. Needs nats-server 2.12 or later and
+    /// --node-id; history lives in JetStream, so --data-dir, --in-memory and --retention-age are
+    /// refused with it. Without it the server runs alone, as before.
+    #[arg(
+        long,
+        value_name = "URL,...",
+        requires = "node_id",
+        conflicts_with_all = ["data_dir", "in_memory", "retention_age"]
+    )]
+    nats: Option<String>,
+    /// This node's name in the cluster (required with --nats; no default, so two nodes never
+    /// share one by accident): it names the node in logs. Each run also draws a fresh writer
+    /// id from it, the start time and the pid, so a restarted node never takes its earlier
+    /// run's appends for its own.
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    node_id: Option<String>,
+    /// With --nats: how many JetStream streams rooms are spread over (by a hash of the room
+    /// name). Every node must agree: a node whose streams disagree is refused at start-up.
+    #[arg(long, default_value_t = NATS_SHARDS, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    nats_shards: u32,
+    /// With --nats: replicas of each stream (1 to 5): 3 survives the loss of one server. Every
+    /// node must agree.
+    #[arg(long, default_value_t = NATS_REPLICAS, value_parser = clap::value_parser!(u64).range(1..=5))]
+    nats_replicas: u64,
+}
+
+/// Default of `--nats-shards`: spreads rooms' appends over 16 stream leaders (and so over every
+/// server of a small cluster) while each node follows only 16 feeds.
+const NATS_SHARDS: u32 = 16;
+
+/// Default of `--nats-replicas`: a quorum of 2 of 3 servers, so one may die with nothing lost.
+const NATS_REPLICAS: u64 = 3;
+
+impl ClusterArgs {
+    /// The log's options: the streams keep `--history-len-max` messages per room.
+    fn log_options(&self, limits: &Limits) -> LogOptions {
+        LogOptions::default()
+            .shards(self.nats_shards)
+            .replicas(usize::try_from(self.nats_replicas).unwrap_or(usize::MAX))
+            .history_len_max(i64::try_from(limits.history_len_max).unwrap_or(i64::MAX))
+    }
+}
+
+/// This run's writer id in the cluster log ([`Replicated::new`]): FNV-1a of the node's name,
+/// then of the start time in nanoseconds and the pid. The engine tells its own appends from
+/// other nodes' by this id, so it must differ from every earlier run's: a node restarted under
+/// the same name that took its last run's appends (still in the log, or in another node's
+/// retry) for its own would acknowledge or drop them wrongly. The time and pid make a repeat
+/// need the same name, the same nanosecond and the same pid. Never 0 (the local log's id).
+fn run_id(node_id: &str, start_ns: u128, pid: u32) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let bytes = node_id.bytes().chain([0]).chain(start_ns.to_le_bytes()).chain(pid.to_le_bytes());
+    let hash = bytes.fold(FNV_OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME));
+    hash.max(1)
+}
+
+/// Connects to the cluster log (`--nats`) and makes this run one of its writers.
+async fn connect_cluster(args: &ServeArgs, urls: &str, node_id: &str, limits: &Limits) -> anyhow::Result<Replicated> {
+    let options = args.cluster.log_options(limits);
+    info!(urls, node_id, shards = options.shards, replicas = options.replicas, "connecting to the cluster log");
+    let log = ClusterLog::connect(urls, options).await.with_context(|| format!("--nats {urls}"))?;
+    let start_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_nanos()).unwrap_or(0);
+    let node = run_id(node_id, start_ns, std::process::id());
+    info!(node_id, run = node, "joined the cluster");
+    Ok(Replicated::new(Arc::new(log), node))
 }
 
 /// Who may call, and over what.
@@ -371,17 +449,34 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
     let web_listener = args.web.bind().await?;
     let limits = args.limits.limits();
-    let storage = open_storage(&args, &limits)?;
-    let history = match &storage {
-        Some(_) => format!("durable history in {}", args.data_dir.join(RedbStore::FILE_NAME).display()),
-        None => "in-memory history (--in-memory: a restart loses it)".to_owned(),
+    let (storage, replicated, history) = match (&args.cluster.nats, &args.cluster.node_id) {
+        (Some(urls), Some(node_id)) => {
+            let replicated = connect_cluster(&args, urls, node_id, &limits).await?;
+            let history = format!(
+                "cluster node {node_id}, history in NATS JetStream at {urls} ({} streams, {} replicas)",
+                args.cluster.nats_shards, args.cluster.nats_replicas
+            );
+            (None, Some(replicated), history)
+        }
+        // clap refuses --nats without --node-id and the other way round.
+        (Some(_), None) | (None, Some(_)) => anyhow::bail!("--nats and --node-id go together"),
+        (None, None) => {
+            let storage = open_storage(&args, &limits)?;
+            let history = match &storage {
+                Some(_) => format!("durable history in {}", args.data_dir.join(RedbStore::FILE_NAME).display()),
+                None => "in-memory history (--in-memory: a restart loses it)".to_owned(),
+            };
+            (storage, None, history)
+        }
     };
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     // A new room's epoch must differ from any earlier run's, so a client never mistakes a
     // recreated room's numbers for the old ones: start from the time, with room for 1,000
     // rooms per millisecond.
     let epoch_base = now_ms.saturating_mul(1_000);
-    let config = EngineConfig { limits, epoch_base, storage, time_origin_ms: now_ms, ..EngineConfig::default() };
+    // In cluster mode rooms take the log's epoch instead (the same on every node).
+    let config =
+        EngineConfig { limits, epoch_base, storage, replicated, time_origin_ms: now_ms, ..EngineConfig::default() };
     let metrics_listener = match args.metrics_listen {
         Some(metrics_address) => Some(
             tokio::net::TcpListener::bind(metrics_address)
@@ -581,5 +676,52 @@ mod tests {
         assert_eq!(args.limits.limits(), Limits::default());
         assert_eq!(args.limits.rates(), RateLimits::default());
         assert_eq!(args.limits.quotas(), QuotaLimits::default());
+    }
+    fn parse_serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let command = ["confab", "serve"].iter().chain(args).copied();
+        let Cli { command: Command::Serve(args) } = Cli::try_parse_from(command)? else { panic!("parsed as serve") };
+        Ok(args)
+    }
+
+    #[test]
+    fn cluster_flags_default_to_one_node_and_to_the_named_constants() {
+        let Ok(args) = parse_serve(&[]) else { panic!("`confab serve` parses") };
+        assert_eq!(args.cluster.nats, None);
+        assert_eq!((args.cluster.nats_shards, args.cluster.nats_replicas), (NATS_SHARDS, NATS_REPLICAS));
+        let Ok(args) = parse_serve(&["--nats", "nats://127.0.0.1:4222", "--node-id", "a", "--history-len-max", "50"])
+        else {
+            panic!("--nats with --node-id parses")
+        };
+        let options = args.cluster.log_options(&args.limits.limits());
+        assert_eq!((options.shards, options.replicas, options.history_len_max), (16, 3, 50));
+    }
+
+    /// History lives in JetStream in cluster mode: flags of the local store are contradictions,
+    /// and a node needs its name.
+    #[test]
+    fn cluster_mode_refuses_local_history_flags_and_a_missing_node_id() {
+        let nats = ["--nats", "nats://127.0.0.1:4222", "--node-id", "a"];
+        for extra in [&["--data-dir", "d"][..], &["--in-memory"], &["--retention-age", "1h"]] {
+            let args: Vec<&str> = nats.iter().chain(extra).copied().collect();
+            let error = parse_serve(&args).err().unwrap_or_else(|| panic!("{args:?} is refused"));
+            assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict, "{args:?}");
+        }
+        for args in [&["--nats", "nats://127.0.0.1:4222"][..], &["--node-id", "a"]] {
+            let error = parse_serve(args).err().unwrap_or_else(|| panic!("{args:?} is refused"));
+            assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{args:?}");
+        }
+        assert!(parse_serve(&["--nats", "n", "--node-id", "a", "--nats-replicas", "6"]).is_err());
+        assert!(parse_serve(&["--nats", "n", "--node-id", "a", "--nats-shards", "0"]).is_err());
+    }
+
+    /// A restarted node (same name, later start or another pid) writes as a new writer.
+    #[test]
+    fn run_ids_differ_between_runs_of_one_node_and_are_never_zero() {
+        let first = run_id("node-1", 1_000, 42);
+        assert_ne!(first, 0);
+        assert_eq!(first, run_id("node-1", 1_000, 42));
+        assert_ne!(first, run_id("node-1", 1_001, 42));
+        assert_ne!(first, run_id("node-1", 1_000, 43));
+        assert_ne!(first, run_id("node-2", 1_000, 42));
     }
 }

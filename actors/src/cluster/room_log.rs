@@ -187,12 +187,18 @@ fn shard_feed(log: JetStreamLog, shard: u32) -> BoxStream<'static, LogEntry> {
                     None => log.shard_last_position(shard).await,
                 };
                 let made = match from {
-                    Ok(from) => log.feed(shard, from).await.map(|items| (from, items.boxed())),
+                    Ok(from) => {
+                        // Kept even if making the feed fails: a retry that read the end again
+                        // would skip what was appended in between, and a room whose last
+                        // entries were skipped never learns of them (found by cluster_e2e's
+                        // order test, a feed that timed out under load).
+                        after = Some(from);
+                        log.feed(shard, from).await.map(|items| items.boxed())
+                    }
                     Err(error) => Err(error),
                 };
                 match made {
-                    Ok((from, items)) => {
-                        after = Some(from);
+                    Ok(items) => {
                         feed = Some(items);
                     }
                     Err(error) => {

@@ -49,10 +49,17 @@ pub(crate) struct NatsCluster {
     servers: Vec<Server>,
 }
 
-/// The nats-server binary: `$CONFAB_NATS_SERVER`, else `target/nats-server/nats-server`.
-/// Fails the test (never skips it) when neither exists.
+/// The nats-server binary: `$CONFAB_NATS_SERVER`, else the workspace's
+/// `target/nats-server/nats-server`. Fails the test (never skips it) when neither exists.
 pub(crate) fn nats_server_binary() -> PathBuf {
-    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nats-server/nats-server");
+    // This harness is compiled into the actors crate's tests and the root crate's: the
+    // workspace's target directory is beside one manifest and inside the other.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fallback =
+        [manifest.join("../target/nats-server/nats-server"), manifest.join("target/nats-server/nats-server")]
+            .into_iter()
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| manifest.join("target/nats-server/nats-server"));
     let binary = std::env::var_os("CONFAB_NATS_SERVER").map(PathBuf::from).unwrap_or(fallback);
     assert!(
         binary.is_file(),
