@@ -11,6 +11,7 @@ echo "== nats-server (pinned 2.14.6)"
 source scripts/nats-server.sh
 "$CONFAB_NATS_SERVER" --version
 echo "== cluster tests (JetStream log client against a real 3-server cluster)"
-cargo test -p confab-actors --features cluster --lib --test cluster --locked
+# Two tests at a time: each runs three nats-servers that fsync every write.
+cargo test -p confab-actors --features cluster --lib --test cluster --locked -- --test-threads=2
 echo "== cluster e2e (confab serve --nats nodes over a real 3-server cluster)"
 cargo test --test cluster_e2e --locked

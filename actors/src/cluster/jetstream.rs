@@ -38,6 +38,9 @@ pub const HEADER_SEQ: &str = "Confab-Seq";
 pub const HEADER_EPOCH: &str = "Confab-Epoch";
 /// The most shard streams a deployment may have.
 pub const SHARDS_MAX: u32 = 1_024;
+/// The shortest wait for one stream-setup request at connect (a creation waits for the
+/// stream's placement); timed-out requests are asked again until `setup_wait_max`.
+const SETUP_REQUEST_TIMEOUT_MIN: Duration = Duration::from_secs(5);
 /// How often [`JetStreamLog::connect`] asks whether a new stream has elected its leader.
 const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -143,7 +146,7 @@ impl Default for LogOptions {
             batch_len_max: BATCH_LEN_MAX,
             request_timeout: Duration::from_secs(5),
             stream_prefix: "confab-rooms".to_owned(),
-            setup_wait_max: Duration::from_secs(10),
+            setup_wait_max: Duration::from_secs(30),
         }
     }
 }
@@ -341,7 +344,7 @@ impl JetStreamLog {
         // Setting streams up may wait for the meta leader and for elections: a longer timeout
         // than the appends and reads get.
         let mut setup = async_nats::jetstream::new(client.clone());
-        setup.set_timeout(options.setup_wait_max);
+        setup.set_timeout(options.request_timeout.max(SETUP_REQUEST_TIMEOUT_MIN));
         let mut reads = async_nats::jetstream::new(client.clone());
         reads.set_timeout(options.request_timeout);
         let mut streams = Vec::with_capacity(options.shards as usize);
@@ -349,11 +352,21 @@ impl JetStreamLog {
             let wanted = stream_config(&options, shard);
             let name = wanted.name.clone();
             let stream_error = |reason: String| ClusterError::Stream { stream: name.clone(), reason };
-            let mut stream =
-                setup.get_or_create_stream(wanted.clone()).await.map_err(|error| stream_error(error.to_string()))?;
+            // A cluster that just elected its meta leader, or a loaded one, may time a
+            // creation out: asked again until the setup deadline.
+            let deadline = tokio::time::Instant::now() + options.setup_wait_max;
+            let mut stream = loop {
+                match setup.get_or_create_stream(wanted.clone()).await {
+                    Ok(stream) => break stream,
+                    Err(error) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(stream = %name, %error, "creating a stream failed; asking again");
+                        tokio::time::sleep(LEADER_POLL_INTERVAL).await;
+                    }
+                    Err(error) => return Err(stream_error(error.to_string())),
+                }
+            };
             let found = &stream.info().await.map_err(|error| stream_error(error.to_string()))?.config;
             check_config(&wanted, found)?;
-            let deadline = tokio::time::Instant::now() + options.setup_wait_max;
             loop {
                 let info = stream.get_info().await.map_err(|error| stream_error(error.to_string()))?;
                 if info.cluster.and_then(|cluster| cluster.leader).is_some() {
