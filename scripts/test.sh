@@ -18,10 +18,15 @@ if cargo tree -p confab-engine -e normal --locked | grep -E "tokio|kameo|prost|t
   echo "confab-engine must stay sans-IO: the crates above crept into its dependency tree" >&2
   exit 1
 fi
+# The confab binary turns the actors crate's `cluster` feature on, so the workspace's tests
+# include the JetStream tests (actors/tests/cluster/): the pinned nats-server comes first.
+echo "== nats-server (pinned 2.14.6, for the cluster tests)"
+source scripts/nats-server.sh
+"$CONFAB_NATS_SERVER" --version
 echo "== tests"
 cargo test --workspace --locked
-echo "== cluster (the JetStream log client against a real 3-server nats-server cluster)"
-bash scripts/cluster.sh
+echo "== cluster e2e (confab serve --nats nodes over a real 3-server cluster)"
+cargo test --test cluster_e2e --locked
 echo "== interop (Python grpcio peer client against confab serve)"
 bash scripts/interop.sh
 echo "== browser (two headless Chromium pages chat through confab serve's web page)"
