@@ -217,13 +217,11 @@ impl Registry {
             }
             None if create => {
                 // A replicated log gives every room its epoch, the same on every node.
-                let epoch = match self.log.as_ref().and_then(|log| log.log.epoch()) {
-                    Some(epoch) => epoch,
-                    None => {
-                        self.next_epoch += 1;
-                        self.next_epoch - 1
-                    }
-                };
+                let epoch = self.log.as_ref().and_then(|log| log.log.epoch()).unwrap_or_else(|| {
+                    let epoch = self.next_epoch;
+                    self.next_epoch += 1;
+                    epoch
+                });
                 let mut room = Room::new(name.clone(), epoch, &self.limits, now);
                 room.set_persistence(persistence);
                 room

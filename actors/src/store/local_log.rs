@@ -32,11 +32,7 @@ impl RoomLog for LocalLog {
     fn load(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<LoadedRoom>, RoomError>> {
         let (store, writer, room) = (Arc::clone(&self.store), self.writer.clone(), room.clone());
         async move {
-            let name = room.clone();
-            let stored = tokio::task::spawn_blocking(move || load(store.as_ref(), &name)).await;
-            let stored = stored.unwrap_or_else(|stopped| {
-                Err(RoomError::Storage { reason: format!("room {room}: loading it did not finish: {stopped}") })
-            })?;
+            let stored = load_off_thread(store, room.clone()).await?;
             // The room continues from what is stored: whatever it lost before is behind it,
             // and the writer lifts its fence (before any write of the new room actor).
             writer.loaded(room);
@@ -78,8 +74,7 @@ impl RoomLog for LocalLog {
     ) -> BoxFuture<'static, Result<Vec<LogEntry>, RoomError>> {
         let (store, room) = (Arc::clone(&self.store), room.clone());
         async move {
-            let stored = tokio::task::spawn_blocking(move || load(store.as_ref(), &room)).await;
-            let stored = stored.map_err(|stopped| RoomError::Storage { reason: stopped.to_string() })??;
+            let stored = load_off_thread(store, room).await?;
             let tail = stored.map(|stored| stored.tail).unwrap_or_default();
             let after = tail.into_iter().filter(|message| message.seq > after.0).take(limit);
             Ok(after
@@ -96,8 +91,7 @@ impl RoomLog for LocalLog {
     fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
         let (store, room) = (Arc::clone(&self.store), room.clone());
         async move {
-            let stored = tokio::task::spawn_blocking(move || load(store.as_ref(), &room)).await;
-            let stored = stored.map_err(|stopped| RoomError::Storage { reason: stopped.to_string() })??;
+            let stored = load_off_thread(store, room).await?;
             Ok(Position(stored.map_or(0, |stored| stored.last_seq)))
         }
         .boxed()
@@ -107,6 +101,15 @@ impl RoomLog for LocalLog {
 /// A failed commit: nothing of it is stored, and its senders are told why.
 fn failed(error: StoreError) -> AppendOutcome {
     AppendOutcome::Failed(RoomError::Storage { reason: error.to_string() })
+}
+
+/// [`load`] on a blocking thread, off the async workers.
+async fn load_off_thread(store: Arc<dyn HistoryStore>, room: RoomName) -> Result<Option<StoredRoom>, RoomError> {
+    let name = room.clone();
+    let loaded = tokio::task::spawn_blocking(move || load(store.as_ref(), &name)).await;
+    loaded.unwrap_or_else(|stopped| {
+        Err(RoomError::Storage { reason: format!("room {room}: loading it did not finish: {stopped}") })
+    })
 }
 
 /// Loads a room from the store. Damage, and a panic inside the store, are DATA_LOSS (the
