@@ -56,6 +56,8 @@ struct Logged {
     answers: Option<mpsc::UnboundedSender<(Origin, BoxFuture<'static, AppendOutcome>)>>,
     /// A read of the log is on its way: one at a time.
     reading: bool,
+    /// Whether other nodes write the log too (cluster mode): then reads catch up first.
+    replicated: bool,
 }
 
 /// A snapshot of a room, for listings, operations and tests.
@@ -87,8 +89,6 @@ pub(crate) struct RoomActor {
     waiters: VecDeque<Waiter>,
     /// Readers waiting for the room to catch up with its log up to a position ([`CatchUp`]).
     catching_up: Vec<(Position, ReplySender<Answer<(), RoomError>>)>,
-    /// Whether other nodes write the room's log too (cluster mode): then reads catch up first.
-    replicated: bool,
     /// When the one armed timer fires, if one is armed.
     timer_at: Option<Time>,
     /// When the ring last said it needs its sweep (it can change only when the actor
@@ -153,7 +153,6 @@ impl RoomActor {
             ring.inject_bug(bug);
         }
         let room_last_seq = room.durable_seq();
-        let replicated = durability.as_ref().is_some_and(|durability| durability.replicated);
         Self {
             room,
             ring: SharedRing::new(ring),
@@ -162,11 +161,16 @@ impl RoomActor {
                 let appender = Appender::new(durability.node, durability.last_position, room_last_seq)
                     .with_append_len_max(durability.log.append_len_max());
                 let appender = if durability.log.is_single_writer() { appender.pipelined() } else { appender };
-                Logged { appender, log: durability.log, answers: None, reading: false }
+                Logged {
+                    appender,
+                    log: durability.log,
+                    answers: None,
+                    reading: false,
+                    replicated: durability.replicated,
+                }
             }),
             waiters: VecDeque::new(),
             catching_up: Vec::new(),
-            replicated,
             timer_at: None,
             ring_due: None,
             stats,
@@ -512,7 +516,7 @@ impl Message<CatchUp> for RoomActor {
     type Reply = DelegatedReply<Answer<(), RoomError>>;
 
     async fn handle(&mut self, _: CatchUp, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
-        let Some(logged) = self.logged.as_ref().filter(|_| self.replicated) else {
+        let Some(logged) = self.logged.as_ref().filter(|logged| logged.replicated) else {
             return ctx.reply(Answer(Ok(())));
         };
         let (delegated, reply) = ctx.reply_sender();
