@@ -9,6 +9,10 @@
 # 50051-50053 (GRPC_PORT), confab web pages 8081-8083 (WEB_PORT).
 # CONFAB_CLUSTER_UP_FOR=SECONDS stops it after that long instead of waiting for Ctrl-C;
 # CONFAB_BIN=PATH runs that confab binary instead of building the release one.
+# CONFAB_SERVE_ARGS adds flags to every node's `confab serve` (bench/cluster.sh turns the rate
+# limits off with it). NATS_SYNC_INTERVAL sets JetStream's `sync_interval` (default `always`:
+# every acknowledged append is fsynced on a quorum; nats-server's own default, 2m, leaves the
+# durability to replication alone; bench/cluster.sh measures both).
 # Everything lives in a temporary directory (JetStream storage, logs), removed on exit: each run
 # starts an empty cluster.
 set -euo pipefail
@@ -19,6 +23,7 @@ route_port=${NATS_ROUTE_PORT:-6222}
 monitor_port=${NATS_MONITOR_PORT:-8222}
 grpc_port=${GRPC_PORT:-50051}
 web_port=${WEB_PORT:-8081}
+sync_interval=${NATS_SYNC_INTERVAL:-always}
 nodes=3
 # Bounds on every wait, in tenths of a second.
 ready_wait_max=600
@@ -72,7 +77,7 @@ for ((i = 0; i < 3; i++)); do
 server_name: $name
 listen: 127.0.0.1:$((nats_port + i))
 http: 127.0.0.1:$((monitor_port + i))
-jetstream { store_dir: "$dir/$name", sync_interval: always }
+jetstream { store_dir: "$dir/$name", sync_interval: $sync_interval }
 cluster { name: confab-up, listen: 127.0.0.1:$((route_port + i)), routes: [$routes] }
 CONF
   "$CONFAB_NATS_SERVER" -c "$dir/$name.conf" >"$dir/$name.log" 2>&1 &
@@ -95,7 +100,8 @@ echo "== confab: $nodes nodes (--nats $urls)"
 # One after another: the first creates the streams, the others find them.
 for ((i = 0; i < nodes; i++)); do
   name=node$((i + 1))
-  "$confab" serve --nats "$urls" --node-id "$name" \
+  # shellcheck disable=SC2086
+  "$confab" serve --nats "$urls" --node-id "$name" ${CONFAB_SERVE_ARGS:-} \
     --listen "127.0.0.1:$((grpc_port + i))" --ws-listen "127.0.0.1:$((web_port + i))" \
     >"$dir/$name.out" 2>"$dir/$name.log" &
   pids+=($!)
@@ -112,8 +118,13 @@ for ((i = 0; i < nodes; i++)); do
 done
 
 echo
-echo "A 3-node confab cluster is up. Any node serves any room; a message acknowledged by one"
-echo "is on a quorum of the NATS servers (fsynced), and every node delivers it."
+echo "A 3-node confab cluster is up (JetStream sync_interval: $sync_interval)."
+echo "Any node serves any room; a message acknowledged by one"
+if [ "$sync_interval" = always ]; then
+  echo "is on a quorum of the NATS servers (fsynced), and every node delivers it."
+else
+  echo "is on a quorum of the NATS servers (in memory; fsynced within $sync_interval), and every node delivers it."
+fi
 for ((i = 0; i < nodes; i++)); do
   printf '  node%d: gRPC 127.0.0.1:%d   web page http://127.0.0.1:%d/\n' $((i + 1)) $((grpc_port + i)) $((web_port + i))
 done

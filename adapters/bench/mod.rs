@@ -17,7 +17,9 @@ pub use scenarios::Scenario;
 /// What to run, against what.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// `http://host:port` (or `https://` with a TLS CA) of the server.
+    /// `http://host:port` (or `https://` with a TLS CA) of the server; several, comma-separated,
+    /// for the nodes of a cluster: connection `i` goes to server `i mod n` (so with at least
+    /// as many connections as servers every node gets its share of the clients).
     pub server: String,
     /// The scenario.
     pub scenario: Scenario,
@@ -35,7 +37,7 @@ pub struct BenchOptions {
     pub upload_batch: usize,
     /// Messages per second the publisher sends (`fanout`, `mix`; 0 = as fast as replies allow).
     pub rate: u64,
-    /// Rooms (`mix`).
+    /// Rooms the clients spread over (`mix`, `unary-send`).
     pub rooms: usize,
     /// `mix`: each client drops its connection after a random time of this mean and comes
     /// back resuming where it left off; `None` keeps every client connected.
@@ -47,6 +49,14 @@ pub struct BenchOptions {
     pub server_pid: Option<u32>,
     /// The bearer token and TLS CA for a server that wants them.
     pub security: crate::grpc::client::ClientSecurity,
+}
+
+impl BenchOptions {
+    /// The servers of [`BenchOptions::server`], in the order given (never empty: an empty
+    /// list is the one server `""`, which fails to connect with its name in the error).
+    pub fn servers(&self) -> Vec<&str> {
+        self.server.split(',').map(str::trim).collect()
+    }
 }
 
 /// A benchmark failed to run (not: the server answered errors, which are counted).

@@ -58,7 +58,15 @@ impl Scenario {
         ("idle", Scenario::Idle),
     ];
 
-    /// The command-line name.
+    /// Rooms the scenario spreads its clients over unless told (`--rooms`).
+    pub fn default_rooms(self) -> usize {
+        match self {
+            Scenario::Mix => 10,
+            _ => 1,
+        }
+    }
+
+    /// The scenario's name on the command line.
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(_, scenario)| *scenario == self).map_or("?", |(name, _)| name)
     }
@@ -158,9 +166,17 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     if options.stalled > 0 && options.scenario != Scenario::Fanout {
         return Err(BenchError::Options("--stalled applies to the fanout scenario only".into()));
     }
+    let servers = options.servers();
+    if options.connections < servers.len() {
+        return Err(BenchError::Options(format!(
+            "--connections {} leaves some of the {} servers without clients",
+            options.connections,
+            servers.len()
+        )));
+    }
     let mut channels = Vec::with_capacity(options.connections);
-    for _ in 0..options.connections {
-        channels.push(open_connection(options).await?);
+    for connection in 0..options.connections {
+        channels.push(open_connection(options, servers[connection % servers.len()]).await?);
     }
     let now = Instant::now();
     let window = Window { origin: now, start: now + options.warmup, end: now + options.warmup + options.duration };
@@ -205,9 +221,9 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     })
 }
 
-/// One more HTTP/2 connection to the server, with the run's token and TLS settings.
-async fn open_connection(options: &BenchOptions) -> Result<Channel, BenchError> {
-    connect(&options.server, &options.security).await.map_err(|error| match error {
+/// One more HTTP/2 connection to `server`, with the run's token and TLS settings.
+async fn open_connection(options: &BenchOptions, server: &str) -> Result<Channel, BenchError> {
+    connect(server, &options.security).await.map_err(|error| match error {
         ClientError::Options(message) => BenchError::Options(message),
         ClientError::Connect { server, reason } => BenchError::Connect { server, reason },
     })
@@ -237,10 +253,15 @@ async fn closed_loop(options: BenchOptions, channel: Channel, worker: usize, win
     match options.scenario {
         Scenario::UnarySend => {
             let mut client = ChatClient::new(channel);
+            // One room (the default) keeps the name earlier measurements used.
+            let room = match options.rooms {
+                0 | 1 => "bench-unary".to_owned(),
+                rooms => format!("bench-unary-{}", worker % rooms),
+            };
             while window.open() {
                 let started = Instant::now();
                 let request = SendRequest {
-                    room: "bench-unary".into(),
+                    room: room.clone(),
                     user: user_name(&options, format!("w{worker}")),
                     client_msg_id: String::new(),
                     body: body.clone(),
@@ -371,7 +392,7 @@ async fn fanout(
     let mut stalled_channel = None;
     for index in 0..options.stalled {
         if index % STALLED_PER_CONNECTION == 0 {
-            stalled_channel = Some(open_connection(options).await?);
+            stalled_channel = Some(open_connection(options, options.servers()[0]).await?);
         }
         let Some(channel) = stalled_channel.clone() else { unreachable!("connected just above") };
         let request = SubscribeRequest { room: ROOM.into(), after_seq: None, user: String::new() };

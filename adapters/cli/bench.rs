@@ -13,7 +13,8 @@ pub struct BenchArgs {
     /// Scenario: unary-send, unary-hello, pingpong, pingpong-room, fanout, upload, mix or idle.
     #[arg(long, default_value = "unary-send", value_name = "SCENARIO")]
     scenario: Scenario,
-    /// Server address.
+    /// Server address; several, comma-separated, to spread the connections over a cluster's
+    /// nodes (connection i goes to server i mod n; fanout's publisher to the first).
     #[arg(long, default_value = "http://127.0.0.1:50051", value_name = "URL")]
     server: String,
     /// HTTP/2 connections to spread the load over.
@@ -37,9 +38,10 @@ pub struct BenchArgs {
     /// Messages per second the fanout publisher (or all mix clients together) sends; 0 = unthrottled.
     #[arg(long, default_value_t = 500)]
     rate: u64,
-    /// Rooms for mix.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    rooms: u64,
+    /// Rooms: mix's clients spread over this many (default 10); unary-send's callers too
+    /// (default 1, every caller in one room: the hot-room case).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rooms: Option<u64>,
     /// Mix only: each client disconnects after a random time of this mean (exponential) and
     /// reconnects resuming after the last message it saw. Off by default.
     #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
@@ -70,7 +72,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         body_bytes: args.body_bytes,
         upload_batch: args.upload_batch as usize,
         rate: args.rate,
-        rooms: args.rooms as usize,
+        rooms: args.rooms.map_or_else(|| args.scenario.default_rooms(), |rooms| rooms as usize),
         stalled: args.stalled as usize,
         disconnect_mean: args.disconnect_every,
         server_pid: args.server_pid,

@@ -92,3 +92,30 @@ async fn fanout_reports_how_the_server_closed_stalled_subscribers() {
     assert_eq!(report.order_violations, 0, "{}", report.human());
     assert!(report.human().contains("stalled subscribers: 3"));
 }
+
+/// `--server a,b` spreads the connections over both servers (a cluster's nodes), and
+/// `--rooms` spreads unary-send's callers over rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_send_spreads_over_several_servers_and_rooms() {
+    let first = TestServer::start_with_options(Limits::default(), unlimited()).await;
+    let second = TestServer::start_with_options(Limits::default(), unlimited()).await;
+    let options = BenchOptions {
+        server: format!("http://{}, http://{}", first.address, second.address),
+        connections: 2,
+        rooms: 2,
+        duration: Duration::from_millis(400),
+        ..options(&first, Scenario::UnarySend)
+    };
+    let report = bounded(run(&options)).await.expect("bench runs");
+    assert_eq!(report.errors, 0, "{}", report.human());
+    // Workers 0 and 2 are on the first server's connection, 1 and 3 on the second's; worker w
+    // sends to room w mod 2.
+    for (server, room) in [(&first, "bench-unary-0"), (&second, "bench-unary-1")] {
+        let room = confab_engine::RoomName::new(room).expect("room name");
+        let page = bounded(server.engine.history(&room, 0, 10)).await.expect("history");
+        assert!(!page.messages.is_empty(), "{room} on {} got no message", server.address);
+    }
+    let options = BenchOptions { connections: 1, ..options };
+    let refused = bounded(run(&options)).await.expect_err("one connection cannot reach two servers");
+    assert!(refused.to_string().contains("2 servers"), "{refused}");
+}
