@@ -484,6 +484,7 @@ impl Message<LogEntries> for RoomActor {
             }
         };
         let (conflicted, behind) = (logged.appender.is_conflicted(), logged.appender.is_behind());
+        let (before, unapplied) = (logged.appender.read_after(), logged.appender.has_unapplied());
         self.apply(steps, ctx.actor_ref());
         let known = self.logged.as_ref().map_or(Position(0), |logged| logged.appender.read_after());
         let (caught_up, waiting): (Vec<_>, Vec<_>) =
@@ -503,6 +504,12 @@ impl Message<LogEntries> for RoomActor {
                 tracing::warn!(room = %self.room.name(), after = ?known, "the room's log has a gap after what the room knows; reading again");
             }
             self.read_log(ctx.actor_ref(), Some(LOG_RETRY_DELAY));
+        } else if read && unapplied {
+            // The feed brought entries beyond what this read found while it was on its way
+            // (they were set aside, as they did not continue the room): read up to them, at
+            // once if this read made progress, else after a pause (a replica behind the feed).
+            let delay = (known == before).then_some(LOG_RETRY_DELAY);
+            self.read_log(ctx.actor_ref(), delay);
         }
     }
 }

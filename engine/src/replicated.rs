@@ -115,6 +115,10 @@ pub struct Appender {
     pending: VecDeque<Vec<Arc<ChatMessage>>>,
     /// The last entries handed in skipped some: the shell reads the log again.
     behind: bool,
+    /// The furthest position of any entry handed in, applied or not: where the log is known
+    /// to reach. A feed entry that came while a read was on its way, beyond what that read
+    /// found, is not applied (it does not continue the room) but is not forgotten either.
+    heard: Position,
     /// Most messages in one append (the log's batch limit).
     append_len_max: usize,
     /// A log only this node writes: appends are sent as soon as there is something to send,
@@ -136,6 +140,7 @@ impl Appender {
             in_flight: None,
             pending: VecDeque::new(),
             behind: false,
+            heard: last_position,
             append_len_max: usize::MAX,
             pipelined: false,
             unanswered: VecDeque::new(),
@@ -300,6 +305,14 @@ impl Appender {
         self.behind
     }
 
+    /// Whether entries were handed in that the room has not applied yet (they came beyond a
+    /// gap): the log reaches further than [`Appender::read_after`], so the shell reads it
+    /// again even if the last read continued the room. Without this, a feed entry that
+    /// overtook a read would wait for the room's next entry, which may never come.
+    pub fn has_unapplied(&self) -> bool {
+        self.heard > self.last_position
+    }
+
     /// Whether an append is in flight or messages wait for one.
     pub fn is_busy(&self) -> bool {
         self.in_flight.is_some() || !self.pending.is_empty() || !self.unanswered.is_empty()
@@ -316,14 +329,16 @@ impl Appender {
         let mut steps = Vec::new();
         self.behind = false;
         for entry in entries {
-            if entry.position <= self.last_position {
+            self.heard = self.heard.max(entry.position);
+            if self.behind || entry.position <= self.last_position {
                 continue;
             }
             if entry.message.seq != self.last_seq + 1 {
                 // Entries in between were missed (the feed started after them, or skipped
-                // some): the shell reads them from the log.
+                // some): the shell reads them from the log. The rest of these entries are
+                // only heard of (they come after the gap).
                 self.behind = true;
-                break;
+                continue;
             }
             self.last_position = entry.position;
             self.last_seq = entry.message.seq;
@@ -426,5 +441,25 @@ mod tests {
         assert!(!appender.handle_failed(append.origin), "the first attempt may be in the log");
         assert_eq!(appender.poll_append(), Some(append.clone()), "so it is sent again");
         assert_eq!(appender.handle_appended(append.origin, Position(1)), Some(Step::Durable(1)));
+    }
+
+    fn entry(position: u64, seq: Seq) -> LogEntry {
+        LogEntry { position: Position(position), origin: Origin { node: 9, append: seq }, message: message(seq) }
+    }
+
+    #[test]
+    fn a_feed_entry_that_overtakes_a_read_is_remembered_until_a_read_reaches_it() {
+        let mut appender = Appender::new(1, Position(0), 0);
+        // A read is on its way; the feed brings entry 3 first, which does not continue the room.
+        assert!(appender.handle_entries([entry(3, 3)]).is_empty());
+        assert!(appender.is_behind() && appender.has_unapplied());
+        // The read started before 3 was committed: it finds 1 and 2, which continue the room.
+        let steps = appender.handle_entries([entry(1, 1), entry(2, 2)]);
+        assert_eq!(steps, vec![Step::Committed(vec![message(1), message(2)])]);
+        assert!(!appender.is_behind(), "what it read continues the room");
+        assert!(appender.has_unapplied(), "but the log is known to reach position 3: read again");
+        appender.handle_entries([entry(3, 3)]);
+        assert!(!appender.has_unapplied());
+        assert_eq!(appender.read_after(), Position(3));
     }
 }

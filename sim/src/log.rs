@@ -174,14 +174,24 @@ impl RoomLog for SimLog {
             state.followers += 1;
             ChaCha8Rng::seed_from_u64(state.seed ^ state.followers.wrapping_mul(0x9e37_79b9_7f4a_7c15))
         };
-        // Each entry arrives late, and never before the one ahead of it.
-        let start = (entries, rng, Instant::now());
-        let feed = futures::stream::unfold(start, |(mut entries, mut rng, previous)| async move {
-            let entry = entries.next().await?;
-            let delay = Duration::from_micros(rng.random_range(0..=FEED_DELAY_MAX.as_micros() as u64));
-            let arrives = (Instant::now() + delay).max(previous);
+        // Each entry arrives late, counted from when it committed, and never before the one
+        // ahead of it. A task takes each entry as it commits and stamps when it is due: had the
+        // delay been drawn when the reader asked for the entry, the delays would add up, and a
+        // busy log's feed would fall further behind the longer the run (25 ms per entry).
+        let (due, mut stamped) = tokio::sync::mpsc::unbounded_channel::<(Instant, LogEntry)>();
+        tokio::spawn(async move {
+            let (mut entries, mut rng, mut previous) = (entries, rng, Instant::now());
+            while let Some(entry) = entries.next().await {
+                let delay = Duration::from_micros(rng.random_range(0..=FEED_DELAY_MAX.as_micros() as u64));
+                previous = (Instant::now() + delay).max(previous);
+                if due.send((previous, entry)).is_err() {
+                    return;
+                }
+            }
+        });
+        let feed = futures::stream::poll_fn(move |cx| stamped.poll_recv(cx)).then(|(arrives, entry)| async move {
             tokio::time::sleep_until(arrives).await;
-            Some((entry, (entries, rng, arrives)))
+            entry
         });
         Some(feed.boxed())
     }
