@@ -23,7 +23,7 @@ use confab_engine::{ClientMsgId, Seq};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
 use crate::checker::{Action, Checker, SubId};
@@ -42,20 +42,48 @@ pub(crate) struct NodeState {
 }
 
 /// One node: its engine while it is up, and its state, which clients watch for crashes.
+/// (Not a `tokio::sync::watch`: it spreads its waiters over several queues at random, so the
+/// order in which a crash wakes clients would differ between runs.)
 pub(crate) struct Node {
-    pub(crate) engine: Mutex<Option<Engine>>,
-    pub(crate) state: watch::Sender<NodeState>,
+    engine: Mutex<Option<Engine>>,
+    state: Mutex<NodeState>,
+    /// Wakes every client waiting for a change of `state`, in the order they began to wait.
+    changed: Notify,
 }
 
 impl Node {
     pub(crate) fn new(engine: Engine) -> Self {
-        Node { engine: Mutex::new(Some(engine)), state: watch::Sender::new(NodeState { run: 0, up: true }) }
+        Node {
+            engine: Mutex::new(Some(engine)),
+            state: Mutex::new(NodeState { run: 0, up: true }),
+            changed: Notify::new(),
+        }
     }
 
     /// The engine, if the node is up.
     pub(crate) fn engine(&self) -> Option<Engine> {
         // One thread; a panic fails the run anyway.
         self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn state(&self) -> NodeState {
+        *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The node crashed: its clients stop believing it, and its engine is handed back to stop.
+    pub(crate) fn crash(&self) -> Option<Engine> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).up = false;
+        self.changed.notify_waiters();
+        self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    /// The node is up again, on its next run, with this engine.
+    pub(crate) fn restart(&self, engine: Engine) {
+        *self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(engine);
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *state = NodeState { run: state.run + 1, up: true };
+        drop(state);
+        self.changed.notify_waiters();
     }
 }
 
@@ -208,24 +236,24 @@ struct Client {
     /// The node it is connected to (modulo the nodes): its number at first, the next one after
     /// each reconnect.
     node: usize,
-    /// The run of that node it connected to, and the node's state, watched for a crash.
+    /// The run of that node it connected to: a later run, or the node down, is a crash.
     run: u64,
-    node_state: watch::Receiver<NodeState>,
     /// Sends a crash left unanswered, oldest first.
     unanswered: Vec<Unanswered>,
 }
 
-/// Returns once the node watched is down or on another run than `run`.
-async fn crashed(node_state: &mut watch::Receiver<NodeState>, run: u64) {
+/// Returns once `node` is down or on another run than `run`.
+async fn crashed(node: &Node, run: u64) {
     loop {
-        let state = *node_state.borrow_and_update();
+        // Waiting before looking: a change between the two still wakes it.
+        let changed = node.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let state = node.state();
         if !state.up || state.run != run {
             return;
         }
-        if node_state.changed().await.is_err() {
-            // The world (and the node) outlives every client: not reached.
-            std::future::pending::<()>().await;
-        }
+        changed.await;
     }
 }
 
@@ -236,8 +264,7 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
     let room = rng.random_range(0..world.options.rooms);
     let user = UserName::new(&format!("c{number}")).expect("a valid user name");
     let node = number as usize % world.nodes.len();
-    let node_state = world.nodes[node].state.subscribe();
-    let run = node_state.borrow().run;
+    let run = world.nodes[node].state().run;
     let mut client = Client {
         world,
         number,
@@ -249,7 +276,6 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
         acked: VecDeque::new(),
         node,
         run,
-        node_state,
         unanswered: Vec::new(),
     };
     let crashes = client.world.options.crash_interval.is_some();
@@ -266,7 +292,7 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
         tokio::select! {
             biased;
             // First: once its node crashed, nothing more it says is believed.
-            () = crashed(&mut client.node_state, client.run), if crashes => {
+            () = crashed(&client.world.nodes[client.node], client.run), if crashes => {
                 match Box::pin(client.recover(conn)).await {
                     Some(next) => conn = next,
                     None => return,
@@ -380,7 +406,7 @@ impl Client {
 
     /// Whether the node this client connected to crashed since.
     fn node_crashed(&self) -> bool {
-        let state = *self.node_state.borrow();
+        let state = self.world.nodes[self.node].state();
         !state.up || state.run != self.run
     }
 
@@ -388,10 +414,9 @@ impl Client {
     /// or during the call (an answer from a crashed node is not believed: the client cannot
     /// tell it from one lost in the crash).
     async fn until_crash<T>(&mut self, call: impl Future<Output = T>) -> Option<T> {
-        let run = self.run;
         let answer = tokio::select! {
             biased;
-            () = crashed(&mut self.node_state, run) => None,
+            () = crashed(&self.world.nodes[self.node], self.run) => None,
             answer = call => Some(answer),
         };
         answer.filter(|_| !self.node_crashed())
@@ -400,8 +425,7 @@ impl Client {
     /// Makes node `node`, on its current run, the client's node.
     fn attach(&mut self, node: usize) {
         self.node = node;
-        self.node_state = self.world.nodes[node].state.subscribe();
-        self.run = self.node_state.borrow().run;
+        self.run = self.world.nodes[node].state().run;
     }
 
     /// Connects (resuming after `after`) to the first node that is up from `first` on, waiting
@@ -412,7 +436,7 @@ impl Client {
             if Instant::now() >= self.world.end {
                 return None;
             }
-            let up = (0..nodes).map(|step| (first + step) % nodes).find(|&node| self.world.nodes[node].state.borrow().up);
+            let up = (0..nodes).map(|step| (first + step) % nodes).find(|&node| self.world.nodes[node].state().up);
             if let Some(node) = up {
                 self.attach(node);
                 let conn = self.connect(after).await;

@@ -195,15 +195,14 @@ async fn crash_nodes(world: Arc<driver::World>, backend: Backend, interval: Dura
         if tokio::time::Instant::now() >= world.deadline {
             break;
         }
-        let up: Vec<usize> = (0..world.nodes.len()).filter(|&node| world.nodes[node].state.borrow().up).collect();
+        let up: Vec<usize> = (0..world.nodes.len()).filter(|&node| world.nodes[node].state().up).collect();
         if up.is_empty() {
             continue;
         }
         let node = up[rng.random_range(0..up.len())];
         let down_ms = rng.random_range(RESTART_DELAY_MIN.as_millis() as u64..=RESTART_DELAY_MAX.as_millis() as u64);
         // Down first: from here on its clients believe nothing it says.
-        world.nodes[node].state.send_modify(|state| state.up = false);
-        let engine = world.nodes[node].engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let engine = world.nodes[node].crash();
         if let Some(store) = &backend.store {
             // What the store had not committed dies with the process.
             store.crash();
@@ -217,10 +216,9 @@ async fn crash_nodes(world: Arc<driver::World>, backend: Backend, interval: Dura
         let (world, backend) = (world.clone(), backend.clone());
         restarts.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(down_ms)).await;
-            let run = world.nodes[node].state.borrow().run + 1;
+            let run = world.nodes[node].state().run + 1;
             let engine = backend.start(&world.options, node, run, world.now_ms()).expect("a node restarts as it started");
-            *world.nodes[node].engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(engine);
-            world.nodes[node].state.send_modify(|state| *state = driver::NodeState { run, up: true });
+            world.nodes[node].restart(engine);
             world.checker().action(None, checker::Action::Restart, world.now_ms());
         }));
     }
