@@ -535,6 +535,14 @@ impl Checker {
         }
     }
 
+    /// Records that room number `room` handed its store messages starting at `got` where
+    /// the store holds up to `expected - 1`: a skipped (or repeated) sequence number (G2).
+    pub fn store_gap(&mut self, room: u32, expected: Seq, got: Seq, at_ms: u64) {
+        self.trace.record(&[18, u64::from(room), expected, got, at_ms]);
+        let what = format!("the room gave its store #{got} next, after #{}", expected - 1);
+        self.violate_in_room("G2", room, at_ms, what);
+    }
+
     /// Records a committed upload of messages with these (unique) bodies (G6).
     pub fn upload_committed(&mut self, sub: SubId, bodies: &[Arc<str>], receipt: &Receipt, now_ms: u64) {
         let ids = bodies;

@@ -567,6 +567,11 @@ impl Client {
                     return true;
                 }
                 let sent = Sent { seq, duplicate };
+                if expected.room != self.room {
+                    // A send to the room the client left since (a slow commit answers after the
+                    // churn): its subscription is closed, and the new room's order is another.
+                    return true;
+                }
                 match expected.kind {
                     SendKind::Resend => checker.resent(sub, &expected.id, sent, now),
                     SendKind::Retry(_) => {

@@ -169,6 +169,13 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(C
     if options.crash_interval.is_some() || options.durable {
         audit(&world).await;
     }
+    if let Some(store) = &backend.store {
+        for gap in store.gaps() {
+            let room = world.rooms.iter().position(|room| *room == gap.room).expect("a room of the run") as u32;
+            let at_ms = u64::try_from(gap.at.saturating_duration_since(world.start).as_millis()).unwrap_or(u64::MAX);
+            world.checker().store_gap(room, gap.expected, gap.got, at_ms);
+        }
+    }
     let now = world.now_ms();
     world.checker().finish(now);
     for node in &world.nodes {

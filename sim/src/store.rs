@@ -28,7 +28,10 @@ use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
 /// How long a commit takes at most (uniform from 1 ms): an fsync.
-const COMMIT_LATENCY_MAX: Duration = Duration::from_millis(4);
+const COMMIT_LATENCY_MAX: Duration = Duration::from_millis(10);
+
+/// Out-of-sequence appends remembered in full for the checker (more are counted only).
+const GAPS_KEPT: usize = 20;
 
 /// Every entry of the store has this origin: the process is its one writer (as the local
 /// log's entries do).
@@ -46,8 +49,19 @@ pub struct StoreFaults {
     /// Appends lost because the process crashed before they were committed.
     pub lost_in_crash: u64,
     /// Appends refused because they did not continue their room's stored messages: an
-    /// engine bug (the writer thread would store a gap), so a clean run has none.
+    /// engine bug (the writer thread would store a gap), so a clean run has none; the
+    /// checker reports each as a violation.
     pub out_of_sequence: u64,
+}
+
+/// An append that did not continue its room's stored messages.
+#[derive(Clone, Debug)]
+pub(crate) struct Gap {
+    pub(crate) room: RoomName,
+    /// The sequence number the store expected, and the one the append started with.
+    pub(crate) expected: Seq,
+    pub(crate) got: Seq,
+    pub(crate) at: Instant,
 }
 
 /// The simulated store (see the module). Clones share one store, which outlives the engines
@@ -72,6 +86,8 @@ struct State {
     /// When the last append made is committed: the next one commits no earlier.
     last_commit_at: Instant,
     faults: StoreFaults,
+    /// The first out-of-sequence appends (at most [`GAPS_KEPT`]).
+    gaps: Vec<Gap>,
 }
 
 struct StoredRoom {
@@ -93,6 +109,7 @@ impl SimStore {
             run: 0,
             last_commit_at: Instant::now(),
             faults: StoreFaults::default(),
+            gaps: Vec::new(),
         };
         Self { state: Arc::new(Mutex::new(state)) }
     }
@@ -108,6 +125,11 @@ impl SimStore {
     /// What the store did so far.
     pub(crate) fn faults(&self) -> StoreFaults {
         self.lock().faults
+    }
+
+    /// The first appends that did not continue their room (an engine bug).
+    pub(crate) fn gaps(&self) -> Vec<Gap> {
+        self.lock().gaps.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -143,6 +165,10 @@ impl State {
         let contiguous = append.messages.iter().zip(stored.last_seq + 1..).all(|(message, seq)| message.seq == seq);
         if !contiguous {
             self.faults.out_of_sequence += 1;
+            if self.gaps.len() < GAPS_KEPT {
+                let gap = Gap { room: room.clone(), expected: stored.last_seq + 1, got: first, at: Instant::now() };
+                self.gaps.push(gap);
+            }
             return storage("the append does not continue the room's stored messages");
         }
         self.faults.commits += 1;

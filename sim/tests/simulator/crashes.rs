@@ -22,13 +22,13 @@ fn cluster_with_crashes(seed: u64) -> SimOptions {
 }
 
 /// One node over the simulated store, failing 2% of its commits, crashing every 10 s on
-/// average.
+/// average; busy enough that crashes catch sends in flight.
 fn durable_with_faults(seed: u64) -> SimOptions {
     SimOptions {
         clients: 30,
         rooms: 2,
-        duration: Duration::from_secs(60),
-        send_interval: Duration::from_secs(1),
+        duration: Duration::from_secs(40),
+        send_interval: Duration::from_millis(50),
         session_share: 0.5,
         durable: true,
         commit_failures: 0.02,
