@@ -183,7 +183,17 @@ fn pick_step(rng: &mut ChaCha8Rng, options: &SimOptions) -> Step {
 /// A client's connection to its current room.
 enum Conn {
     Stream { events: RoomEvents, sub: SubId },
-    Session { sender: SessionSender, events: SessionEvents, sub: SubId, pending: VecDeque<Pending> },
+    Session {
+        sender: SessionSender,
+        events: SessionEvents,
+        sub: SubId,
+        pending: VecDeque<Pending>,
+        /// Rooms this session left whose `Left` has not come back yet: their events may still
+        /// be on the way, so the session does not join them again before (they would mix
+        /// into the new subscription's). A session answers in order, and a send it waits on
+        /// (a slow commit, a log election) holds its `Leave` back too.
+        leaving: Vec<u32>,
+    },
 }
 
 /// A session send awaiting its acknowledgement, in send order.
@@ -520,7 +530,7 @@ impl Client {
                 let (sender, events) = engine.open_session(self.user.clone());
                 let join = ClientFrame::Join { room: room.as_str().to_owned(), after_seq: after.map(|(_, seq)| seq) };
                 match self.until_crash(sender.send(join)).await {
-                    Some(Ok(())) => Some(Conn::Session { sender, events, sub, pending: VecDeque::new() }),
+                    Some(Ok(())) => Some(Conn::Session { sender, events, sub, pending: VecDeque::new(), leaving: Vec::new() }),
                     _ => None,
                 }
             }
@@ -587,7 +597,11 @@ impl Client {
                     }
                 }
             }
-            Item::Frame(ServerFrame::Left { .. }) => {}
+            Item::Frame(ServerFrame::Left { room }) => {
+                if let Conn::Session { leaving, .. } = conn {
+                    leaving.retain(|left| self.world.rooms[*left as usize] != room);
+                }
+            }
             Item::Frame(ServerFrame::Error { error, .. }) => {
                 let failed_commit = matches!(error, FrameError::Room(RoomError::Storage { .. }));
                 match conn {
@@ -648,26 +662,31 @@ impl Client {
             }
             Step::Churn if self.world.options.rooms == 1 => self.send(conn, false).await,
             Step::Churn => {
+                // Another room: a session routes events by room, so rejoining the same one
+                // would mix the old subscription's events into the new one's.
+                let rooms = self.world.options.rooms;
+                let next_room = (self.room + self.rng.random_range(1..rooms)) % rooms;
+                if let Conn::Session { leaving, .. } = &conn
+                    && leaving.contains(&next_room)
+                {
+                    return self.send(conn, false).await;
+                }
                 let now = self.now_ms();
                 {
                     let mut checker = self.world.checker();
                     checker.action(Some(conn.sub()), Action::Churn, now);
                     checker.close(conn.sub(), now);
                 }
-                let old_room = self.room_name();
-                // Another room: a session routes events by room, so rejoining the same one
-                // would mix the old subscription's events into the new one's.
-                let rooms = self.world.options.rooms;
-                if rooms > 1 {
-                    self.room = (self.room + self.rng.random_range(1..rooms)) % rooms;
-                }
+                let old_room = self.room;
+                self.room = next_room;
                 match conn {
                     Conn::Stream { events, .. } => {
                         drop(events);
                         self.connect_to_any(self.node, None).await
                     }
-                    Conn::Session { sender, events, pending, .. } => {
-                        let leave = ClientFrame::Leave { room: old_room.as_str().to_owned() };
+                    Conn::Session { sender, events, pending, mut leaving, .. } => {
+                        leaving.push(old_room);
+                        let leave = ClientFrame::Leave { room: self.world.rooms[old_room as usize].as_str().to_owned() };
                         let left = self.until_crash(sender.send(leave)).await;
                         // Opened even after a crash: the client then resumes in the new room.
                         let sub = self.world.checker().open(self.number, self.room, None, self.now_ms());
@@ -679,7 +698,7 @@ impl Client {
                         if let Some(Err(_)) = joined {
                             return None;
                         }
-                        Some(Conn::Session { sender, events, sub, pending })
+                        Some(Conn::Session { sender, events, sub, pending, leaving })
                     }
                 }
             }
