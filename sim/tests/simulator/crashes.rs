@@ -84,33 +84,3 @@ fn a_defective_engine_is_still_caught_among_crashes() {
     let report = run(&options, None).expect("valid");
     assert!(report.violations.iter().any(|violation| violation.guarantee == "G2"), "{report}");
 }
-
-#[test]
-#[ignore]
-fn zz_sweep() {
-    let seeds: Vec<u64> = std::env::var("SEEDS").map(|s| s.split(',').map(|x| x.parse().unwrap()).collect()).unwrap_or((0..40).collect());
-    for seed in seeds {
-        for (name, options) in [("cluster", cluster_with_crashes(seed)), ("durable", durable_with_faults(seed))] {
-            let options = SimOptions { clients: 80, crash_interval: Some(Duration::from_secs(5)), ..options };
-            let report = run(&options, None).expect("valid");
-            if report.violation_count > 0 {
-                eprintln!("{name} seed {seed}: {report}");
-            }
-        }
-    }
-}
-
-#[test]
-#[ignore]
-fn zz_known() {
-    let options = SimOptions {
-        clients: 2000,
-        rooms: 20,
-        duration: Duration::from_secs(180),
-        send_interval: Duration::from_secs(5),
-        nodes: 3,
-        ..SimOptions::with_seed(3)
-    };
-    let report = run(&options, None).expect("valid");
-    eprintln!("{report}");
-}
