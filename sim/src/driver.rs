@@ -546,8 +546,10 @@ impl Client {
                 }
             }
         };
-        if conn.is_none() && self.node_crashed() {
+        if self.node_crashed() {
+            // Whatever the crashed node answered is not believed.
             self.world.checker().close(sub, self.now_ms());
+            return None;
         }
         conn
     }
