@@ -303,7 +303,9 @@ impl Engine {
         };
         let logs = [config.storage.is_some(), config.replicated.is_some(), config.local_log.is_some()];
         if logs.into_iter().filter(|given| *given).count() > 1 {
-            return Err(EngineError::Runtime("an engine keeps rooms in one place: a store, a replicated log or a local log".into()));
+            return Err(EngineError::Runtime(
+                "an engine keeps rooms in one place: a store, a replicated log or a local log".into(),
+            ));
         }
         if config.local_log.as_ref().is_some_and(|log| !log.is_single_writer()) {
             return Err(EngineError::Runtime("a local log must be one only this process writes".into()));
@@ -334,10 +336,9 @@ impl Engine {
                 storage: None,
             }),
             // Like the store's local log, with the simulator's store behind it.
-            (None, None) => config.local_log.map(|log| Durable {
-                log: EngineLog { log, node: 0, replicated: false },
-                storage: None,
-            }),
+            (None, None) => config
+                .local_log
+                .map(|log| Durable { log: EngineLog { log, node: 0, replicated: false }, storage: None }),
         };
         let follow = config.replicated.as_ref().and_then(|replicated| replicated.log.follow());
         let rooms = RoomTable::default();

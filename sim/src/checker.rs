@@ -332,7 +332,8 @@ impl Checker {
                     if let Some(&acked) = log.acked_ids.get(&id)
                         && acked != seq
                     {
-                        problems.push(("G4", format!("client message id {id} was acknowledged as #{acked}, is at #{seq}")));
+                        problems
+                            .push(("G4", format!("client message id {id} was acknowledged as #{acked}, is at #{seq}")));
                     }
                     if !self.failed.is_empty() && self.failed.contains(&(log.room, id.clone())) {
                         problems.push(("G7", format!("message {id}, whose commit failed, appeared at #{seq}")));
@@ -492,7 +493,14 @@ impl Checker {
     /// retained history as the engine serves it (`epoch` 0 if the room does not exist).
     /// Every message acknowledged in the room must still be there, unchanged (G7), no client
     /// message id twice (G4), and nothing whose commit failed.
-    pub fn audit(&mut self, room: u32, epoch: u64, first_retained_seq: Seq, messages: &[Arc<ChatMessage>], now_ms: u64) {
+    pub fn audit(
+        &mut self,
+        room: u32,
+        epoch: u64,
+        first_retained_seq: Seq,
+        messages: &[Arc<ChatMessage>],
+        now_ms: u64,
+    ) {
         self.trace.record(&[17, u64::from(room), epoch, first_retained_seq, messages.len() as u64, now_ms]);
         self.counts.audited_rooms += 1;
         let mut problems: Vec<(&'static str, String)> = Vec::new();
@@ -514,7 +522,10 @@ impl Checker {
             let log = &self.logs[log_index];
             if log_epoch != epoch {
                 if log.max_acked > 0 {
-                    problems.push(("G7", format!("epoch {log_epoch} had acknowledged messages; the room is now epoch {epoch}")));
+                    problems.push((
+                        "G7",
+                        format!("epoch {log_epoch} had acknowledged messages; the room is now epoch {epoch}"),
+                    ));
                 }
                 continue;
             }
@@ -526,7 +537,10 @@ impl Checker {
             }
             for (&seq, body) in log.expected_bodies.range(first_retained_seq..) {
                 if by_seq(seq).map(|message| &message.body) != Some(body) {
-                    problems.push(("G7", format!("#{seq} was committed as upload message {body:?}, is not in the history")));
+                    problems.push((
+                        "G7",
+                        format!("#{seq} was committed as upload message {body:?}, is not in the history"),
+                    ));
                 }
             }
         }

@@ -182,7 +182,10 @@ fn pick_step(rng: &mut ChaCha8Rng, options: &SimOptions) -> Step {
 
 /// A client's connection to its current room.
 enum Conn {
-    Stream { events: RoomEvents, sub: SubId },
+    Stream {
+        events: RoomEvents,
+        sub: SubId,
+    },
     Session {
         sender: SessionSender,
         events: SessionEvents,
@@ -530,7 +533,9 @@ impl Client {
                 let (sender, events) = engine.open_session(self.user.clone());
                 let join = ClientFrame::Join { room: room.as_str().to_owned(), after_seq: after.map(|(_, seq)| seq) };
                 match self.until_crash(sender.send(join)).await {
-                    Some(Ok(())) => Some(Conn::Session { sender, events, sub, pending: VecDeque::new(), leaving: Vec::new() }),
+                    Some(Ok(())) => {
+                        Some(Conn::Session { sender, events, sub, pending: VecDeque::new(), leaving: Vec::new() })
+                    }
                     _ => None,
                 }
             }
@@ -688,7 +693,8 @@ impl Client {
                     }
                     Conn::Session { sender, events, pending, mut leaving, .. } => {
                         leaving.push(old_room);
-                        let leave = ClientFrame::Leave { room: self.world.rooms[old_room as usize].as_str().to_owned() };
+                        let leave =
+                            ClientFrame::Leave { room: self.world.rooms[old_room as usize].as_str().to_owned() };
                         let left = self.until_crash(sender.send(leave)).await;
                         // Opened even after a crash: the client then resumes in the new room.
                         let sub = self.world.checker().open(self.number, self.room, None, self.now_ms());

@@ -132,14 +132,14 @@ impl Backend {
 
 async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(Checker, Backend), SimError> {
     let backend = Backend::new(options);
-    let engines = (0..options.nodes as usize)
-        .map(|node| backend.start(options, node, 0, 0))
-        .collect::<Result<Vec<_>, _>>()?;
+    let engines =
+        (0..options.nodes as usize).map(|node| backend.start(options, node, 0, 0)).collect::<Result<Vec<_>, _>>()?;
     let rooms = room_names(options.rooms);
     let span_ms = u64::try_from((options.duration + DRAIN).as_millis()).unwrap_or(u64::MAX);
     let checker = Checker::new(rooms.clone(), span_ms);
     let world = Arc::new(driver::World::new(engines, options.clone(), rooms, checker));
-    let crashes = options.crash_interval.map(|interval| tokio::spawn(crash_nodes(world.clone(), backend.clone(), interval)));
+    let crashes =
+        options.crash_interval.map(|interval| tokio::spawn(crash_nodes(world.clone(), backend.clone(), interval)));
     if let Some(progress) = progress {
         let (start, end) = (world.start, world.end);
         tokio::spawn(async move {
@@ -224,7 +224,8 @@ async fn crash_nodes(world: Arc<driver::World>, backend: Backend, interval: Dura
         restarts.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(down_ms)).await;
             let run = world.nodes[node].state().run + 1;
-            let engine = backend.start(&world.options, node, run, world.now_ms()).expect("a node restarts as it started");
+            let engine =
+                backend.start(&world.options, node, run, world.now_ms()).expect("a node restarts as it started");
             world.nodes[node].restart(engine);
             world.checker().action(None, checker::Action::Restart, world.now_ms());
         }));

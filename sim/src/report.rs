@@ -246,7 +246,11 @@ impl fmt::Display for Report {
                 store.commits, store.failed_commits, counts.failed_sends, store.fenced, store.lost_in_crash
             )?;
             if store.out_of_sequence > 0 {
-                writeln!(f, "store: {} appends refused for not continuing their room (an engine bug)", store.out_of_sequence)?;
+                writeln!(
+                    f,
+                    "store: {} appends refused for not continuing their room (an engine bug)",
+                    store.out_of_sequence
+                )?;
             }
         }
         if counts.crashes > 0 {
