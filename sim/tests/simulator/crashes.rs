@@ -84,3 +84,29 @@ fn a_defective_engine_is_still_caught_among_crashes() {
     let report = run(&options, None).expect("valid");
     assert!(report.violations.iter().any(|violation| violation.guarantee == "G2"), "{report}");
 }
+
+proptest::proptest! {
+    // Each case is a whole simulation with crashes; 16 keep `cargo test` quick.
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 16, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Generated workloads with crashes: one durable node that fails some commits, or several
+    /// nodes over the replicated log; every guarantee holds.
+    #[test]
+    fn every_guarantee_holds_through_generated_crashes(
+        options in crate::properties::workload(),
+        nodes in 1u32..4,
+        crash_secs in 3u64..30,
+        commit_failures in 0.0..0.05f64,
+    ) {
+        let durable = nodes == 1;
+        let options = SimOptions {
+            nodes,
+            durable,
+            commit_failures: if durable { commit_failures } else { 0.0 },
+            crash_interval: Some(Duration::from_secs(crash_secs)),
+            ..options
+        };
+        let report = run(&options, None).expect("generated options are valid");
+        proptest::prop_assert_eq!(report.violation_count, 0, "{}", report);
+    }
+}
