@@ -95,6 +95,13 @@ pub struct EngineConfig {
     /// node that lost a position sequences its messages again after the winner. Reads catch
     /// up with the log first (read-your-writes across nodes). Exclusive with `storage`.
     pub replicated: Option<Replicated>,
+    /// A log only this process writes, in place of the one `storage` would make: the
+    /// simulator's store with injected faults (failed commits, crashes), so it drives the
+    /// single-node durable path (pipelined appends, rollback) in virtual time, where the
+    /// real writer thread would read the wall clock. Exclusive with `storage` and
+    /// `replicated`; the log must say [`RoomLog::is_single_writer`]. Tests only.
+    #[doc(hidden)]
+    pub local_log: Option<Arc<dyn RoomLog>>,
     /// A deliberate defect in every room, to prove checkers catch it. Tests only.
     #[doc(hidden)]
     pub injected_bug: Option<confab_engine::InjectedBug>,
@@ -294,8 +301,14 @@ impl Engine {
             Some(store) => Arc::downgrade(store),
             None => std::sync::Weak::<crate::store::MemoryStore>::new() as std::sync::Weak<dyn HistoryStore>,
         };
-        if config.storage.is_some() && config.replicated.is_some() {
-            return Err(EngineError::Runtime("an engine keeps rooms in a store or a replicated log, not both".into()));
+        let logs = [config.storage.is_some(), config.replicated.is_some(), config.local_log.is_some()];
+        if logs.into_iter().filter(|given| *given).count() > 1 {
+            return Err(EngineError::Runtime(
+                "an engine keeps rooms in one place: a store, a replicated log or a local log".into(),
+            ));
+        }
+        if config.local_log.as_ref().is_some_and(|log| !log.is_single_writer()) {
+            return Err(EngineError::Runtime("a local log must be one only this process writes".into()));
         }
         if config.replicated.as_ref().is_some_and(|replicated| replicated.node == 0) {
             return Err(EngineError::Runtime("a replicated log's node number must not be 0 (the local log's)".into()));
@@ -322,7 +335,10 @@ impl Engine {
                 log: EngineLog { log: Arc::clone(&replicated.log), node: replicated.node, replicated: true },
                 storage: None,
             }),
-            (None, None) => None,
+            // Like the store's local log, with the simulator's store behind it.
+            (None, None) => config
+                .local_log
+                .map(|log| Durable { log: EngineLog { log, node: 0, replicated: false }, storage: None }),
         };
         let follow = config.replicated.as_ref().and_then(|replicated| replicated.log.follow());
         let rooms = RoomTable::default();

@@ -57,6 +57,20 @@ pub struct SimArgs {
     /// the next node.
     #[arg(long, default_value_t = 1)]
     nodes: u32,
+    /// Mean time between node crashes (exponential; none if absent). A crashed node answers
+    /// nothing more; its clients reconnect to another node (with one node, to the restarted
+    /// one), resume, and resend what was unanswered with the same client message ids; the node
+    /// restarts 1-5 s later over the same log. With one node it needs --durable.
+    #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
+    crash_interval: Option<Duration>,
+    /// Run the one node over a simulated store (the single-node durable path: pipelined
+    /// appends, rollback of failed commits, restart from what is stored) instead of in memory.
+    #[arg(long)]
+    durable: bool,
+    /// With --durable: share of the store's commits that fail (their senders get an error,
+    /// nothing of them is stored, the room rolls back).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    commit_failures: f64,
     /// Run twice in this process and check both traces hash the same (G8).
     #[arg(long)]
     check_determinism: bool,
@@ -93,6 +107,9 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
         upload_len_max: args.upload_len,
         queue_len: args.queue_len,
         nodes: args.nodes,
+        crash_interval: args.crash_interval,
+        durable: args.durable,
+        commit_failures: args.commit_failures,
         injected_bug: args.inject_bug,
     };
     options.validate()?;

@@ -64,6 +64,22 @@ pub struct Counts {
     pub read_checks: u64,
     /// Requests the engine refused (limits): not violations, but unexpected in the default mix.
     pub refusals: u64,
+    /// Sends and uploads answered with a failed commit (`--commit-failures`): none of their
+    /// messages may ever appear.
+    pub failed_sends: u64,
+    /// Node crashes (`--crash-interval`).
+    pub crashes: u64,
+    /// Crashed nodes started again over the same log.
+    pub restarts: u64,
+    /// Clients that lost their node to a crash and connected again (to another node, or the
+    /// restarted one), resuming after what they had seen.
+    pub reconnects: u64,
+    /// Sends a crash left unanswered, sent again after the reconnect with the same client
+    /// message id (G4: stored once).
+    pub resends: u64,
+    /// Rooms whose whole retained history was read at the end and compared with every
+    /// acknowledgement (runs with crashes or a durable store).
+    pub audited_rooms: u64,
 }
 
 /// A fault or probe the driver performed, counted and traced.
@@ -77,6 +93,12 @@ pub enum Action {
     Churn,
     /// The room closed a subscription whose reader stalled too long.
     ClosedForStalling,
+    /// A node crashed.
+    Crash,
+    /// A crashed node started again.
+    Restart,
+    /// A client whose node crashed connected again.
+    Reconnect,
 }
 
 /// One room epoch's log as subscribers observed it.
@@ -93,6 +115,11 @@ struct RoomLog {
     expected_bodies: BTreeMap<Seq, Arc<str>>,
     /// Highest sequence number acknowledged to a sender.
     max_acked: Seq,
+    /// Which client message id each acknowledged send got, by sequence number: it must stay
+    /// there, unchanged, through crashes (G7), and the id nowhere else (G4).
+    acked_seqs: BTreeMap<Seq, Arc<str>>,
+    /// The same, by client message id.
+    acked_ids: HashMap<Arc<str>, Seq>,
 }
 
 /// What the checker remembers of one subscription.
@@ -129,6 +156,8 @@ pub struct Checker {
     subs: Vec<SubState>,
     /// Bodies of aborted uploads, per room: none may ever appear (G6).
     aborted: HashSet<(u32, Arc<str>)>,
+    /// Client message ids of sends whose commit failed, per room: none may ever appear.
+    failed: HashSet<(u32, Arc<str>)>,
     violations: Vec<Violation>,
     violations_max: usize,
     counts: Counts,
@@ -154,6 +183,7 @@ impl Checker {
             log_index: BTreeMap::new(),
             subs: Vec::new(),
             aborted: HashSet::new(),
+            failed: HashSet::new(),
             violations: Vec::new(),
             violations_max: VIOLATIONS_KEPT,
             counts: Counts::default(),
@@ -299,7 +329,21 @@ impl Checker {
                     if let Some(&other) = log.ids.get(&id) {
                         problems.push(("G4", format!("client message id {id} appended twice: #{other} and #{seq}")));
                     }
+                    if let Some(&acked) = log.acked_ids.get(&id)
+                        && acked != seq
+                    {
+                        problems
+                            .push(("G4", format!("client message id {id} was acknowledged as #{acked}, is at #{seq}")));
+                    }
+                    if !self.failed.is_empty() && self.failed.contains(&(log.room, id.clone())) {
+                        problems.push(("G7", format!("message {id}, whose commit failed, appeared at #{seq}")));
+                    }
                     log.ids.insert(id, seq);
+                }
+                if let Some(acked) = log.acked_seqs.get(&seq)
+                    && message.client_msg_id.as_ref().map(|id| id.as_str()) != Some(&**acked)
+                {
+                    problems.push(("G7", format!("#{seq} was acknowledged as {acked}, holds {:?}", message.body)));
                 }
                 if let Some(expected) = log.expected_bodies.get(&seq)
                     && *expected != message.body
@@ -374,6 +418,145 @@ impl Checker {
         }
     }
 
+    /// [`Checker::sent`] for a send with client message id `id`, which is remembered where it
+    /// was acknowledged (G4, and G7 through crashes).
+    pub fn sent_id(&mut self, sub: SubId, id: &str, sent: Sent, retry_of: Option<Seq>, now_ms: u64) {
+        self.sent(sub, sent, retry_of, now_ms);
+        self.remember_ack(sub, id, sent.seq, now_ms);
+    }
+
+    /// Records the answer to a send made again after a crash left it unanswered (same client
+    /// message id): new or a duplicate, it must agree with every other acknowledgement and
+    /// observation of the id (G4: stored once).
+    pub fn resent(&mut self, sub: SubId, id: &str, sent: Sent, now_ms: u64) {
+        self.trace.record(&[15, u64::from(sub.0), sent.seq, u64::from(sent.duplicate), now_ms]);
+        self.counts.resends += 1;
+        let index = self.sub(sub);
+        let state = &mut self.subs[index];
+        state.last_acked = state.last_acked.max(sent.seq);
+        if let Some(log) = state.log {
+            self.logs[log].max_acked = self.logs[log].max_acked.max(sent.seq);
+        }
+        self.remember_ack(sub, id, sent.seq, now_ms);
+    }
+
+    /// Checks an acknowledgement of `id` as `seq` against the others and what subscribers
+    /// saw, and remembers it.
+    fn remember_ack(&mut self, sub: SubId, id: &str, seq: Seq, now_ms: u64) {
+        let Some(log_index) = self.subs[self.sub(sub)].log else { return };
+        let log = &mut self.logs[log_index];
+        let id: Arc<str> = Arc::from(id);
+        let mut problems = Vec::new();
+        if let Some(&other) = log.acked_ids.get(&id)
+            && other != seq
+        {
+            problems.push(("G4", format!("client message id {id} acknowledged as #{other}, then as #{seq}")));
+        }
+        if let Some(&observed) = log.ids.get(&id)
+            && observed != seq
+        {
+            problems.push(("G4", format!("client message id {id} acknowledged as #{seq}, but is at #{observed}")));
+        }
+        if let Some(Some(seen)) = log.messages.get((seq - 1) as usize)
+            && seen.client_msg_id.as_ref().map(|seen| seen.as_str()) != Some(&*id)
+        {
+            problems.push(("G7", format!("{id} acknowledged as #{seq}, which holds {:?}", seen.body)));
+        }
+        log.acked_ids.insert(id.clone(), seq);
+        log.acked_seqs.insert(seq, id);
+        for (guarantee, what) in problems {
+            self.violate(guarantee, sub, now_ms, what, None);
+        }
+    }
+
+    /// Records a send answered with a failed commit: its message must never appear.
+    pub fn send_failed(&mut self, sub: SubId, id: &str, now_ms: u64) {
+        self.trace.record(&[16, u64::from(sub.0), now_ms]);
+        self.counts.failed_sends += 1;
+        let index = self.sub(sub);
+        let id: Arc<str> = Arc::from(id);
+        self.failed.insert((self.subs[index].room, id.clone()));
+        let Some(log_index) = self.subs[index].log else { return };
+        if let Some(&seq) = self.logs[log_index].ids.get(&id) {
+            self.violate("G7", sub, now_ms, format!("message {id} appeared at #{seq}, yet its commit failed"), None);
+        }
+    }
+
+    /// Records an upload whose commit failed: like an aborted one, none of its messages may
+    /// ever appear.
+    pub fn upload_failed(&mut self, sub: SubId, bodies: &[Arc<str>], now_ms: u64) {
+        self.counts.failed_sends += 1;
+        self.forbid_bodies(sub, bodies, now_ms);
+    }
+
+    /// At the end of a run with crashes or a durable store: room number `room`'s whole
+    /// retained history as the engine serves it (`epoch` 0 if the room does not exist).
+    /// Every message acknowledged in the room must still be there, unchanged (G7), no client
+    /// message id twice (G4), and nothing whose commit failed.
+    pub fn audit(
+        &mut self,
+        room: u32,
+        epoch: u64,
+        first_retained_seq: Seq,
+        messages: &[Arc<ChatMessage>],
+        now_ms: u64,
+    ) {
+        self.trace.record(&[17, u64::from(room), epoch, first_retained_seq, messages.len() as u64, now_ms]);
+        self.counts.audited_rooms += 1;
+        let mut problems: Vec<(&'static str, String)> = Vec::new();
+        let mut ids: BTreeMap<&str, Seq> = BTreeMap::new();
+        for message in messages {
+            let Some(id) = message.client_msg_id.as_ref().map(|id| id.as_str()) else { continue };
+            if let Some(other) = ids.insert(id, message.seq) {
+                problems.push(("G4", format!("client message id {id} stored twice: #{other} and #{}", message.seq)));
+            }
+            if !self.failed.is_empty() && self.failed.contains(&(room, Arc::from(id))) {
+                problems.push(("G7", format!("message {id}, whose commit failed, is stored at #{}", message.seq)));
+            }
+        }
+        let by_seq = |seq: Seq| {
+            let first = messages.first().map_or(0, |message| message.seq);
+            seq.checked_sub(first).and_then(|offset| messages.get(offset as usize)).filter(|m| m.seq == seq)
+        };
+        for (&(_, log_epoch), &log_index) in self.log_index.range((room, 0)..=(room, u64::MAX)) {
+            let log = &self.logs[log_index];
+            if log_epoch != epoch {
+                if log.max_acked > 0 {
+                    problems.push((
+                        "G7",
+                        format!("epoch {log_epoch} had acknowledged messages; the room is now epoch {epoch}"),
+                    ));
+                }
+                continue;
+            }
+            for (&seq, id) in log.acked_seqs.range(first_retained_seq..) {
+                let stored = by_seq(seq).and_then(|message| message.client_msg_id.as_ref());
+                if stored.map(|stored| stored.as_str()) != Some(&**id) {
+                    problems.push(("G7", format!("#{seq} was acknowledged as {id}, the history holds {:?}", stored)));
+                }
+            }
+            for (&seq, body) in log.expected_bodies.range(first_retained_seq..) {
+                if by_seq(seq).map(|message| &message.body) != Some(body) {
+                    problems.push((
+                        "G7",
+                        format!("#{seq} was committed as upload message {body:?}, is not in the history"),
+                    ));
+                }
+            }
+        }
+        for (guarantee, what) in problems {
+            self.violate_in_room(guarantee, room, now_ms, what);
+        }
+    }
+
+    /// Records that room number `room` handed its store messages starting at `got` where
+    /// the store holds up to `expected - 1`: a skipped (or repeated) sequence number (G2).
+    pub fn store_gap(&mut self, room: u32, expected: Seq, got: Seq, at_ms: u64) {
+        self.trace.record(&[18, u64::from(room), expected, got, at_ms]);
+        let what = format!("the room gave its store #{got} next, after #{}", expected - 1);
+        self.violate_in_room("G2", room, at_ms, what);
+    }
+
     /// Records a committed upload of messages with these (unique) bodies (G6).
     pub fn upload_committed(&mut self, sub: SubId, bodies: &[Arc<str>], receipt: &Receipt, now_ms: u64) {
         let ids = bodies;
@@ -407,9 +590,14 @@ impl Checker {
 
     /// Records an aborted upload: none of these (unique) bodies may ever appear (G6).
     pub fn upload_aborted(&mut self, sub: SubId, bodies: &[Arc<str>], now_ms: u64) {
+        self.counts.uploads_aborted += 1;
+        self.forbid_bodies(sub, bodies, now_ms);
+    }
+
+    /// None of these (unique) upload bodies may ever appear in `sub`'s room (G6).
+    fn forbid_bodies(&mut self, sub: SubId, bodies: &[Arc<str>], now_ms: u64) {
         let ids = bodies;
         self.trace.record(&[9, u64::from(sub.0), ids.len() as u64, now_ms]);
-        self.counts.uploads_aborted += 1;
         let index = self.sub(sub);
         let room = self.subs[index].room;
         let mut seen = Vec::new();
@@ -451,6 +639,9 @@ impl Checker {
             Action::Disconnect => &mut self.counts.disconnects,
             Action::Churn => &mut self.counts.churns,
             Action::ClosedForStalling => &mut self.counts.stalled_closed,
+            Action::Crash => &mut self.counts.crashes,
+            Action::Restart => &mut self.counts.restarts,
+            Action::Reconnect => &mut self.counts.reconnects,
         };
         *counter += 1;
         self.trace.record(&[11, sub.map_or(u64::MAX, |sub| u64::from(sub.0)), action as u64, now_ms]);
@@ -565,6 +756,19 @@ impl Checker {
             message: format!("{room}, client {}: {message}", state.client),
             excerpt,
         });
+    }
+}
+
+impl Checker {
+    /// A violation found in a room as a whole (the final audit), not by one subscription.
+    fn violate_in_room(&mut self, guarantee: &'static str, room: u32, now_ms: u64, message: String) {
+        self.trace.violation();
+        if self.violations.len() >= self.violations_max {
+            return;
+        }
+        let room = &self.room_names[room as usize];
+        let excerpt = vec![format!("{} audit of {room}'s history   <-- {guarantee}: {message}", at(now_ms))];
+        self.violations.push(Violation { guarantee, at_ms: now_ms, message: format!("{room}: {message}"), excerpt });
     }
 }
 

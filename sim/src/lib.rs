@@ -7,6 +7,12 @@
 //! with resume, retries, aborted uploads, room churn); the [`checker`] verifies G1–G7 online
 //! from what they observe and hashes every observation into a trace (G8). Same seed and options, same trace hash.
 //!
+//! The engines run in memory, or as nodes of the simulated replicated log ([`log`], with
+//! `--nodes`), or as one node over the simulated store ([`store`], with `--durable`: the
+//! single-node durable path). With `--crash-interval`, nodes crash and restart over the same
+//! log or store (`crash_nodes`), and at the end the checker audits every room's history
+//! against every acknowledgement (G7 through crashes).
+//!
 //! ```
 //! use confab_sim::{SimOptions, run};
 //!
@@ -21,6 +27,7 @@ mod driver;
 pub mod log;
 pub mod options;
 pub mod report;
+pub mod store;
 mod trace;
 
 use std::sync::Arc;
@@ -28,11 +35,20 @@ use std::time::Duration;
 
 use confab_actors::{Engine, EngineConfig, Replicated};
 use confab_engine::RoomName;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 pub use checker::{Checker, Counts, SubId, Violation};
 pub use log::LogFaults;
 pub use options::{DRAIN, FaultMix, OptionsError, SimOptions};
 pub use report::Report;
+pub use store::StoreFaults;
+
+/// How long a crashed node stays down, at least and at most (uniform): shorter than the
+/// drain, so every node is up again before the run ends.
+const RESTART_DELAY_MIN: Duration = Duration::from_secs(1);
+/// See [`RESTART_DELAY_MIN`].
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// Called with the virtual time elapsed, about a hundred times per run.
 pub type Progress = Arc<dyn Fn(Duration) + Send + Sync>;
@@ -57,10 +73,11 @@ pub fn run(options: &SimOptions, progress: Option<Progress>) -> Result<Report, S
         .start_paused(true)
         .build()
         .map_err(|error| SimError::Start(error.to_string()))?;
-    let (checker, log_faults) = runtime.block_on(simulate(options, progress))?;
+    let (checker, backend) = runtime.block_on(simulate(options, progress))?;
     drop(runtime);
     let mut report = Report::new(options, &checker, wall.elapsed());
-    report.log_faults = log_faults;
+    report.log_faults = backend.log.map(|log| log.faults());
+    report.store_faults = backend.store.map(|store| store.faults());
     Ok(report)
 }
 
@@ -70,33 +87,59 @@ fn room_names(rooms: u32) -> Vec<RoomName> {
     (0..rooms).map(|room| RoomName::new(&format!("room-{room:0width$}")).expect("a valid room name")).collect()
 }
 
-/// One in-memory engine, or with `--nodes` above 1, that many engines as nodes of one
-/// simulated replicated log (cluster mode, with the log's faults).
-fn start_engines(options: &SimOptions) -> Result<(Vec<Engine>, Option<log::SimLog>), SimError> {
-    let config =
-        EngineConfig { limits: options.limits(), injected_bug: options.injected_bug, ..EngineConfig::default() };
-    if options.nodes <= 1 {
-        return Ok((vec![Engine::start(config).map_err(|error| SimError::Start(error.to_string()))?], None));
-    }
-    // The log draws its faults from a generator of its own, so adding nodes does not change
-    // what the clients draw.
-    let log = log::SimLog::new(options.seed ^ 0x6c6f_6721);
-    let engines = (1..=u64::from(options.nodes))
-        .map(|node| {
-            let replicated = Replicated::new(Arc::new(log.clone()), node);
-            let config = EngineConfig { replicated: Some(replicated), ..config.clone() };
-            Engine::start(config).map_err(|error| SimError::Start(error.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((engines, Some(log)))
+/// Where the engines keep their rooms beyond memory, if anywhere: it outlives their crashes.
+#[derive(Clone, Default)]
+struct Backend {
+    /// The simulated replicated log (`--nodes` above 1).
+    log: Option<log::SimLog>,
+    /// The simulated store (`--durable`).
+    store: Option<store::SimStore>,
 }
 
-async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(Checker, Option<LogFaults>), SimError> {
-    let (engines, log) = start_engines(options)?;
+impl Backend {
+    /// The log or store for the options; each draws its faults from a generator of its own,
+    /// so they do not change what the clients draw.
+    fn new(options: &SimOptions) -> Self {
+        let log = (options.nodes > 1).then(|| log::SimLog::new(options.seed ^ 0x6c6f_6721));
+        let store = options.durable.then(|| {
+            store::SimStore::new(options.seed ^ 0x7374_6f72, options.commit_failures, options.limits().history_len_max)
+        });
+        Backend { log, store }
+    }
+
+    /// Starts node `node` (from 0) on its run `run` (0 at the start, one more per restart):
+    /// in memory, over the store, or over the log as a writer unique to the run.
+    fn start(&self, options: &SimOptions, node: usize, run: u64, now_ms: u64) -> Result<Engine, SimError> {
+        let mut config = EngineConfig {
+            limits: options.limits(),
+            injected_bug: options.injected_bug,
+            // A restarted engine goes on with the run's clock and numbers its new rooms' epochs
+            // apart from the last run's, as a server started later does.
+            time_origin_ms: now_ms,
+            epoch_base: now_ms,
+            ..EngineConfig::default()
+        };
+        if let Some(log) = &self.log {
+            let writer = run * u64::from(options.nodes) + node as u64 + 1;
+            config.replicated = Some(Replicated::new(Arc::new(log.clone()), writer));
+        }
+        if let Some(store) = &self.store {
+            config.local_log = Some(Arc::new(store.clone()));
+        }
+        Engine::start(config).map_err(|error| SimError::Start(error.to_string()))
+    }
+}
+
+async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(Checker, Backend), SimError> {
+    let backend = Backend::new(options);
+    let engines =
+        (0..options.nodes as usize).map(|node| backend.start(options, node, 0, 0)).collect::<Result<Vec<_>, _>>()?;
     let rooms = room_names(options.rooms);
     let span_ms = u64::try_from((options.duration + DRAIN).as_millis()).unwrap_or(u64::MAX);
     let checker = Checker::new(rooms.clone(), span_ms);
-    let world = Arc::new(driver::World::new(engines.clone(), options.clone(), rooms, checker));
+    let world = Arc::new(driver::World::new(engines, options.clone(), rooms, checker));
+    let crashes =
+        options.crash_interval.map(|interval| tokio::spawn(crash_nodes(world.clone(), backend.clone(), interval)));
     if let Some(progress) = progress {
         let (start, end) = (world.start, world.end);
         tokio::spawn(async move {
@@ -117,12 +160,102 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(C
             std::panic::resume_unwind(error.into_panic());
         }
     }
+    if let Some(crashes) = crashes {
+        // It stopped crashing at the deadline; its restarts are done well before the end.
+        if let Err(error) = crashes.await {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+    if options.crash_interval.is_some() || options.durable {
+        audit(&world).await;
+    }
+    if let Some(store) = &backend.store {
+        for gap in store.gaps() {
+            let room = world.rooms.iter().position(|room| *room == gap.room).expect("a room of the run") as u32;
+            let at_ms = u64::try_from(gap.at.saturating_duration_since(world.start).as_millis()).unwrap_or(u64::MAX);
+            world.checker().store_gap(room, gap.expected, gap.got, at_ms);
+        }
+    }
     let now = world.now_ms();
     world.checker().finish(now);
-    for engine in engines {
-        let _ = engine.shutdown().await;
+    for node in &world.nodes {
+        if let Some(engine) = node.engine() {
+            let _ = engine.shutdown().await;
+        }
     }
     let world = Arc::into_inner(world).expect("every client task has ended");
     let checker = world.checker.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-    Ok((checker, log.map(|log| log.faults())))
+    Ok((checker, backend))
+}
+
+/// Crashes a node (drawn among those up) at exponentially distributed intervals of mean
+/// `interval` until the deadline, and restarts each a few seconds later as a fresh engine over
+/// the same log or store. Its choices come from a generator of its own, so crashes do not
+/// change what the clients draw. Returns once the last restart is done.
+async fn crash_nodes(world: Arc<driver::World>, backend: Backend, interval: Duration) {
+    let mut rng = ChaCha8Rng::seed_from_u64(world.options.seed ^ 0x6372_6173);
+    let mut restarts = Vec::new();
+    loop {
+        let uniform: f64 = rng.random_range(f64::EPSILON..1.0);
+        let next = tokio::time::Instant::now() + interval.mul_f64(-uniform.ln());
+        tokio::time::sleep_until(next.min(world.deadline)).await;
+        if tokio::time::Instant::now() >= world.deadline {
+            break;
+        }
+        let up: Vec<usize> = (0..world.nodes.len()).filter(|&node| world.nodes[node].state().up).collect();
+        if up.is_empty() {
+            continue;
+        }
+        let node = up[rng.random_range(0..up.len())];
+        let down_ms = rng.random_range(RESTART_DELAY_MIN.as_millis() as u64..=RESTART_DELAY_MAX.as_millis() as u64);
+        // Down first: from here on its clients believe nothing it says.
+        let engine = world.nodes[node].crash();
+        if let Some(store) = &backend.store {
+            // What the store had not committed dies with the process.
+            store.crash();
+        }
+        world.checker().action(None, checker::Action::Crash, world.now_ms());
+        if let Some(engine) = engine {
+            // Its actors stop: requests in flight get no answer. (Appends already on their way
+            // to a replicated log may still land, as they would from a real node.)
+            let _ = engine.shutdown().await;
+        }
+        let (world, backend) = (world.clone(), backend.clone());
+        restarts.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(down_ms)).await;
+            let run = world.nodes[node].state().run + 1;
+            let engine =
+                backend.start(&world.options, node, run, world.now_ms()).expect("a node restarts as it started");
+            world.nodes[node].restart(engine);
+            world.checker().action(None, checker::Action::Restart, world.now_ms());
+        }));
+    }
+    for restart in restarts {
+        if let Err(error) = restart.await {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+}
+
+/// Reads every room's whole retained history from the first node and has the checker compare
+/// it with every acknowledgement (see [`Checker::audit`]).
+async fn audit(world: &driver::World) {
+    let Some(engine) = world.nodes.iter().find_map(driver::Node::engine) else { return };
+    let page_len = world.options.limits().history_page_max;
+    for (number, room) in world.rooms.iter().enumerate() {
+        let (mut epoch, mut first_retained_seq, mut messages) = (0, 0, Vec::new());
+        let mut after = 0;
+        loop {
+            let Ok(page) = engine.history(room, after, page_len).await else { break };
+            (epoch, first_retained_seq) = (page.epoch, page.first_retained_seq);
+            let Some(last) = page.messages.last().map(|message| message.seq) else { break };
+            messages.extend(page.messages);
+            if last >= page.last_seq {
+                break;
+            }
+            after = last;
+        }
+        let now = world.now_ms();
+        world.checker().audit(number as u32, epoch, first_retained_seq, &messages, now);
+    }
 }

@@ -153,6 +153,10 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 /// Most engines (nodes) a run may have (`--nodes`).
 pub const NODES_MAX: u32 = 16;
 
+/// Shortest `--crash-interval`: a node must get time to restart and its clients to come back
+/// between crashes.
+pub const CRASH_INTERVAL_MIN: Duration = Duration::from_secs(1);
+
 /// The options of one run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimOptions {
@@ -184,6 +188,18 @@ pub struct SimOptions {
     /// Engines (nodes) the clients are spread over. Above 1 they are nodes of one simulated
     /// replicated log (cluster mode), and a client that reconnects moves to the next node.
     pub nodes: u32,
+    /// Mean virtual time between node crashes (exponential), `None` for none. A crashed
+    /// node's engine stops without answering what is in flight; its clients reconnect to
+    /// another node (with one node, to the restarted one), resume and resend what was not
+    /// acknowledged with the same client message ids; the node restarts a few seconds later
+    /// as a fresh engine over the same log. With one node it needs `durable`.
+    pub crash_interval: Option<Duration>,
+    /// One node over the simulated store (the single-node durable path: the local log's
+    /// pipelined appends and rollback) instead of in memory.
+    pub durable: bool,
+    /// With `durable`: the share of the store's commits that fail (senders get an error,
+    /// nothing of the commit is stored, the room rolls back).
+    pub commit_failures: f64,
     /// A deliberate engine defect, to prove the checker catches it.
     pub injected_bug: Option<InjectedBug>,
 }
@@ -205,6 +221,9 @@ impl SimOptions {
             upload_len_max: 20,
             queue_len: 16,
             nodes: 1,
+            crash_interval: None,
+            durable: false,
+            commit_failures: 0.0,
             injected_bug: None,
         }
     }
@@ -239,6 +258,23 @@ impl SimOptions {
         if self.nodes == 0 || self.nodes > NODES_MAX {
             return range("nodes", &format!("must be 1..={NODES_MAX}"));
         }
+        if self.durable && self.nodes > 1 {
+            return range("durable", "is the single-node path: several nodes share the simulated replicated log");
+        }
+        if !(0.0..=1.0).contains(&self.commit_failures) {
+            return range("commit-failures", "must be in 0..=1");
+        }
+        if self.commit_failures > 0.0 && !self.durable {
+            return range("commit-failures", "needs --durable (an in-memory node commits nothing)");
+        }
+        if let Some(interval) = self.crash_interval {
+            if interval < CRASH_INTERVAL_MIN {
+                return range("crash-interval", "must be at least 1s");
+            }
+            if self.nodes == 1 && !self.durable {
+                return range("crash-interval", "with one node needs --durable (an in-memory node loses everything)");
+            }
+        }
         self.faults.validate()
     }
 
@@ -269,6 +305,15 @@ impl SimOptions {
         ];
         if self.nodes > 1 {
             args.push(format!("--nodes={}", self.nodes));
+        }
+        if self.durable {
+            args.push("--durable".to_owned());
+        }
+        if self.commit_failures > 0.0 {
+            args.push(format!("--commit-failures={}", self.commit_failures));
+        }
+        if let Some(interval) = self.crash_interval {
+            args.push(format!("--crash-interval={}", humanize(interval)));
         }
         if let Some(bug) = self.injected_bug {
             args.push(format!("--inject-bug={}", bug_to_text(bug)));
@@ -338,6 +383,20 @@ mod tests {
         let options = SimOptions { clients: 0, ..SimOptions::with_seed(1) };
         assert!(options.validate().expect_err("refused").to_string().starts_with("--clients"));
         assert_eq!(SimOptions::with_seed(1).validate(), Ok(()));
+        let options = SimOptions { crash_interval: Some(Duration::from_secs(30)), ..SimOptions::with_seed(1) };
+        assert!(options.validate().expect_err("refused").to_string().starts_with("--crash-interval"));
+        let options = SimOptions { commit_failures: 0.1, ..SimOptions::with_seed(1) };
+        assert!(options.validate().expect_err("refused").to_string().starts_with("--commit-failures"));
+        let options = SimOptions { durable: true, nodes: 3, ..SimOptions::with_seed(1) };
+        assert!(options.validate().expect_err("refused").to_string().starts_with("--durable"));
+        let options = SimOptions {
+            durable: true,
+            commit_failures: 0.01,
+            crash_interval: Some(Duration::from_secs(30)),
+            ..SimOptions::with_seed(1)
+        };
+        assert_eq!(options.validate(), Ok(()));
+        assert!(options.replay_args().join(" ").ends_with("--durable --commit-failures=0.01 --crash-interval=30s"));
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Report {
     pub violations: Vec<ViolationReport>,
     /// With several nodes: what the simulated replicated log did.
     pub log_faults: Option<crate::LogFaults>,
+    /// With `--durable`: what the simulated store did.
+    pub store_faults: Option<crate::StoreFaults>,
 }
 
 impl Report {
@@ -124,6 +126,7 @@ impl Report {
                 })
                 .collect(),
             log_faults: None,
+            store_faults: None,
         }
     }
 
@@ -236,6 +239,27 @@ impl fmt::Display for Report {
                 log.appends, log.conflicts, log.lost_acks, log.timeouts, log.elections
             )?;
         }
+        if let Some(store) = &self.store_faults {
+            writeln!(
+                f,
+                "store: {} commits, {} failed commits ({} sends and uploads told), {} appends refused behind a failed one, {} lost in crashes",
+                store.commits, store.failed_commits, counts.failed_sends, store.fenced, store.lost_in_crash
+            )?;
+            if store.out_of_sequence > 0 {
+                writeln!(
+                    f,
+                    "store: {} appends refused for not continuing their room (an engine bug)",
+                    store.out_of_sequence
+                )?;
+            }
+        }
+        if counts.crashes > 0 {
+            writeln!(
+                f,
+                "crashes: {} nodes crashed, {} restarted; {} client reconnects, {} sends resent; {} rooms audited at the end",
+                counts.crashes, counts.restarts, counts.reconnects, counts.resends, counts.audited_rooms
+            )?;
+        }
         writeln!(
             f,
             "time: {:.0} s virtual in {:.2} s wall ({:.0}x); {:.0} deliveries/s, {:.0} events/s (wall)",
@@ -250,7 +274,9 @@ impl fmt::Display for Report {
         if let Some(peak) = self.peak_rss_kib {
             writeln!(f, "peak memory: {:.1} MiB", peak as f64 / 1024.0)?;
         }
-        if self.violation_count == 0 {
+        if self.violation_count == 0 && counts.audited_rooms > 0 {
+            write!(f, "violations: none (G1-G7 checked online, G2 completeness and every room's history at the end)")
+        } else if self.violation_count == 0 {
             write!(f, "violations: none (G1-G7 checked online, G2 completeness at the end)")
         } else {
             writeln!(f, "violations: {}", self.violation_count)?;

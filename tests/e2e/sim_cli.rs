@@ -66,7 +66,27 @@ fn an_injected_bug_exits_non_zero_with_the_replay_command() {
 }
 
 #[test]
+fn crashes_over_the_durable_store_agree_across_two_processes() {
+    let dir = tempfile_dir("sim-crashes");
+    let run = |name: &str| {
+        let report = dir.join(name);
+        let mut args = SMALL.to_vec();
+        args.extend(["--seed", "4", "--durable", "--commit-failures", "0.02", "--crash-interval", "20s"]);
+        args.extend(["--report", report.to_str().expect("utf-8 path")]);
+        let output = sim(&args);
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+        assert!(stdout.contains("nodes crashed") && stdout.contains("failed commits"), "{stdout}");
+        trace_hash(&report)
+    };
+    assert_eq!(run("a.json"), run("b.json"));
+}
+
+#[test]
 fn bad_flags_are_named() {
+    let output = sim(&["--crash-interval", "30s"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("--crash-interval"), "{}", text(&output.stderr));
     let output = sim(&["--faults", "slow=2"]);
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("--faults"), "{}", text(&output.stderr));

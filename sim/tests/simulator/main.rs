@@ -3,6 +3,7 @@
 //! regression seeds.
 
 mod checker;
+mod crashes;
 mod determinism;
 mod injected_bugs;
 mod properties;
