@@ -65,14 +65,16 @@ struct Logged {
     reading: bool,
     /// Whether other nodes write the log too (cluster mode): then reads catch up first.
     replicated: bool,
-    /// Since when the append in flight has had no known outcome: `None` while the log
-    /// answers. Bounds its senders' wait ([`UNKNOWN_OUTCOME_ANSWER_AFTER`]).
+    /// When the append in flight was first sent (its resends keep this time).
+    sent_at: Time,
+    /// Whether the append in flight has had no known outcome: `None` while the log answers.
+    /// Bounds its senders' wait ([`UNKNOWN_OUTCOME_ANSWER_AFTER`]).
     unknown: Option<UnknownOutcome>,
 }
 
 /// An append in flight whose outcome has stayed unknown.
 struct UnknownOutcome {
-    /// When its first attempt's outcome was unknown.
+    /// When its first attempt was sent: its senders have waited since then, or less.
     since: Time,
     /// Why the last attempt's outcome was unknown, for the senders' answer.
     reason: String,
@@ -185,6 +187,7 @@ impl RoomActor {
                     answers: None,
                     reading: false,
                     replicated: durability.replicated,
+                    sent_at: clock.now(),
                     unknown: None,
                 }
             }),
@@ -223,8 +226,13 @@ impl RoomActor {
 
     /// Sends the append the appender has due, if any; its outcome comes back as [`Appended`].
     fn send_appends(&mut self, me: &ActorRef<Self>) {
+        let now = self.clock.now();
         let Some(logged) = &mut self.logged else { return };
         while let Some(append) = logged.appender.poll_append() {
+            if logged.unknown.is_none() {
+                // A new append, not one sent again after an unknown outcome.
+                logged.sent_at = now;
+            }
             let origin = append.origin;
             let appending = logged.log.append(self.room.name(), self.room.epoch(), append);
             let answers = logged.answers.get_or_insert_with(|| {
@@ -301,18 +309,20 @@ impl RoomActor {
     }
 
     /// The append in flight has (still) no known outcome, for `reason`: its senders are
-    /// answered once that has lasted [`UNKNOWN_OUTCOME_ANSWER_AFTER`] (a timer armed when it
-    /// starts says when; later attempts' outcomes check again, for senders who came since).
+    /// answered once [`UNKNOWN_OUTCOME_ANSWER_AFTER`] has passed since it was first sent (a
+    /// timer armed at its first unknown outcome says when; later attempts' outcomes check
+    /// again, for senders who came since).
     fn outcome_unknown(&mut self, reason: String, me: &ActorRef<Self>) {
         let now = self.clock.now();
         let Some(logged) = &mut self.logged else { return };
         match &mut logged.unknown {
             Some(unknown) => unknown.reason = reason,
             None => {
-                logged.unknown = Some(UnknownOutcome { since: now, reason });
+                logged.unknown = Some(UnknownOutcome { since: logged.sent_at, reason });
+                let waited = Duration::from_millis(now.millis_since(logged.sent_at));
                 let me = me.downgrade();
                 tokio::spawn(async move {
-                    tokio::time::sleep(UNKNOWN_OUTCOME_ANSWER_AFTER).await;
+                    tokio::time::sleep(UNKNOWN_OUTCOME_ANSWER_AFTER.saturating_sub(waited)).await;
                     if let Some(me) = me.upgrade() {
                         let _ = me.tell(UnknownOutcomeDue).await;
                     }
