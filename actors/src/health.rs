@@ -1,5 +1,7 @@
 //! What [`Engine::health`](crate::Engine::health) reports, for a transport's health check.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use crate::store::StoreError;
 
 /// Whether an engine can do its job.
@@ -23,5 +25,36 @@ impl EngineHealth {
     /// Whether requests can be served.
     pub fn is_serving(&self) -> bool {
         matches!(self, EngineHealth::Serving)
+    }
+}
+
+/// The last failure of something health depends on (the store's commits, the replicated
+/// log's probes), until it succeeds again: shared by what sets it and the engine, which
+/// reports it in its health.
+#[derive(Debug)]
+pub(crate) struct LastFailure<E> {
+    failure: Mutex<Option<E>>,
+}
+
+impl<E> Default for LastFailure<E> {
+    fn default() -> Self {
+        Self { failure: Mutex::new(None) }
+    }
+}
+
+impl<E: Clone> LastFailure<E> {
+    /// The last failure, if the last attempt failed.
+    pub(crate) fn failure(&self) -> Option<E> {
+        self.lock().clone()
+    }
+
+    /// Records the last attempt's outcome: its failure, or `None` for a success.
+    pub(crate) fn set(&self, failure: Option<E>) {
+        *self.lock() = failure;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<E>> {
+        // The value is replaced whole, so a poisoned lock still holds a consistent one.
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

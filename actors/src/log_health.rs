@@ -6,12 +6,13 @@
 //! answer in a [`LogHealth`]. It logs a change of state once (unavailable, available again),
 //! not every failed probe, so an outage does not flood the log.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
+use crate::health::LastFailure;
 use crate::room_log::RoomLog;
 
 /// How often the replicated log is probed: a lost quorum shows in health within this plus the
@@ -19,28 +20,9 @@ use crate::room_log::RoomLog;
 /// one within this.
 pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The cause of the last failed probe, until a probe succeeds again. Shared by the probe task
-/// (which sets it) and the engine (which reports it in its health).
-#[derive(Debug, Default)]
-pub(crate) struct LogHealth {
-    failure: Mutex<Option<String>>,
-}
-
-impl LogHealth {
-    /// Why the log cannot commit, if the last probe failed.
-    pub(crate) fn failure(&self) -> Option<String> {
-        self.lock().clone()
-    }
-
-    fn set(&self, failure: Option<String>) {
-        *self.lock() = failure;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        // The value is replaced whole, so a poisoned lock still holds a consistent one.
-        self.failure.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+/// The cause of the last failed probe, until a probe succeeds again. Set by the probe task,
+/// reported by the engine in its health.
+pub(crate) type LogHealth = LastFailure<String>;
 
 /// Starts probing `log` on the current runtime, if it has a probe: the health it keeps, and
 /// the sender whose drop ends the task.
