@@ -360,7 +360,11 @@ impl RoomActor {
     /// long: the send is not sequenced.
     fn refusal_while_unknown(&self) -> Option<RoomError> {
         let (waited_s, reason) = self.unknown_too_long()?;
-        Some(RoomError::Storage { reason: format!("{reason}; no outcome from the log for {waited_s} s, so not sent") })
+        // A retry of a message already in flight is refused too: this request stores nothing,
+        // but the earlier one may still commit.
+        Some(RoomError::Storage {
+            reason: format!("{reason}; no outcome from the log for {waited_s} s, so this send is refused, unstored"),
+        })
     }
 
     /// Answers now if `seq` is durable, or holds the reply until it is.
