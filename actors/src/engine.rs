@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::health::EngineHealth;
+use crate::log_health::{self, LogHealth};
 use crate::registry::{Durable, EngineLog, Registry, RoomTable, StopRooms, Storage, SweepIdle};
 use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled, StreamEnd};
 use crate::room_actor::{History, Info, LogEntries, RoomInfo, SendMessage, Subscribe, Typing};
@@ -195,6 +196,8 @@ struct Inner {
     stats: Arc<EngineStats>,
     /// Whether the store commits (durable engines), for [`Engine::health`].
     store_state: Option<Arc<StoreState>>,
+    /// Whether the replicated log commits (cluster mode), for [`Engine::health`].
+    log_health: Option<Arc<LogHealth>>,
     /// The store, for listing rooms. Weak: the registry owns it and drops it at shutdown, which
     /// closes the file; a listing after that sees no store.
     store: std::sync::Weak<dyn HistoryStore>,
@@ -202,6 +205,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Cluster mode: dropping it ends the task that feeds the log's entries to the rooms.
     _follower: Option<oneshot::Sender<()>>,
+    /// Cluster mode: dropping it ends the task that probes the log for `log_health`.
+    _prober: Option<oneshot::Sender<()>>,
     /// For `start_background`: dropping it ends the runtime thread.
     _background: Option<oneshot::Sender<()>>,
 }
@@ -357,6 +362,13 @@ impl Engine {
             );
             Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
         };
+        let (log_health, prober) = match &config.replicated {
+            Some(replicated) => {
+                let _context = runtime.enter();
+                log_health::start(&replicated.log).unzip()
+            }
+            None => (None, None),
+        };
         let follower = follow.map(|feed| {
             let (stop, stopped) = oneshot::channel();
             runtime.spawn(follow_log(feed, rooms.clone(), stopped));
@@ -368,10 +380,12 @@ impl Engine {
             rooms,
             stats,
             store_state,
+            log_health,
             store,
             limits,
             runtime,
             _follower: follower,
+            _prober: prober,
             _background: background,
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -389,14 +403,18 @@ impl Engine {
         self.inner.stats.snapshot(rooms)
     }
 
-    /// Whether the engine can serve: its registry runs and its store (if any) commits. A
-    /// health check reads it; it is cheap (an atomic load and a lock held for a copy).
+    /// Whether the engine can serve: its registry runs, its store (if any) commits, and its
+    /// replicated log (cluster mode) passed its last probe. A health check reads it; it is
+    /// cheap (an atomic load and a lock held for a copy).
     pub fn health(&self) -> EngineHealth {
         if !self.inner.directory.registry().is_alive() {
             return EngineHealth::Stopped;
         }
-        match self.inner.store_state.as_ref().and_then(|state| state.failure()) {
-            Some(error) => EngineHealth::StoreFailing(error),
+        if let Some(error) = self.inner.store_state.as_ref().and_then(|state| state.failure()) {
+            return EngineHealth::StoreFailing(error);
+        }
+        match self.inner.log_health.as_ref().and_then(|health| health.failure()) {
+            Some(cause) => EngineHealth::LogUnavailable(cause),
             None => EngineHealth::Serving,
         }
     }

@@ -16,12 +16,13 @@
 //!   that Subscribe streams and session streams poll.
 //! - `stats`: the engine's counters (rooms, sessions, messages, deliveries, lag) that rooms and
 //!   sessions bump and [`Engine::stats`] snapshots as a [`StatsSnapshot`] for metrics.
-//! - `health`: whether the engine can serve ([`Engine::health`]): registry alive, store committing.
+//! - `health`: whether the engine can serve ([`Engine::health`]): registry alive, store
+//!   committing, replicated log reachable with a quorum.
+//! - `log_health`: the periodic probe of a replicated log behind that last part.
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
 //! - [`store`]: durable history: the [`store::HistoryStore`] trait, the redb store, the
 //!   in-memory store, and the writer thread that group-commits every room's messages.
-//! - `cluster` (feature `cluster`): the JetStream log client for cluster mode, not yet used by
-//!   the room actor.
+//! - `cluster` (feature `cluster`): cluster mode's replicated log, over NATS JetStream.
 //!
 //! Data flow: a transport calls the [`Engine`]; the directory resolves the room through the
 //! registry; the room actor feeds its state machine and appends what it publishes to the
@@ -41,6 +42,7 @@ mod directory;
 pub mod engine;
 mod error;
 mod health;
+mod log_health;
 mod registry;
 mod ring;
 mod room_actor;
@@ -56,7 +58,8 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use health::EngineHealth;
+pub use log_health::HEALTH_PROBE_INTERVAL;
 pub use ring::{SharedEvent, Stalled, StreamEnd};
-pub use room_actor::RoomInfo;
+pub use room_actor::{RoomInfo, UNKNOWN_OUTCOME_ANSWER_AFTER};
 pub use session_actor::SessionActor;
 pub use stats::StatsSnapshot;

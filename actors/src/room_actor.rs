@@ -34,6 +34,13 @@ const LOG_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Entries a room reads from its log at once after a conflict.
 const LOG_READ_LEN_MAX: usize = 1_000;
 
+/// How long the senders of an append whose outcome stays unknown (a log that lost its quorum
+/// answers nothing in time) wait before they are answered UNAVAILABLE, so no client waits
+/// forever. The room goes on sending that append again until the log says what became of it
+/// (it may still commit: a sender that resends with the same client message id learns its
+/// number, G4), and meanwhile refuses new sends at once, without sequencing them.
+pub const UNKNOWN_OUTCOME_ANSWER_AFTER: Duration = Duration::from_secs(10);
+
 /// A durable room's log, and where the room stands in it.
 pub(crate) struct Durability {
     /// Where its messages are committed.
@@ -58,6 +65,19 @@ struct Logged {
     reading: bool,
     /// Whether other nodes write the log too (cluster mode): then reads catch up first.
     replicated: bool,
+    /// When the append in flight was first sent (its resends keep this time).
+    sent_at: Time,
+    /// Whether the append in flight has had no known outcome: `None` while the log answers.
+    /// Bounds its senders' wait ([`UNKNOWN_OUTCOME_ANSWER_AFTER`]).
+    unknown: Option<UnknownOutcome>,
+}
+
+/// An append in flight whose outcome has stayed unknown.
+struct UnknownOutcome {
+    /// When its first attempt was sent: its senders have waited since then, or less.
+    since: Time,
+    /// Why the last attempt's outcome was unknown, for the senders' answer.
+    reason: String,
 }
 
 /// A snapshot of a room, for listings, operations and tests.
@@ -167,6 +187,8 @@ impl RoomActor {
                     answers: None,
                     reading: false,
                     replicated: durability.replicated,
+                    sent_at: clock.now(),
+                    unknown: None,
                 }
             }),
             waiters: VecDeque::new(),
@@ -204,8 +226,13 @@ impl RoomActor {
 
     /// Sends the append the appender has due, if any; its outcome comes back as [`Appended`].
     fn send_appends(&mut self, me: &ActorRef<Self>) {
+        let now = self.clock.now();
         let Some(logged) = &mut self.logged else { return };
         while let Some(append) = logged.appender.poll_append() {
+            if logged.unknown.is_none() {
+                // A new append, not one sent again after an unknown outcome.
+                logged.sent_at = now;
+            }
             let origin = append.origin;
             let appending = logged.log.append(self.room.name(), self.room.epoch(), append);
             let answers = logged.answers.get_or_insert_with(|| {
@@ -279,6 +306,65 @@ impl RoomActor {
         for waiter in self.waiters.drain(..) {
             waiter.answer(Err(failure.clone()));
         }
+    }
+
+    /// The append in flight has (still) no known outcome, for `reason`: its senders are
+    /// answered once [`UNKNOWN_OUTCOME_ANSWER_AFTER`] has passed since it was first sent (a
+    /// timer armed at its first unknown outcome says when; later attempts' outcomes check
+    /// again, for senders who came since).
+    fn outcome_unknown(&mut self, reason: String, me: &ActorRef<Self>) {
+        let now = self.clock.now();
+        let Some(logged) = &mut self.logged else { return };
+        match &mut logged.unknown {
+            Some(unknown) => unknown.reason = reason,
+            None => {
+                logged.unknown = Some(UnknownOutcome { since: logged.sent_at, reason });
+                let waited = Duration::from_millis(now.millis_since(logged.sent_at));
+                let me = me.downgrade();
+                tokio::spawn(async move {
+                    tokio::time::sleep(UNKNOWN_OUTCOME_ANSWER_AFTER.saturating_sub(waited)).await;
+                    if let Some(me) = me.upgrade() {
+                        let _ = me.tell(UnknownOutcomeDue).await;
+                    }
+                });
+            }
+        }
+        self.answer_if_unknown_too_long();
+    }
+
+    /// How long the append in flight has had no known outcome, and why, once that reached
+    /// [`UNKNOWN_OUTCOME_ANSWER_AFTER`].
+    fn unknown_too_long(&self) -> Option<(u64, &str)> {
+        let unknown = self.logged.as_ref()?.unknown.as_ref()?;
+        let waited_ms = self.clock.now().millis_since(unknown.since);
+        let bound_ms = u64::try_from(UNKNOWN_OUTCOME_ANSWER_AFTER.as_millis()).unwrap_or(u64::MAX);
+        (waited_ms >= bound_ms).then_some((waited_ms / 1_000, unknown.reason.as_str()))
+    }
+
+    /// Answers every waiting sender UNAVAILABLE if the append in flight has had no known
+    /// outcome for too long. Their messages stay sequenced: they may commit yet.
+    fn answer_if_unknown_too_long(&mut self) {
+        let Some((waited_s, reason)) = self.unknown_too_long() else { return };
+        let refusal = RoomError::Storage {
+            reason: format!(
+                "{reason}; no outcome for {waited_s} s, so the message may yet be committed: resend it with the \
+                 same client_msg_id to learn its number"
+            ),
+        };
+        for waiter in self.waiters.drain(..) {
+            waiter.answer(Err(refusal.clone()));
+        }
+    }
+
+    /// The refusal of a new send while the append in flight has had no known outcome for too
+    /// long: the send is not sequenced.
+    fn refusal_while_unknown(&self) -> Option<RoomError> {
+        let (waited_s, reason) = self.unknown_too_long()?;
+        // A retry of a message already in flight is refused too: this request stores nothing,
+        // but the earlier one may still commit.
+        Some(RoomError::Storage {
+            reason: format!("{reason}; no outcome from the log for {waited_s} s, so this send is refused, unstored"),
+        })
     }
 
     /// Answers now if `seq` is durable, or holds the reply until it is.
@@ -359,6 +445,9 @@ impl Message<SendMessage> for RoomActor {
     type Reply = DelegatedReply<Answer<Sent, RoomError>>;
 
     async fn handle(&mut self, SendMessage(draft): SendMessage, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        if let Some(refusal) = self.refusal_while_unknown() {
+            return ctx.reply(Answer(Err(refusal)));
+        }
         let result = self.room.handle_send(draft, self.clock.now());
         if matches!(&result, Ok(sent) if !sent.duplicate) {
             self.stats.messages_appended(1);
@@ -378,6 +467,9 @@ impl Message<SendBatch> for RoomActor {
     type Reply = DelegatedReply<Answer<Option<(Seq, Seq)>, RoomError>>;
 
     async fn handle(&mut self, SendBatch(drafts): SendBatch, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        if let Some(refusal) = self.refusal_while_unknown() {
+            return ctx.reply(Answer(Err(refusal)));
+        }
         let result = self.room.handle_send_batch(drafts, self.clock.now());
         if let Ok(Some((first, last))) = &result {
             self.stats.messages_appended(last - first + 1);
@@ -404,6 +496,9 @@ impl Message<Appended> for RoomActor {
     async fn handle(&mut self, appended: Appended, ctx: &mut Context<Self, Self::Reply>) {
         let Some(logged) = &mut self.logged else { return };
         let Appended { origin, outcome } = appended;
+        if matches!(outcome, AppendOutcome::Appended(_) | AppendOutcome::Conflict) {
+            logged.unknown = None;
+        }
         match outcome {
             AppendOutcome::Appended(last) => {
                 let steps = logged.appender.handle_appended(origin, last).into_iter().collect();
@@ -413,19 +508,22 @@ impl Message<Appended> for RoomActor {
                 logged.appender.handle_conflict(origin);
                 self.read_log(ctx.actor_ref(), None);
             }
-            AppendOutcome::Unknown => {
+            AppendOutcome::Unknown { reason } => {
                 // Sent again unchanged (its expectation commits it at most once), after a
                 // pause so a log that fails fast is not hammered.
                 logged.appender.handle_unknown(origin);
+                self.outcome_unknown(reason, ctx.actor_ref());
                 schedule_resend(ctx.actor_ref());
             }
             AppendOutcome::Failed(failure) => {
                 if logged.appender.handle_failed(origin) {
+                    logged.unknown = None;
                     self.persist_failed(failure);
                     self.flush(ctx.actor_ref());
                 } else {
                     // An earlier attempt may have committed: sent again after a pause, until
                     // the log says which.
+                    self.outcome_unknown(failure.to_string(), ctx.actor_ref());
                     schedule_resend(ctx.actor_ref());
                 }
             }
@@ -442,6 +540,17 @@ fn schedule_resend(me: &ActorRef<RoomActor>) {
             let _ = me.tell(Resend).await;
         }
     });
+}
+
+/// [`UNKNOWN_OUTCOME_ANSWER_AFTER`] has passed since an append's outcome became unknown.
+struct UnknownOutcomeDue;
+
+impl Message<UnknownOutcomeDue> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _: UnknownOutcomeDue, _: &mut Context<Self, Self::Reply>) {
+        self.answer_if_unknown_too_long();
+    }
 }
 
 /// Time to send again an append whose outcome was unknown.

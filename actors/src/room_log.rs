@@ -47,7 +47,10 @@ pub enum AppendOutcome {
     Conflict,
     /// Not known (a timeout, a lost answer): it may have been committed. Sending the same
     /// append again is safe: its expectation lets it commit at most once.
-    Unknown,
+    Unknown {
+        /// Why the outcome is not known, for the senders' answer if it stays unknown.
+        reason: String,
+    },
     /// Refused for good, and nothing of it was committed (a failing disk, no quorum): its
     /// senders are told why, and the room rolls back what it had not seen committed.
     Failed(RoomError),
@@ -99,6 +102,14 @@ pub trait RoomLog: Send + Sync + 'static {
     /// Every entry appended from now on, by any writer, in each room's order: how a node
     /// hears of other nodes' messages. `None` for a log only this process writes.
     fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
+        None
+    }
+
+    /// One check of whether the log can commit now (reachable, with a quorum), for the
+    /// engine's health: `Err` names the cause. Cheap: the engine runs one every
+    /// [`HEALTH_PROBE_INTERVAL`](crate::HEALTH_PROBE_INTERVAL). `None` for a log with nothing
+    /// to probe (in memory, or the local store, whose writer reports its own failures).
+    fn probe(&self) -> Option<BoxFuture<'static, Result<(), String>>> {
         None
     }
 }

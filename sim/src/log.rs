@@ -133,7 +133,7 @@ impl RoomLog for SimLog {
             if fate.timeout {
                 this.count(|faults| &mut faults.timeouts);
                 tokio::time::sleep(TIMEOUT_AFTER).await;
-                return AppendOutcome::Unknown;
+                return AppendOutcome::Unknown { reason: "simulated timeout".to_owned() };
             }
             match this.log.append(&room, epoch, append).await {
                 AppendOutcome::Conflict => {
@@ -142,7 +142,7 @@ impl RoomLog for SimLog {
                 }
                 AppendOutcome::Appended(_) if fate.lost_ack => {
                     this.count(|faults| &mut faults.lost_acks);
-                    AppendOutcome::Unknown
+                    AppendOutcome::Unknown { reason: "simulated lost acknowledgement".to_owned() }
                 }
                 outcome => outcome,
             }

@@ -12,6 +12,9 @@
 //!   to another node with the same ids: nothing lost, nothing doubled.
 //! - `leader_crash`: kill -9 of the room's stream leader (a nats-server): sends stall, then
 //!   succeed again within a bound; every acknowledged message is kept.
+//! - `quorum`: kill -9 of 2 of the 3 nats-servers: sends answer UNAVAILABLE within a bound,
+//!   health is NOT_SERVING, a subscription stays open; after a restart health is SERVING
+//!   again, sends succeed, and the subscription goes on without a gap.
 
 // The harness is the actors crate's (one copy); not every helper of it is used here.
 #[allow(dead_code)]
@@ -21,6 +24,7 @@ mod nats;
 mod leader_crash;
 mod node_crash;
 mod order;
+mod quorum;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -113,12 +117,24 @@ async fn client(address: &str) -> ChatClient<Channel> {
 
 /// One Send, bounded by [`SEND_WAIT`]; the seq, or why it is unacknowledged.
 async fn send(client: &mut ChatClient<Channel>, room: &str, user: &str, id: &str) -> Result<u64, String> {
+    send_within(client, room, user, id, SEND_WAIT).await
+}
+
+/// One Send, bounded by `wait`; the seq, or why it is unacknowledged (`Code: message` for a
+/// status the server answered).
+async fn send_within(
+    client: &mut ChatClient<Channel>,
+    room: &str,
+    user: &str,
+    id: &str,
+    wait: Duration,
+) -> Result<u64, String> {
     let request =
         SendRequest { room: room.into(), user: user.into(), client_msg_id: id.into(), body: format!("body of {id}") };
-    match tokio::time::timeout(SEND_WAIT, client.send(request)).await {
+    match tokio::time::timeout(wait, client.send(request)).await {
         Ok(Ok(reply)) => Ok(reply.into_inner().seq),
         Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-        Err(_) => Err(format!("no answer within {SEND_WAIT:?}")),
+        Err(_) => Err(format!("no answer within {wait:?}")),
     }
 }
 

@@ -556,6 +556,34 @@ impl JetStreamLog {
         Ok(u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
     }
 
+    /// Whether every shard stream can commit now: the client is connected, and each stream
+    /// has a leader that counts a quorum of its replicas (itself included) current. `Err`
+    /// names the first shard that cannot, and why. One stream info request per shard, sent
+    /// together; each answered by the stream's leader (no leader: no answer in time).
+    pub async fn probe(&self) -> Result<(), ReadError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(ReadError::Unavailable { reason: "not connected to NATS".to_owned() });
+        }
+        let checks = (0..self.shards()).map(|shard| async move {
+            let info = self.stream(shard)?.get_info().await.map_err(|error| ReadError::Unavailable {
+                reason: format!("stream {}: {error}", self.stream_name(shard)),
+            })?;
+            let quorum_lost = |reason: String| ReadError::Unavailable {
+                reason: format!("stream {} has no quorum: {reason}", self.stream_name(shard)),
+            };
+            let Some(cluster) = info.cluster else { return Ok(()) };
+            let Some(leader) = cluster.leader else { return Err(quorum_lost("no leader".to_owned())) };
+            // The leader counts itself; a replica counts while the leader hears from it.
+            let current = 1 + cluster.replicas.iter().filter(|peer| peer.current && !peer.offline).count();
+            let replicas = 1 + cluster.replicas.len();
+            if current * 2 <= replicas {
+                return Err(quorum_lost(format!("{current} of {replicas} replicas current (leader {leader})")));
+            }
+            Ok(())
+        });
+        futures::future::try_join_all(checks).await.map(|_| ())
+    }
+
     /// The position of shard `shard`'s last message (of any room): where a feed of what comes
     /// next starts.
     pub async fn shard_last_position(&self, shard: u32) -> Result<Position, ReadError> {

@@ -125,14 +125,16 @@ impl RoomLog for ClusterLog {
                     }
                     Err(AppendError::Unknown { reason }) => {
                         tracing::debug!(room = %room, %reason, "append outcome unknown; sending it again");
-                        return AppendOutcome::Unknown;
+                        return AppendOutcome::Unknown { reason: format!("cluster log: {reason}") };
                     }
                     Err(error) => {
                         return AppendOutcome::Failed(RoomError::Storage { reason: format!("cluster log: {error}") });
                     }
                 }
             }
-            AppendOutcome::Unknown
+            AppendOutcome::Unknown {
+                reason: format!("cluster log: another append on the room stayed in flight {BUSY_RETRIES_MAX} times"),
+            }
         }
         .boxed()
     }
@@ -171,6 +173,11 @@ impl RoomLog for ClusterLog {
     fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
         let feeds = (0..self.log.shards()).map(|shard| shard_feed(self.log.clone(), shard));
         Some(futures::stream::select_all(feeds).boxed())
+    }
+
+    fn probe(&self) -> Option<BoxFuture<'static, Result<(), String>>> {
+        let log = self.log.clone();
+        Some(async move { log.probe().await.map_err(|error| format!("cluster log: {error}")) }.boxed())
     }
 }
 

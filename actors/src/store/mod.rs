@@ -17,7 +17,7 @@ mod memory;
 mod redb_store;
 pub(crate) mod writer;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use confab_engine::{ChatMessage, RoomName, Seq};
 
@@ -160,29 +160,10 @@ impl StoreError {
     }
 }
 
-/// Whether the store commits, as the writer last saw it: shared by the writer thread (which
-/// sets it) and the engine (which reports it in its health).
-#[derive(Debug, Default)]
-pub(crate) struct StoreState {
-    /// The error of the last failed commit, until a commit succeeds again.
-    failure: Mutex<Option<StoreError>>,
-}
-
-impl StoreState {
-    /// The last commit's error, if it failed.
-    pub(crate) fn failure(&self) -> Option<StoreError> {
-        self.lock().clone()
-    }
-
-    pub(crate) fn set(&self, failure: Option<StoreError>) {
-        *self.lock() = failure;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<StoreError>> {
-        // The value is replaced whole, so a poisoned lock still holds a consistent one.
-        self.failure.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+/// Whether the store commits, as the writer last saw it: the error of the last failed
+/// commit, until a commit succeeds again. Set by the writer thread, reported by the engine in
+/// its health.
+pub(crate) type StoreState = crate::health::LastFailure<StoreError>;
 
 /// Durable history. `append` returns only once its messages survive a crash.
 pub trait HistoryStore: std::fmt::Debug + Send + Sync + 'static {

@@ -1,11 +1,18 @@
 //! Several engines as nodes of one in-memory replicated log ([`MemoryLog`]): the shared
 //! scenarios (`tests/shared/replicated.rs`, also run against real JetStream), and what only
-//! the in-memory log can stage: a feed that lags behind the log.
+//! the in-memory log can stage: a feed that lags behind the log, and a log that loses its
+//! quorum.
 
 use std::sync::Arc;
 
-use confab_actors::room_log::MemoryLog;
-use confab_actors::{Engine, EngineConfig, Replicated};
+use confab_actors::room_log::{AppendOutcome, LoadedRoom, MemoryLog, RoomLog};
+use confab_actors::{
+    Engine, EngineConfig, EngineError, EngineHealth, HEALTH_PROBE_INTERVAL, Replicated, UNKNOWN_OUTCOME_ANSWER_AFTER,
+};
+use confab_engine::{Append, LogEntry, Position, RoomError, RoomName};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 #[path = "../shared/replicated.rs"]
 mod scenarios;
@@ -73,4 +80,113 @@ async fn an_upload_is_held_to_what_one_append_of_the_log_takes() {
     let receipt = within(upload.commit()).await.expect("committed");
     assert_eq!(receipt.seqs, Some((1, 3)));
     assert_eq!(log.entries(&lobby).len(), 3, "one append, all or nothing");
+}
+
+/// A [`MemoryLog`] that can lose its quorum: while stalled, every append is answered "outcome
+/// unknown" after [`STALLED_ANSWER_AFTER`] (as a JetStream request without quorum times out)
+/// and commits nothing, and the probe fails.
+struct StallingLog {
+    log: MemoryLog,
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+/// How long a stalled append takes to be answered (the cluster log's request timeout).
+const STALLED_ANSWER_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl StallingLog {
+    fn stall(&self, stalled: bool) {
+        self.stalled.store(stalled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_stalled(&self) -> bool {
+        self.stalled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl RoomLog for StallingLog {
+    fn load(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<LoadedRoom>, RoomError>> {
+        self.log.load(room)
+    }
+
+    fn append(&self, room: &RoomName, epoch: u64, append: Append) -> BoxFuture<'static, AppendOutcome> {
+        if !self.is_stalled() {
+            return self.log.append(room, epoch, append);
+        }
+        async {
+            tokio::time::sleep(STALLED_ANSWER_AFTER).await;
+            AppendOutcome::Unknown { reason: "no answer (stalled)".to_owned() }
+        }
+        .boxed()
+    }
+
+    fn read_after(
+        &self,
+        room: &RoomName,
+        after: Position,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<LogEntry>, RoomError>> {
+        self.log.read_after(room, after, limit)
+    }
+
+    fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
+        self.log.last_position(room)
+    }
+
+    fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
+        self.log.follow()
+    }
+
+    fn probe(&self) -> Option<BoxFuture<'static, Result<(), String>>> {
+        let outcome = if self.is_stalled() { Err("no quorum (stalled)".to_owned()) } else { Ok(()) };
+        Some(futures::future::ready(outcome).boxed())
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn without_quorum_senders_hear_unavailable_after_the_bound_and_health_says_why_until_it_recovers() {
+    let log = Arc::new(StallingLog { log: MemoryLog::new(), stalled: false.into() });
+    let replicated = Replicated::new(Arc::clone(&log) as _, 1);
+    let engine = Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
+        .expect("inside a tokio runtime");
+    let lobby = room("lobby");
+    let send = |id: &'static str| engine.send(&lobby, super::draft("ann", id, id));
+    within(send("a")).await.expect("sent while the log has its quorum");
+    assert_eq!(engine.health(), EngineHealth::Serving);
+
+    log.stall(true);
+    let started = tokio::time::Instant::now();
+    let unknown = within(send("b")).await.expect_err("no answer from the log");
+    let waited = started.elapsed();
+    assert!(matches!(unknown, EngineError::Room(RoomError::Storage { .. })), "UNAVAILABLE: {unknown:?}");
+    assert!(unknown.to_string().contains("no answer (stalled)"), "names the cause: {unknown}");
+    assert!(waited >= UNKNOWN_OUTCOME_ANSWER_AFTER, "answered after the bound, not before: {waited:?}");
+    assert!(waited < UNKNOWN_OUTCOME_ANSWER_AFTER + STALLED_ANSWER_AFTER, "answered at the bound: {waited:?}");
+    assert_eq!(engine.health(), EngineHealth::LogUnavailable("no quorum (stalled)".to_owned()));
+    let started = tokio::time::Instant::now();
+    let refused = within(send("c")).await.expect_err("refused while the outcome stays unknown");
+    assert!(matches!(refused, EngineError::Room(RoomError::Storage { .. })), "UNAVAILABLE: {refused:?}");
+    assert!(started.elapsed() < HEALTH_PROBE_INTERVAL, "refused at once");
+
+    log.stall(false);
+    within(async {
+        while engine.health() != EngineHealth::Serving {
+            tokio::time::sleep(HEALTH_PROBE_INTERVAL / 4).await;
+        }
+    })
+    .await;
+    let sent = within(async {
+        loop {
+            match send("d").await {
+                Ok(sent) => return sent,
+                // The append in flight through the stall has to settle first.
+                Err(_) => tokio::time::sleep(STALLED_ANSWER_AFTER / 10).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(sent.seq, 3, "b (answered UNAVAILABLE, but sent again until it committed) took 2");
+    let page = within(engine.history(&lobby, 0, 10)).await.expect("history");
+    let ids: Vec<&str> =
+        page.messages.iter().filter_map(|message| message.client_msg_id.as_ref()).map(|id| id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "d"], "the refused c is nowhere, b is there once");
 }
