@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::health::EngineHealth;
+use crate::presence::{Presence, PresenceConfig, PresenceCounters};
 use crate::registry::{Durable, EngineLog, Registry, RoomTable, StopRooms, Storage, SweepIdle};
 use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled, StreamEnd};
 use crate::room_actor::{History, Info, LogEntries, RoomInfo, SendMessage, Subscribe, Typing};
@@ -95,6 +96,9 @@ pub struct EngineConfig {
     /// node that lost a position sequences its messages again after the winner. Reads catch
     /// up with the log first (read-your-writes across nodes). Exclusive with `storage`.
     pub replicated: Option<Replicated>,
+    /// Presence and typing across nodes (cluster mode): each room shows the users of every
+    /// node that shares this bus, and typing crosses nodes. `None`: presence stays local.
+    pub presence: Option<PresenceConfig>,
     /// A deliberate defect in every room, to prove checkers catch it. Tests only.
     #[doc(hidden)]
     pub injected_bug: Option<confab_engine::InjectedBug>,
@@ -195,6 +199,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Cluster mode: dropping it ends the task that feeds the log's entries to the rooms.
     _follower: Option<oneshot::Sender<()>>,
+    /// Presence across nodes: dropping it ends the presence task.
+    presence: Option<Presence>,
     /// For `start_background`: dropping it ends the runtime thread.
     _background: Option<oneshot::Sender<()>>,
 }
@@ -327,9 +333,10 @@ impl Engine {
         let follow = config.replicated.as_ref().and_then(|replicated| replicated.log.follow());
         let rooms = RoomTable::default();
         let stats = Arc::new(EngineStats::default());
-        let registry = {
+        let (registry, presence) = {
             let _context = runtime.enter();
             let clock = Clock::start(config.time_origin_ms);
+            let presence = config.presence.map(|presence| Presence::start(presence, clock, rooms.clone()));
             let registry = Registry::new(
                 Arc::clone(&limits),
                 clock,
@@ -338,8 +345,9 @@ impl Engine {
                 durable,
                 rooms.clone(),
                 Arc::clone(&stats),
-            );
-            Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
+            )
+            .with_presence(presence.as_ref().map(|presence| presence.handle.clone()));
+            (Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN)), presence)
         };
         let follower = follow.map(|feed| {
             let (stop, stopped) = oneshot::channel();
@@ -356,6 +364,7 @@ impl Engine {
             limits,
             runtime,
             _follower: follower,
+            presence,
             _background: background,
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -371,6 +380,11 @@ impl Engine {
     pub fn stats(&self) -> StatsSnapshot {
         let rooms = u64::try_from(self.inner.rooms.live_len()).unwrap_or(u64::MAX);
         self.inner.stats.snapshot(rooms)
+    }
+
+    /// What presence across nodes counted (`None` without [`EngineConfig::presence`]).
+    pub fn presence_counters(&self) -> Option<PresenceCounters> {
+        self.inner.presence.as_ref().map(|presence| presence.handle.counters())
     }
 
     /// Whether the engine can serve: its registry runs and its store (if any) commits. A

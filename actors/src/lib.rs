@@ -17,6 +17,9 @@
 //! - `stats`: the engine's counters (rooms, sessions, messages, deliveries, lag) that rooms and
 //!   sessions bump and [`Engine::stats`] snapshots as a [`StatsSnapshot`] for metrics.
 //! - `health`: whether the engine can serve ([`Engine::health`]): registry alive, store committing.
+//! - [`presence`]: presence and typing across nodes (cluster mode): the task that drives the
+//!   engine's presence roster over a [`PresenceBus`] (core NATS, or [`MemoryBus`] in tests)
+//!   and tells the rooms other nodes' users.
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
 //! - [`store`]: durable history: the [`store::HistoryStore`] trait, the redb store, the
 //!   in-memory store, and the writer thread that group-commits every room's messages.
@@ -42,6 +45,7 @@ pub mod engine;
 mod error;
 mod health;
 mod registry;
+pub mod presence;
 mod ring;
 mod room_actor;
 pub mod room_log;
@@ -56,6 +60,7 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use health::EngineHealth;
+pub use presence::{MemoryBus, PresenceBus, PresenceConfig, PresenceCounters};
 pub use ring::{SharedEvent, Stalled, StreamEnd};
 pub use room_actor::RoomInfo;
 pub use session_actor::SessionActor;
