@@ -1,0 +1,48 @@
+//! Presence and typing across engines over the in-memory bus: the shared scenarios
+//! (`tests/shared/presence.rs`, also run over real NATS), and a partition that heals.
+
+use std::sync::Arc;
+
+use confab_actors::{Engine, EngineConfig, MemoryBus, PresenceConfig};
+use confab_engine::RoomEvent;
+
+#[path = "../shared/presence.rs"]
+mod scenarios;
+
+use super::{room, user};
+
+fn node(bus: &MemoryBus, name: &str, incarnation: u64) -> Engine {
+    let presence = PresenceConfig::new(Arc::new(bus.clone()), name, incarnation);
+    Engine::start(EngineConfig { presence: Some(presence), ..EngineConfig::default() }).expect("inside a tokio runtime")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn presence_and_typing_cross_nodes() {
+    let bus = MemoryBus::new();
+    let (a, b) = (node(&bus, "a", 1), node(&bus, "b", 1));
+    scenarios::presence_and_typing_cross_nodes(a, &b, &room("lobby")).await;
+    let counters = b.presence_counters().expect("presence is on");
+    assert_eq!(counters.undecodable, 0);
+    assert_eq!(counters.publish_dropped, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_partition_makes_users_leave_and_healing_brings_them_back() {
+    let bus = MemoryBus::new();
+    let (a, b) = (node(&bus, "a", 1), node(&bus, "b", 1));
+    let lobby = room("lobby");
+    let mut watcher = b.subscribe(&lobby, None, None).await.expect("subscribe");
+    let _ann = a.subscribe(&lobby, Some(user("ann")), None).await.expect("subscribe");
+    let joined = Some(RoomEvent::Presence { room: lobby.clone(), user: user("ann"), present: true });
+    let left = Some(RoomEvent::Presence { room: lobby.clone(), user: user("ann"), present: false });
+    assert_eq!(scenarios::next_presence(&mut watcher, scenarios::CROSSING_WAIT).await, joined);
+    bus.set_losing(true);
+    assert_eq!(scenarios::next_presence(&mut watcher, scenarios::GONE_WAIT).await, left);
+    bus.set_losing(false);
+    // Each node hears the other as new and sends it a full snapshot.
+    assert_eq!(scenarios::next_presence(&mut watcher, scenarios::CROSSING_WAIT).await, joined);
+    // A restarted a (a new incarnation, nobody there) replaces the old run's ann at once.
+    drop(a);
+    let _restarted = node(&bus, "a", 2);
+    assert_eq!(scenarios::next_presence(&mut watcher, scenarios::CROSSING_WAIT).await, left);
+}
