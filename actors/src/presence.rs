@@ -330,7 +330,8 @@ impl Task {
 
     /// What the rooms reported goes to the roster; started rooms hear the remote members.
     fn take_reports(&mut self) {
-        let reports = std::mem::take(&mut *self.inbox.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let reports =
+            std::mem::take(&mut *self.inbox.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for (room, users) in reports.members {
             self.roster.handle_local_members(room, users);
         }

@@ -326,7 +326,8 @@ impl Roster {
         if self.snapshot_due {
             self.snapshot_due = false;
             self.dirty.clear();
-            let rooms = self.local.iter().map(|(room, users)| (room.clone(), users.iter().cloned().collect())).collect();
+            let rooms =
+                self.local.iter().map(|(room, users)| (room.clone(), users.iter().cloned().collect())).collect();
             self.announce(true, rooms);
         } else if !self.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.dirty);

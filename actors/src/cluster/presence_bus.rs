@@ -16,7 +16,9 @@ pub const PRESENCE_SUBJECT_PREFIX: &str = "confab.presence";
 pub fn presence_subject(stream_prefix: &str) -> String {
     let token: String = stream_prefix
         .chars()
-        .map(|character| if matches!(character, '.' | '*' | '>') || character.is_whitespace() { '_' } else { character })
+        .map(
+            |character| if matches!(character, '.' | '*' | '>') || character.is_whitespace() { '_' } else { character },
+        )
         .collect();
     format!("{PRESENCE_SUBJECT_PREFIX}.{token}")
 }

@@ -330,10 +330,7 @@ fn presence_is_the_union_of_local_and_remote_members_without_duplicate_events() 
     let ann = shell.subscribed(Some("ann"), at(1));
     assert_eq!(shell.room.poll_local_members(), Some(remote(&["ann"])));
     assert_eq!(shell.room.poll_local_members(), None, "said once per change");
-    assert_eq!(
-        shell.read_all(watcher).0,
-        vec![Seen::Presence("ann".into(), true), Seen::Presence("bob".into(), true)]
-    );
+    assert_eq!(shell.read_all(watcher).0, vec![Seen::Presence("ann".into(), true), Seen::Presence("bob".into(), true)]);
     assert_eq!(shell.room.present_users(), vec![user("ann"), user("bob")]);
     // She leaves the other node: still here, no event; bob leaves: one event.
     shell.room.handle_remote_members(remote(&[]));
