@@ -359,6 +359,14 @@ impl Actor for RoomActor {
     /// while any `ActorRef` to it does (every ring reader holds one).
     async fn on_stop(&mut self, _: WeakActorRef<Self>, _: ActorStopReason) -> Result<(), Self::Error> {
         self.ring.update(Ring::close);
+        // Stopped with users in it (the engine shuts down): the other nodes hear they left
+        // now, not when this node goes silent. A room that retires has none (and saying so
+        // could overtake what a new room of the same name reports).
+        if let Some(presence) = &self.presence
+            && self.room.has_local_members()
+        {
+            presence.local_members(self.room.name(), std::collections::BTreeSet::new());
+        }
         if let Some(logged) = &mut self.logged {
             // Ends the task that forwards append outcomes.
             logged.answers = None;

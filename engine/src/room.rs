@@ -475,6 +475,11 @@ impl Room {
         Some(self.presence.keys().cloned().collect())
     }
 
+    /// Whether any user is present through a subscription on this node.
+    pub fn has_local_members(&self) -> bool {
+        !self.presence.is_empty()
+    }
+
     /// Retires the room if it has no subscriber and saw no activity for the idle time (the
     /// shorter one if it never got a message, so it has no history to lose).
     /// A retired room refuses everything with `RoomError::Retired`.

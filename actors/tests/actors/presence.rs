@@ -46,3 +46,19 @@ async fn a_partition_makes_users_leave_and_healing_brings_them_back() {
     let _restarted = node(&bus, "a", 2);
     assert_eq!(scenarios::next_presence(&mut watcher, scenarios::CROSSING_WAIT).await, left);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_that_shuts_down_says_its_users_left_at_once() {
+    let bus = MemoryBus::new();
+    let (a, b) = (node(&bus, "a", 1), node(&bus, "b", 1));
+    let lobby = room("lobby");
+    let mut watcher = b.subscribe(&lobby, None, None).await.expect("subscribe");
+    let _ann = a.subscribe(&lobby, Some(user("ann")), None).await.expect("subscribe");
+    let joined = Some(RoomEvent::Presence { room: lobby.clone(), user: user("ann"), present: true });
+    assert_eq!(scenarios::next_presence(&mut watcher, scenarios::CROSSING_WAIT).await, joined);
+    a.shutdown().await.expect("shut down");
+    // Within a beat: well before the gone time.
+    let left = Some(RoomEvent::Presence { room: lobby.clone(), user: user("ann"), present: false });
+    let wait = std::time::Duration::from_millis(confab_engine::presence::BEAT_MS);
+    assert_eq!(scenarios::next_presence(&mut watcher, wait).await, left);
+}
