@@ -20,13 +20,14 @@ pub mod checker;
 mod driver;
 pub mod log;
 pub mod options;
+pub mod presence;
 pub mod report;
 mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_actors::{Engine, EngineConfig, Replicated};
+use confab_actors::{Engine, EngineConfig, PresenceConfig, Replicated};
 use confab_engine::RoomName;
 
 pub use checker::{Checker, Counts, SubId, Violation};
@@ -70,9 +71,13 @@ fn room_names(rooms: u32) -> Vec<RoomName> {
     (0..rooms).map(|room| RoomName::new(&format!("room-{room:0width$}")).expect("a valid room name")).collect()
 }
 
+/// What the nodes of a run with several share: the replicated log and the presence bus.
+type Cluster = (log::SimLog, presence::LossyBus);
+
 /// One in-memory engine, or with `--nodes` above 1, that many engines as nodes of one
-/// simulated replicated log (cluster mode, with the log's faults).
-fn start_engines(options: &SimOptions) -> Result<(Vec<Engine>, Option<log::SimLog>), SimError> {
+/// simulated replicated log (cluster mode, with the log's faults) and of one presence bus that
+/// loses messages ([`presence::LossyBus`]).
+fn start_engines(options: &SimOptions) -> Result<(Vec<Engine>, Option<Cluster>), SimError> {
     let config =
         EngineConfig { limits: options.limits(), injected_bug: options.injected_bug, ..EngineConfig::default() };
     if options.nodes <= 1 {
@@ -81,22 +86,24 @@ fn start_engines(options: &SimOptions) -> Result<(Vec<Engine>, Option<log::SimLo
     // The log draws its faults from a generator of its own, so adding nodes does not change
     // what the clients draw.
     let log = log::SimLog::new(options.seed ^ 0x6c6f_6721);
+    let bus = presence::LossyBus::new(options.seed ^ 0x7072_6573);
     let engines = (1..=u64::from(options.nodes))
         .map(|node| {
             let replicated = Replicated::new(Arc::new(log.clone()), node);
-            let config = EngineConfig { replicated: Some(replicated), ..config.clone() };
+            let presence = PresenceConfig::new(Arc::new(bus.clone()), format!("node-{node}"), 1);
+            let config = EngineConfig { replicated: Some(replicated), presence: Some(presence), ..config.clone() };
             Engine::start(config).map_err(|error| SimError::Start(error.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    Ok((engines, Some(log)))
+    Ok((engines, Some((log, bus))))
 }
 
 async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(Checker, Option<LogFaults>), SimError> {
-    let (engines, log) = start_engines(options)?;
+    let (engines, cluster) = start_engines(options)?;
     let rooms = room_names(options.rooms);
     let span_ms = u64::try_from((options.duration + DRAIN).as_millis()).unwrap_or(u64::MAX);
     let checker = Checker::new(rooms.clone(), span_ms);
-    let world = Arc::new(driver::World::new(engines.clone(), options.clone(), rooms, checker));
+    let world = Arc::new(driver::World::new(engines.clone(), options.clone(), rooms.clone(), checker));
     if let Some(progress) = progress {
         let (start, end) = (world.start, world.end);
         tokio::spawn(async move {
@@ -109,6 +116,21 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(C
             }
         });
     }
+    // Presence converges once the bus stops losing (at the clients' deadline): after a quiet
+    // spell, while the clients still hold their subscriptions (they read until the end of the
+    // drain), every node shows the same users in each room.
+    let presence_check = cluster.as_ref().map(|(_, bus)| {
+        let (bus, world, engines, rooms) = (bus.clone(), world.clone(), engines.clone(), rooms.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(world.deadline).await;
+            bus.stop_losing();
+            tokio::time::sleep(Duration::from_millis(presence::QUIET_MS)).await;
+            let now = world.now_ms();
+            for divergence in presence::divergences(&engines, &rooms).await {
+                world.checker().presence_diverged(divergence, now);
+            }
+        })
+    });
     let clients: Vec<_> =
         (0..options.clients).map(|number| tokio::spawn(driver::run_client(world.clone(), number))).collect();
     for client in clients {
@@ -117,6 +139,11 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(C
             std::panic::resume_unwind(error.into_panic());
         }
     }
+    if let Some(check) = presence_check
+        && let Err(error) = check.await
+    {
+        std::panic::resume_unwind(error.into_panic());
+    }
     let now = world.now_ms();
     world.checker().finish(now);
     for engine in engines {
@@ -124,5 +151,5 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(C
     }
     let world = Arc::into_inner(world).expect("every client task has ended");
     let checker = world.checker.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-    Ok((checker, log.map(|log| log.faults())))
+    Ok((checker, cluster.map(|(log, _)| log.faults())))
 }
