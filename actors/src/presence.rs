@@ -1,13 +1,13 @@
 //! Presence and typing across nodes (cluster mode): the shell of the engine's
-//! [`Roster`](confab_engine::Roster) over a [`PresenceBus`].
+//! [`Roster`] over a [`PresenceBus`].
 //!
 //! One task per engine drives the roster: it takes what the node's rooms report (their local
 //! members, a local user typing, a room that started and needs the remote members), the bus's
 //! messages and the roster's one timer; it publishes what the roster has to send through a
-//! bounded outbox, and tells live rooms what other nodes' users did ([`RemoteMembers`],
-//! [`RemoteTyping`]).
+//! bounded outbox, and tells live rooms what other nodes' users did (`RemoteMembers`,
+//! `RemoteTyping`).
 //!
-//! Rooms report through an [`Inbox`] rather than a channel: a room's local members replace
+//! Rooms report through an `Inbox` rather than a channel: a room's local members replace
 //! what it reported before (so a burst of joins costs one announcement and nothing is lost to
 //! a full queue), while typing notices, ephemeral, go through a bounded queue and are dropped
 //! (and counted) when it is full.
