@@ -21,6 +21,7 @@ mod nats;
 mod leader_crash;
 mod node_crash;
 mod order;
+mod presence;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
