@@ -26,6 +26,7 @@ use crate::directory::Directory;
 use crate::error::EngineError;
 use crate::health::EngineHealth;
 use crate::log_health::{self, LogHealth};
+use crate::presence::{Presence, PresenceConfig, PresenceCounters};
 use crate::registry::{Durable, EngineLog, Registry, RoomTable, StopRooms, Storage, SweepIdle};
 use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled, StreamEnd};
 use crate::room_actor::{History, Info, LogEntries, RoomInfo, SendMessage, Subscribe, Typing};
@@ -103,6 +104,9 @@ pub struct EngineConfig {
     /// `replicated`; the log must say [`RoomLog::is_single_writer`]. Tests only.
     #[doc(hidden)]
     pub local_log: Option<Arc<dyn RoomLog>>,
+    /// Presence and typing across nodes (cluster mode): each room shows the users of every
+    /// node that shares this bus, and typing crosses nodes. `None`: presence stays local.
+    pub presence: Option<PresenceConfig>,
     /// A deliberate defect in every room, to prove checkers catch it. Tests only.
     #[doc(hidden)]
     pub injected_bug: Option<confab_engine::InjectedBug>,
@@ -207,6 +211,8 @@ struct Inner {
     _follower: Option<oneshot::Sender<()>>,
     /// Cluster mode: dropping it ends the task that probes the log for `log_health`.
     _prober: Option<oneshot::Sender<()>>,
+    /// Presence across nodes: dropping it ends the presence task.
+    presence: Option<Presence>,
     /// For `start_background`: dropping it ends the runtime thread.
     _background: Option<oneshot::Sender<()>>,
 }
@@ -348,9 +354,10 @@ impl Engine {
         let follow = config.replicated.as_ref().and_then(|replicated| replicated.log.follow());
         let rooms = RoomTable::default();
         let stats = Arc::new(EngineStats::default());
-        let registry = {
+        let (registry, presence) = {
             let _context = runtime.enter();
             let clock = Clock::start(config.time_origin_ms);
+            let presence = config.presence.map(|presence| Presence::start(presence, clock, rooms.clone()));
             let registry = Registry::new(
                 Arc::clone(&limits),
                 clock,
@@ -359,8 +366,9 @@ impl Engine {
                 durable,
                 rooms.clone(),
                 Arc::clone(&stats),
-            );
-            Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN))
+            )
+            .with_presence(presence.as_ref().map(|presence| presence.handle.clone()));
+            (Registry::spawn_with_mailbox(registry, mailbox::bounded(REGISTRY_MAILBOX_LEN)), presence)
         };
         let (log_health, prober) = match &config.replicated {
             Some(replicated) => {
@@ -386,6 +394,7 @@ impl Engine {
             runtime,
             _follower: follower,
             _prober: prober,
+            presence,
             _background: background,
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -401,6 +410,11 @@ impl Engine {
     pub fn stats(&self) -> StatsSnapshot {
         let rooms = u64::try_from(self.inner.rooms.live_len()).unwrap_or(u64::MAX);
         self.inner.stats.snapshot(rooms)
+    }
+
+    /// What presence across nodes counted (`None` without [`EngineConfig::presence`]).
+    pub fn presence_counters(&self) -> Option<PresenceCounters> {
+        self.inner.presence.as_ref().map(|presence| presence.handle.counters())
     }
 
     /// Whether the engine can serve: its registry runs, its store (if any) commits, and its

@@ -19,6 +19,9 @@
 //! - `health`: whether the engine can serve ([`Engine::health`]): registry alive, store
 //!   committing, replicated log reachable with a quorum.
 //! - `log_health`: the periodic probe of a replicated log behind that last part.
+//! - [`presence`]: presence and typing across nodes (cluster mode): the task that drives the
+//!   engine's presence roster over a [`PresenceBus`] (core NATS, or [`MemoryBus`] in tests)
+//!   and tells the rooms other nodes' users.
 //! - `clock`: engine time from tokio's clock (virtual under a paused runtime).
 //! - [`store`]: durable history: the [`store::HistoryStore`] trait, the redb store, the
 //!   in-memory store, and the writer thread that group-commits every room's messages.
@@ -43,6 +46,7 @@ pub mod engine;
 mod error;
 mod health;
 mod log_health;
+pub mod presence;
 mod registry;
 mod ring;
 mod room_actor;
@@ -59,6 +63,7 @@ pub use engine::{
 pub use error::EngineError;
 pub use health::EngineHealth;
 pub use log_health::HEALTH_PROBE_INTERVAL;
+pub use presence::{MemoryBus, PresenceBus, PresenceConfig, PresenceCounters};
 pub use ring::{SharedEvent, Stalled, StreamEnd};
 pub use room_actor::{RoomInfo, UNKNOWN_OUTCOME_ANSWER_AFTER};
 pub use session_actor::SessionActor;

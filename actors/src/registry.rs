@@ -19,6 +19,7 @@ use kameo::reply::{DelegatedReply, ReplySender};
 
 use crate::answer::Answer;
 use crate::clock::Clock;
+use crate::presence::PresenceHandle;
 use crate::room_actor::{Durability, RetireIfIdle, RoomActor};
 use crate::room_log::{LoadedRoom, RoomLog};
 use crate::stats::EngineStats;
@@ -139,6 +140,8 @@ pub(crate) struct Registry {
     loading: BTreeMap<RoomName, Vec<Waiter>>,
     /// The engine's counters, handed to every room.
     stats: Arc<EngineStats>,
+    /// The node's presence task (cluster mode), handed to every room.
+    presence: Option<PresenceHandle>,
 }
 
 /// A durable engine's room log, and who this engine is among the log's writers.
@@ -197,7 +200,14 @@ impl Registry {
             fenced,
             loading,
             stats,
+            presence: None,
         }
+    }
+
+    /// Rooms report to and hear from this presence task (cluster mode).
+    pub(crate) fn with_presence(mut self, presence: Option<PresenceHandle>) -> Self {
+        self.presence = presence;
+        self
     }
 
     /// Starts a room: restored from `stored` if its log holds it, else a new room if `create`
@@ -237,7 +247,8 @@ impl Registry {
             last_position,
             replicated: log.replicated,
         });
-        let actor = RoomActor::new(room, &self.limits, self.clock, durability, Arc::clone(&self.stats));
+        let actor =
+            RoomActor::new(room, &self.limits, self.clock, durability, Arc::clone(&self.stats), self.presence.clone());
         self.stats.room_created();
         let actor = RoomActor::spawn_with_mailbox(actor, mailbox::bounded(ROOM_MAILBOX_LEN));
         self.rooms.insert(name.clone(), actor.clone());

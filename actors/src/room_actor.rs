@@ -2,7 +2,9 @@
 //! effects: published events go once into the room's ring (its readers take them from there),
 //! messages to make durable go to the room's log ([`RoomLog`]) through its [`Appender`] (one
 //! conditional append in flight; what the log answers comes back as a message). The actor
-//! arms one timer, for the ring's stall sweep.
+//! arms one timer, for the ring's stall sweep. In cluster mode the room reports its local
+//! members and typing to the node's presence task and hears other nodes' users from it
+//! ([`RemoteMembers`], [`RemoteTyping`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::answer::Answer;
 use crate::clock::Clock;
+use crate::presence::PresenceHandle;
 use crate::ring::{RingReader, SharedRing};
 use crate::room_log::{AppendOutcome, RoomLog};
 use crate::stats::EngineStats;
@@ -116,6 +119,8 @@ pub(crate) struct RoomActor {
     ring_due: Option<Time>,
     /// The engine's counters.
     stats: Arc<EngineStats>,
+    /// The node's presence task (cluster mode): told the room's local members and typing.
+    presence: Option<PresenceHandle>,
 }
 
 /// A reply held back until the message it acknowledges is durable.
@@ -167,6 +172,7 @@ impl RoomActor {
         clock: Clock,
         durability: Option<Durability>,
         stats: Arc<EngineStats>,
+        presence: Option<PresenceHandle>,
     ) -> Self {
         let mut ring = Ring::new(limits.subscriber_queue_len_max, room.durable_seq(), limits.subscriber_stall_ms);
         if let Some(bug) = room.injected_bug() {
@@ -196,6 +202,7 @@ impl RoomActor {
             timer_at: None,
             ring_due: None,
             stats,
+            presence,
         }
     }
 
@@ -219,6 +226,11 @@ impl RoomActor {
         }
         if !events.is_empty() {
             self.ring_due = self.ring.publish(events, now);
+        }
+        if let Some(users) = self.room.poll_local_members()
+            && let Some(presence) = &self.presence
+        {
+            presence.local_members(self.room.name(), users);
         }
         self.send_appends(me);
         self.arm_timer(me);
@@ -421,7 +433,10 @@ impl Actor for RoomActor {
     type Args = Self;
     type Error = kameo::error::Infallible;
 
-    async fn on_start(actor: Self, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+    async fn on_start(actor: Self, me: ActorRef<Self>) -> Result<Self, Self::Error> {
+        if let Some(presence) = &actor.presence {
+            presence.room_started(actor.room.name(), me);
+        }
         Ok(actor)
     }
 
@@ -430,6 +445,14 @@ impl Actor for RoomActor {
     /// while any `ActorRef` to it does (every ring reader holds one).
     async fn on_stop(&mut self, _: WeakActorRef<Self>, _: ActorStopReason) -> Result<(), Self::Error> {
         self.ring.update(Ring::close);
+        // Stopped with users in it (the engine shuts down): the other nodes hear they left
+        // now, not when this node goes silent. A room that retires has none (and saying so
+        // could overtake what a new room of the same name reports).
+        if let Some(presence) = &self.presence
+            && self.room.has_local_members()
+        {
+            presence.local_members(self.room.name(), std::collections::BTreeSet::new());
+        }
         if let Some(logged) = &mut self.logged {
             // Ends the task that forwards append outcomes.
             logged.answers = None;
@@ -718,9 +741,38 @@ impl Message<Typing> for RoomActor {
     type Reply = Answer<(), RoomError>;
 
     async fn handle(&mut self, Typing(user): Typing, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
-        let result = self.room.handle_typing(user, self.clock.now());
+        let result = self.room.handle_typing(user.clone(), self.clock.now());
+        if result.is_ok()
+            && let Some(presence) = &self.presence
+        {
+            presence.local_typing(self.room.name(), user);
+        }
         self.flush(ctx.actor_ref());
         Answer(result)
+    }
+}
+
+/// The users other nodes have in the room now (cluster mode), from the presence task.
+pub(crate) struct RemoteMembers(pub(crate) std::collections::BTreeSet<UserName>);
+
+impl Message<RemoteMembers> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, RemoteMembers(users): RemoteMembers, ctx: &mut Context<Self, Self::Reply>) {
+        self.room.handle_remote_members(users);
+        self.flush(ctx.actor_ref());
+    }
+}
+
+/// A user of another node is typing in the room (cluster mode), from the presence task.
+pub(crate) struct RemoteTyping(pub(crate) UserName);
+
+impl Message<RemoteTyping> for RoomActor {
+    type Reply = ();
+
+    async fn handle(&mut self, RemoteTyping(user): RemoteTyping, ctx: &mut Context<Self, Self::Reply>) {
+        self.room.handle_remote_typing(user);
+        self.flush(ctx.actor_ref());
     }
 }
 

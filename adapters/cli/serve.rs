@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use confab_actors::cluster::{ClusterLog, LogOptions};
+use confab_actors::cluster::{ClusterLog, LogOptions, NatsPresenceBus, presence_subject};
 use confab_actors::store::{HistoryStore, RedbStore, Retention};
-use confab_actors::{Engine, EngineConfig, Replicated};
+use confab_actors::{Engine, EngineConfig, PresenceConfig, Replicated};
 use confab_engine::{Limits, SendRate, limits};
 use tracing::{error, info, warn};
 
@@ -135,15 +135,26 @@ fn run_id(node_id: &str, start_ns: u128, pid: u32) -> u64 {
     hash.max(1)
 }
 
-/// Connects to the cluster log (`--nats`) and makes this run one of its writers.
-async fn connect_cluster(args: &ServeArgs, urls: &str, node_id: &str, limits: &Limits) -> anyhow::Result<Replicated> {
+/// Connects to the cluster log (`--nats`) and makes this run one of its writers; presence
+/// and typing cross nodes on a core NATS subject of the cluster's own, over the same
+/// connection, with the start time as this run's incarnation.
+async fn connect_cluster(
+    args: &ServeArgs,
+    urls: &str,
+    node_id: &str,
+    limits: &Limits,
+) -> anyhow::Result<(Replicated, PresenceConfig)> {
     let options = args.cluster.log_options(limits);
+    let subject = presence_subject(&options.stream_prefix);
     info!(urls, node_id, shards = options.shards, replicas = options.replicas, "connecting to the cluster log");
     let log = ClusterLog::connect(urls, options).await.with_context(|| format!("--nats {urls}"))?;
     let start_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_nanos()).unwrap_or(0);
     let node = run_id(node_id, start_ns, std::process::id());
     info!(node_id, run = node, "joined the cluster");
-    Ok(Replicated::new(Arc::new(log), node))
+    let bus = NatsPresenceBus::new(log.jetstream().client().clone(), subject);
+    let incarnation = u64::try_from(start_ns).unwrap_or(u64::MAX);
+    let presence = PresenceConfig::new(Arc::new(bus), node_id, incarnation);
+    Ok((Replicated::new(Arc::new(log), node), presence))
 }
 
 /// Who may call, and over what.
@@ -449,14 +460,14 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
     let web_listener = args.web.bind().await?;
     let limits = args.limits.limits();
-    let (storage, replicated, history) = match (&args.cluster.nats, &args.cluster.node_id) {
+    let (storage, replicated, presence, history) = match (&args.cluster.nats, &args.cluster.node_id) {
         (Some(urls), Some(node_id)) => {
-            let replicated = connect_cluster(&args, urls, node_id, &limits).await?;
+            let (replicated, presence) = connect_cluster(&args, urls, node_id, &limits).await?;
             let history = format!(
                 "cluster node {node_id}, history in NATS JetStream at {urls} ({} streams, {} replicas)",
                 args.cluster.nats_shards, args.cluster.nats_replicas
             );
-            (None, Some(replicated), history)
+            (None, Some(replicated), Some(presence), history)
         }
         // clap refuses --nats without --node-id and the other way round.
         (Some(_), None) | (None, Some(_)) => anyhow::bail!("--nats and --node-id go together"),
@@ -466,7 +477,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
                 Some(_) => format!("durable history in {}", args.data_dir.join(RedbStore::FILE_NAME).display()),
                 None => "in-memory history (--in-memory: a restart loses it)".to_owned(),
             };
-            (storage, None, history)
+            (storage, None, None, history)
         }
     };
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -475,8 +486,15 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     // rooms per millisecond.
     let epoch_base = now_ms.saturating_mul(1_000);
     // In cluster mode rooms take the log's epoch instead (the same on every node).
-    let config =
-        EngineConfig { limits, epoch_base, storage, replicated, time_origin_ms: now_ms, ..EngineConfig::default() };
+    let config = EngineConfig {
+        limits,
+        epoch_base,
+        storage,
+        replicated,
+        presence,
+        time_origin_ms: now_ms,
+        ..EngineConfig::default()
+    };
     let metrics_listener = match args.metrics_listen {
         Some(metrics_address) => Some(
             tokio::net::TcpListener::bind(metrics_address)

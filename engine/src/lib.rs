@@ -17,6 +17,9 @@
 //! - [`session`]: [`Session`], one bidirectional client: frames in, [`SessionCommand`]s out.
 //! - [`upload`]: [`UploadAggregator`], folds chunks into a [`Batch`] committed at once (G6).
 //! - [`rate`]: [`TokenBucket`], the send-rate limit a transport applies per sender.
+//! - [`presence`]: [`Roster`], a node's view of the other nodes' users per room (cluster
+//!   mode): node heartbeats, members announced on change and in periodic full snapshots,
+//!   incarnations; the rooms show the union of local and remote members.
 //! - [`replicated`]: [`Appender`], one room's appends to a log several nodes write (cluster
 //!   mode): one conditional append in flight, unknown outcomes sent again, other nodes'
 //!   entries handed to [`Room::handle_committed`], which sequences the node's own again.
@@ -28,6 +31,7 @@
 
 pub mod error;
 pub mod limits;
+pub mod presence;
 pub mod rate;
 pub mod replicated;
 pub mod ring;
@@ -38,6 +42,7 @@ pub mod upload;
 
 pub use error::{NameError, RoomError, SessionError, UploadError};
 pub use limits::Limits;
+pub use presence::{PresenceEvent, PresenceMessage, Roster};
 pub use rate::{RateKind, RateLimited, SendRate, TokenBucket};
 pub use replicated::{Append, Appender, LogEntry, Origin, Position, Step};
 pub use ring::{ENCODING_SLOTS, Encodings, Published, ReadItem, ReadRef, ReadStatus, ReaderEnd, Ring};

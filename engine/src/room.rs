@@ -14,7 +14,7 @@
 //! subscriber's ring cursor is added after the effects of its `handle_subscribe` are executed,
 //! so it reads exactly what is published after its backlog.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::error::RoomError;
@@ -128,8 +128,14 @@ pub struct Room {
     /// Every subscriber and the user it counts in presence for (`None`: anonymous stream).
     subscribers: BTreeMap<SubscriberId, Option<UserName>>,
     next_subscriber_id: u64,
-    /// Users present and how many subscriptions each holds (presence changes at 0 <-> 1).
+    /// Users present on this node and how many subscriptions each holds (local presence
+    /// changes at 0 <-> 1).
     presence: BTreeMap<UserName, usize>,
+    /// Users present on other nodes (cluster mode, from the node's presence roster). What the
+    /// room shows is the union with `presence`: a user on two nodes joins once, leaves once.
+    remote: BTreeSet<UserName>,
+    /// The local members changed since [`Room::poll_local_members`] last said so.
+    local_members_changed: bool,
     /// Events to publish, oldest first.
     to_publish: VecDeque<RoomEvent>,
     last_activity: Time,
@@ -168,6 +174,8 @@ impl Room {
             subscribers: BTreeMap::new(),
             next_subscriber_id: 1,
             presence: BTreeMap::new(),
+            remote: BTreeSet::new(),
+            local_members_changed: false,
             to_publish: VecDeque::new(),
             last_activity: now,
             retired: false,
@@ -358,7 +366,10 @@ impl Room {
             let count = self.presence.entry(user.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
-                self.queue(RoomEvent::Presence { room: self.name.clone(), user: user.clone(), present: true });
+                self.local_members_changed = true;
+                if !self.remote.contains(user) {
+                    self.queue(RoomEvent::Presence { room: self.name.clone(), user: user.clone(), present: true });
+                }
             }
         }
         let id = SubscriberId(self.next_subscriber_id);
@@ -380,7 +391,10 @@ impl Room {
             });
             if count == Some(0) {
                 self.presence.remove(&user);
-                self.queue(RoomEvent::Presence { room: self.name.clone(), user, present: false });
+                self.local_members_changed = true;
+                if !self.remote.contains(&user) {
+                    self.queue(RoomEvent::Presence { room: self.name.clone(), user, present: false });
+                }
             }
         }
         true
@@ -426,6 +440,44 @@ impl Room {
         self.last_activity = now;
         self.queue(RoomEvent::Typing { room: self.name.clone(), user });
         Ok(())
+    }
+
+    /// The users other nodes have in this room are now `users` (all of them; cluster mode).
+    /// Only a user who appears or disappears from the union with the local members makes a
+    /// presence event. Remote members do not keep the room from retiring: they are not its
+    /// subscribers, and a room that starts again learns them again.
+    pub fn handle_remote_members(&mut self, users: BTreeSet<UserName>) {
+        let old = std::mem::replace(&mut self.remote, users);
+        let left: Vec<UserName> = old.difference(&self.remote).cloned().collect();
+        let joined: Vec<UserName> = self.remote.difference(&old).cloned().collect();
+        let changes = left.into_iter().map(|user| (user, false)).chain(joined.into_iter().map(|user| (user, true)));
+        for (user, present) in changes {
+            if !self.presence.contains_key(&user) {
+                self.queue(RoomEvent::Presence { room: self.name.clone(), user, present });
+            }
+        }
+    }
+
+    /// Users of another node typing here (cluster mode): like [`Room::handle_typing`], but
+    /// not activity of the room's own (it does not keep an idle room alive).
+    pub fn handle_remote_typing(&mut self, user: UserName) {
+        if !self.retired {
+            self.queue(RoomEvent::Typing { room: self.name.clone(), user });
+        }
+    }
+
+    /// The room's local members, in name order, if they changed since the last call: the shell
+    /// hands them to the node's presence roster, which announces them to the other nodes.
+    pub fn poll_local_members(&mut self) -> Option<BTreeSet<UserName>> {
+        if !std::mem::take(&mut self.local_members_changed) {
+            return None;
+        }
+        Some(self.presence.keys().cloned().collect())
+    }
+
+    /// Whether any user is present through a subscription on this node.
+    pub fn has_local_members(&self) -> bool {
+        !self.presence.is_empty()
     }
 
     /// Retires the room if it has no subscriber and saw no activity for the idle time (the
@@ -482,9 +534,10 @@ impl Room {
         self.subscribers.len()
     }
 
-    /// Users present, in name order.
+    /// Users present, on this node or (cluster mode) another, in name order.
     pub fn present_users(&self) -> Vec<UserName> {
-        self.presence.keys().cloned().collect()
+        let local: BTreeSet<&UserName> = self.presence.keys().collect();
+        local.into_iter().chain(&self.remote).collect::<BTreeSet<_>>().into_iter().cloned().collect()
     }
 
     /// Whether the room has retired.

@@ -678,6 +678,15 @@ impl Checker {
         self.trace.record(&[14, now_ms]);
     }
 
+    /// Records that the nodes disagree on who is in a room after a quiet spell (presence
+    /// across nodes did not converge): a violation of its own, "P1".
+    pub fn presence_diverged(&mut self, message: String, now_ms: u64) {
+        self.trace.violation();
+        if self.violations.len() < self.violations_max {
+            self.violations.push(Violation { guarantee: "P1", at_ms: now_ms, message, excerpt: Vec::new() });
+        }
+    }
+
     /// The violations found so far (at most [`VIOLATIONS_KEPT`]).
     pub fn violations(&self) -> &[Violation] {
         &self.violations

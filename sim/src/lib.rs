@@ -26,6 +26,7 @@ pub mod checker;
 mod driver;
 pub mod log;
 pub mod options;
+pub mod presence;
 pub mod report;
 pub mod store;
 mod trace;
@@ -33,7 +34,7 @@ mod trace;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_actors::{Engine, EngineConfig, Replicated};
+use confab_actors::{Engine, EngineConfig, PresenceConfig, Replicated};
 use confab_engine::RoomName;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -94,6 +95,9 @@ struct Backend {
     log: Option<log::SimLog>,
     /// The simulated store (`--durable`).
     store: Option<store::SimStore>,
+    /// The presence bus the nodes share (`--nodes` above 1); it loses messages
+    /// ([`presence::LossyBus`]).
+    bus: Option<presence::LossyBus>,
 }
 
 impl Backend {
@@ -104,7 +108,8 @@ impl Backend {
         let store = options.durable.then(|| {
             store::SimStore::new(options.seed ^ 0x7374_6f72, options.commit_failures, options.limits().history_len_max)
         });
-        Backend { log, store }
+        let bus = (options.nodes > 1).then(|| presence::LossyBus::new(options.seed ^ 0x7072_6573));
+        Backend { log, store, bus }
     }
 
     /// Starts node `node` (from 0) on its run `run` (0 at the start, one more per restart):
@@ -123,6 +128,10 @@ impl Backend {
             let writer = run * u64::from(options.nodes) + node as u64 + 1;
             config.replicated = Some(Replicated::new(Arc::new(log.clone()), writer));
         }
+        if let Some(bus) = &self.bus {
+            // The run is the incarnation: a restarted node's users replace its last run's.
+            config.presence = Some(PresenceConfig::new(Arc::new(bus.clone()), format!("node-{}", node + 1), run + 1));
+        }
         if let Some(store) = &self.store {
             config.local_log = Some(Arc::new(store.clone()));
         }
@@ -137,7 +146,7 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(C
     let rooms = room_names(options.rooms);
     let span_ms = u64::try_from((options.duration + DRAIN).as_millis()).unwrap_or(u64::MAX);
     let checker = Checker::new(rooms.clone(), span_ms);
-    let world = Arc::new(driver::World::new(engines, options.clone(), rooms, checker));
+    let world = Arc::new(driver::World::new(engines, options.clone(), rooms.clone(), checker));
     let crashes =
         options.crash_interval.map(|interval| tokio::spawn(crash_nodes(world.clone(), backend.clone(), interval)));
     if let Some(progress) = progress {
@@ -152,6 +161,24 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(C
             }
         });
     }
+    // Presence converges once the bus stops losing (at the clients' deadline): after a quiet
+    // spell, while the clients still hold their subscriptions (they read until the end of the
+    // drain), every node shows the same users in each room.
+    // Not with crashes: a node restarted near the deadline may still be gathering its
+    // clients back when the check runs, and that is not a divergence.
+    let presence_check = backend.bus.clone().filter(|_| options.crash_interval.is_none()).map(|bus| {
+        let (world, rooms) = (world.clone(), rooms.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(world.deadline).await;
+            bus.stop_losing();
+            tokio::time::sleep(Duration::from_millis(presence::QUIET_MS)).await;
+            let now = world.now_ms();
+            let engines: Vec<Engine> = world.nodes.iter().filter_map(driver::Node::engine).collect();
+            for divergence in presence::divergences(&engines, &rooms).await {
+                world.checker().presence_diverged(divergence, now);
+            }
+        })
+    });
     let clients: Vec<_> =
         (0..options.clients).map(|number| tokio::spawn(driver::run_client(world.clone(), number))).collect();
     for client in clients {
@@ -159,6 +186,11 @@ async fn simulate(options: &SimOptions, progress: Option<Progress>) -> Result<(C
         if let Err(error) = client.await {
             std::panic::resume_unwind(error.into_panic());
         }
+    }
+    if let Some(check) = presence_check
+        && let Err(error) = check.await
+    {
+        std::panic::resume_unwind(error.into_panic());
     }
     if let Some(crashes) = crashes {
         // It stopped crashing at the deadline; its restarts are done well before the end.

@@ -24,6 +24,7 @@ mod nats;
 mod leader_crash;
 mod node_crash;
 mod order;
+mod presence;
 mod quorum;
 
 use std::collections::{BTreeMap, BTreeSet};

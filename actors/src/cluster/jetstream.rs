@@ -382,6 +382,11 @@ impl JetStreamLog {
         Ok(JetStreamLog { client, streams, options })
     }
 
+    /// The NATS connection underneath (presence shares it: [`super::NatsPresenceBus`]).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// The options this log was connected with.
     pub fn options(&self) -> &LogOptions {
         &self.options

@@ -10,6 +10,8 @@
 //!   conditional append, read after a position, the leader's last position, a shard's live
 //!   feed.
 //! - `batch`: an atomic batch publish (ADR-50 headers), which async-nats 0.51 lacks.
+//! - `presence_bus`: [`NatsPresenceBus`], presence and typing across nodes on a core NATS
+//!   subject of the cluster's own ([`presence_subject`]).
 //! - `room_log`: [`ClusterLog`], the engine's room log over [`JetStreamLog`]: entries carry the
 //!   appending node's origin and the message in the store's record format; every shard's feed
 //!   followed from its end.
@@ -21,6 +23,7 @@
 
 mod batch;
 pub mod jetstream;
+mod presence_bus;
 mod room_log;
 pub mod subject;
 
@@ -30,5 +33,6 @@ pub use jetstream::{
     AppendError, Appended, BATCH_LEN_MAX, ClusterError, Entry, HEADER_EPOCH, HEADER_SEQ, JetStreamLog, LogOptions,
     Position, READ_LEN_MAX, ReadError, SERVER_VERSION_MIN, StoredEntry,
 };
+pub use presence_bus::{NatsPresenceBus, PRESENCE_SUBJECT_PREFIX, presence_subject};
 pub use room_log::ClusterLog;
 pub use subject::{RoomSubject, room_of_subject, room_subject, shard_of};

@@ -4,6 +4,7 @@
 mod embedding;
 mod faulty_store;
 mod ordering;
+mod presence;
 mod replicated;
 mod sessions;
 mod stats;

@@ -6,3 +6,4 @@
 mod engine;
 mod log;
 mod nats;
+mod presence;

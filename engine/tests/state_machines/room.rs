@@ -318,3 +318,34 @@ fn a_stalled_subscriber_is_closed_with_what_it_missed_and_a_slow_reader_is_not()
     assert_eq!(shell.read(stuck, 8), (vec![], ReadStatus::Ended(ReaderEnd::Unsubscribed)), "nothing after its end");
     assert_eq!(shell.read_all(fast).0, vec![Seen::Message(31)]);
 }
+
+#[test]
+fn presence_is_the_union_of_local_and_remote_members_without_duplicate_events() {
+    let mut shell = shell_with_ring(16);
+    let watcher = shell.subscribed(None, at(0));
+    let remote = |names: &[&str]| names.iter().map(|name| user(name)).collect::<std::collections::BTreeSet<_>>();
+    // Ann is on another node, then here too: one arrival.
+    shell.room.handle_remote_members(remote(&["ann", "bob"]));
+    shell.flush(at(1));
+    let ann = shell.subscribed(Some("ann"), at(1));
+    assert_eq!(shell.room.poll_local_members(), Some(remote(&["ann"])));
+    assert_eq!(shell.room.poll_local_members(), None, "said once per change");
+    assert_eq!(shell.read_all(watcher).0, vec![Seen::Presence("ann".into(), true), Seen::Presence("bob".into(), true)]);
+    assert_eq!(shell.room.present_users(), vec![user("ann"), user("bob")]);
+    // She leaves the other node: still here, no event; bob leaves: one event.
+    shell.room.handle_remote_members(remote(&[]));
+    shell.flush(at(2));
+    assert_eq!(shell.read_all(watcher).0, vec![Seen::Presence("bob".into(), false)]);
+    assert_eq!(shell.room.present_users(), vec![user("ann")]);
+    // She comes back on the other node, then leaves here: still present, no event.
+    shell.room.handle_remote_members(remote(&["ann"]));
+    assert!(shell.unsubscribe(ann, at(3)));
+    assert_eq!(shell.room.poll_local_members(), Some(remote(&[])));
+    assert_eq!(shell.read_all(watcher).0, vec![]);
+    assert_eq!(shell.room.present_users(), vec![user("ann")]);
+    shell.room.handle_remote_members(remote(&[]));
+    shell.room.handle_remote_typing(user("carl"));
+    shell.flush(at(4));
+    assert_eq!(shell.read_all(watcher).0, vec![Seen::Presence("ann".into(), false), Seen::Typing("carl".into())]);
+    assert!(shell.room.present_users().is_empty());
+}
