@@ -596,6 +596,11 @@ impl JetStreamLog {
         Ok(Position(info.state.last_sequence))
     }
 
+    /// Shard `shard`'s stream handle (`None`: no such shard), for the retention pass.
+    pub(super) fn shard_stream(&self, shard: u32) -> Option<&stream::Stream<()>> {
+        self.streams.get(shard as usize)
+    }
+
     fn stream(&self, shard: u32) -> Result<&stream::Stream<()>, ReadError> {
         self.streams.get(shard as usize).ok_or_else(|| ReadError::Unavailable { reason: format!("no shard {shard}") })
     }

@@ -12,6 +12,8 @@
 //! - `batch`: an atomic batch publish (ADR-50 headers), which async-nats 0.51 lacks.
 //! - `presence_bus`: [`NatsPresenceBus`], presence and typing across nodes on a core NATS
 //!   subject of the cluster's own ([`presence_subject`]).
+//! - `retention`: age retention ([`spawn_retention`], [`JetStreamLog::purge_before`]): purges
+//!   each room's messages older than the age, never its last one.
 //! - `room_log`: [`ClusterLog`], the engine's room log over [`JetStreamLog`]: entries carry the
 //!   appending node's origin and the message in the store's record format; every shard's feed
 //!   followed from its end.
@@ -24,6 +26,7 @@
 mod batch;
 pub mod jetstream;
 mod presence_bus;
+mod retention;
 mod room_log;
 pub mod subject;
 
@@ -34,5 +37,9 @@ pub use jetstream::{
     Position, READ_LEN_MAX, ReadError, SERVER_VERSION_MIN, StoredEntry,
 };
 pub use presence_bus::{NatsPresenceBus, PRESENCE_SUBJECT_PREFIX, presence_subject};
+pub use retention::{
+    PassReport, RETENTION_PASS_INTERVAL, RETENTION_PASS_INTERVAL_MIN, RETENTION_ROOMS_PER_PASS_MAX, RetentionError,
+    RetentionTask, retention_pass_interval, spawn_retention,
+};
 pub use room_log::ClusterLog;
 pub use subject::{RoomSubject, room_of_subject, room_subject, shard_of};

@@ -11,7 +11,7 @@ use crate::nats::{ClusterOptions, NatsCluster};
 /// The longest any test waits for the cluster to accept appends again after a failure.
 const RECOVERY_WAIT_MAX: Duration = Duration::from_secs(30);
 
-fn options(prefix: &str) -> LogOptions {
+pub(crate) fn options(prefix: &str) -> LogOptions {
     LogOptions::default()
         .shards(2)
         .replicas(3)
@@ -20,11 +20,11 @@ fn options(prefix: &str) -> LogOptions {
         .stream_prefix(prefix)
 }
 
-fn entry(seq: u64) -> Entry {
+pub(crate) fn entry(seq: u64) -> Entry {
     Entry { seq, epoch: 7, payload: Bytes::from(format!("message {seq}")) }
 }
 
-async fn connect(urls: &str, options: LogOptions) -> JetStreamLog {
+pub(crate) async fn connect(urls: &str, options: LogOptions) -> JetStreamLog {
     JetStreamLog::connect(urls, options).await.unwrap_or_else(|error| panic!("connect to {urls}: {error}"))
 }
 
@@ -50,7 +50,7 @@ async fn append_settled(
 }
 
 /// [`append_settled`] without the count.
-async fn append(
+pub(crate) async fn append(
     log: &JetStreamLog,
     room: &str,
     expected: Position,

@@ -7,3 +7,4 @@ mod engine;
 mod log;
 mod nats;
 mod presence;
+mod retention;
