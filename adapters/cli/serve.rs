@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use confab_actors::cluster::{ClusterLog, LogOptions, NatsPresenceBus, presence_subject};
+use confab_actors::cluster::{
+    ClusterLog, LogOptions, NatsPresenceBus, RetentionTask, presence_subject, retention_pass_interval, spawn_retention,
+};
 use confab_actors::store::{HistoryStore, RedbStore, Retention};
 use confab_actors::{Engine, EngineConfig, PresenceConfig, Replicated};
 use confab_engine::{Limits, SendRate, limits};
@@ -39,7 +41,9 @@ pub struct ServeArgs {
     #[arg(long)]
     in_memory: bool,
     /// Also drop stored messages older than this (by default only the newest
-    /// --history-len-max per room are kept).
+    /// --history-len-max per room are kept). With --nats, every node purges them from the
+    /// JetStream streams about every tenth of this (1 s to 1 min); each room keeps at least its
+    /// last message.
     #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
     retention_age: Option<Duration>,
     /// Also serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics. Off by default;
@@ -79,13 +83,13 @@ struct ClusterArgs {
     /// (comma-separated, e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222), shared with every
     /// node given the same servers; clients of any node may use any room. A send is
     /// acknowledged once a quorum of the servers stored it. Needs nats-server 2.12 or later and
-    /// --node-id; history lives in JetStream, so --data-dir, --in-memory and --retention-age are
-    /// refused with it. Without it the server runs alone, as before.
+    /// --node-id; history lives in JetStream, so --data-dir and --in-memory are refused with it.
+    /// Without it the server runs alone, as before.
     #[arg(
         long,
         value_name = "URL,...",
         requires = "node_id",
-        conflicts_with_all = ["data_dir", "in_memory", "retention_age"]
+        conflicts_with_all = ["data_dir", "in_memory"]
     )]
     nats: Option<String>,
     /// This node's name in the cluster (required with --nats; no default, so two nodes never
@@ -137,13 +141,15 @@ fn run_id(node_id: &str, start_ns: u128, pid: u32) -> u64 {
 
 /// Connects to the cluster log (`--nats`) and makes this run one of its writers; presence
 /// and typing cross nodes on a core NATS subject of the cluster's own, over the same
-/// connection, with the start time as this run's incarnation.
+/// connection, with the start time as this run's incarnation. With `--retention-age`, this node
+/// also runs the log's retention passes (idempotent, so every node may); the returned task
+/// stops them when dropped.
 async fn connect_cluster(
     args: &ServeArgs,
     urls: &str,
     node_id: &str,
     limits: &Limits,
-) -> anyhow::Result<(Replicated, PresenceConfig)> {
+) -> anyhow::Result<(Replicated, PresenceConfig, Option<RetentionTask>)> {
     let options = args.cluster.log_options(limits);
     let subject = presence_subject(&options.stream_prefix);
     info!(urls, node_id, shards = options.shards, replicas = options.replicas, "connecting to the cluster log");
@@ -154,7 +160,11 @@ async fn connect_cluster(
     let bus = NatsPresenceBus::new(log.jetstream().client().clone(), subject);
     let incarnation = u64::try_from(start_ns).unwrap_or(u64::MAX);
     let presence = PresenceConfig::new(Arc::new(bus), node_id, incarnation);
-    Ok((Replicated::new(Arc::new(log), node), presence))
+    let retention = args.retention_age.map(|age| {
+        info!(node_id, ?age, interval = ?retention_pass_interval(age), "purging messages older than the retention age");
+        spawn_retention(log.jetstream().clone(), age)
+    });
+    Ok((Replicated::new(Arc::new(log), node), presence, retention))
 }
 
 /// Who may call, and over what.
@@ -460,14 +470,15 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
     let web_listener = args.web.bind().await?;
     let limits = args.limits.limits();
-    let (storage, replicated, presence, history) = match (&args.cluster.nats, &args.cluster.node_id) {
+    // `_retention` runs the cluster's retention passes until this function returns.
+    let (storage, replicated, presence, history, _retention) = match (&args.cluster.nats, &args.cluster.node_id) {
         (Some(urls), Some(node_id)) => {
-            let (replicated, presence) = connect_cluster(&args, urls, node_id, &limits).await?;
+            let (replicated, presence, retention) = connect_cluster(&args, urls, node_id, &limits).await?;
             let history = format!(
                 "cluster node {node_id}, history in NATS JetStream at {urls} ({} streams, {} replicas)",
                 args.cluster.nats_shards, args.cluster.nats_replicas
             );
-            (None, Some(replicated), Some(presence), history)
+            (None, Some(replicated), Some(presence), history, retention)
         }
         // clap refuses --nats without --node-id and the other way round.
         (Some(_), None) | (None, Some(_)) => anyhow::bail!("--nats and --node-id go together"),
@@ -477,7 +488,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
                 Some(_) => format!("durable history in {}", args.data_dir.join(RedbStore::FILE_NAME).display()),
                 None => "in-memory history (--in-memory: a restart loses it)".to_owned(),
             };
-            (storage, None, None, history)
+            (storage, None, None, history, None)
         }
     };
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -715,11 +726,15 @@ mod tests {
     }
 
     /// History lives in JetStream in cluster mode: flags of the local store are contradictions,
-    /// and a node needs its name.
+    /// and a node needs its name. Age retention applies to the streams, so it is taken.
     #[test]
     fn cluster_mode_refuses_local_history_flags_and_a_missing_node_id() {
         let nats = ["--nats", "nats://127.0.0.1:4222", "--node-id", "a"];
-        for extra in [&["--data-dir", "d"][..], &["--in-memory"], &["--retention-age", "1h"]] {
+        let Ok(args) = parse_serve(&[&nats[..], &["--retention-age", "1h"]].concat()) else {
+            panic!("--nats with --retention-age parses")
+        };
+        assert_eq!(args.retention_age, Some(Duration::from_secs(3_600)));
+        for extra in [&["--data-dir", "d"][..], &["--in-memory"]] {
             let args: Vec<&str> = nats.iter().chain(extra).copied().collect();
             let error = parse_serve(&args).err().unwrap_or_else(|| panic!("{args:?} is refused"));
             assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict, "{args:?}");
