@@ -320,6 +320,25 @@ impl RoomActor {
         }
     }
 
+    /// The room's log dropped entries after `known` that this node never applied (see
+    /// [`LogEntries`]): everyone waiting on the room is answered before it stops. A sender's
+    /// message may have been committed meanwhile; a resend with the same client message id
+    /// tells (G4).
+    fn fell_behind_the_log(&mut self, known: Position) {
+        tracing::warn!(room = %self.room.name(), after = ?known, "the room's log dropped entries this node had not applied; the room reloads");
+        let refusal = RoomError::Storage {
+            reason: "this node fell behind the room's log by more than the log keeps; the room reloads: resend with \
+                     the same client_msg_id"
+                .to_owned(),
+        };
+        for waiter in self.waiters.drain(..) {
+            waiter.answer(Err(refusal.clone()));
+        }
+        for (_, reply) in self.catching_up.drain(..) {
+            reply.send(Answer(Err(refusal.clone())));
+        }
+    }
+
     /// The append in flight has (still) no known outcome, for `reason`: its senders are
     /// answered once [`UNKNOWN_OUTCOME_ANSWER_AFTER`] has passed since it was first sent (a
     /// timer armed at its first unknown outcome says when; later attempts' outcomes check
@@ -628,13 +647,16 @@ impl Message<LogEntries> for RoomActor {
         if behind && !read {
             // The feed skipped entries (it started after them): read them now.
             self.read_log(ctx.actor_ref(), None);
-        } else if behind || conflicted || !self.catching_up.is_empty() {
-            // The log itself lacks what the room needs next (trimmed, or a replica behind),
-            // or the read did not reach what an append or a reader waits for: again, after
-            // a pause.
-            if behind {
-                tracing::warn!(room = %self.room.name(), after = ?known, "the room's log has a gap after what the room knows; reading again");
-            }
+        } else if behind {
+            // The log itself no longer holds the entries that continue this room: it dropped
+            // them (its per-room limit, age retention) while this node lagged behind. No
+            // read can close that gap, so the room stops; the next call loads it afresh from
+            // the log, and its readers resume with `after_seq`, told of what they missed.
+            self.fell_behind_the_log(known);
+            ctx.stop();
+        } else if conflicted || !self.catching_up.is_empty() {
+            // The read did not reach what an append or a reader waits for (a replica
+            // behind): again, after a pause.
             self.read_log(ctx.actor_ref(), Some(LOG_RETRY_DELAY));
         } else if read && unapplied {
             // The feed brought entries beyond what this read found while it was on its way

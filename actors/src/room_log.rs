@@ -158,6 +158,20 @@ impl MemoryLog {
         }
     }
 
+    /// Drops `room`'s entries at or before `position`, as a stream does that keeps a bounded
+    /// number of messages per room, and from the feed held back by
+    /// [`MemoryLog::pause_feed`] (as if the followers had skipped them): how a test leaves a
+    /// lagging node a gap no read can close.
+    pub fn discard_through(&self, room: &RoomName, position: Position) {
+        let mut state = self.lock();
+        if let Some(entries) = state.rooms.get_mut(room) {
+            entries.retain(|entry| entry.position > position);
+        }
+        if let Some(held) = &mut state.held {
+            held.retain(|entry| entry.message.room != *room || entry.position > position);
+        }
+    }
+
     /// Every entry of `room`, in order.
     pub fn entries(&self, room: &RoomName) -> Vec<LogEntry> {
         self.lock().rooms.get(room).cloned().unwrap_or_default()

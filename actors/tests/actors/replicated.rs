@@ -60,6 +60,50 @@ async fn reads_catch_up_with_the_log_while_the_feed_lags() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_node_that_fell_behind_what_the_log_keeps_reloads_the_room() {
+    use confab_actors::{StreamEnd, StreamItem};
+    use confab_engine::{ClientMsgId, Draft, RoomEvent, UserName};
+    use futures::StreamExt;
+    let draft = |id: &str| Draft {
+        user: UserName::new("ann").expect("user"),
+        client_msg_id: ClientMsgId::new(id).expect("id"),
+        body: id.into(),
+    };
+    let log = Arc::new(MemoryLog::new());
+    let (writer, lagging) = (node(&log, 1), node(&log, 2));
+    let lobby = room("lobby");
+    within(async {
+        writer.send(&lobby, draft("m1")).await.expect("sent");
+        let mut events = lagging.subscribe(&lobby, None, None).await.expect("subscribed");
+        // The lagging node hears nothing while #2..=#6 are written, and by the time it does,
+        // the log keeps only #5 and #6 (its per-room limit): #2..=#4 are gone for good.
+        log.pause_feed(true);
+        for id in ["m2", "m3", "m4", "m5", "m6"] {
+            writer.send(&lobby, draft(id)).await.expect("sent");
+        }
+        let fourth = log.entries(&lobby)[3].position;
+        log.discard_through(&lobby, fourth);
+        log.pause_feed(false);
+        let mut seen = Vec::new();
+        let end = loop {
+            match events.next().await {
+                Some(StreamItem::Next(RoomEvent::Message(message))) => seen.push(message.seq),
+                Some(StreamItem::Next(_)) => {}
+                Some(StreamItem::End(end)) => break Some(end),
+                None => break None,
+            }
+        };
+        assert_eq!(seen, Vec::<u64>::new(), "nothing past the gap is delivered as if it continued the room");
+        assert_eq!(end, Some(StreamEnd::RoomStopped), "the subscription ends: the room reloads, not loops");
+        let page = lagging.history(&lobby, 0, 0).await.expect("the room loads afresh from the log");
+        assert_eq!(page.messages.iter().map(|message| message.seq).collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(page.first_retained_seq, 5);
+        assert_eq!(lagging.send(&lobby, draft("m7")).await.expect("sent").seq, 7, "and goes on from the log");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_node_new_to_the_room_continues_it_from_the_log() {
     let log = Arc::new(MemoryLog::new());
     let (first, late) = (node(&log, 1), node(&log, 2));
