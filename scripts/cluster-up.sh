@@ -77,7 +77,7 @@ for ((i = 0; i < 3; i++)); do
 server_name: $name
 listen: 127.0.0.1:$((nats_port + i))
 http: 127.0.0.1:$((monitor_port + i))
-jetstream { store_dir: "$dir/$name", sync_interval: $sync_interval }
+jetstream { store_dir: "$dir/$name", sync_interval: "$sync_interval" }
 cluster { name: confab-up, listen: 127.0.0.1:$((route_port + i)), routes: [$routes] }
 CONF
   "$CONFAB_NATS_SERVER" -c "$dir/$name.conf" >"$dir/$name.log" 2>&1 &
