@@ -223,6 +223,18 @@ impl Registry {
         let last_position = stored.as_ref().map(|stored| stored.last_position).unwrap_or_default();
         let mut room = match stored {
             Some(stored) => {
+                // A log's answer is input: one that does not end its tail at its last
+                // sequence number, or has a hole in it, is refused here rather than trusted
+                // into a room whose invariants would then fail (and take the registry down).
+                let contiguous = stored.tail.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
+                if !contiguous || stored.tail.last().is_some_and(|last| last.seq != stored.last_seq) {
+                    return Err(RoomError::DataLoss {
+                        reason: format!(
+                            "room {name}: its log's tail does not end at #{} without gaps; not loaded",
+                            stored.last_seq
+                        ),
+                    });
+                }
                 Room::restore(name.clone(), stored.epoch, &self.limits, now, persistence, stored.last_seq, stored.tail)
             }
             None if create => {

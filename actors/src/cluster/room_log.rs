@@ -71,22 +71,34 @@ impl RoomLog for ClusterLog {
             else {
                 return Ok(None);
             };
-            // The subject keeps the room's retained history (`max_msgs_per_subject`).
-            let mut tail = Vec::new();
+            // The subject keeps the room's retained history (`max_msgs_per_subject`). Other
+            // nodes may append (and the stream trim) while it is read, and a read served by a
+            // replica may stop short: the room continues from the last entry actually read, so
+            // its history always ends at its last sequence number, and it catches up with the
+            // rest as any room does (reads, the feed).
+            let mut tail: Vec<LogEntry> = Vec::new();
             let mut after = js::Position::NONE;
             while after < last_position {
                 let read = this.log.read_after(room.as_str(), after, js::READ_LEN_MAX).await.map_err(unreadable)?;
                 let Some(last) = read.last() else { break };
                 after = last.position;
                 for stored in read {
-                    tail.push((*entry(&room, stored)?.message).clone());
+                    let entry = entry(&room, stored)?;
+                    if entry.position > Position(last_position.0) {
+                        break;
+                    }
+                    tail.push(entry);
                 }
             }
+            let (last_position, last_seq) = match tail.last() {
+                Some(last) => (last.position, last.message.seq),
+                None => (Position(last_position.0), last_seq),
+            };
             Ok(Some(LoadedRoom {
                 epoch: this.epoch,
                 last_seq,
-                last_position: Position(last_position.0),
-                tail: tail.into_iter().filter(|message| message.seq <= last_seq).collect(),
+                last_position,
+                tail: tail.into_iter().map(|entry| (*entry.message).clone()).collect(),
             }))
         }
         .boxed()

@@ -234,3 +234,69 @@ async fn without_quorum_senders_hear_unavailable_after_the_bound_and_health_says
         page.messages.iter().filter_map(|message| message.client_msg_id.as_ref()).map(|id| id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "d"], "the refused c is nowhere, b is there once");
 }
+
+/// A log whose load answers a tail that stops short of the room's last sequence number: an
+/// inconsistent answer (a replica behind, a read racing appends) that the registry must refuse
+/// rather than trust.
+struct ShortTailLog {
+    log: MemoryLog,
+}
+
+impl RoomLog for ShortTailLog {
+    fn load(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<LoadedRoom>, RoomError>> {
+        self.log
+            .load(room)
+            .map(|loaded| {
+                loaded.map(|loaded| {
+                    loaded.map(|mut loaded| {
+                        loaded.tail.pop();
+                        loaded
+                    })
+                })
+            })
+            .boxed()
+    }
+
+    fn append(&self, room: &RoomName, epoch: u64, append: Append) -> BoxFuture<'static, AppendOutcome> {
+        self.log.append(room, epoch, append)
+    }
+
+    fn read_after(
+        &self,
+        room: &RoomName,
+        after: Position,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<LogEntry>, RoomError>> {
+        self.log.read_after(room, after, limit)
+    }
+
+    fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
+        self.log.last_position(room)
+    }
+
+    fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
+        self.log.follow()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_load_whose_tail_stops_short_is_refused_and_the_node_keeps_serving() {
+    let log = Arc::new(ShortTailLog { log: MemoryLog::new() });
+    let start = |node| {
+        let replicated = Replicated::new(Arc::clone(&log) as _, node);
+        Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
+            .expect("inside a tokio runtime")
+    };
+    let (writer, late) = (start(1), start(2));
+    let lobby = room("lobby");
+    within(async {
+        for id in ["a", "b"] {
+            writer.send(&lobby, super::draft("ann", id, id)).await.expect("sent");
+        }
+        let refused = late.history(&lobby, 0, 0).await.expect_err("the inconsistent load is refused");
+        assert!(matches!(refused, EngineError::Room(RoomError::DataLoss { .. })), "DATA_LOSS: {refused:?}");
+        assert_eq!(late.health(), EngineHealth::Serving, "the registry survives it");
+        late.send(&room("other"), super::draft("bob", "c", "c")).await.expect("other rooms still work");
+    })
+    .await;
+}
