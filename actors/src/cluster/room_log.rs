@@ -74,8 +74,8 @@ impl RoomLog for ClusterLog {
             // The subject keeps the room's retained history (`max_msgs_per_subject`). Other
             // nodes may append (and the stream trim) while it is read, and a read served by a
             // replica may stop short: the room continues from the last entry actually read, so
-            // its history always ends at its last sequence number, and it catches up with the
-            // rest as any room does (reads, the feed).
+            // its history always ends at its last sequence number without holes, and it
+            // catches up with the rest as any room does (reads, the feed).
             let mut tail: Vec<LogEntry> = Vec::new();
             let mut after = js::Position::NONE;
             while after < last_position {
@@ -86,6 +86,13 @@ impl RoomLog for ClusterLog {
                     let entry = entry(&room, stored)?;
                     if entry.position > Position(last_position.0) {
                         break;
+                    }
+                    // The stream trims a busy room's oldest messages while it is read: a load
+                    // slower than the room can find the trim front past its cursor. What was
+                    // read before such a gap is older than what the stream keeps; the tail is
+                    // what follows it.
+                    if tail.last().is_some_and(|last: &LogEntry| entry.message.seq != last.message.seq + 1) {
+                        tail.clear();
                     }
                     tail.push(entry);
                 }
