@@ -10,7 +10,7 @@
 //!   hears `Failed`; the room is fenced, so appends it had already sent behind the failed one
 //!   (holding messages its rollback dropped) are refused too, until one starts right after
 //!   the room's last stored message (or the room is loaded again after a restart);
-//! - **crash** ([`SimStore::crash`]): appends not yet committed are lost, as the writer
+//! - **crash** (`SimStore::crash`): appends not yet committed are lost, as the writer
 //!   thread's queue is when the process dies; whatever was committed stays, answered or not.
 //!
 //! Each append takes a little time to commit, drawn when it is made; commits happen in the
