@@ -223,11 +223,9 @@ impl Registry {
         let last_position = stored.as_ref().map(|stored| stored.last_position).unwrap_or_default();
         let mut room = match stored {
             Some(stored) => {
-                // A log's answer is input: one that does not end its tail at its last
-                // sequence number, or has a hole in it, is refused here rather than trusted
-                // into a room whose invariants would then fail (and take the registry down).
-                let contiguous = stored.tail.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
-                if !contiguous || stored.tail.last().is_some_and(|last| last.seq != stored.last_seq) {
+                // Refused here rather than trusted into a room whose invariants would then
+                // fail (and take the registry down).
+                if !stored.is_consistent() {
                     return Err(RoomError::DataLoss {
                         reason: format!(
                             "room {name}: its log's tail does not end at #{} without gaps; not loaded",

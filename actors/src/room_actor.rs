@@ -315,8 +315,13 @@ impl RoomActor {
     /// and every waiting sender hears why.
     fn persist_failed(&mut self, failure: RoomError) {
         self.room.handle_persist_failed();
+        self.refuse_waiters(&failure);
+    }
+
+    /// Answers every sender still waiting for its message to become durable with `refusal`.
+    fn refuse_waiters(&mut self, refusal: &RoomError) {
         for waiter in self.waiters.drain(..) {
-            waiter.answer(Err(failure.clone()));
+            waiter.answer(Err(refusal.clone()));
         }
     }
 
@@ -331,9 +336,7 @@ impl RoomActor {
                      the same client_msg_id"
                 .to_owned(),
         };
-        for waiter in self.waiters.drain(..) {
-            waiter.answer(Err(refusal.clone()));
-        }
+        self.refuse_waiters(&refusal);
         for (_, reply) in self.catching_up.drain(..) {
             reply.send(Answer(Err(refusal.clone())));
         }
@@ -382,9 +385,7 @@ impl RoomActor {
                  same client_msg_id to learn its number"
             ),
         };
-        for waiter in self.waiters.drain(..) {
-            waiter.answer(Err(refusal.clone()));
-        }
+        self.refuse_waiters(&refusal);
     }
 
     /// The refusal of a new send while the append in flight has had no known outcome for too

@@ -37,6 +37,15 @@ pub struct LoadedRoom {
     pub tail: Vec<ChatMessage>,
 }
 
+impl LoadedRoom {
+    /// Whether its tail is what the fields say: contiguous and ending at `last_seq` (or
+    /// empty). A log's answer is input; one that is not is refused, never restored.
+    pub fn is_consistent(&self) -> bool {
+        let contiguous = self.tail.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
+        contiguous && self.tail.last().is_none_or(|last| last.seq == self.last_seq)
+    }
+}
+
 /// What became of an append.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AppendOutcome {
