@@ -16,7 +16,8 @@ use confab_engine::{
     ClientFrame, Draft, HistoryPage, Limits, Receipt, RoomError, RoomEvent, RoomName, Sent, Seq, ServerFrame, Session,
     UploadAggregator, UserName,
 };
-use futures::Stream;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt as _};
 use kameo::actor::{ActorRef, Spawn, WeakActorRef};
 use kameo::mailbox;
 use tokio::sync::{mpsc, oneshot};
@@ -31,7 +32,7 @@ use crate::registry::{Durable, EngineLog, Registry, RoomTable, StopRooms, Storag
 use crate::ring::{ReaderItem, RingReader, SharedEvent, Stalled, StreamEnd};
 use crate::room_actor::{History, Info, LogEntries, RoomInfo, SendMessage, Subscribe, Typing};
 use crate::room_log::RoomLog;
-use crate::session_actor::{Close, Disconnect, Frame, Outbound, SessionActor};
+use crate::session_actor::{Close, Disconnect, Frame, Outbound, RoomStopped, SessionActor};
 use crate::stats::{EngineStats, StatsSnapshot};
 use crate::store::LocalLog;
 use crate::store::writer::Writer;
@@ -530,6 +531,7 @@ impl Engine {
             ready: VecDeque::new(),
             ended: false,
             actor: actor.downgrade(),
+            notices: FuturesUnordered::new(),
         };
         (SessionSender { actor, closed: false }, events)
     }
@@ -824,6 +826,8 @@ pub struct SessionEvents {
     /// The session actor, stopped at once if a room closes the session for stalling: its
     /// client reads nothing, so nothing else could reach it either.
     actor: WeakActorRef<SessionActor>,
+    /// Rooms that stopped under the stream, being told to the session actor.
+    notices: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl SessionEvents {
@@ -856,8 +860,9 @@ impl SessionEvents {
                     Poll::Ready(ReaderItem::Event(event)) => self.ready.push_back(SessionItem::Event(event)),
                     Poll::Ready(ReaderItem::Stalled(stalled)) => return Some(stalled),
                     Poll::Ready(ReaderItem::Ended) => {
-                        // The room stopped: the session no longer hears from it.
-                        gone.push(room.clone());
+                        // The room stopped (or the session just left it): the session actor
+                        // tells the client, which may join again with `after_seq`.
+                        gone.push((room.clone(), reader.handle().identity()));
                         break;
                     }
                     Poll::Pending => break,
@@ -867,8 +872,15 @@ impl SessionEvents {
                 }
             }
         }
-        for room in gone {
+        for (room, subscription) in gone {
             self.readers.remove(&room);
+            if let Some(actor) = self.actor.upgrade() {
+                // Delivered once the session's mailbox has room (polled with the stream).
+                let notice = async move {
+                    let _ = actor.tell(RoomStopped { room, subscription }).await;
+                };
+                self.notices.push(Box::pin(notice));
+            }
         }
         None
     }
@@ -918,6 +930,7 @@ impl SessionEvents {
             if !self.ready.is_empty() {
                 continue;
             }
+            while let Poll::Ready(Some(())) = self.notices.poll_next_unpin(cx) {}
             // Nothing ready anywhere (every source registered this task's waker): the session
             // finished and its echoes came back, or its actor is gone without finishing.
             if self.echoes_done() {

@@ -225,6 +225,12 @@ impl ReaderHandle {
         }
     }
 
+    /// Which subscription this is: its room actor and its id there (a room reloaded, or left
+    /// and joined again, gives a different one).
+    pub(crate) fn identity(&self) -> (kameo::actor::ActorId, SubscriberId) {
+        (self.actor.id(), self.id)
+    }
+
     /// The last message this reader handed out or declared missed (`None` once finished).
     pub(crate) fn delivered(&self) -> Option<Seq> {
         self.ring.with(|ring| ring.delivered(self.id))

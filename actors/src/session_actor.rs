@@ -10,9 +10,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use confab_engine::{ClientFrame, RoomError, RoomName, Seq, ServerFrame, Session, SessionCommand, Subscription};
+use confab_engine::{
+    ClientFrame, RoomError, RoomName, Seq, ServerFrame, Session, SessionCommand, SubscriberId, Subscription,
+};
 use kameo::Actor;
-use kameo::actor::ActorRef;
+use kameo::actor::{ActorId, ActorRef};
 use kameo::message::{Context, Message};
 use tokio::sync::mpsc;
 
@@ -208,6 +210,26 @@ impl Message<Close> for SessionActor {
     async fn handle(&mut self, _: Close, ctx: &mut Context<Self, ()>) {
         self.session.handle_close();
         self.run(ctx).await;
+    }
+}
+
+/// A joined room's ring ended under the client's stream (the room stopped: a cluster node's
+/// room reloads after falling behind the log, or its actor failed). It names the subscription
+/// ([`ReaderHandle::identity`]), so news of one that was already left is ignored.
+pub(crate) struct RoomStopped {
+    pub(crate) room: RoomName,
+    pub(crate) subscription: (ActorId, SubscriberId),
+}
+
+impl Message<RoomStopped> for SessionActor {
+    type Reply = ();
+
+    async fn handle(&mut self, stopped: RoomStopped, ctx: &mut Context<Self, ()>) {
+        let current = self.rooms.get(&stopped.room).map(|(_, reader)| reader.identity());
+        if current == Some(stopped.subscription) {
+            self.session.handle_room_stopped(stopped.room);
+            self.run(ctx).await;
+        }
     }
 }
 

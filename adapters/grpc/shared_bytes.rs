@@ -168,8 +168,7 @@ impl Stream for SharedSubscribeStream {
             Poll::Ready(Some(StreamItem::Next(event))) => {
                 Poll::Ready(Some(Ok(event.encoded(CONFAB_V1_ROOM_EVENT_SLOT, encode_room_event))))
             }
-            // Its last item: a status if the room closed it for stalling; a plain end if the
-            // room stopped.
+            // Its last item: a status if the room closed it for stalling or stopped under it.
             Poll::Ready(Some(StreamItem::End(end))) => {
                 this.done = true;
                 Poll::Ready(ApiError::from_end(end).map(|error| Err(error.into())))

@@ -35,6 +35,11 @@ pub enum ApiError {
         .0.lag.missed_from, .0.lag.missed_to, .0.room, .0.lag.missed_from.saturating_sub(1)
     )]
     Stalled(Stalled),
+    /// The subscription's room stopped after the stream carried everything it published (a
+    /// cluster node's room reloads after falling behind the log, or its actor failed).
+    /// Retryable: subscribing again with the last seq seen resumes exactly.
+    #[error("room stopped (it reloads); subscribe again with after_seq set to the last seq you received")]
+    RoomStopped,
     /// A transport frame over the transport's size limit (the WebSocket's frames).
     #[error("frame is over {flag} ({bytes_max} bytes)")]
     FrameTooBig {
@@ -119,6 +124,7 @@ pub fn frame_code(error: &FrameError) -> Code {
             | SessionError::AckAhead { .. }
             | SessionError::Closing,
         ) => Code::FailedPrecondition,
+        FrameError::Session(SessionError::RoomStopped { .. }) => Code::Unavailable,
     }
 }
 
@@ -137,12 +143,13 @@ fn engine_code(error: &EngineError) -> Code {
 
 impl ApiError {
     /// What a stream's end ([`StreamEnd`], its last item) tells its client: a room that closed
-    /// it for stalling is an error; a session that finished, a room or session that stopped
-    /// end it without one (at server shutdown the transport says [`ApiError::ShuttingDown`]
-    /// itself).
+    /// it for stalling or stopped under it is an error (the client must subscribe again); a
+    /// session that finished or stopped ends it without one (at server shutdown the transport
+    /// says [`ApiError::ShuttingDown`] itself, before a room's end could reach the client).
     pub fn from_end(end: StreamEnd) -> Option<ApiError> {
         match end {
             StreamEnd::Stalled(stalled) => Some(ApiError::Stalled(stalled)),
+            StreamEnd::RoomStopped => Some(ApiError::RoomStopped),
             _ => None,
         }
     }
@@ -157,7 +164,7 @@ impl From<ApiError> for Status {
             | ApiError::Stalled(_)
             | ApiError::FrameTooBig { .. }
             | ApiError::MessageTooBig { .. } => Code::ResourceExhausted,
-            ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::ShuttingDown | ApiError::RoomStopped => Code::Unavailable,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Impersonation { .. } | ApiError::Forbidden { .. } => Code::PermissionDenied,
             ApiError::RateLimited(_) | ApiError::Quota(_) => Code::ResourceExhausted,
@@ -218,6 +225,16 @@ pub fn inbound_status(status: Status) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_whose_room_stopped_ends_unavailable_so_clients_resubscribe() {
+        let status = Status::from(ApiError::from_end(StreamEnd::RoomStopped).expect("an error, not a plain end"));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("after_seq"), "{status:?}");
+        assert!(ApiError::from_end(StreamEnd::Finished).is_none(), "a finished session ends plainly");
+        let stopped = FrameError::Session(SessionError::RoomStopped { room: "lobby".into() });
+        assert_eq!(frame_code(&stopped), Code::Unavailable, "and a session's error frame says the same");
+    }
 
     #[test]
     fn the_decode_limit_becomes_resource_exhausted() {

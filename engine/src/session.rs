@@ -308,6 +308,18 @@ impl Session {
         self.commands.push_back(SessionCommand::Attach { room });
     }
 
+    /// The room stopped under the session (its stream read everything it published): the room
+    /// is no longer joined, and the client hears why (`RoomStopped`, then `Left`), so it can
+    /// join again with `after_seq`. Nothing happens for a room not joined.
+    pub fn handle_room_stopped(&mut self, room: RoomName) {
+        let Some(joined) = self.joined.remove(&room) else { return };
+        if let Some(subscriber) = joined.subscriber {
+            self.commands.push_back(SessionCommand::Unsubscribe { room: room.clone(), subscriber });
+        }
+        self.emit_error(Some(room.clone()), SessionError::RoomStopped { room: room.to_string() }.into());
+        self.commands.push_back(SessionCommand::Emit(ServerFrame::Left { room }));
+    }
+
     /// The client's stream has read `room` up to `seq` (delivered or declared missed).
     pub fn handle_delivered(&mut self, room: &RoomName, seq: Seq) {
         if let Some(joined) = self.joined.get_mut(room) {

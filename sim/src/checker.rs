@@ -56,6 +56,9 @@ pub struct Counts {
     /// Subscriptions the room closed because their reader stalled too long (the client then
     /// resumes, like after a disconnect).
     pub stalled_closed: u64,
+    /// Subscriptions ended because their room stopped under them (a node's room reloading
+    /// after falling behind the log); the client resumes, like after a disconnect.
+    pub rooms_stopped: u64,
     /// Disconnects.
     pub disconnects: u64,
     /// Room changes.
@@ -93,6 +96,8 @@ pub enum Action {
     Churn,
     /// The room closed a subscription whose reader stalled too long.
     ClosedForStalling,
+    /// A subscription's room stopped under it.
+    RoomStopped,
     /// A node crashed.
     Crash,
     /// A crashed node started again.
@@ -639,6 +644,7 @@ impl Checker {
             Action::Disconnect => &mut self.counts.disconnects,
             Action::Churn => &mut self.counts.churns,
             Action::ClosedForStalling => &mut self.counts.stalled_closed,
+            Action::RoomStopped => &mut self.counts.rooms_stopped,
             Action::Crash => &mut self.counts.crashes,
             Action::Restart => &mut self.counts.restarts,
             Action::Reconnect => &mut self.counts.reconnects,

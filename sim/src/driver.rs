@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use confab_actors::{Engine, EngineError, RoomEvents, SessionEvents, SessionSender, StreamEnd, StreamItem};
-use confab_engine::{ClientFrame, Draft, FrameError, RoomError, RoomEvent, RoomName, Sent, ServerFrame, UserName};
+use confab_engine::{
+    ClientFrame, Draft, FrameError, RoomError, RoomEvent, RoomName, Sent, ServerFrame, SessionError, UserName,
+};
 use confab_engine::{ClientMsgId, Seq};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
@@ -314,15 +316,22 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
             item = next_item(&mut conn) => {
                 let mut item = item;
                 loop {
-                    if let Item::Ended { stalled } = item {
-                        if !stalled && client.node_crashed() {
-                            // The crash branch recovers.
+                    if client.is_own_room_stopped(&item) {
+                        // A session hears of it in an error frame; it resumes like a stream.
+                        item = Item::Ended { resume: Some(Action::RoomStopped) };
+                    }
+                    if let Item::Ended { resume } = item {
+                        let Some(why) = resume else {
+                            if client.node_crashed() {
+                                // The crash branch recovers.
+                                continue 'run;
+                            }
+                            return;
+                        };
+                        if why == Action::RoomStopped && client.node_crashed() {
                             continue 'run;
                         }
-                        if !stalled {
-                            return;
-                        }
-                        match Box::pin(client.resume_after_stall(conn)).await {
+                        match Box::pin(client.resume_after_end(conn, why)).await {
                             Some(next) => conn = next,
                             None => return,
                         }
@@ -367,10 +376,11 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
 enum Item {
     Event(RoomEvent),
     Frame(ServerFrame),
-    /// The connection's last item: `stalled` if the room closed it because its reader stalled
-    /// too long.
+    /// The connection's last item. `resume` says why the client comes back at once: the room
+    /// closed it because its reader stalled too long, or the room stopped under it; `None` if
+    /// the engine or node stopped.
     Ended {
-        stalled: bool,
+        resume: Option<Action>,
     },
 }
 
@@ -380,8 +390,14 @@ impl Item {
     fn of<T>(item: Option<StreamItem<T>>, next: impl FnOnce(T) -> Item) -> Item {
         match item {
             Some(StreamItem::Next(carried)) => next(carried),
-            Some(StreamItem::End(end)) => Item::Ended { stalled: matches!(end, StreamEnd::Stalled(_)) },
-            None => Item::Ended { stalled: false },
+            Some(StreamItem::End(end)) => Item::Ended {
+                resume: match end {
+                    StreamEnd::Stalled(_) => Some(Action::ClosedForStalling),
+                    StreamEnd::RoomStopped => Some(Action::RoomStopped),
+                    _ => None,
+                },
+            },
+            None => Item::Ended { resume: None },
         }
     }
 }
@@ -632,11 +648,22 @@ impl Client {
         true
     }
 
-    /// The room closed the connection for stalling (after its final lag marker): the client
-    /// comes back at once, resuming like after a disconnect.
-    async fn resume_after_stall(&mut self, conn: Conn) -> Option<Conn> {
-        let resume = self.close_for_resume(conn, Action::ClosedForStalling);
+    /// The room closed the connection for stalling (after its final lag marker) or stopped
+    /// under it (`why`): the client comes back at once, resuming like after a disconnect.
+    async fn resume_after_end(&mut self, conn: Conn, why: Action) -> Option<Conn> {
+        let resume = self.close_for_resume(conn, why);
         self.connect_to_any(self.node, resume).await
+    }
+
+    /// Whether `item` is a session's news that the room this client is in stopped under it.
+    fn is_own_room_stopped(&self, item: &Item) -> bool {
+        matches!(
+            item,
+            Item::Frame(ServerFrame::Error {
+                room: Some(room),
+                error: FrameError::Session(SessionError::RoomStopped { .. }),
+            }) if *room == self.world.rooms[self.room as usize]
+        )
     }
 
     /// Records `action` and the end of `conn`, drops it, and says where to resume.

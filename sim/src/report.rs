@@ -224,9 +224,10 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "faults: {} stalls ({} closed by the room), {} disconnects, {} room changes; {} read-your-writes checks; {} refusals",
+            "faults: {} stalls ({} closed by the room), {} rooms stopped under a reader, {} disconnects, {} room changes; {} read-your-writes checks; {} refusals",
             counts.stalls,
             counts.stalled_closed,
+            counts.rooms_stopped,
             counts.disconnects,
             counts.churns,
             counts.read_checks,

@@ -104,6 +104,69 @@ async fn a_node_that_fell_behind_what_the_log_keeps_reloads_the_room() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_session_whose_room_reloads_hears_why_and_resumes_by_joining_again() {
+    use confab_actors::StreamItem;
+    use confab_engine::{ClientFrame, ClientMsgId, Draft, FrameError, RoomEvent, ServerFrame, SessionError, UserName};
+    use futures::StreamExt;
+    let draft = |id: &str| Draft {
+        user: UserName::new("ann").expect("user"),
+        client_msg_id: ClientMsgId::new(id).expect("id"),
+        body: id.into(),
+    };
+    let log = Arc::new(MemoryLog::new());
+    let (writer, lagging) = (node(&log, 1), node(&log, 2));
+    let lobby = room("lobby");
+    within(async {
+        writer.send(&lobby, draft("m1")).await.expect("sent");
+        let (session, mut frames) = lagging.open_session(UserName::new("bob").expect("user"));
+        session.send(ClientFrame::Join { room: "lobby".into(), after_seq: None }).await.expect("frame");
+        let mut next = async || match frames.next().await {
+            Some(StreamItem::Next(frame)) => frame,
+            other => panic!("the session goes on, got {other:?}"),
+        };
+        assert!(matches!(next().await, ServerFrame::Event(RoomEvent::Subscribed { .. })));
+        // As above: the node misses #2..=#4 for good, so its room reloads.
+        log.pause_feed(true);
+        for id in ["m2", "m3", "m4", "m5", "m6"] {
+            writer.send(&lobby, draft(id)).await.expect("sent");
+        }
+        let fourth = log.entries(&lobby)[3].position;
+        log.discard_through(&lobby, fourth);
+        log.pause_feed(false);
+        let stopped = loop {
+            match next().await {
+                ServerFrame::Event(RoomEvent::Message(message)) => panic!("delivered #{} across the gap", message.seq),
+                ServerFrame::Event(_) => {}
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(
+                &stopped,
+                ServerFrame::Error { room: Some(room), error: FrameError::Session(SessionError::RoomStopped { .. }) }
+                    if *room == lobby
+            ),
+            "the client hears why the room went quiet, got {stopped:?}"
+        );
+        assert_eq!(next().await, ServerFrame::Left { room: lobby.clone() }, "and that it is no longer joined");
+        session.send(ClientFrame::Join { room: "lobby".into(), after_seq: Some(1) }).await.expect("frame");
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            match next().await {
+                ServerFrame::Event(RoomEvent::Message(message)) => seen.push(message.seq),
+                ServerFrame::Event(RoomEvent::Subscribed { recovered, .. }) => {
+                    assert!(!recovered, "#2..=#4 are gone: the resume says it is not exact");
+                }
+                ServerFrame::Event(_) => {}
+                other => panic!("expected the resumed room, got {other:?}"),
+            }
+        }
+        assert_eq!(seen, [5, 6], "joined again, the session reads the reloaded room from the log");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_node_new_to_the_room_continues_it_from_the_log() {
     let log = Arc::new(MemoryLog::new());
     let (first, late) = (node(&log, 1), node(&log, 2));

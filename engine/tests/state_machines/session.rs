@@ -200,3 +200,26 @@ fn a_session_without_acks_sends_none_but_still_owes_its_echo_and_refusals() {
     session.handle_close();
     assert_eq!(commands(&mut session), vec![SessionCommand::Finish { echoes: vec![(room_name("r"), 3)] }]);
 }
+
+#[test]
+fn a_room_that_stops_is_left_with_its_reason_and_can_be_joined_again() {
+    let mut session = Session::new(user("ann"), 4);
+    let id = joined(&mut session, 1);
+    session.handle_room_stopped(room_name("r"));
+    assert_eq!(
+        commands(&mut session),
+        vec![
+            SessionCommand::Unsubscribe { room: room_name("r"), subscriber: id },
+            SessionCommand::Emit(ServerFrame::Error {
+                room: Some(room_name("r")),
+                error: FrameError::Session(SessionError::RoomStopped { room: "r".into() }),
+            }),
+            SessionCommand::Emit(ServerFrame::Left { room: room_name("r") }),
+        ]
+    );
+    assert!(session.rooms().is_empty());
+    session.handle_room_stopped(room_name("r"));
+    assert_eq!(commands(&mut session), Vec::new(), "a room not joined stops nothing");
+    session.handle_frame(ClientFrame::Join { room: "r".into(), after_seq: Some(3) });
+    assert!(matches!(commands(&mut session).as_slice(), [SessionCommand::Subscribe { after_seq: Some(3), .. }]));
+}
