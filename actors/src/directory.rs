@@ -1,6 +1,8 @@
 //! The way every part of the actor layer reaches a room: resolve it through the registry and
 //! run a request, resolving again if the room retired in between (at most a few times).
 
+use std::sync::Arc;
+
 use confab_engine::{RoomError, RoomName};
 use kameo::actor::ActorRef;
 use kameo::error::SendError;
@@ -8,8 +10,9 @@ use kameo::message::Message;
 
 use crate::answer::Answer;
 use crate::error::EngineError;
+use crate::log_health::LogHealth;
 use crate::registry::{Registry, Resolve, RoomTable};
-use crate::room_actor::{CatchUp, RoomActor};
+use crate::room_actor::{CatchUp, RoomActor, Unconfirmed};
 
 /// How often a request is retried against a freshly resolved room after finding the old one
 /// retired. One retry suffices unless rooms retire within milliseconds; three is generous.
@@ -23,11 +26,19 @@ pub(crate) struct Directory {
     rooms: RoomTable,
     /// Whether other engines write the rooms' log too (cluster mode): reads catch up first.
     replicated: bool,
+    /// Cluster mode: the log's last probe. While it fails, reads do not wait for a leader that
+    /// would not answer: they are answered from the cache at once, where that is exact.
+    log_health: Option<Arc<LogHealth>>,
 }
 
 impl Directory {
-    pub(crate) fn new(registry: ActorRef<Registry>, rooms: RoomTable, replicated: bool) -> Self {
-        Self { registry, rooms, replicated }
+    pub(crate) fn new(
+        registry: ActorRef<Registry>,
+        rooms: RoomTable,
+        replicated: bool,
+        log_health: Option<Arc<LogHealth>>,
+    ) -> Self {
+        Self { registry, rooms, replicated, log_health }
     }
 
     pub(crate) fn registry(&self) -> &ActorRef<Registry> {
@@ -56,11 +67,15 @@ impl Directory {
     /// [`Directory::request`] for a read (history, a subscription's backlog): in cluster mode
     /// the room first catches up with everything its log's leader has, so a message
     /// acknowledged on any node before the read is in it (G7).
+    ///
+    /// When the log cannot be asked (unreachable, no quorum), `make` gets the reason
+    /// ([`Unconfirmed`]): the room then answers from its cache what is exact without the
+    /// leader, and refuses the rest with that reason.
     pub(crate) async fn read<M, T>(
         &self,
         room: &RoomName,
         create: bool,
-        make: impl Fn() -> M,
+        make: impl Fn(Unconfirmed) -> M,
     ) -> Result<Option<(ActorRef<RoomActor>, T)>, EngineError>
     where
         M: Send + 'static,
@@ -68,10 +83,20 @@ impl Directory {
         RoomActor: Message<M>,
         <RoomActor as Message<M>>::Reply: kameo::Reply<Ok = Answer<T, RoomError>, Error = kameo::error::Infallible>,
     {
-        if self.replicated && !self.catch_up(room, create).await? {
-            return Ok(None);
+        let mut unconfirmed = None;
+        if let Some(reason) = self.log_health.as_ref().and_then(|health| health.failure()) {
+            unconfirmed = Some(RoomError::LogUnavailable { reason });
+        } else if self.replicated {
+            match self.catch_up(room, create).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(EngineError::Room(RoomError::Storage { reason })) => {
+                    unconfirmed = Some(RoomError::LogUnavailable { reason });
+                }
+                Err(error) => return Err(error),
+            }
         }
-        self.request(room, create, make).await
+        self.request(room, create, || make(unconfirmed.clone())).await
     }
 
     /// Has the room catch up with its log; `false` if the room does not exist.

@@ -383,7 +383,7 @@ impl Engine {
             runtime.spawn(follow_log(feed, rooms.clone(), stopped));
             stop
         });
-        let directory = Directory::new(registry, rooms.clone(), config.replicated.is_some());
+        let directory = Directory::new(registry, rooms.clone(), config.replicated.is_some(), log_health.clone());
         let inner = Inner {
             directory,
             rooms,
@@ -453,7 +453,7 @@ impl Engine {
     /// A page of `room`'s retained history after `after_seq`. `RoomError::NotFound` if the
     /// room does not exist.
     pub async fn history(&self, room: &RoomName, after_seq: Seq, limit: usize) -> Result<HistoryPage, EngineError> {
-        let make = || History { after_seq, limit };
+        let make = |unconfirmed| History { after_seq, limit, unconfirmed };
         match self.inner.directory.read(room, false, make).await? {
             Some((_, page)) => Ok(page),
             None => Err(RoomError::NotFound.into()),
@@ -471,7 +471,7 @@ impl Engine {
         user: Option<UserName>,
         after_seq: Option<Seq>,
     ) -> Result<RoomEvents, EngineError> {
-        let make = || Subscribe { user: user.clone(), after_seq };
+        let make = |unconfirmed| Subscribe { user: user.clone(), after_seq, unconfirmed };
         let (_, (subscription, reader)) = self.existing(self.inner.directory.read(room, true, make).await?)?;
         let mut head = VecDeque::with_capacity(subscription.backlog.len() + 1);
         head.push_back(RoomEvent::Subscribed {

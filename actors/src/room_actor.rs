@@ -717,16 +717,29 @@ impl Message<CatchUpTo> for RoomActor {
     }
 }
 
+/// Why a read could not catch up with the log's leader first (the log is unreachable or has
+/// no quorum), or `None` when it did: the room then answers only what its cache holds exactly.
+pub(crate) type Unconfirmed = Option<RoomError>;
+
 /// Add a subscriber; it gets its backlog in the reply and reads live events from the ring.
 pub(crate) struct Subscribe {
     pub(crate) user: Option<UserName>,
     pub(crate) after_seq: Option<Seq>,
+    /// The room could not catch up with its log first. A subscription from the cache is still
+    /// exact (whatever the node has not heard yet comes live, in order, once the log is back),
+    /// unless the client already read past what the node has: that is refused with this.
+    pub(crate) unconfirmed: Unconfirmed,
 }
 
 impl Message<Subscribe> for RoomActor {
     type Reply = Answer<(Subscription, RingReader), RoomError>;
 
     async fn handle(&mut self, subscribe: Subscribe, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        if let Some(error) = subscribe.unconfirmed
+            && subscribe.after_seq.is_some_and(|after| after > self.room.durable_seq())
+        {
+            return Answer(Err(error));
+        }
         let result = self.room.handle_subscribe(subscribe.user, subscribe.after_seq, self.clock.now());
         // Publish its presence first: a subscriber does not see its own arrival.
         self.flush(ctx.actor_ref());
@@ -803,13 +816,23 @@ impl Message<RemoteTyping> for RoomActor {
 pub(crate) struct History {
     pub(crate) after_seq: Seq,
     pub(crate) limit: usize,
+    /// The room could not catch up with its log first. A full page from the cache is still
+    /// exact (messages never change); one that reaches the end of what the node has may miss
+    /// newer messages, and is refused with this.
+    pub(crate) unconfirmed: Unconfirmed,
 }
 
 impl Message<History> for RoomActor {
     type Reply = Answer<HistoryPage, RoomError>;
 
     async fn handle(&mut self, history: History, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
-        Answer(self.room.history(history.after_seq, history.limit))
+        let page = self.room.history(history.after_seq, history.limit);
+        match (page, history.unconfirmed) {
+            (Ok(page), Some(error)) if page.messages.len() < self.room.history_page_len(history.limit) => {
+                Answer(Err(error))
+            }
+            (page, _) => Answer(page),
+        }
     }
 }
 

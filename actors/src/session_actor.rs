@@ -81,7 +81,7 @@ impl SessionActor {
         while let Some(command) = self.session.poll_command() {
             match command {
                 SessionCommand::Subscribe { room, user, after_seq } => {
-                    let make = || Subscribe { user: Some(user.clone()), after_seq };
+                    let make = |unconfirmed| Subscribe { user: Some(user.clone()), after_seq, unconfirmed };
                     let result = self.directory.read(&room, true, make).await;
                     let result = self.remember(&room, result);
                     self.session.handle_subscribed(room, result);

@@ -106,7 +106,7 @@ fn room_code(error: &RoomError) -> Code {
         | RoomError::RoomFull { .. }
         | RoomError::BatchTooLong { .. }
         | RoomError::TooManyRooms { .. } => Code::ResourceExhausted,
-        RoomError::Retired | RoomError::Storage { .. } => Code::Unavailable,
+        RoomError::Retired | RoomError::Storage { .. } | RoomError::LogUnavailable { .. } => Code::Unavailable,
         RoomError::NotFound => Code::NotFound,
         RoomError::DataLoss { .. } => Code::DataLoss,
     }

@@ -122,6 +122,13 @@ pub enum RoomError {
     /// `History` asked for a room that does not exist.
     #[error("no such room")]
     NotFound,
+    /// A read needed the room's replicated log (cluster mode), which cannot be reached or has
+    /// no quorum, and the node's cache alone could not answer it exactly. Retry later.
+    #[error("the room's log is unavailable, and this read needs it: {reason}")]
+    LogUnavailable {
+        /// Why the log could not be asked.
+        reason: String,
+    },
 }
 
 /// An upload refused a chunk, or could not commit.

@@ -495,7 +495,7 @@ impl Room {
     /// maximum means the page maximum).
     pub fn history(&self, after_seq: Seq, limit: usize) -> Result<HistoryPage, RoomError> {
         self.check_open()?;
-        let limit = if limit == 0 { self.history_page_max } else { limit.min(self.history_page_max) };
+        let limit = self.history_page_len(limit);
         let from = after_seq.saturating_add(1).max(self.first_retained_seq());
         Ok(HistoryPage {
             epoch: self.epoch,
@@ -503,6 +503,12 @@ impl Room {
             first_retained_seq: self.first_retained_seq(),
             last_seq: self.durable_seq,
         })
+    }
+
+    /// How many messages a [`Room::history`] page asked for with `limit` holds at most: the
+    /// page maximum for 0 or more.
+    pub fn history_page_len(&self, limit: usize) -> usize {
+        if limit == 0 { self.history_page_max } else { limit.min(self.history_page_max) }
     }
 
     /// The room's name.

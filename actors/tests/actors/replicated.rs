@@ -189,18 +189,25 @@ async fn an_upload_is_held_to_what_one_append_of_the_log_takes() {
     assert_eq!(log.entries(&lobby).len(), 3, "one append, all or nothing");
 }
 
-/// A [`MemoryLog`] that can lose its quorum: while stalled, every append is answered "outcome
-/// unknown" after [`STALLED_ANSWER_AFTER`] (as a JetStream request without quorum times out)
-/// and commits nothing, and the probe fails.
-struct StallingLog {
+/// A [`MemoryLog`] with the faults only a wrapper can stage.
+///
+/// - It can lose its quorum ([`FaultyLog::stall`]): while stalled, every append is answered
+///   "outcome unknown" and every leader read fails, each after [`STALLED_ANSWER_AFTER`] (as a
+///   JetStream request without quorum times out); nothing commits, and the probe fails.
+/// - Its loads can answer a tail that stops short of the room's last sequence number
+///   (`short_tail_loads`): an inconsistent answer (a replica behind, a read racing appends) that
+///   the registry must refuse rather than trust.
+#[derive(Default)]
+struct FaultyLog {
     log: MemoryLog,
     stalled: std::sync::atomic::AtomicBool,
+    short_tail_loads: bool,
 }
 
-/// How long a stalled append takes to be answered (the cluster log's request timeout).
+/// How long a stalled request takes to be answered (the cluster log's request timeout).
 const STALLED_ANSWER_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl StallingLog {
+impl FaultyLog {
     fn stall(&self, stalled: bool) {
         self.stalled.store(stalled, std::sync::atomic::Ordering::Relaxed);
     }
@@ -210,9 +217,22 @@ impl StallingLog {
     }
 }
 
-impl RoomLog for StallingLog {
+impl RoomLog for FaultyLog {
     fn load(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<LoadedRoom>, RoomError>> {
-        self.log.load(room)
+        let short_tail = self.short_tail_loads;
+        self.log
+            .load(room)
+            .map(move |loaded| {
+                loaded.map(|loaded| {
+                    loaded.map(|mut loaded| {
+                        if short_tail {
+                            loaded.tail.pop();
+                        }
+                        loaded
+                    })
+                })
+            })
+            .boxed()
     }
 
     fn append(&self, room: &RoomName, epoch: u64, append: Append) -> BoxFuture<'static, AppendOutcome> {
@@ -236,7 +256,14 @@ impl RoomLog for StallingLog {
     }
 
     fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
-        self.log.last_position(room)
+        if !self.is_stalled() {
+            return self.log.last_position(room);
+        }
+        async {
+            tokio::time::sleep(STALLED_ANSWER_AFTER).await;
+            Err(RoomError::Storage { reason: "cluster log: no answer (stalled)".to_owned() })
+        }
+        .boxed()
     }
 
     fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
@@ -251,7 +278,7 @@ impl RoomLog for StallingLog {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn without_quorum_senders_hear_unavailable_after_the_bound_and_health_says_why_until_it_recovers() {
-    let log = Arc::new(StallingLog { log: MemoryLog::new(), stalled: false.into() });
+    let log = Arc::new(FaultyLog::default());
     let replicated = Replicated::new(Arc::clone(&log) as _, 1);
     let engine = Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
         .expect("inside a tokio runtime");
@@ -298,53 +325,9 @@ async fn without_quorum_senders_hear_unavailable_after_the_bound_and_health_says
     assert_eq!(ids, ["a", "b", "d"], "the refused c is nowhere, b is there once");
 }
 
-/// A log whose load answers a tail that stops short of the room's last sequence number: an
-/// inconsistent answer (a replica behind, a read racing appends) that the registry must refuse
-/// rather than trust.
-struct ShortTailLog {
-    log: MemoryLog,
-}
-
-impl RoomLog for ShortTailLog {
-    fn load(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<LoadedRoom>, RoomError>> {
-        self.log
-            .load(room)
-            .map(|loaded| {
-                loaded.map(|loaded| {
-                    loaded.map(|mut loaded| {
-                        loaded.tail.pop();
-                        loaded
-                    })
-                })
-            })
-            .boxed()
-    }
-
-    fn append(&self, room: &RoomName, epoch: u64, append: Append) -> BoxFuture<'static, AppendOutcome> {
-        self.log.append(room, epoch, append)
-    }
-
-    fn read_after(
-        &self,
-        room: &RoomName,
-        after: Position,
-        limit: usize,
-    ) -> BoxFuture<'static, Result<Vec<LogEntry>, RoomError>> {
-        self.log.read_after(room, after, limit)
-    }
-
-    fn last_position(&self, room: &RoomName) -> BoxFuture<'static, Result<Position, RoomError>> {
-        self.log.last_position(room)
-    }
-
-    fn follow(&self) -> Option<BoxStream<'static, LogEntry>> {
-        self.log.follow()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_load_whose_tail_stops_short_is_refused_and_the_node_keeps_serving() {
-    let log = Arc::new(ShortTailLog { log: MemoryLog::new() });
+    let log = Arc::new(FaultyLog { short_tail_loads: true, ..FaultyLog::default() });
     let start = |node| {
         let replicated = Replicated::new(Arc::clone(&log) as _, node);
         Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
@@ -362,4 +345,58 @@ async fn a_load_whose_tail_stops_short_is_refused_and_the_node_keeps_serving() {
         late.send(&room("other"), super::draft("bob", "c", "c")).await.expect("other rooms still work");
     })
     .await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn without_quorum_reads_get_what_the_cache_holds_exactly_and_the_rest_is_unavailable() {
+    use confab_actors::StreamItem;
+    use confab_engine::RoomEvent;
+    use futures::StreamExt;
+    let log = Arc::new(FaultyLog::default());
+    let replicated = Replicated::new(Arc::clone(&log) as _, 1);
+    let engine = Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
+        .expect("inside a tokio runtime");
+    let lobby = room("lobby");
+    for id in ["a", "b", "c"] {
+        within(engine.send(&lobby, super::draft("ann", id, id))).await.expect("sent while the log has its quorum");
+    }
+    log.stall(true);
+    let seqs = |page: &confab_engine::HistoryPage| page.messages.iter().map(|message| message.seq).collect::<Vec<_>>();
+    let full = within(engine.history(&lobby, 0, 2)).await.expect("a full page is exact from the cache");
+    assert_eq!(seqs(&full), [1, 2]);
+    let open_ended = within(engine.history(&lobby, 1, 10)).await.expect_err("the page reaches the cache's end");
+    assert!(matches!(open_ended, EngineError::Room(RoomError::LogUnavailable { .. })), "{open_ended:?}");
+    assert!(open_ended.to_string().contains("(stalled)"), "names the cause: {open_ended}");
+    let ahead = within(engine.subscribe(&lobby, None, Some(7))).await.err().expect("the client read past the cache");
+    assert!(matches!(ahead, EngineError::Room(RoomError::LogUnavailable { .. })), "{ahead:?}");
+    let mut events = within(engine.subscribe(&lobby, None, Some(1))).await.expect("a resume within the cache is exact");
+    let mut backlog = Vec::new();
+    while backlog.len() < 2 {
+        match within(events.next()).await {
+            Some(StreamItem::Next(RoomEvent::Message(message))) => backlog.push(message.seq),
+            Some(StreamItem::Next(RoomEvent::Subscribed { recovered, .. })) => assert!(recovered),
+            Some(StreamItem::Next(_)) => {}
+            other => panic!("expected the backlog, got {other:?}"),
+        }
+    }
+    assert_eq!(backlog, [2, 3]);
+    // Once the probe has seen the outage, reads no longer wait for the leader's answer.
+    within(async {
+        while engine.health() == EngineHealth::Serving {
+            tokio::time::sleep(HEALTH_PROBE_INTERVAL / 4).await;
+        }
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(seqs(&within(engine.history(&lobby, 1, 2)).await.expect("from the cache")), [2, 3]);
+    let refused = within(engine.history(&lobby, 2, 10)).await.expect_err("the page reaches the cache's end");
+    assert!(refused.to_string().contains("no quorum (stalled)"), "names the probe's cause: {refused}");
+    assert!(started.elapsed() < STALLED_ANSWER_AFTER, "answered at once: {:?}", started.elapsed());
+
+    log.stall(false);
+    let sent = within(engine.send(&lobby, super::draft("ann", "d", "d"))).await.expect("sent once the log is back");
+    match within(events.next()).await {
+        Some(StreamItem::Next(RoomEvent::Message(message))) => assert_eq!(message.seq, sent.seq),
+        other => panic!("the subscription from the cache goes on live, got {other:?}"),
+    }
 }
