@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use confab::grpc::proto::confab_v1::{SubscribeRequest, room_event};
+use confab::grpc::proto::confab_v1::{HistoryRequest, SubscribeRequest, room_event};
 use confab_actors::UNKNOWN_OUTCOME_ANSWER_AFTER;
 use confab_actors::cluster::{JetStreamLog, LogOptions};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -98,6 +98,18 @@ async fn without_quorum_sends_answer_unavailable_and_health_is_not_serving_then_
     for node in &nodes {
         wait_for_health(node, ServingStatus::NotServing).await;
     }
+    // Reads: a full page of what the node has is exact and served from its cache; a page that
+    // reaches the end of what it has could miss newer messages, so it is refused.
+    let limit = u32::try_from(ACKNOWLEDGED_EACH_SIDE).expect("small");
+    let request = HistoryRequest { room: room.into(), after_seq: 0, limit };
+    let page = bounded(reader.history(request)).await.expect("a full page from the cache").into_inner();
+    let served: Vec<(u64, String)> =
+        page.messages.into_iter().map(|message| (message.seq, message.client_msg_id)).collect();
+    assert_eq!(served, acknowledged[..ACKNOWLEDGED_EACH_SIDE], "the messages acknowledged before the outage");
+    let request = HistoryRequest { room: room.into(), after_seq: 1, limit: 0 };
+    let refused = bounded(reader.history(request)).await.expect_err("an open-ended page needs the log");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("log is unavailable"), "names why: {refused:?}");
 
     for index in doomed {
         cluster.restart(index);
