@@ -309,7 +309,8 @@ async fn the_page_and_its_script_are_served() {
     let host = format!("Host: {}\r\n", server.address);
     let (head, body) = server.get_head_with("/confab.js", &host).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    let content_type = head.lines().find_map(|line| line.to_ascii_lowercase().strip_prefix("content-type:").map(str::to_owned));
+    let content_type =
+        head.lines().find_map(|line| line.to_ascii_lowercase().strip_prefix("content-type:").map(str::to_owned));
     assert_eq!(content_type.as_deref().map(str::trim), Some("text/javascript; charset=utf-8"), "{head}");
     assert!(body.contains("export class ConfabClient"), "an ES module exporting the client");
     assert!(body.contains("after_seq"), "the client resumes with after_seq");
