@@ -15,14 +15,15 @@
 //! ([`access`]). A connection is pinged, dropped when it answers no ping, and closed when idle
 //! ([`liveness`]).
 //!
-//! - [`server`]: the accept loop, TLS, the routes (`/` the page, `/ws`, `/rooms/{room}`),
-//!   limits, shutdown.
+//! - [`server`]: the accept loop, TLS, the routes (`/` the page, `/confab.js` the client
+//!   module, `/ws`, `/rooms/{room}`), limits, shutdown.
 //! - [`access`]: the `Host` and `Origin` checks, and the token's subprotocol.
 //! - [`connection`]: one connection as a session, through [`crate::transport::pump_session`].
 //! - [`liveness`]: when a connection is pinged, declared dead, or closed as idle.
 //! - [`json`]: the JSON text encoding of the `confab.v1` frames.
 //! - [`close`]: refusals -> close codes and HTTP statuses, in one place.
-//! - `page`: the embedded page (`page/index.html`, `page/app.js`).
+//! - `page`: the embedded page (`page/index.html`, `page/app.js`) and the client module it
+//!   imports (`page/confab.js`, served as `/confab.js` for any page).
 
 pub mod access;
 pub mod close;

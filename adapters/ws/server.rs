@@ -152,6 +152,7 @@ pub async fn serve(
     let router = Router::new()
         .route("/", get(page::index))
         .route("/app.js", get(page::script))
+        .route("/confab.js", get(page::client))
         .route("/ws", get(connect))
         .route("/rooms/{room}", get(room_info))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), check_host))

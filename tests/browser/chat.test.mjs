@@ -7,6 +7,11 @@
 // messages, numbered 1..N with no gap and no duplicate. With CONFAB_WEB_TOKEN_URL (a server
 // started with --tokens) and CONFAB_WEB_TOKEN, it also checks that a token given in the page's
 // address leaves the address bar and never travels in a URL.
+//
+// The client module the page uses, /confab.js, is also tested on its own: served as JavaScript,
+// imported into a page, and driven across a dropped connection, a post whose ack was lost, a
+// lag marker, a hole the server did not announce and a resume the server could not make exact,
+// with every client ending up with the same messages, each exactly once.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, mkdirSync } from "node:fs";
@@ -134,7 +139,7 @@ test("two pages chat in order, and a forced reconnect neither loses nor doubles 
     await waitForCount(bob, expected.length);
     await waitForCount(ann, expected.length);
     // Let any duplicate that was going to arrive arrive, then compare.
-    await bob.waitForFunction(() => window.confab.state.pending.size === 0);
+    await bob.waitForFunction(() => window.confab.client.pendingCount === 0);
     await ann.waitForTimeout(300);
 
     const annSees = await shown(ann);
@@ -176,6 +181,164 @@ test("a token in the page's address leaves the address bar and never travels in 
     assert.ok(!page.url().includes(token), `still no token in the address bar: ${page.url()}`);
     for (const url of requested) assert.ok(!url.includes(encodeURIComponent(token)) && !url.includes(token), `a URL with the token: ${url}`);
     await page.screenshot({ path: join(artifacts, "screenshot-token.png") });
+  } finally {
+    await context.close();
+  }
+});
+
+test("GET /confab.js serves the client as a JavaScript module", async () => {
+  assert.ok(webUrl, "CONFAB_WEB_URL names the page (scripts/browser.sh sets it)");
+  const response = await fetch(new URL("confab.js", webUrl));
+  assert.equal(response.status, 200);
+  assert.match(response.headers.get("content-type") ?? "", /^text\/javascript\b/);
+  assert.match(await response.text(), /^export class ConfabClient\b/m);
+});
+
+test("the client module resumes, resends and reports lag with no message lost or doubled", async () => {
+  assert.ok(webUrl, "CONFAB_WEB_URL names the page (scripts/browser.sh sets it)");
+  const context = await launch();
+  try {
+    const page = await context.newPage();
+    page.on("pageerror", (error) => assert.fail(`page error: ${error.message}`));
+    // Any page of the server's origin; the module is imported into it as a caller would.
+    await page.goto(webUrl);
+    const room = `module-test-${Date.now()}`;
+    await page.evaluate(async (room) => {
+      const { ConfabClient } = await import("/confab.js");
+      const harness = { room, clients: {}, logs: {} };
+      window.harness = harness;
+      // A WebSocket whose inbound side can go deaf (frames lost on the way in, as on a line
+      // that died one way) and that can be handed a frame the server did not send. Each new
+      // socket hears; `deafen` acts on the latest one.
+      class TestSocket extends WebSocket {
+        static latest = null;
+        deaf = false;
+        constructor(...args) {
+          super(...args);
+          TestSocket.latest = this;
+        }
+        get onmessage() {
+          return super.onmessage;
+        }
+        set onmessage(handler) {
+          super.onmessage = (event) => this.deaf || handler(event);
+        }
+      }
+      harness.deafen = (deaf) => (TestSocket.latest.deaf = deaf);
+      harness.inject = (frame) => TestSocket.latest.dispatchEvent(new MessageEvent("message", { data: JSON.stringify(frame) }));
+      for (const user of ["amy", "ben"]) {
+        const client = new ConfabClient({ user, WebSocket: user === "amy" ? TestSocket : WebSocket });
+        const log = { messages: [], events: [] };
+        client.on("message", (m) => log.messages.push([m.seq, m.user, m.body]));
+        for (const type of ["subscribed", "lagged", "ack", "disconnected", "error"]) {
+          client.on(type, (event) => log.events.push({ type, ...event }));
+        }
+        harness.clients[user] = client;
+        harness.logs[user] = log;
+        client.join(room, { afterSeq: 0 });
+      }
+    }, room);
+    const send = (user, body) => page.evaluate(([user, body]) => window.harness.clients[user].send(window.harness.room, body), [user, body]);
+    const events = (user, type) => page.evaluate(([user, type]) => window.harness.logs[user].events.filter((e) => e.type === type), [user, type]);
+    const waitForBody = (user, body) =>
+      page.waitForFunction(([user, body]) => window.harness.logs[user].messages.some(([, , b]) => b === body), [user, body]);
+    const waitForEvents = (user, type, count) =>
+      page.waitForFunction(([user, type, count]) => window.harness.logs[user].events.filter((e) => e.type === type).length >= count, [user, type, count]);
+    const setDeaf = (deaf) => page.evaluate((deaf) => window.harness.deafen(deaf), deaf);
+    const expected = [];
+    const post = async (user, body) => {
+      expected.push(body);
+      return send(user, body);
+    };
+
+    await waitForEvents("amy", "subscribed", 1);
+    await waitForEvents("ben", "subscribed", 1);
+    for (let i = 1; i <= 3; i++) await post("amy", `amy ${i}`);
+    await waitForBody("ben", "amy 3");
+
+    // A dropped connection: ben talks and amy posts while she is away.
+    await page.evaluate(() => window.harness.clients.amy.drop(1000));
+    await waitForEvents("amy", "disconnected", 1);
+    for (let i = 1; i <= 3; i++) await post("ben", `ben ${i}`);
+    await post("amy", "amy offline");
+    await waitForEvents("amy", "subscribed", 2);
+    await waitForBody("ben", "amy offline");
+    await waitForBody("amy", "amy offline");
+
+    // A post whose ack and echo are lost: the server has it, amy does not know. After the
+    // reconnect she sends it again, and the room's dedupe keeps it single.
+    await setDeaf(true);
+    const lostId = await post("amy", "amy lost ack");
+    await waitForBody("ben", "amy lost ack");
+    await page.evaluate(() => window.harness.clients.amy.drop(100));
+    await waitForEvents("amy", "subscribed", 3);
+    await page.waitForFunction(() => window.harness.clients.amy.pendingCount === 0);
+    const resent = (await events("amy", "ack")).filter((ack) => ack.clientMsgId === lostId);
+    assert.deepEqual(resent.map((ack) => ack.duplicate), [true], "the resent post was a duplicate, not a second message");
+
+    // A post and a drop at once: it may or may not have reached the server.
+    await post("amy", "amy as the line dropped");
+    await page.evaluate(() => window.harness.clients.amy.drop(200));
+    await post("ben", "ben meanwhile");
+    await waitForEvents("amy", "subscribed", 4);
+    await waitForBody("amy", "ben meanwhile");
+
+    // A lag marker: amy's reader misses three messages, and the server says so.
+    await setDeaf(true);
+    for (let i = 1; i <= 3; i++) await post("ben", `ben while amy lags ${i}`);
+    await waitForBody("ben", "ben while amy lags 3");
+    await setDeaf(false);
+    const last = await page.evaluate(() => window.harness.clients.amy.lastSeq(window.harness.room));
+    await page.evaluate(([from, to]) => window.harness.inject({ type: "lagged", room: window.harness.room, missed_from: from, missed_to: to }), [last + 1, last + 3]);
+    await waitForEvents("amy", "subscribed", 5);
+    await waitForBody("amy", "ben while amy lags 3");
+    const lagged = await events("amy", "lagged");
+    assert.deepEqual(lagged.map(({ missedFrom, missedTo, announced }) => [missedFrom, missedTo, announced]), [[last + 1, last + 3, true]]);
+
+    // A hole the server did not announce: one message lost, the next one arrives.
+    await setDeaf(true);
+    await post("ben", "ben lost on the way");
+    await waitForBody("ben", "ben lost on the way");
+    await setDeaf(false);
+    await post("ben", "ben after the hole");
+    await waitForEvents("amy", "lagged", 2);
+    await waitForEvents("amy", "subscribed", 6);
+    await waitForBody("amy", "ben after the hole");
+    const [, hole] = await events("amy", "lagged");
+    assert.equal(hole.announced, false, "the hole is reported as an unannounced lag");
+
+    // A resume the server cannot make exact (after a sequence number from the future) is
+    // reported as recovered = false, restarted, and starts over from what the room keeps.
+    await page.evaluate(() => {
+      const client = new window.harness.clients.amy.constructor({ user: "cal" });
+      const log = { messages: [], events: [] };
+      client.on("message", (m) => log.messages.push([m.seq, m.user, m.body]));
+      client.on("subscribed", (event) => log.events.push({ type: "subscribed", ...event }));
+      window.harness.clients.cal = client;
+      window.harness.logs.cal = log;
+      client.join(window.harness.room, { afterSeq: 1_000_000 });
+    });
+    await waitForEvents("cal", "subscribed", 1);
+    const [calJoin] = await events("cal", "subscribed");
+    assert.deepEqual([calJoin.recovered, calJoin.restarted, calJoin.firstSeq], [false, true, 1]);
+
+    await waitForBody("amy", "ben after the hole");
+    await waitForBody("ben", "ben after the hole");
+    await waitForBody("cal", "ben after the hole");
+    await page.waitForFunction(() => Object.values(window.harness.clients).every((client) => client.pendingCount === 0));
+    await page.waitForTimeout(300); // any duplicate that was going to arrive has arrived
+    const logs = await page.evaluate(() => window.harness.logs);
+    const numbered = expected.map((_, i) => i + 1);
+    for (const user of ["amy", "ben", "cal"]) {
+      const messages = logs[user].messages;
+      assert.deepEqual(messages.map(([seq]) => seq), numbered, `${user}: numbered 1..N, nothing lost, nothing doubled`);
+      assert.deepEqual(messages, logs.ben.messages, `${user} and ben saw the same messages in the same order`);
+    }
+    const bodies = logs.ben.messages.map(([, , body]) => body);
+    assert.deepEqual(new Set(bodies), new Set(expected), "every post, once");
+    assert.deepEqual(bodies.filter((body) => body.startsWith("ben")), expected.filter((body) => body.startsWith("ben")), "ben's in order");
+    assert.deepEqual(bodies.filter((body) => body.startsWith("amy")), expected.filter((body) => body.startsWith("amy")), "amy's in order");
+    await page.evaluate(() => Object.values(window.harness.clients).forEach((client) => client.close()));
   } finally {
     await context.close();
   }

@@ -87,15 +87,22 @@ impl WsServer {
         self.get_with(path, &format!("Host: {}\r\n", self.address)).await
     }
 
-    /// A plain HTTP GET with `headers` (each line ending in CRLF; the Host header too).
+    /// A plain HTTP GET with `headers` (each line ending in CRLF; the Host header too): the
+    /// status line and the body.
     pub(super) async fn get_with(&self, path: &str, headers: &str) -> (String, String) {
+        let (head, body) = self.get_head_with(path, headers).await;
+        (head.lines().next().unwrap_or_default().to_owned(), body)
+    }
+
+    /// A plain HTTP GET: the whole response head (status line and headers) and the body.
+    async fn get_head_with(&self, path: &str, headers: &str) -> (String, String) {
         let mut stream = TcpStream::connect(self.address).await.expect("connect");
         let request = format!("GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("request");
         let mut response = String::new();
         bounded(stream.read_to_string(&mut response)).await.expect("response");
         let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+        (head.to_owned(), body.to_owned())
     }
 
     pub(super) async fn stop(mut self) -> std::io::Result<()> {
@@ -296,7 +303,17 @@ async fn the_page_and_its_script_are_served() {
     assert!(body.contains("app.js"), "the page loads its script");
     let (status, body) = server.get("/app.js").await;
     assert!(status.contains(" 200 "), "{status}");
-    assert!(body.contains("after_seq"), "the script resumes with after_seq");
+    assert!(body.contains("./confab.js"), "the page's script imports the client module");
+    // The client module, for the page and any other page: a browser runs a module only when
+    // it comes with a JavaScript media type.
+    let host = format!("Host: {}\r\n", server.address);
+    let (head, body) = server.get_head_with("/confab.js", &host).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let content_type =
+        head.lines().find_map(|line| line.to_ascii_lowercase().strip_prefix("content-type:").map(str::to_owned));
+    assert_eq!(content_type.as_deref().map(str::trim), Some("text/javascript; charset=utf-8"), "{head}");
+    assert!(body.contains("export class ConfabClient"), "an ES module exporting the client");
+    assert!(body.contains("after_seq"), "the client resumes with after_seq");
     server.stop().await.expect("stopped");
 }
 
@@ -519,7 +536,7 @@ async fn requests_naming_another_host_are_refused() {
     let config = WsConfig { allowed_hosts: vec!["chat.example.org".into()], ..WsConfig::default() };
     let server = WsServer::start_with(config).await;
     let port = server.address.port();
-    for path in ["/", "/app.js", "/rooms/lobby", "/ws"] {
+    for path in ["/", "/app.js", "/confab.js", "/rooms/lobby", "/ws"] {
         let (status, body) = server.get_with(path, &format!("Host: evil.example:{port}\r\n")).await;
         assert!(status.contains("403"), "{path}: {status}");
         assert!(body.contains("--ws-allowed-hosts"), "{path}: the refusal names the flag: {body}");
