@@ -68,7 +68,11 @@
 //   "ack"          { room, clientMsgId, seq, duplicate }       a post was sequenced.
 //   "presence"     { room, user, present }
 //   "typing"       { room, user }
-//   "left"         { room }
+//   "left"         { room }                     after leave(). A room the server drops
+//                                               on its own (it stopped, e.g. reloading on a
+//                                               cluster node: an "error" with code 14 comes
+//                                               first) is joined again, resuming after the
+//                                               last message, with no "left".
 //   "error"        { room, code, message }      a refused frame (gRPC status code); the
 //                                               session goes on. A refused post stays pending.
 //   "disconnected" { code, reason, reconnectInMs }   reconnectInMs is null when the client
@@ -438,6 +442,14 @@ export class ConfabClient {
         this.#emit("typing", { room, user: frame.user });
         return;
       case "left":
+        if (state) {
+          // Not asked for (leave() forgets the room first): the room stopped under the session
+          // (a cluster node's room reloading; an "error" with code 14 came just before). Join
+          // it again after the last message handed over, as after a reconnect.
+          state.subscribed = false;
+          this.#sendJoin(room);
+          return;
+        }
         this.#emit("left", { room });
         return;
       case "error":
