@@ -740,7 +740,9 @@ impl Message<Subscribe> for RoomActor {
         {
             return Answer(Err(error));
         }
-        let result = self.room.handle_subscribe(subscribe.user, subscribe.after_seq, self.clock.now());
+        let now = self.clock.now();
+        self.room.handle_expire(now);
+        let result = self.room.handle_subscribe(subscribe.user, subscribe.after_seq, now);
         // Publish its presence first: a subscriber does not see its own arrival.
         self.flush(ctx.actor_ref());
         Answer(result.map(|subscription| {
@@ -826,6 +828,7 @@ impl Message<History> for RoomActor {
     type Reply = Answer<HistoryPage, RoomError>;
 
     async fn handle(&mut self, history: History, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        self.room.handle_expire(self.clock.now());
         let page = self.room.history(history.after_seq, history.limit);
         match (page, history.unconfirmed) {
             (Ok(page), Some(error)) if page.messages.len() < self.room.history_page_len(history.limit) => {
@@ -843,6 +846,7 @@ impl Message<Info> for RoomActor {
     type Reply = RoomInfo;
 
     async fn handle(&mut self, _: Info, ctx: &mut Context<Self, Self::Reply>) -> RoomInfo {
+        self.room.handle_expire(self.clock.now());
         self.flush(ctx.actor_ref());
         self.info()
     }

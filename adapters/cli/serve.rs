@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// Also drop stored messages older than this (by default only the newest
     /// --history-len-max per room are kept). With --nats, every node purges them from the
     /// JetStream streams about every tenth of this (1 s to 1 min); each room keeps at least its
-    /// last message.
+    /// last message. Rooms already loaded forget them too, as they are read (also with
+    /// --in-memory).
     #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
     retention_age: Option<Duration>,
     /// Also serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics. Off by default;
@@ -439,6 +440,8 @@ impl LimitArgs {
             room_idle_ms: u64::try_from(self.room_idle.as_millis()).unwrap_or(u64::MAX),
             empty_room_idle_ms: u64::try_from(self.empty_room_idle.as_millis()).unwrap_or(u64::MAX),
             subscriber_stall_ms: u64::try_from(self.subscriber_stall.as_millis()).unwrap_or(u64::MAX),
+            // Set from --retention-age, which is a flag of the store, not of these limits.
+            history_age_max_ms: None,
         }
     }
 }
@@ -469,7 +472,11 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
     let web_listener = args.web.bind().await?;
-    let limits = args.limits.limits();
+    let limits = Limits {
+        // What the store or the cluster log purges by age, loaded rooms forget too.
+        history_age_max_ms: args.retention_age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        ..args.limits.limits()
+    };
     // `_retention` runs the cluster's retention passes until this function returns.
     let (storage, replicated, presence, history, _retention) = match (&args.cluster.nats, &args.cluster.node_id) {
         (Some(urls), Some(node_id)) => {
@@ -613,10 +620,7 @@ fn open_storage(args: &ServeArgs, limits: &Limits) -> anyhow::Result<Option<Arc<
     if args.in_memory {
         return Ok(None);
     }
-    let retention = Retention {
-        len_max: limits.history_len_max,
-        age_max_ms: args.retention_age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
-    };
+    let retention = Retention { len_max: limits.history_len_max, age_max_ms: limits.history_age_max_ms };
     let store = RedbStore::open(&args.data_dir, retention)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
     if store.needed_repair() {

@@ -196,6 +196,12 @@ pub struct Limits {
     pub empty_room_idle_ms: u64,
     /// See [`SUBSCRIBER_STALL_MS`].
     pub subscriber_stall_ms: u64,
+    /// Messages older than this many milliseconds (by their `accepted_at`) are dropped from a
+    /// room's retained history, oldest first, though a room always keeps its last message.
+    /// `None` (the default): no age limit, only the length and byte budgets. The server's
+    /// `--retention-age` sets it, so a loaded room forgets what the store or the cluster log
+    /// purges.
+    pub history_age_max_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -217,6 +223,7 @@ impl Default for Limits {
             room_idle_ms: ROOM_IDLE_MS,
             empty_room_idle_ms: EMPTY_ROOM_IDLE_MS,
             subscriber_stall_ms: SUBSCRIBER_STALL_MS,
+            history_age_max_ms: None,
         }
     }
 }

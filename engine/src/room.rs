@@ -107,6 +107,8 @@ pub struct Room {
     history_len_max: usize,
     /// See [`Limits::history_bytes_max`].
     history_bytes_max: usize,
+    /// See [`Limits::history_age_max_ms`].
+    history_age_max_ms: Option<u64>,
     history_page_max: usize,
     /// See [`Limits::history_page_bytes_max`].
     history_page_bytes_max: usize,
@@ -159,6 +161,7 @@ impl Room {
             epoch,
             history_len_max: limits.history_len_max.max(1),
             history_bytes_max: limits.history_bytes_max,
+            history_age_max_ms: limits.history_age_max_ms,
             history_page_max: limits.history_page_max.max(1),
             history_page_bytes_max: limits.history_page_bytes_max,
             message_bytes_max: limits.message_bytes_max,
@@ -210,8 +213,26 @@ impl Room {
             }
             room.retain(Arc::new(message));
         }
+        room.handle_expire(now);
         room.assert_history_contiguous();
         room
+    }
+
+    /// Drops the retained messages older than [`Limits::history_age_max_ms`] at `now`, oldest
+    /// first, keeping the room's last message (and anything not yet durable). The shell calls
+    /// it before a read, so a read never shows a message past the age limit; appends expire
+    /// on their own.
+    pub fn handle_expire(&mut self, now: Time) {
+        let Some(age_max_ms) = self.history_age_max_ms else { return };
+        while self.history.len() > 1
+            && let Some(front) = self.history.front()
+            && front.seq < self.durable_seq
+            && now.millis_since(front.accepted_at) > age_max_ms
+        {
+            if let Some(dropped) = self.history.pop_front() {
+                self.history_bytes -= message_bytes(&dropped);
+            }
+        }
     }
 
     /// Sets when messages count as durable (a new room starts `Immediate`).

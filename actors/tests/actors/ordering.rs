@@ -189,6 +189,26 @@ async fn an_idle_room_retires_and_comes_back_with_a_new_epoch() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_loaded_room_forgets_messages_past_the_age_limit_as_it_is_read() {
+    let engine = engine_with(Limits { history_age_max_ms: Some(60_000), ..Limits::default() });
+    let lobby = room("lobby");
+    engine.send(&lobby, draft("ann", "", "old")).await.expect("sent");
+    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    engine.send(&lobby, draft("ann", "", "newer")).await.expect("sent");
+    engine.send(&lobby, draft("ann", "", "newest")).await.expect("sent");
+    tokio::time::sleep(std::time::Duration::from_secs(45)).await;
+    let page = engine.history(&lobby, 0, 0).await.expect("history");
+    let seqs: Vec<u64> = page.messages.iter().map(|message| message.seq).collect();
+    assert_eq!(seqs, [2, 3], "#1 is 75 s old, past the 60 s limit");
+    assert_eq!(engine.room(&lobby).await.expect("info").expect("exists").first_retained_seq, 2);
+    let mut resumed = engine.subscribe(&lobby, None, Some(0)).await.expect("subscribed");
+    assert_eq!(subscribed(&mut resumed).await, (false, 2), "a resume from before it is told #1 is gone");
+    tokio::time::sleep(std::time::Duration::from_secs(3_600)).await;
+    let page = engine.history(&lobby, 0, 0).await.expect("history");
+    assert_eq!(page.messages.iter().map(|message| message.seq).collect::<Vec<_>>(), [3], "the last one stays");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_stalled_stream_and_a_stalled_session_are_closed_with_what_they_missed() {
     let limits = Limits {
         subscriber_queue_len_max: 4,

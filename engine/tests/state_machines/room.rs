@@ -349,3 +349,28 @@ fn presence_is_the_union_of_local_and_remote_members_without_duplicate_events() 
     assert_eq!(shell.read_all(watcher).0, vec![Seen::Presence("ann".into(), false), Seen::Typing("carl".into())]);
     assert!(shell.room.present_users().is_empty());
 }
+
+#[test]
+fn messages_past_the_age_limit_expire_oldest_first_but_the_last_one_stays() {
+    let limits = Limits { history_age_max_ms: Some(1_000), ..Limits::default() };
+    let mut room = Room::new(room_name("general"), 1, &limits, at(0));
+    for (body, now) in [("old", 0), ("under a second old at 1500", 600), ("recent", 1_000)] {
+        room.handle_send(draft("ann", "", body), at(now)).expect("accepted");
+    }
+    let seqs = |room: &Room| room.history(0, 0).expect("open").messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    room.handle_expire(at(1_000));
+    assert_eq!(seqs(&room), [1, 2, 3], "nothing is over a second old yet");
+    room.handle_expire(at(1_500));
+    assert_eq!(seqs(&room), [2, 3], "#1 is 1.5 s old");
+    assert_eq!(room.first_retained_seq(), 2);
+    room.handle_expire(at(60_000));
+    assert_eq!(seqs(&room), [3], "the room's last message stays, however old");
+    assert_eq!(room.history(0, 0).expect("open").last_seq, 3);
+
+    let unlimited = Limits::default();
+    let mut room = Room::new(room_name("general"), 1, &unlimited, at(0));
+    room.handle_send(draft("ann", "", "kept"), at(0)).expect("accepted");
+    room.handle_send(draft("ann", "", "kept too"), at(0)).expect("accepted");
+    room.handle_expire(at(u64::MAX));
+    assert_eq!(seqs(&room), [1, 2], "without an age limit nothing expires");
+}
