@@ -221,9 +221,19 @@ struct Inner {
 /// Entries a follower takes from the log's feed at once.
 const FOLLOW_BATCH_LEN_MAX: usize = 256;
 
-/// Feeds every entry the replicated log's feed brings to its room, if the room is live here
-/// (a room that is not loads from the log when it is first used), until `stopped` fires or the
-/// feed ends. Consecutive entries of one room go to it together.
+/// Entries of one room a follower holds while the room's mailbox is full (a room starved of
+/// CPU under a hot room), to hand over in one message once it has room. Past this the oldest
+/// are let go: the room sees the gap and reads them from the log instead.
+const FOLLOW_HELD_PER_ROOM_MAX: usize = 4_096;
+
+/// How soon a follower holding entries tries again to hand them to their rooms.
+const FOLLOW_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The node's follower: hands each room the entries of its log that the feed brings, in order.
+/// It never waits for one room's full mailbox (every other room's feed would wait too): it
+/// holds that room's entries and tries again, so a room that falls behind gets them late, in
+/// one message, rather than not at all (losing them would make it read the log, and a room
+/// further behind than the log keeps must reload).
 async fn follow_log(
     feed: futures::stream::BoxStream<'static, confab_engine::LogEntry>,
     rooms: RoomTable,
@@ -231,6 +241,7 @@ async fn follow_log(
 ) {
     use futures::StreamExt;
     let mut batches = feed.ready_chunks(FOLLOW_BATCH_LEN_MAX);
+    let mut held: BTreeMap<RoomName, Vec<confab_engine::LogEntry>> = BTreeMap::new();
     loop {
         let batch = tokio::select! {
             biased;
@@ -239,22 +250,32 @@ async fn follow_log(
                 Some(batch) => batch,
                 None => return,
             },
+            () = tokio::time::sleep(FOLLOW_RETRY_INTERVAL), if !held.is_empty() => Vec::new(),
         };
-        let mut entries = batch.into_iter().peekable();
-        while let Some(first) = entries.next() {
-            let room = first.message.room.clone();
-            let mut run = vec![first];
-            while let Some(entry) = entries.next_if(|entry| entry.message.room == room) {
-                run.push(entry);
-            }
-            if let Some(actor) = rooms.get(&room) {
-                // Never wait for one room's full mailbox (every other room's feed would wait
-                // too): the room finds what it missed from the gap, or from its next read. A
-                // room that stopped meanwhile loads from the log when it is used again.
-                let _ = actor.tell(LogEntries { entries: Ok(run), read: false }).try_send();
-            }
+        for entry in batch {
+            held.entry(entry.message.room.clone()).or_default().push(entry);
         }
+        hand_over(&mut held, &rooms);
     }
+}
+
+/// Tells each room its held entries; keeps (at most [`FOLLOW_HELD_PER_ROOM_MAX`] of) those of
+/// rooms whose mailbox is full. A room that is not running forgets them: it loads from the log
+/// when it is used again.
+fn hand_over(held: &mut BTreeMap<RoomName, Vec<confab_engine::LogEntry>>, rooms: &RoomTable) {
+    held.retain(|room, entries| {
+        let Some(actor) = rooms.get(room) else { return false };
+        let run = std::mem::take(entries);
+        match actor.tell(LogEntries { entries: Ok(run), read: false }).try_send() {
+            Err(kameo::error::SendError::MailboxFull(LogEntries { entries: Ok(back), .. })) => {
+                *entries = back;
+                let excess = entries.len().saturating_sub(FOLLOW_HELD_PER_ROOM_MAX);
+                entries.drain(..excess);
+                true
+            }
+            _ => false,
+        }
+    });
 }
 
 impl Engine {
