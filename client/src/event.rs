@@ -101,9 +101,9 @@ pub enum Event {
     Closed(Result<(), SessionError>),
 }
 
-/// A message of a room.
+/// A message of a room. A plain record of what the server sent (callers build them in their
+/// tests), so not `#[non_exhaustive]`: a new field is a new major version.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Message {
     /// The room.
     pub room: String,
@@ -119,9 +119,8 @@ pub struct Message {
     pub accepted_at_ms: u64,
 }
 
-/// A request the server refused.
+/// A request the server refused (a plain record, like [`Message`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Refusal {
     /// The room the request named.
     pub room: String,
