@@ -126,6 +126,18 @@ fn visible(text: &str) -> Cow<'_, str> {
     Cow::Owned(shown)
 }
 
+/// `error` and its sources, joined: a connection error says little at the top level.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn print_event(event: Event, resuming: bool) {
     if let Some(line) = event_line(event, resuming) {
         match line {
@@ -170,7 +182,7 @@ fn event_line(event: Event, resuming: bool) -> Option<Line> {
             return Some(Line::Err(format!("! {} (code {})", v(&refusal.message), i32::from(refusal.code))));
         }
         Event::Disconnected { reason } => {
-            return Some(Line::Err(format!("* connection lost: {}; reconnecting", v(&reason))));
+            return Some(Line::Err(format!("* connection lost: {}; reconnecting", v(&error_chain(&reason)))));
         }
         Event::Reconnected { outage } => return Some(Line::Err(format!("* reconnected after {outage:.1?}"))),
         _ => return None,
@@ -224,8 +236,10 @@ mod tests {
         };
         let line = event_line(Event::Refused(refusal), false);
         assert_eq!(line, Some(Line::Err("! bad\\u{1b}[31m (code 3)".into())));
-        let line = event_line(Event::Disconnected { reason: "gone\u{7}".into() }, false);
-        assert_eq!(line, Some(Line::Err("* connection lost: gone\\u{7}; reconnecting".into())));
+        let reason = confab_client::LinkError::Status(tonic::Status::unavailable("gone\u{7}"));
+        let line = event_line(Event::Disconnected { reason }, false);
+        let shown = "* connection lost: the session call ended: code: 'The service is currently unavailable', message: \"gone\\u{7}\"; reconnecting";
+        assert_eq!(line, Some(Line::Err(shown.into())));
     }
 
     #[test]

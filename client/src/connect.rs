@@ -142,7 +142,7 @@ pub enum LinkError {
     #[error("cannot connect")]
     Connect(#[source] tonic::transport::Error),
     /// The call ended with this status (UNAVAILABLE when the server stopped or died, …).
-    #[error("{} ({:?})", .0.message(), .0.code())]
+    #[error("the session call ended")]
     Status(#[source] Status),
     /// The server did not open the session in time.
     #[error("the server did not open the session within {0:?}")]

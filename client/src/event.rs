@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::connect::LinkError;
 use crate::session::SessionError;
 
 /// One thing that happened, in the order it happened.
@@ -88,8 +89,8 @@ pub enum Event {
     /// The connection dropped; the client reconnects on its own (joins, posts and leaves
     /// made meanwhile wait for it).
     Disconnected {
-        /// Why the connection ended.
-        reason: String,
+        /// Why the connection ended (its sources say more).
+        reason: LinkError,
     },
     /// Connected again after [`Event::Disconnected`]; each room's [`Event::Resumed`] follows.
     Reconnected {

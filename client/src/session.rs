@@ -107,16 +107,16 @@ impl ClientOptions {
 pub enum SessionError {
     /// The server refused the session in a way reconnecting cannot fix (the token was revoked,
     /// …).
-    #[error("the server refused the session: {}", .0.message())]
+    #[error("the server refused the session")]
     Refused(#[source] Status),
     /// No connection for the longest outage allowed ([`Reconnect::outage_max`]).
     #[error("no connection for {outage:?}; gave up")]
     GaveUp {
         /// How long the client tried.
         outage: Duration,
-        /// What the last attempt ran into.
+        /// What the last attempt ran into (`None` if the limit left no time for one).
         #[source]
-        last: LinkError,
+        last: Option<LinkError>,
     },
 }
 
@@ -413,10 +413,10 @@ impl Driver {
                 Err(error) => error,
             };
             let lost_at = Instant::now();
-            self.emit(Event::Disconnected { reason: error.to_string() }).await?;
+            self.emit(Event::Disconnected { reason: error }).await?;
             self.conversation.handle_disconnected();
             self.flush_events().await?;
-            connection = match self.reconnect(lost_at, error).await? {
+            connection = match self.reconnect(lost_at).await? {
                 Ok(connection) => connection,
                 Err(error) => return Ok(Err(error)),
             };
@@ -457,11 +457,8 @@ impl Driver {
 
     /// Tries to connect again with backoff, taking the caller's requests meanwhile, until a
     /// session is open, a refusal is permanent, or the outage is over its limit.
-    async fn reconnect(
-        &mut self,
-        lost_at: Instant,
-        mut last: LinkError,
-    ) -> Result<Result<Connection, SessionError>, CallerGone> {
+    async fn reconnect(&mut self, lost_at: Instant) -> Result<Result<Connection, SessionError>, CallerGone> {
+        let mut last = None;
         loop {
             let outage = lost_at.elapsed();
             if outage >= self.backoff.outage_max() {
@@ -480,7 +477,7 @@ impl Driver {
             match self.link.open().await.map_err(LinkError::into_permanent) {
                 Ok(connection) => return Ok(Ok(connection)),
                 Err(Ok(status)) => return Ok(Err(SessionError::Refused(status))),
-                Err(Err(error)) => last = error,
+                Err(Err(error)) => last = Some(error),
             }
         }
     }
