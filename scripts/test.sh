@@ -18,6 +18,11 @@ if cargo tree -p confab-engine -e normal --locked | grep -E "tokio|kameo|prost|t
   echo "confab-engine must stay sans-IO: the crates above crept into its dependency tree" >&2
   exit 1
 fi
+echo "== the client crate depends on no server crate"
+if cargo tree -p confab-client -e normal,build --locked | grep -E "kameo|confab-engine|confab-actors"; then
+  echo "confab-client must speak the wire protocol only: the crates above crept into its dependency tree" >&2
+  exit 1
+fi
 # The confab binary turns the actors crate's `cluster` feature on, so the workspace's tests
 # include the JetStream tests (actors/tests/cluster/): the pinned nats-server comes first.
 echo "== nats-server (pinned 2.14.6, for the cluster tests)"

@@ -48,7 +48,7 @@ pub struct BenchOptions {
     /// The server's process id, to report its CPU and peak memory.
     pub server_pid: Option<u32>,
     /// The bearer token and TLS CA for a server that wants them.
-    pub security: crate::grpc::client::ClientSecurity,
+    pub security: confab_client::ClientSecurity,
 }
 
 impl BenchOptions {
@@ -62,14 +62,10 @@ impl BenchOptions {
 /// A benchmark failed to run (not: the server answered errors, which are counted).
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    /// No connection to the server.
-    #[error("cannot connect to {server}: {reason}")]
-    Connect {
-        /// The address.
-        server: String,
-        /// Why.
-        reason: String,
-    },
+    /// No connection to the server, or options it cannot connect with (a token that is not a
+    /// header value, a CA file it cannot read, …).
+    #[error(transparent)]
+    Connect(#[from] confab_client::ConnectError),
     /// The options do not make sense for the scenario.
     #[error("{0}")]
     Options(String),

@@ -15,12 +15,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::process;
 use super::report::{Report, StalledTally};
 use super::{BenchError, BenchOptions};
-use crate::grpc::client::{ClientChannel as Channel, ClientError, connect};
 use crate::grpc::proto::chat::{Message, chat_service_client::ChatServiceClient};
 use crate::grpc::proto::confab_v1::{
     self as v1, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame, room_event,
     server_frame,
 };
+use confab_client::{ClientChannel as Channel, connect};
 
 /// The scenarios `confab bench` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,10 +223,7 @@ pub(super) async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
 
 /// One more HTTP/2 connection to `server`, with the run's token and TLS settings.
 async fn open_connection(options: &BenchOptions, server: &str) -> Result<Channel, BenchError> {
-    connect(server, &options.security).await.map_err(|error| match error {
-        ClientError::Options(message) => BenchError::Options(message),
-        ClientError::Connect { server, reason } => BenchError::Connect { server, reason },
-    })
+    Ok(connect(server, &options.security).await?)
 }
 
 /// The user name a client puts in its messages: its own, or none with a token, since an

@@ -1,4 +1,7 @@
-//! `confab chat`: a line-based terminal client of the confab.v1 Session RPC.
+//! `confab chat`: a line-based terminal client, a caller of [`confab_client::Client`]: it
+//! rides out dropped connections and server restarts (reconnecting, resuming the room after
+//! the last message shown, resending unacknowledged lines), so no line is shown twice and
+//! nothing is skipped without a `*` line saying so.
 //!
 //! Everything the server sends is shown through [`visible`], so no message can drive the
 //! terminal: control characters, escape sequences, bidi controls and invisible characters are
@@ -10,14 +13,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
+use confab_client::{Client, ClientOptions, ClientSecurity, Event};
 use confab_engine::{is_bidi_control, is_invisible};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
-
-use crate::grpc::client::{ClientSecurity, connect};
-use crate::grpc::proto::confab_v1::{self as v1, chat_client::ChatClient, client_frame, room_event, server_frame};
 
 /// Flags of `confab chat`.
 #[derive(Debug, Args)]
@@ -52,7 +50,15 @@ pub(crate) struct SecurityArgs {
 
 impl SecurityArgs {
     pub(crate) fn client(&self) -> ClientSecurity {
-        ClientSecurity { token: self.token.clone(), tls_ca: self.tls_ca.clone() }
+        let security = ClientSecurity::default();
+        let security = match &self.token {
+            Some(token) => security.with_token(token.clone()),
+            None => security,
+        };
+        match &self.tls_ca {
+            Some(ca) => security.with_tls_ca(ca.clone()),
+            None => security,
+        }
     }
 }
 
@@ -61,22 +67,14 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
     runtime.block_on(chat(args))
 }
 
-fn frame(frame: client_frame::Frame) -> v1::ClientFrame {
-    v1::ClientFrame { frame: Some(frame) }
-}
-
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
-    let mut client = ChatClient::new(connect(&args.server, &args.security.client()).await?);
-    let (frames, outgoing) = mpsc::channel(16);
-    frames
-        .send(frame(client_frame::Frame::Join(v1::Join { room: args.room.clone(), after_seq: args.after_seq })))
-        .await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
-    if let Some(user) = &args.user {
-        let user = MetadataValue::try_from(user.as_str()).context("--user must be ASCII text")?;
-        request.metadata_mut().insert("user", user);
-    }
-    let mut incoming = client.session(request).await.context("opening the session")?.into_inner();
+    let options = ClientOptions::new(args.server.clone()).with_security(args.security.client());
+    let options = match &args.user {
+        Some(user) => options.with_user(user.clone()),
+        None => options,
+    };
+    let (client, mut events) = Client::connect(options).await?;
+    client.join(args.room.clone(), args.after_seq).await?;
     let room = args.room.clone();
     let typing = tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -84,19 +82,24 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             if line.is_empty() {
                 continue;
             }
-            let post = v1::Post { room: room.clone(), client_msg_id: String::new(), body: line };
-            if frames.send(frame(client_frame::Frame::Post(post))).await.is_err() {
-                break;
+            if client.send(room.clone(), line).await.is_err() {
+                return;
             }
         }
-        // Dropping `frames` half-closes: the server ends the session once our messages are back.
+        // Typed out: the session ends once every line is stored and has come back.
+        let _ = client.close().await;
     });
     let resuming = args.after_seq.is_some();
-    while let Some(frame) = incoming.message().await.context("reading from the server")? {
-        print_frame(frame, resuming);
+    let mut end = Ok(());
+    while let Some(event) = events.next().await {
+        if let Event::Closed(result) = event {
+            end = result;
+            break;
+        }
+        print_event(event, resuming);
     }
     typing.abort();
-    Ok(())
+    end.context("the session ended")
 }
 
 /// Whether `c` must not reach the terminal raw: C0 (ESC included), DEL and C1 controls, which
@@ -123,8 +126,20 @@ fn visible(text: &str) -> Cow<'_, str> {
     Cow::Owned(shown)
 }
 
-fn print_frame(frame: v1::ServerFrame, resuming: bool) {
-    if let Some(line) = frame_line(frame, resuming) {
+/// `error` and its sources, joined: a connection error says little at the top level.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn print_event(event: Event, resuming: bool) {
+    if let Some(line) = event_line(event, resuming) {
         match line {
             Line::Out(line) => println!("{line}"),
             Line::Err(line) => eprintln!("{line}"),
@@ -139,29 +154,38 @@ enum Line {
     Err(String),
 }
 
-/// What `frame` shows, every text from the server through [`visible`].
-fn frame_line(frame: v1::ServerFrame, resuming: bool) -> Option<Line> {
+/// What `event` shows, every text from the server through [`visible`]. Connection notices go
+/// to stderr, so stdout is the conversation.
+fn event_line(event: Event, resuming: bool) -> Option<Line> {
     let v = visible;
-    let line = match frame.frame? {
-        server_frame::Frame::Event(event) => match event.event? {
-            room_event::Event::Subscribed(s) => match (resuming, s.recovered) {
-                (false, _) => format!("* joined #{}; live from seq {}", v(&s.room), s.first_seq),
-                (true, true) => format!("* resumed #{} exactly, from seq {}", v(&s.room), s.first_seq),
-                (true, false) => {
-                    format!("* resumed #{} from seq {}: earlier messages are gone", v(&s.room), s.first_seq)
-                }
-            },
-            room_event::Event::Message(m) => format!("[{} #{}] {}: {}", m.seq, v(&m.room), v(&m.user), v(&m.body)),
-            room_event::Event::Lagged(l) => {
-                format!("* missed {}..={} in #{} (too slow); see History", l.missed_from, l.missed_to, v(&l.room))
-            }
-            room_event::Event::Presence(p) => {
-                format!("* {} {} #{}", v(&p.user), if p.present { "joined" } else { "left" }, v(&p.room))
-            }
-            room_event::Event::Typing(t) => format!("* {} is typing in #{}", v(&t.user), v(&t.room)),
+    let line = match event {
+        Event::Joined { room, first_seq, recovered, .. } => match (resuming, recovered) {
+            (false, _) => format!("* joined #{}; live from seq {first_seq}", v(&room)),
+            (true, true) => format!("* resumed #{} exactly, from seq {first_seq}", v(&room)),
+            (true, false) => format!("* resumed #{} from seq {first_seq}: earlier messages are gone", v(&room)),
         },
-        server_frame::Frame::Ack(_) | server_frame::Frame::Left(_) => return None,
-        server_frame::Frame::Error(e) => return Some(Line::Err(format!("! {} (code {})", v(&e.message), e.code))),
+        Event::Resumed { room, first_seq, recovered: true, .. } => {
+            format!("* resumed #{} exactly, from seq {first_seq}", v(&room))
+        }
+        Event::Resumed { room, first_seq, recovered: false, .. } => {
+            format!("* resumed #{} from seq {first_seq}: earlier messages are gone", v(&room))
+        }
+        Event::Message(m) => format!("[{} #{}] {}: {}", m.seq, v(&m.room), v(&m.user), v(&m.body)),
+        Event::Lagged { room, missed_from, missed_to } => {
+            format!("* missed {missed_from}..={missed_to} in #{} (too slow); see History", v(&room))
+        }
+        Event::Presence { room, user, present } => {
+            format!("* {} {} #{}", v(&user), if present { "joined" } else { "left" }, v(&room))
+        }
+        Event::Typing { room, user } => format!("* {} is typing in #{}", v(&user), v(&room)),
+        Event::Refused(refusal) => {
+            return Some(Line::Err(format!("! {} (code {})", v(&refusal.message), i32::from(refusal.code))));
+        }
+        Event::Disconnected { reason } => {
+            return Some(Line::Err(format!("* connection lost: {}; reconnecting", v(&error_chain(&reason)))));
+        }
+        Event::Reconnected { outage } => return Some(Line::Err(format!("* reconnected after {outage:.1?}"))),
+        _ => return None,
     };
     Some(Line::Out(line))
 }
@@ -193,8 +217,8 @@ mod tests {
     }
 
     #[test]
-    fn every_field_of_a_frame_is_shown_escaped() {
-        let message = v1::ChatMessage {
+    fn every_field_of_an_event_is_shown_escaped() {
+        let message = confab_client::Message {
             room: "r".into(),
             seq: 3,
             user: "m\u{202E}".into(),
@@ -202,11 +226,27 @@ mod tests {
             body: "hi\n[4 #r] Server: fake".into(),
             accepted_at_ms: 0,
         };
-        let event = v1::RoomEvent { event: Some(room_event::Event::Message(message)) };
-        let frame = v1::ServerFrame { frame: Some(server_frame::Frame::Event(event)) };
-        assert_eq!(frame_line(frame, false), Some(Line::Out("[3 #r] m\\u{202e}: hi\\u{a}[4 #r] Server: fake".into())));
-        let error = v1::Error { room: String::new(), code: 3, message: "bad\u{1b}[31m".into() };
-        let frame = v1::ServerFrame { frame: Some(server_frame::Frame::Error(error)) };
-        assert_eq!(frame_line(frame, false), Some(Line::Err("! bad\\u{1b}[31m (code 3)".into())));
+        let line = event_line(Event::Message(message), false);
+        assert_eq!(line, Some(Line::Out("[3 #r] m\\u{202e}: hi\\u{a}[4 #r] Server: fake".into())));
+        let refusal = confab_client::Refusal {
+            room: String::new(),
+            request: confab_client::Request::Join,
+            code: tonic::Code::InvalidArgument,
+            message: "bad\u{1b}[31m".into(),
+        };
+        let line = event_line(Event::Refused(refusal), false);
+        assert_eq!(line, Some(Line::Err("! bad\\u{1b}[31m (code 3)".into())));
+        let reason = confab_client::LinkError::Status(tonic::Status::unavailable("gone\u{7}"));
+        let line = event_line(Event::Disconnected { reason }, false);
+        let shown = "* connection lost: the session call ended: code: 'The service is currently unavailable', message: \"gone\\u{7}\"; reconnecting";
+        assert_eq!(line, Some(Line::Err(shown.into())));
+    }
+
+    #[test]
+    fn an_inexact_resume_says_what_is_gone() {
+        let resumed = |recovered| Event::Resumed { room: "r".into(), epoch: 1, first_seq: 7, recovered };
+        assert_eq!(event_line(resumed(true), false), Some(Line::Out("* resumed #r exactly, from seq 7".into())));
+        let line = Some(Line::Out("* resumed #r from seq 7: earlier messages are gone".into()));
+        assert_eq!(event_line(resumed(false), false), line);
     }
 }

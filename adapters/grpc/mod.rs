@@ -14,14 +14,13 @@
 //! - [`auth`]: bearer tokens, the interceptor in front of both services, the identity rule;
 //!   [`jwt`]: tokens signed by the operator's backend; [`permissions`]: the rooms a token may
 //!   read and post to; [`expiry`]: streams end when their token expires.
-//! - [`tls`]: the server's certificate and key; [`client`]: connecting with a token and TLS.
+//! - [`tls`]: the server's certificate and key (clients connect with `confab_client`).
 //! - [`rate`]: send-rate limits per session, user or connection; [`deadline`]: `grpc-timeout`.
 //! - [`cancel`]: a client's reset is an error for the handler, not the end of its stream.
 
 pub mod auth;
 pub mod cancel;
 pub mod chat_service;
-pub mod client;
 pub mod confab_service;
 pub mod convert;
 pub mod deadline;

@@ -87,15 +87,3 @@ impl PemFiles {
         Ok(Self { certificates, key: key_der })
     }
 }
-
-/// An error and its sources, joined: tonic's transport errors say little at the top level.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

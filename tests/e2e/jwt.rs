@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use confab::grpc::auth::{Authenticator, Tokens};
-use confab::grpc::client::{ClientSecurity, connect};
 use confab::grpc::jwt::{JwtPolicy, JwtVerifier};
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
 use confab::grpc::proto::confab_v1::{
@@ -18,6 +17,7 @@ use confab::grpc::proto::confab_v1::{
 use confab::grpc::server::ServerOptions;
 use confab::ws::access::{WS_PROTOCOL, token_protocol};
 use confab::ws::server::WsConfig;
+use confab_client::{ClientSecurity, connect};
 use confab_engine::{Limits, RoomName};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -69,16 +69,16 @@ async fn start_jwt() -> TestServer {
     start_with(ServerOptions { jwt: Some(hmac_verifier()), ..ServerOptions::default() }).await
 }
 
-async fn confab_as(server: &TestServer, token: &str) -> ChatClient<confab::grpc::client::ClientChannel> {
+async fn confab_as(server: &TestServer, token: &str) -> ChatClient<confab_client::ClientChannel> {
     ChatClient::new(channel_as(server, token).await)
 }
 
-async fn seed_as(server: &TestServer, token: &str) -> ChatServiceClient<confab::grpc::client::ClientChannel> {
+async fn seed_as(server: &TestServer, token: &str) -> ChatServiceClient<confab_client::ClientChannel> {
     ChatServiceClient::new(channel_as(server, token).await)
 }
 
-async fn channel_as(server: &TestServer, token: &str) -> confab::grpc::client::ClientChannel {
-    let security = ClientSecurity { token: Some(token.to_owned()), tls_ca: None };
+async fn channel_as(server: &TestServer, token: &str) -> confab_client::ClientChannel {
+    let security = ClientSecurity::default().with_token(token.to_owned());
     connect(&format!("http://{}", server.address), &security).await.expect("connect")
 }
 

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab::grpc::auth::Tokens;
-use confab::grpc::client::{ClientSecurity, connect};
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
 use confab::grpc::proto::confab_v1::{
     self as v1, HistoryRequest, SendRequest, SubscribeRequest, UploadChunk, client_frame, room_event, server_frame,
 };
 use confab::grpc::server::ServerOptions;
+use confab_client::{ClientSecurity, connect};
 use confab_engine::{Limits, SendRate};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -239,7 +239,7 @@ async fn an_authenticated_user_has_one_unary_bucket_over_all_connections() {
         ServerOptions { tokens: Some(tokens), send_rate: SendRate { per_second: 1, burst: 2 }, ..Default::default() };
     let server = TestServer::start_with_options(Limits::default(), options).await;
     let url = format!("http://{}", server.address);
-    let as_user = |token: &str| ClientSecurity { token: Some(token.to_owned()), tls_ca: None };
+    let as_user = |token: &str| ClientSecurity::default().with_token(token.to_owned());
     let unnamed = |body: &str| SendRequest { user: String::new(), ..send("users", body) };
     let mut ann_one = v1::chat_client::ChatClient::new(connect(&url, &as_user(ANN)).await.expect("connect"));
     let mut ann_two = v1::chat_client::ChatClient::new(connect(&url, &as_user(ANN)).await.expect("connect"));

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bench_tool;
+mod client;
 mod confab_api;
 mod connections;
 mod crash;

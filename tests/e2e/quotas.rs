@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab::grpc::auth::Tokens;
-use confab::grpc::client::{ClientChannel, ClientSecurity, connect};
 use confab::grpc::proto::chat;
 use confab::grpc::proto::confab_v1::{
     self as v1, HistoryRequest, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame,
@@ -15,6 +14,7 @@ use confab::grpc::proto::confab_v1::{
 use confab::grpc::quota::QuotaLimits;
 use confab::grpc::rate::{RateLimits, SendLimiter};
 use confab::grpc::server::ServerOptions;
+use confab_client::{ClientChannel, ClientSecurity, connect};
 use confab_engine::{Limits, SendRate};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -58,7 +58,7 @@ fn bucket_bound(rate: SendRate, elapsed: Duration) -> usize {
 
 /// A client of `server`, with `token` if given.
 async fn client(server: &TestServer, token: Option<&str>) -> ChatClient<ClientChannel> {
-    let security = ClientSecurity { token: token.map(str::to_owned), tls_ca: None };
+    let security = token.map_or_else(ClientSecurity::default, |token| ClientSecurity::default().with_token(token));
     ChatClient::new(connect(&format!("http://{}", server.address), &security).await.expect("connect"))
 }
 

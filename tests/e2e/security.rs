@@ -10,7 +10,6 @@ use std::time::Duration;
 use confab::bench::{BenchOptions, Scenario, run};
 
 use confab::grpc::auth::Tokens;
-use confab::grpc::client::{ClientChannel, ClientSecurity, connect};
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
 use confab::grpc::proto::confab_v1::{
     self as v1, HistoryRequest, ListRoomsRequest, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient,
@@ -18,6 +17,7 @@ use confab::grpc::proto::confab_v1::{
 };
 use confab::grpc::server::ServerOptions;
 use confab::grpc::tls::server_config;
+use confab_client::{ClientChannel, ClientSecurity, connect};
 use confab_engine::{Limits, SendRate};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::process::Command;
@@ -47,7 +47,7 @@ async fn start_authenticated() -> TestServer {
 }
 
 async fn channel_as(server: &TestServer, token: Option<&str>) -> ClientChannel {
-    let security = ClientSecurity { token: token.map(str::to_owned), tls_ca: None };
+    let security = token.map_or_else(ClientSecurity::default, |token| ClientSecurity::default().with_token(token));
     connect(&format!("http://{}", server.address), &security).await.expect("connect")
 }
 
@@ -310,13 +310,13 @@ async fn tls_clients_connect_and_plaintext_fails_cleanly() {
     let options = ServerOptions { tokens: Some(tokens()), tls: Some(tls), ..Default::default() };
     let server = TestServer::start_with_options(Limits::default(), options).await;
     let https = format!("https://{}", server.address);
-    let trusted = ClientSecurity { token: Some(ANN.into()), tls_ca: Some(pki.ca.clone()) };
+    let trusted = ClientSecurity::default().with_token(ANN).with_tls_ca(pki.ca.clone());
 
     let mut client = ChatClient::new(bounded(connect(&https, &trusted)).await.expect("TLS connect"));
     assert_eq!(client.send(send("tls", "", "over TLS")).await.expect("send").into_inner().seq, 1);
 
     // Plaintext HTTP/2 to the TLS port: an error (at connect or at the first call), no hang.
-    let plaintext = ClientSecurity { token: Some(ANN.into()), tls_ca: None };
+    let plaintext = ClientSecurity::default().with_token(ANN);
     let failed = match bounded(connect(&format!("http://{}", server.address), &plaintext)).await {
         Err(_) => true,
         Ok(channel) => bounded(ChatClient::new(channel).send(send("tls", "", "plain"))).await.is_err(),
@@ -325,7 +325,7 @@ async fn tls_clients_connect_and_plaintext_fails_cleanly() {
 
     // A client that trusts another CA refuses the server's certificate.
     let stranger = Pki::new(&scratch("stranger"));
-    let untrusted = ClientSecurity { token: Some(ANN.into()), tls_ca: Some(stranger.ca) };
+    let untrusted = ClientSecurity::default().with_token(ANN).with_tls_ca(stranger.ca);
     let failed = match bounded(connect(&https, &untrusted)).await {
         Err(_) => true,
         Ok(channel) => bounded(ChatClient::new(channel).send(send("tls", "", "mitm"))).await.is_err(),
@@ -377,7 +377,7 @@ async fn confab_bench_runs_against_an_authenticated_server() {
             server_pid: None,
             stalled: 0,
             disconnect_mean: None,
-            security: ClientSecurity { token: Some(ANN.into()), tls_ca: None },
+            security: ClientSecurity::default().with_token(ANN),
         };
         let report = bounded(run(&options)).await.unwrap_or_else(|error| panic!("{name}: {error}"));
         assert!(report.operations > 0, "{name}: measured nothing: {}", report.human());
