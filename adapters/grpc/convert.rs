@@ -156,7 +156,7 @@ pub fn server_frame(frame: &ServerFrame) -> v1::ServerFrame {
             seq: *seq,
             duplicate: *duplicate,
         }),
-        ServerFrame::Left { room } => Frame::Left(v1::Left { room: room.to_string() }),
+        ServerFrame::Left { room, stopped } => Frame::Left(v1::Left { room: room.to_string(), stopped: *stopped }),
         ServerFrame::Error { room, error } => Frame::Error(v1::Error {
             room: room.as_ref().map(ToString::to_string).unwrap_or_default(),
             code: frame_code(error) as i32,

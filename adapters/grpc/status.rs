@@ -124,7 +124,6 @@ pub fn frame_code(error: &FrameError) -> Code {
             | SessionError::AckAhead { .. }
             | SessionError::Closing,
         ) => Code::FailedPrecondition,
-        FrameError::Session(SessionError::RoomStopped { .. }) => Code::Unavailable,
     }
 }
 
@@ -232,8 +231,6 @@ mod tests {
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("after_seq"), "{status:?}");
         assert!(ApiError::from_end(StreamEnd::Finished).is_none(), "a finished session ends plainly");
-        let stopped = FrameError::Session(SessionError::RoomStopped { room: "lobby".into() });
-        assert_eq!(frame_code(&stopped), Code::Unavailable, "and a session's error frame says the same");
     }
 
     #[test]

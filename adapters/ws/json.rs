@@ -156,6 +156,8 @@ pub enum ServerFrame {
     Left {
         /// The room.
         room: String,
+        /// The client did not leave: the room stopped under the session; join it again.
+        stopped: bool,
     },
     /// A refused frame; the session goes on.
     Error {
@@ -195,7 +197,7 @@ pub fn server_frame(frame: v1::ServerFrame) -> Option<ServerFrame> {
         Frame::Ack(a) => {
             ServerFrame::Ack { room: a.room, client_msg_id: a.client_msg_id, seq: a.seq, duplicate: a.duplicate }
         }
-        Frame::Left(l) => ServerFrame::Left { room: l.room },
+        Frame::Left(l) => ServerFrame::Left { room: l.room, stopped: l.stopped },
         Frame::Error(e) => ServerFrame::Error { room: e.room, code: e.code, message: e.message },
     })
 }

@@ -162,6 +162,13 @@ impl Conversation {
         match frame.frame {
             Some(server_frame::Frame::Event(v1::RoomEvent { event: Some(event) })) => self.handle_event(event),
             Some(server_frame::Frame::Ack(ack)) => self.handle_ack(ack),
+            Some(server_frame::Frame::Left(left)) if left.stopped => {
+                // Not an answer: the room stopped under the session (a cluster node's room
+                // reloading). Join it again from its position, before anything else.
+                if self.rooms.contains_key(&left.room) {
+                    self.queue.push_front(Op::Resume { room: left.room });
+                }
+            }
             Some(server_frame::Frame::Left(left)) => {
                 if self.answers(|op| matches!(op, Op::Leave { room } if *room == left.room)) {
                     self.rooms.remove(&left.room);
@@ -544,6 +551,27 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Event::Refused(r) if r.code == tonic::Code::FailedPrecondition))
         );
+    }
+
+    #[test]
+    fn a_room_the_server_dropped_on_its_own_is_joined_again_from_its_position() {
+        let mut conversation = joined();
+        conversation.handle_frame(message("r", 5, "hi"));
+        events(&mut conversation);
+        let left = v1::Left { room: "r".into(), stopped: true };
+        conversation.handle_frame(v1::ServerFrame { frame: Some(server_frame::Frame::Left(left)) });
+        assert_eq!(sent(&mut conversation), [join("r", Some(5))], "resumes after the last message handed over");
+        assert!(events(&mut conversation).is_empty(), "the caller still has the room: no Left");
+        conversation.handle_frame(subscribed("r", 1, true, 6));
+        conversation.handle_frame(message("r", 6, "after the reload"));
+        let seqs: Vec<u64> = events(&mut conversation)
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Message(message) => Some(message.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [6]);
     }
 
     #[test]

@@ -191,13 +191,4 @@ pub enum SessionError {
     /// The frame came after the client closed its side.
     #[error("session is closing")]
     Closing,
-    /// Not a refused frame: the room stopped under the session (a cluster node's room reloads
-    /// after falling behind the log, or its actor failed), after the session read everything
-    /// it published. The session no longer has the room joined; joining again with `after_seq`
-    /// resumes exactly.
-    #[error("room {room} stopped; join it again with after_seq to resume")]
-    RoomStopped {
-        /// The room.
-        room: String,
-    },
 }

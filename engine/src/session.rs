@@ -87,6 +87,10 @@ pub enum ServerFrame {
     Left {
         /// The room.
         room: RoomName,
+        /// The client did not ask: the room stopped under the session (a cluster node's room
+        /// reloading after falling behind the log, or its actor failed) after the session read
+        /// everything it published. Joining again with `after_seq` resumes exactly.
+        stopped: bool,
     },
     /// A frame was refused; the session goes on.
     Error {
@@ -251,7 +255,7 @@ impl Session {
                 if let Some(subscriber) = joined.subscriber {
                     self.commands.push_back(SessionCommand::Unsubscribe { room: room.clone(), subscriber });
                 }
-                self.commands.push_back(SessionCommand::Emit(ServerFrame::Left { room }));
+                self.commands.push_back(SessionCommand::Emit(ServerFrame::Left { room, stopped: false }));
             }
             ClientFrame::Send { client_msg_id, body, .. } => {
                 if !self.joined.contains_key(&room) {
@@ -309,15 +313,14 @@ impl Session {
     }
 
     /// The room stopped under the session (its stream read everything it published): the room
-    /// is no longer joined, and the client hears why (`RoomStopped`, then `Left`), so it can
+    /// is no longer joined, and the client hears it (`Left` with `stopped`), so it can
     /// join again with `after_seq`. Nothing happens for a room not joined.
     pub fn handle_room_stopped(&mut self, room: RoomName) {
         let Some(joined) = self.joined.remove(&room) else { return };
         if let Some(subscriber) = joined.subscriber {
             self.commands.push_back(SessionCommand::Unsubscribe { room: room.clone(), subscriber });
         }
-        self.emit_error(Some(room.clone()), SessionError::RoomStopped { room: room.to_string() }.into());
-        self.commands.push_back(SessionCommand::Emit(ServerFrame::Left { room }));
+        self.commands.push_back(SessionCommand::Emit(ServerFrame::Left { room, stopped: true }));
     }
 
     /// The client's stream has read `room` up to `seq` (delivered or declared missed).

@@ -18,9 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use confab_actors::{Engine, EngineError, RoomEvents, SessionEvents, SessionSender, StreamEnd, StreamItem};
-use confab_engine::{
-    ClientFrame, Draft, FrameError, RoomError, RoomEvent, RoomName, Sent, ServerFrame, SessionError, UserName,
-};
+use confab_engine::{ClientFrame, Draft, FrameError, RoomError, RoomEvent, RoomName, Sent, ServerFrame, UserName};
 use confab_engine::{ClientMsgId, Seq};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
@@ -317,7 +315,7 @@ pub(crate) async fn run_client(world: Arc<World>, number: u32) {
                 let mut item = item;
                 loop {
                     if client.is_own_room_stopped(&item) {
-                        // A session hears of it in an error frame; it resumes like a stream.
+                        // A session hears of it in a `Left`; it resumes like a stream.
                         item = Item::Ended { resume: Some(Action::RoomStopped) };
                     }
                     if let Item::Ended { resume } = item {
@@ -620,7 +618,7 @@ impl Client {
                     }
                 }
             }
-            Item::Frame(ServerFrame::Left { room }) => {
+            Item::Frame(ServerFrame::Left { room, .. }) => {
                 if let Conn::Session { leaving, .. } = conn {
                     leaving.retain(|left| self.world.rooms[*left as usize] != room);
                 }
@@ -659,10 +657,7 @@ impl Client {
     fn is_own_room_stopped(&self, item: &Item) -> bool {
         matches!(
             item,
-            Item::Frame(ServerFrame::Error {
-                room: Some(room),
-                error: FrameError::Session(SessionError::RoomStopped { .. }),
-            }) if *room == self.world.rooms[self.room as usize]
+            Item::Frame(ServerFrame::Left { room, stopped: true }) if *room == self.world.rooms[self.room as usize]
         )
     }
 

@@ -69,10 +69,9 @@
 //   "presence"     { room, user, present }
 //   "typing"       { room, user }
 //   "left"         { room }                     after leave(). A room the server drops
-//                                               on its own (it stopped, e.g. reloading on a
-//                                               cluster node: an "error" with code 14 comes
-//                                               first) is joined again, resuming after the
-//                                               last message, with no "left".
+//                                               on its own (`stopped`: e.g. reloading on a
+//                                               cluster node) is joined again, resuming after
+//                                               the last message, with no "left".
 //   "error"        { room, code, message }      a refused frame (gRPC status code); the
 //                                               session goes on. A refused post stays pending.
 //   "disconnected" { code, reason, reconnectInMs }   reconnectInMs is null when the client
@@ -444,8 +443,8 @@ export class ConfabClient {
       case "left":
         if (state) {
           // Not asked for (leave() forgets the room first): the room stopped under the session
-          // (a cluster node's room reloading; an "error" with code 14 came just before). Join
-          // it again after the last message handed over, as after a reconnect.
+          // (`stopped`: a cluster node's room reloading). Join it again after the last message
+          // handed over, as after a reconnect.
           state.subscribed = false;
           this.#sendJoin(room);
           return;
