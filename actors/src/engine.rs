@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::directory::Directory;
-use crate::error::EngineError;
+use crate::error::{EngineError, StartError};
 use crate::health::EngineHealth;
 use crate::log_health::{self, LogHealth};
 use crate::presence::{Presence, PresenceConfig, PresenceCounters};
@@ -280,8 +280,8 @@ fn hand_over(held: &mut BTreeMap<RoomName, Vec<confab_engine::LogEntry>>, rooms:
 
 impl Engine {
     /// Starts an engine on the current tokio runtime.
-    pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
+    pub fn start(config: EngineConfig) -> Result<Self, StartError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         Self::start_on(runtime, config, None)
     }
 
@@ -301,11 +301,9 @@ impl Engine {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn start_background(config: EngineConfig) -> Result<Self, EngineError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|error| EngineError::Runtime(error.to_string()))?;
+    pub fn start_background(config: EngineConfig) -> Result<Self, StartError> {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -314,7 +312,7 @@ impl Engine {
                 // Runs the actors until every Engine handle is gone.
                 let _ = runtime.block_on(stopped);
             })
-            .map_err(|error| EngineError::Runtime(error.to_string()))?;
+            .map_err(StartError::Runtime)?;
         Self::start_on(handle, config, Some(stop))
     }
 
@@ -322,7 +320,7 @@ impl Engine {
         runtime: tokio::runtime::Handle,
         config: EngineConfig,
         background: Option<oneshot::Sender<()>>,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, StartError> {
         let mut limits = config.limits;
         if let Some(replicated) = &config.replicated {
             // An upload is one append, all or nothing (G6): no longer than the log takes.
@@ -336,20 +334,20 @@ impl Engine {
         };
         let logs = [config.storage.is_some(), config.replicated.is_some(), config.local_log.is_some()];
         if logs.into_iter().filter(|given| *given).count() > 1 {
-            return Err(EngineError::Runtime(
-                "an engine keeps rooms in one place: a store, a replicated log or a local log".into(),
+            return Err(StartError::Config(
+                "an engine keeps rooms in one place: a store, a replicated log or a local log",
             ));
         }
         if config.local_log.as_ref().is_some_and(|log| !log.is_single_writer()) {
-            return Err(EngineError::Runtime("a local log must be one only this process writes".into()));
+            return Err(StartError::Config("a local log must be one only this process writes"));
         }
         if config.replicated.as_ref().is_some_and(|replicated| replicated.node == 0) {
-            return Err(EngineError::Runtime("a replicated log's node number must not be 0 (the local log's)".into()));
+            return Err(StartError::Config("a replicated log's node number must not be 0 (the local log's)"));
         }
         let storage = match (config.storage, &store_state) {
             (Some(store), Some(state)) => {
-                let (writer, thread) = Writer::start(Arc::clone(&store), Arc::clone(state))
-                    .map_err(|error| EngineError::Runtime(error.to_string()))?;
+                let (writer, thread) =
+                    Writer::start(Arc::clone(&store), Arc::clone(state)).map_err(StartError::Writer)?;
                 Some(Storage { store, writer, thread })
             }
             _ => None,
@@ -544,6 +542,11 @@ impl Engine {
             let mailbox = mailbox::bounded(self.inner.limits.subscriber_queue_len_max.max(1));
             SessionActor::spawn_with_mailbox(actor, mailbox)
         };
+        if !self.inner.directory.registry().is_alive() {
+            // The engine shut down: the session is closed at once (its sends answer
+            // `SessionClosed`, its stream ends) rather than refusing every join as retired.
+            actor.kill();
+        }
         let events = SessionEvents {
             control,
             control_open: true,
@@ -650,8 +653,28 @@ impl Engine {
         self.inner.directory.registry().ask(SweepIdle).await.map_err(|_| EngineError::Stopped)
     }
 
-    /// Stops every room: subscriptions end, sessions see their rooms go. Later calls fail or
-    /// start over with new rooms (new epochs).
+    /// Stops every room, for good: subscriptions end after what their rooms published, the
+    /// store (if any) finishes its writes and closes, and every later call is refused with
+    /// [`EngineError::Stopped`] (a session opened later is closed at once). A second
+    /// `shutdown` is refused the same way.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use confab_actors::{Engine, EngineConfig, EngineError};
+    /// use confab_engine::{Draft, RoomName, UserName};
+    ///
+    /// let engine = Engine::start_background(EngineConfig::default())?;
+    /// let room = RoomName::new("lobby")?;
+    /// let draft = || Draft { user: UserName::new("ann").unwrap(), client_msg_id: None, body: "hi".into() };
+    /// futures::executor::block_on(async {
+    ///     engine.send(&room, draft()).await?;
+    ///     engine.shutdown().await?;
+    ///     assert_eq!(engine.send(&room, draft()).await, Err(EngineError::Stopped));
+    ///     Ok::<_, EngineError>(())
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn shutdown(&self) -> Result<(), EngineError> {
         self.inner.directory.registry().ask(StopRooms).await.map_err(|_| EngineError::Stopped)
     }

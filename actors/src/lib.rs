@@ -60,11 +60,10 @@ pub use engine::{
     Engine, EngineConfig, ROOMS_PAGE_MAX, Replicated, RoomEvents, RoomsPage, SessionEvents, SessionItem,
     SessionOptions, SessionSender, StreamItem, TrySend, Upload,
 };
-pub use error::EngineError;
+pub use error::{EngineError, StartError};
 pub use health::EngineHealth;
 pub use log_health::HEALTH_PROBE_INTERVAL;
 pub use presence::{MemoryBus, PresenceBus, PresenceConfig, PresenceCounters};
 pub use ring::{SharedEvent, Stalled, StreamEnd};
 pub use room_actor::{RoomInfo, UNKNOWN_OUTCOME_ANSWER_AFTER};
-pub use session_actor::SessionActor;
 pub use stats::StatsSnapshot;

@@ -396,7 +396,10 @@ pub(crate) struct StopRooms;
 impl Message<StopRooms> for Registry {
     type Reply = ();
 
-    async fn handle(&mut self, _: StopRooms, _: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, _: StopRooms, ctx: &mut Context<Self, Self::Reply>) {
+        // For good: once this is answered the registry is gone, so every later call is
+        // refused (`EngineError::Stopped`) instead of starting rooms over with new epochs.
+        ctx.stop();
         for (_, room) in self.rooms.take() {
             room.kill();
             room.wait_for_shutdown().await;

@@ -41,7 +41,7 @@ pub(crate) enum Outbound {
 
 /// The actor around one [`Session`].
 #[derive(Actor)]
-pub struct SessionActor {
+pub(crate) struct SessionActor {
     session: Session,
     directory: Directory,
     /// Everything for the client's stream; `None` once finished or once the client stopped

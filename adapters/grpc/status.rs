@@ -136,7 +136,6 @@ fn engine_code(error: &EngineError) -> Code {
         }
         EngineError::Upload(UploadError::Aborted) => Code::Aborted,
         EngineError::SessionClosed | EngineError::Stopped => Code::Unavailable,
-        EngineError::NoRuntime | EngineError::Runtime(_) => Code::Internal,
     }
 }
 

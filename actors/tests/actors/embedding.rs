@@ -1,4 +1,4 @@
-use confab_actors::{Engine, EngineConfig, EngineError};
+use confab_actors::{Engine, EngineConfig, StartError};
 use confab_engine::{ClientFrame, RoomEvent, ServerFrame};
 
 use super::{draft, next, room, user};
@@ -78,5 +78,5 @@ fn the_handle_works_from_async_std_against_a_background_engine() {
 
 #[test]
 fn start_outside_tokio_says_what_to_do() {
-    assert_eq!(Engine::start(EngineConfig::default()).err(), Some(EngineError::NoRuntime));
+    assert!(matches!(Engine::start(EngineConfig::default()), Err(StartError::NoRuntime)));
 }

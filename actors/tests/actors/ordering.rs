@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use confab_engine::{Lag, Limits, RoomError, RoomEvent, ServerFrame};
 use futures::StreamExt;
 
-use super::{draft, engine_with, messages, next, room, subscribed};
+use super::{draft, engine_with, messages, next, room, subscribed, user};
 use confab_actors::{EngineError, Stalled, StreamEnd, StreamItem};
 
 #[tokio::test(flavor = "current_thread")]
@@ -283,4 +283,24 @@ async fn a_shutdown_ends_every_subscription_after_what_was_published() {
         assert_eq!(events.next().await, None);
     };
     tokio::time::timeout(std::time::Duration::from_secs(10), ending).await.expect("the subscription ended");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_shutdown_is_final_every_later_call_is_refused_as_stopped() {
+    let engine = engine_with(Limits::default());
+    let lobby = room("lobby");
+    engine.send(&lobby, draft("ann", "1", "before")).await.expect("sent");
+    engine.shutdown().await.expect("shutdown");
+    assert_eq!(engine.send(&lobby, draft("ann", "2", "after")).await, Err(EngineError::Stopped));
+    assert_eq!(engine.history(&lobby, 0, 0).await.err(), Some(EngineError::Stopped), "no room starts over");
+    assert_eq!(engine.subscribe(&lobby, None, None).await.err(), Some(EngineError::Stopped));
+    assert_eq!(engine.room(&lobby).await.err(), Some(EngineError::Stopped));
+    assert_eq!(engine.shutdown().await, Err(EngineError::Stopped), "a second shutdown too");
+    let (session, mut frames) = engine.open_session(user("ann"));
+    let join = || confab_engine::ClientFrame::Join { room: "lobby".into(), after_seq: None };
+    // The first frame may still be taken before the session's stop lands; nothing answers it.
+    let _ = session.send(join()).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), frames.next()).await.expect("ends");
+    assert_eq!(ended, Some(StreamItem::End(StreamEnd::SessionStopped)), "a session opened later is closed at once");
+    assert_eq!(session.send(join()).await, Err(EngineError::SessionClosed));
 }
