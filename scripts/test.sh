@@ -30,6 +30,11 @@ source scripts/nats-server.sh
 "$CONFAB_NATS_SERVER" --version
 echo "== tests"
 cargo test --workspace --locked
+echo "== embedding example (a workspace of its own: the engine through one dependency)"
+embed=(--locked --manifest-path examples/embed/Cargo.toml)
+cargo fmt --manifest-path examples/embed/Cargo.toml -- --check
+CARGO_TARGET_DIR=target cargo clippy "${embed[@]}" -- -D warnings
+CARGO_TARGET_DIR=target cargo run --quiet "${embed[@]}"
 echo "== cluster e2e (confab serve --nats nodes over a real 3-server cluster)"
 cargo test --test cluster_e2e --locked
 echo "== interop (Python grpcio peer client against confab serve)"

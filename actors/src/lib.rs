@@ -1,6 +1,25 @@
 //! confab-actors: the confab engine's state machines as kameo actors, behind one
 //! executor-agnostic [`Engine`] handle.
 //!
+//! **The one crate an embedder depends on.** Everything a program that embeds the engine
+//! touches is here: the handle and its streams, and, re-exported from the sans-IO core
+//! (`confab-engine`), the names, messages, events, frames, limits and refusals they carry. The
+//! core crate itself is for those who drive its state machines without actors (tests, other
+//! runtimes).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use confab_actors::{Draft, Engine, EngineConfig, RoomName, UserName};
+//!
+//! let engine = Engine::start_background(EngineConfig::default())?;
+//! let lobby = RoomName::new("lobby")?;
+//! let hello = Draft { user: UserName::new("ann")?, client_msg_id: None, body: "hello".into() };
+//! let sent = futures::executor::block_on(engine.send(&lobby, hello))?;
+//! assert_eq!(sent.seq, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //! - [`engine`]: the [`Engine`] handle and its streams ([`RoomEvents`], [`SessionEvents`]),
 //!   the upload ([`Upload`]) and the session input ([`SessionSender`]).
@@ -67,3 +86,13 @@ pub use presence::{MemoryBus, PresenceBus, PresenceConfig, PresenceCounters};
 pub use ring::{SharedEvent, Stalled, StreamEnd};
 pub use room_actor::{RoomInfo, UNKNOWN_OUTCOME_ANSWER_AFTER};
 pub use stats::StatsSnapshot;
+
+// What the handle's calls take and give, from the sans-IO core: an embedder needs no second
+// dependency.
+pub use confab_engine::{
+    ChatMessage, ClientFrame, ClientMsgId, Draft, FrameError, HistoryPage, Lag, Limits, NameError, Receipt,
+    RoomError, RoomEvent, RoomName, Sent, Seq, ServerFrame, SessionError, UploadError, UserName, limits,
+};
+/// The trait the engine's streams ([`RoomEvents`], [`SessionEvents`]) implement, so an embedder
+/// can read them without depending on `futures` itself.
+pub use futures::Stream;
