@@ -98,19 +98,37 @@ pub struct EngineConfig {
     /// node that lost a position sequences its messages again after the winner. Reads catch
     /// up with the log first (read-your-writes across nodes). Exclusive with `storage`.
     pub replicated: Option<Replicated>,
+    /// Presence and typing across nodes (cluster mode): each room shows the users of every
+    /// node that shares this bus, and typing crosses nodes. `None`: presence stays local.
+    pub presence: Option<PresenceConfig>,
+    /// What only the simulator and tests set (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    pub test_hooks: TestHooks,
+}
+
+/// Hooks for the simulator and tests, behind the `test-hooks` feature: a program has no use
+/// for them, so they are not part of its [`EngineConfig`].
+#[cfg(feature = "test-hooks")]
+#[derive(Clone, Default)]
+pub struct TestHooks {
     /// A log only this process writes, in place of the one `storage` would make: the
     /// simulator's store with injected faults (failed commits, crashes), so it drives the
     /// single-node durable path (pipelined appends, rollback) in virtual time, where the
     /// real writer thread would read the wall clock. Exclusive with `storage` and
-    /// `replicated`; the log must say [`RoomLog::is_single_writer`]. Tests only.
-    #[doc(hidden)]
+    /// `replicated`; the log must say [`RoomLog::is_single_writer`].
     pub local_log: Option<Arc<dyn RoomLog>>,
-    /// Presence and typing across nodes (cluster mode): each room shows the users of every
-    /// node that shares this bus, and typing crosses nodes. `None`: presence stays local.
-    pub presence: Option<PresenceConfig>,
-    /// A deliberate defect in every room, to prove checkers catch it. Tests only.
-    #[doc(hidden)]
+    /// A deliberate defect in every room, to prove checkers catch it.
     pub injected_bug: Option<confab_engine::InjectedBug>,
+}
+
+impl EngineConfig {
+    /// The test hooks' local log and injected bug (none without the `test-hooks` feature).
+    fn hooks(&self) -> (Option<Arc<dyn RoomLog>>, Option<confab_engine::InjectedBug>) {
+        #[cfg(feature = "test-hooks")]
+        return (self.test_hooks.local_log.clone(), self.test_hooks.injected_bug);
+        #[cfg(not(feature = "test-hooks"))]
+        (None, None)
+    }
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -321,6 +339,7 @@ impl Engine {
         config: EngineConfig,
         background: Option<oneshot::Sender<()>>,
     ) -> Result<Self, StartError> {
+        let (local_log, injected_bug) = config.hooks();
         let mut limits = config.limits;
         if let Some(replicated) = &config.replicated {
             // An upload is one append, all or nothing (G6): no longer than the log takes.
@@ -332,13 +351,13 @@ impl Engine {
             Some(store) => Arc::downgrade(store),
             None => std::sync::Weak::<crate::store::MemoryStore>::new() as std::sync::Weak<dyn HistoryStore>,
         };
-        let logs = [config.storage.is_some(), config.replicated.is_some(), config.local_log.is_some()];
+        let logs = [config.storage.is_some(), config.replicated.is_some(), local_log.is_some()];
         if logs.into_iter().filter(|given| *given).count() > 1 {
             return Err(StartError::Config(
                 "an engine keeps rooms in one place: a store, a replicated log or a local log",
             ));
         }
-        if config.local_log.as_ref().is_some_and(|log| !log.is_single_writer()) {
+        if local_log.as_ref().is_some_and(|log| !log.is_single_writer()) {
             return Err(StartError::Config("a local log must be one only this process writes"));
         }
         if config.replicated.as_ref().is_some_and(|replicated| replicated.node == 0) {
@@ -367,9 +386,9 @@ impl Engine {
                 storage: None,
             }),
             // Like the store's local log, with the simulator's store behind it.
-            (None, None) => config
-                .local_log
-                .map(|log| Durable { log: EngineLog { log, node: 0, replicated: false }, storage: None }),
+            (None, None) => {
+                local_log.map(|log| Durable { log: EngineLog { log, node: 0, replicated: false }, storage: None })
+            }
         };
         let follow = config.replicated.as_ref().and_then(|replicated| replicated.log.follow());
         let rooms = RoomTable::default();
@@ -382,7 +401,7 @@ impl Engine {
                 Arc::clone(&limits),
                 clock,
                 config.epoch_base,
-                config.injected_bug,
+                injected_bug,
                 durable,
                 rooms.clone(),
                 Arc::clone(&stats),

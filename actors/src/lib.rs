@@ -75,6 +75,8 @@ mod stats;
 pub mod store;
 mod upload_actor;
 
+#[cfg(feature = "test-hooks")]
+pub use engine::TestHooks;
 pub use engine::{
     Engine, EngineConfig, ROOMS_PAGE_MAX, Replicated, RoomEvents, RoomsPage, SessionEvents, SessionItem,
     SessionOptions, SessionSender, StreamItem, TrySend, Upload,
@@ -90,8 +92,8 @@ pub use stats::StatsSnapshot;
 // What the handle's calls take and give, from the sans-IO core: an embedder needs no second
 // dependency.
 pub use confab_engine::{
-    ChatMessage, ClientFrame, ClientMsgId, Draft, FrameError, HistoryPage, Lag, Limits, NameError, Receipt,
-    RoomError, RoomEvent, RoomName, Sent, Seq, ServerFrame, SessionError, UploadError, UserName, limits,
+    ChatMessage, ClientFrame, ClientMsgId, Draft, FrameError, HistoryPage, Lag, Limits, NameError, Receipt, RoomError,
+    RoomEvent, RoomName, Sent, Seq, ServerFrame, SessionError, UploadError, UserName, limits,
 };
 /// The trait the engine's streams ([`RoomEvents`], [`SessionEvents`]) implement, so an embedder
 /// can read them without depending on `futures` itself.

@@ -34,7 +34,7 @@ mod trace;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_actors::{Engine, EngineConfig, PresenceConfig, Replicated};
+use confab_actors::{Engine, EngineConfig, PresenceConfig, Replicated, TestHooks};
 use confab_engine::RoomName;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -117,7 +117,7 @@ impl Backend {
     fn start(&self, options: &SimOptions, node: usize, run: u64, now_ms: u64) -> Result<Engine, SimError> {
         let mut config = EngineConfig {
             limits: options.limits(),
-            injected_bug: options.injected_bug,
+            test_hooks: TestHooks { injected_bug: options.injected_bug, ..TestHooks::default() },
             // A restarted engine goes on with the run's clock and numbers its new rooms' epochs
             // apart from the last run's, as a server started later does.
             time_origin_ms: now_ms,
@@ -133,7 +133,7 @@ impl Backend {
             config.presence = Some(PresenceConfig::new(Arc::new(bus.clone()), format!("node-{}", node + 1), run + 1));
         }
         if let Some(store) = &self.store {
-            config.local_log = Some(Arc::new(store.clone()));
+            config.test_hooks.local_log = Some(Arc::new(store.clone()));
         }
         Engine::start(config).map_err(|error| SimError::Start(error.to_string()))
     }
