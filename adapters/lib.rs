@@ -22,6 +22,7 @@ pub mod cli;
 pub mod grpc;
 pub mod metrics;
 pub mod net;
+pub mod proto;
 pub mod session_stream;
 pub mod transport;
 pub mod ws;

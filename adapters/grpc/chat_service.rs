@@ -15,7 +15,7 @@ use super::confab_service::ResponseStream;
 use super::convert;
 use super::expiry::Expiry;
 use super::permissions::RoomAction;
-use super::proto::chat;
+use crate::proto::chat;
 use super::rate::SendLimiter;
 use super::shared_bytes::decoded;
 use super::shutdown::{ShutdownSignal, UntilShutdown};

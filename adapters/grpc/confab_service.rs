@@ -14,7 +14,7 @@ use super::auth::{caller, grant};
 use super::convert;
 use super::expiry::{Expiry, UntilExpiry};
 use super::permissions::RoomAction;
-use super::proto::confab_v1 as v1;
+use crate::proto::confab_v1 as v1;
 use super::rate::SendLimiter;
 use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
 use super::shutdown::{ShutdownSignal, ShutdownWatch};

@@ -8,7 +8,7 @@ use confab_engine::{
 };
 use tonic::metadata::MetadataMap;
 
-use super::proto::{chat, confab_v1 as v1};
+use crate::proto::{chat, confab_v1 as v1};
 use super::status::{ApiError, frame_code};
 
 /// The room the seed's ChatService uses when the `room` metadata key is absent.

@@ -22,7 +22,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
 use super::confab_service::ResponseStream;
-use super::proto::{chat::chat_service_server, confab_v1::chat_server};
+use crate::proto::{chat::chat_service_server, confab_v1::chat_server};
 use super::shutdown::{ShutdownSignal, UntilShutdown};
 
 /// Every name health is reported for: the whole server (`""`, as the health protocol defines)

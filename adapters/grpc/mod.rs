@@ -1,6 +1,7 @@
 //! The gRPC transport: two tonic services over one [`Engine`](confab_actors::Engine).
 //!
-//! - [`proto`]: generated code for `confab.v1` and the seed's `chat`.
+//! - [`proto`]: the generated code for `confab.v1` and the seed's `chat` (with the tonic
+//!   clients and servers), re-exported from [`crate::proto`].
 //! - [`convert`]: wire <-> engine types, and nothing else.
 //! - [`status`]: every error -> `tonic::Status`, in one place.
 //! - [`confab_service`]: `confab.v1.Chat`; [`chat_service`]: `chat.ChatService`.
@@ -31,7 +32,6 @@ pub mod idle;
 pub mod jwt;
 pub mod observe;
 pub mod permissions;
-pub mod proto;
 pub mod quota;
 pub mod rate;
 pub mod reflection;
@@ -40,3 +40,5 @@ pub mod shared_bytes;
 pub mod shutdown;
 pub mod status;
 pub mod tls;
+
+pub use crate::proto;

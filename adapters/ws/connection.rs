@@ -25,7 +25,7 @@ use super::liveness::{Due, Liveness, LivenessConfig};
 use crate::grpc::auth::Grant;
 use crate::grpc::convert;
 use crate::grpc::expiry::Expiry;
-use crate::grpc::proto::confab_v1 as v1;
+use crate::proto::confab_v1 as v1;
 use crate::grpc::rate::SenderRate;
 use crate::grpc::shared_bytes::encode_event_frame;
 use crate::grpc::status::ApiError;

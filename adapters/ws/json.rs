@@ -29,7 +29,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::grpc::proto::confab_v1 as v1;
+use crate::proto::confab_v1 as v1;
 
 /// A client frame as JSON.
 #[derive(Debug, Deserialize)]
