@@ -17,12 +17,11 @@
 //! service calls the [`confab_actors::Engine`] handle, and results or refusals go back through
 //! `convert` and [`grpc::status`]. No engine or actor code knows which transport is in use.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod grpc;
 pub mod metrics;
 pub mod net;
 pub mod proto;
-pub mod session_stream;
-pub mod transport;
 pub mod ws;

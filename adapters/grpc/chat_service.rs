@@ -12,16 +12,16 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Caller, caller, grant};
 use super::confab_service::ResponseStream;
-use super::convert;
-use super::expiry::Expiry;
-use super::permissions::RoomAction;
+use crate::api::convert;
+use crate::api::expiry::Expiry;
+use crate::api::permissions::RoomAction;
 use crate::proto::chat;
-use super::rate::SendLimiter;
+use crate::api::rate::SendLimiter;
 use super::shared_bytes::decoded;
 use super::shutdown::{ShutdownSignal, UntilShutdown};
 use super::status::{ApiError, frame_code, inbound_status, over_decode_limit};
-use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
-use crate::transport::{EncodingSlot, Inbound};
+use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
+use crate::api::transport::{EncodingSlot, Inbound};
 
 /// The seed's `chat.ChatService`.
 #[derive(Clone)]

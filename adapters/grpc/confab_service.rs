@@ -11,16 +11,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{caller, grant};
-use super::convert;
-use super::expiry::{Expiry, UntilExpiry};
-use super::permissions::RoomAction;
+use crate::api::convert;
+use crate::api::expiry::{Expiry, UntilExpiry};
+use crate::api::permissions::RoomAction;
 use crate::proto::confab_v1 as v1;
-use super::rate::SendLimiter;
+use crate::api::rate::SendLimiter;
 use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
 use super::status::{ApiError, inbound_status, over_decode_limit};
-use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
-use crate::transport::{EncodingSlot, Inbound, admit};
+use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
+use crate::api::transport::{EncodingSlot, Inbound, admit};
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

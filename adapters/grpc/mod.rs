@@ -24,16 +24,10 @@ pub mod cancel;
 pub mod chat_service;
 pub mod client;
 pub mod confab_service;
-pub mod convert;
 pub mod deadline;
-pub mod expiry;
 pub mod health;
 pub mod idle;
-pub mod jwt;
 pub mod observe;
-pub mod permissions;
-pub mod quota;
-pub mod rate;
 pub mod reflection;
 pub mod server;
 pub mod shared_bytes;
@@ -42,3 +36,5 @@ pub mod status;
 pub mod tls;
 
 pub use crate::proto;
+// Moved to the transport-neutral `api`; kept at their old paths for the command line.
+pub use crate::api::{jwt, quota, rate};

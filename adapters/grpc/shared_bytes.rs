@@ -37,14 +37,14 @@ use tower::Service;
 use super::auth::Authenticator;
 use super::chat_service::SeedChat;
 use super::confab_service::{ConfabChat, ResponseStream};
-use super::convert;
+use crate::api::convert;
 use crate::proto::chat::{self, chat_service_server::ChatServiceServer};
 use crate::proto::confab_v1 as v1;
 use crate::proto::confab_v1::chat_server::ChatServer;
-use super::quota::Held;
+use crate::api::quota::Held;
 use super::shutdown::ShutdownWatch;
 use super::status::ApiError;
-use crate::transport::EncodingSlot;
+use crate::api::transport::EncodingSlot;
 
 /// The gRPC path of `confab.v1.Chat/Subscribe`.
 pub const SUBSCRIBE_PATH: &str = "/confab.v1.Chat/Subscribe";
@@ -428,7 +428,7 @@ pub(crate) mod tests {
     #[test]
     fn shared_seed_messages_decode_to_exactly_the_per_stream_conversion() {
         use crate::grpc::chat_service::encode_seed_message;
-        use crate::transport::EncodingSlot;
+        use crate::api::transport::EncodingSlot;
         let slot = EncodingSlot::SeedMessage.index();
         for event in events() {
             let RoomEvent::Message(message) = &event else { continue };
@@ -442,7 +442,7 @@ pub(crate) mod tests {
 
     #[test]
     fn shared_session_frames_decode_to_exactly_the_per_stream_conversion() {
-        use crate::transport::EncodingSlot;
+        use crate::api::transport::EncodingSlot;
         let slot = EncodingSlot::ConfabV1ServerFrame.index();
         for event in events() {
             let expected = convert::server_frame(&ServerFrame::Event(event.clone()));

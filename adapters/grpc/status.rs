@@ -5,7 +5,7 @@ use confab_actors::{EngineError, Stalled, StreamEnd};
 use confab_engine::{FrameError, Lag, NameError, RateLimited, RoomError, SessionError, UploadError, UserName};
 use tonic::{Code, Status};
 
-use super::permissions::RoomAction;
+use crate::api::permissions::RoomAction;
 
 /// Why a request failed, before it becomes a [`Status`].
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +85,11 @@ pub enum ApiError {
     },
     /// The sender is over one of its rates (`--sends-per-second-max`, `--send-burst-max`, and
     /// the typing and join rates), named with its flag.
-    #[error("{0} ({flag})", flag = super::rate::rate_flag(.0.kind))]
+    #[error("{0} ({flag})", flag = crate::api::rate::rate_flag(.0.kind))]
     RateLimited(#[from] RateLimited),
     /// The sender holds as much as its quota allows (rooms, sessions, uploads).
     #[error(transparent)]
-    Quota(#[from] super::quota::QuotaExceeded),
+    Quota(#[from] crate::api::quota::QuotaExceeded),
 }
 
 impl ApiError {

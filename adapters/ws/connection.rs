@@ -23,13 +23,13 @@ use super::close::{close_frame, idle_close_frame};
 use super::json;
 use super::liveness::{Due, Liveness, LivenessConfig};
 use crate::grpc::auth::Grant;
-use crate::grpc::convert;
-use crate::grpc::expiry::Expiry;
+use crate::api::convert;
+use crate::api::expiry::Expiry;
 use crate::proto::confab_v1 as v1;
-use crate::grpc::rate::SenderRate;
+use crate::api::rate::SenderRate;
 use crate::grpc::shared_bytes::encode_event_frame;
 use crate::grpc::status::ApiError;
-use crate::transport::{EncodingSlot, FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
+use crate::api::transport::{EncodingSlot, FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
 
 /// How long a connection's close frame may take to send before the socket is dropped instead.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);

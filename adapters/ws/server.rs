@@ -36,9 +36,9 @@ use super::connection::{self, ConnectionOptions, Format};
 use super::liveness::LivenessConfig;
 use super::{json, page};
 use crate::grpc::auth::{self as grpc_auth, Authenticator, Caller};
-use crate::grpc::convert;
-use crate::grpc::permissions::RoomAction;
-use crate::grpc::rate::SendLimiter;
+use crate::api::convert;
+use crate::api::permissions::RoomAction;
+use crate::api::rate::SendLimiter;
 use crate::grpc::status::ApiError;
 use crate::net::{Acceptor, ConnectionLimits, Guarded};
 

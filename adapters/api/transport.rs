@@ -10,14 +10,14 @@
 //!    [`Caller`](crate::grpc::auth::Caller), so every transport applies the same identity rule
 //!    and refuses the same names with the same message. The token's
 //!    [`Grant`] says which rooms it may read and post to ([`admit`] holds a session's frames to
-//!    it) and when it expires ([`crate::grpc::expiry`]).
+//!    it) and when it expires ([`super::expiry`]).
 //! 2. **Decode.** Turn the wire frame into a `confab.v1` message (prost for protobuf bytes, or
 //!    another encoding of the same message, like the WebSocket's JSON), then into an engine type
-//!    with [`crate::grpc::convert`]. That module is the one place where wire meets engine.
+//!    with [`super::convert`]. That module is the one place where wire meets engine.
 //! 3. **Call the handle.** [`Engine::send`], `history`, `subscribe`, `upload`, or, for a
 //!    long-lived connection, [`Engine::open_session`]. A transport whose writer polls a
 //!    response stream (gRPC) drives the session with
-//!    [`SessionStream`](crate::session_stream::SessionStream), which needs no task of its own;
+//!    [`SessionStream`](super::session_stream::SessionStream), which needs no task of its own;
 //!    one that writes to a socket itself (WebSocket) uses [`pump_session`] below, implementing
 //!    only [`FrameSource`] and [`FrameSink`].
 //! 4. **Encode.** Engine results go back through `convert` (and the transport's encoding).
@@ -37,9 +37,9 @@ use confab_engine::{ClientFrame, ServerFrame, UserName};
 use tokio_util::sync::CancellationToken;
 
 use crate::grpc::auth::Grant;
-use crate::grpc::rate::{SenderRate, frame_rate};
+use super::rate::{SenderRate, frame_rate};
 use crate::grpc::status::ApiError;
-use crate::session_stream::{Admission, SessionGuard};
+use super::session_stream::{Admission, SessionGuard};
 
 /// What a transport read from its client.
 #[derive(Debug)]

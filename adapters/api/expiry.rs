@@ -17,8 +17,8 @@ use futures::{Stream, StreamExt as _};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
-use super::auth::Grant;
-use super::status::ApiError;
+use crate::grpc::auth::Grant;
+use crate::grpc::status::ApiError;
 
 /// When a call's token expires, on the runtime's clock.
 #[derive(Clone, Copy, Debug)]
@@ -112,7 +112,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::grpc::permissions::RoomPermissions;
+    use crate::api::permissions::RoomPermissions;
 
     fn grant_expiring_in(left: Duration) -> Grant {
         let user = UserName::new("ann").expect("name");

@@ -22,9 +22,9 @@ use confab_actors::Engine;
 use confab_engine::{ClientFrame, RateKind, RateLimited, RoomName, SendRate, Time, TokenBucket, UserName, limits};
 use tokio::time::Instant;
 
-use super::auth::Caller;
+use crate::grpc::auth::Caller;
 use super::quota::{Held, QuotaLimits, Quotas, UploadBytes};
-use super::status::ApiError;
+use crate::grpc::status::ApiError;
 
 /// The shared table is swept of buckets that have refilled (they are the same as new ones)
 /// once it grows past twice its size after the last sweep, and never below this many: sweeping

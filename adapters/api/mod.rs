@@ -1,0 +1,10 @@
+//! The transport-neutral adapter layer.
+
+pub mod convert;
+pub mod expiry;
+pub mod jwt;
+pub mod permissions;
+pub mod quota;
+pub mod rate;
+pub mod session_stream;
+pub mod transport;
