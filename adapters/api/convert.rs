@@ -9,7 +9,7 @@ use confab_engine::{
 use tonic::metadata::MetadataMap;
 
 use crate::proto::{chat, confab_v1 as v1};
-use crate::grpc::status::{ApiError, frame_code};
+use super::error::{ApiError, frame_code};
 
 /// The room the seed's ChatService uses when the `room` metadata key is absent.
 pub const DEFAULT_ROOM: &str = "lobby";

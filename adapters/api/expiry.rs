@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
 use crate::grpc::auth::Grant;
-use crate::grpc::status::ApiError;
+use super::error::ApiError;
 
 /// When a call's token expires, on the runtime's clock.
 #[derive(Clone, Copy, Debug)]

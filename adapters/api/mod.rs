@@ -1,6 +1,7 @@
 //! The transport-neutral adapter layer.
 
 pub mod convert;
+pub mod error;
 pub mod expiry;
 pub mod jwt;
 pub mod permissions;

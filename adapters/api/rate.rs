@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::grpc::auth::Caller;
 use super::quota::{Held, QuotaLimits, Quotas, UploadBytes};
-use crate::grpc::status::ApiError;
+use super::error::ApiError;
 
 /// The shared table is swept of buckets that have refilled (they are the same as new ones)
 /// once it grows past twice its size after the last sweep, and never below this many: sweeping

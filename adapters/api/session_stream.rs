@@ -23,7 +23,7 @@ use tokio::time::Sleep;
 use super::quota::Held;
 use super::rate::{SenderRate, frame_rate};
 use crate::grpc::shutdown::{ShutdownSignal, ShutdownWatch};
-use crate::grpc::status::ApiError;
+use super::error::ApiError;
 use super::transport::Inbound;
 
 /// Client frames one poll takes at most before yielding: a client that sends without pause

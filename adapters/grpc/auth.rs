@@ -59,7 +59,7 @@ use tonic::{Request, Status};
 use crate::api::convert;
 use crate::api::jwt::{JwtVerifier, looks_like_jwt};
 use crate::api::permissions::{RoomAction, RoomPatterns, RoomPermissions};
-use super::status::ApiError;
+use crate::api::error::ApiError;
 
 /// Shortest token accepted in a tokens file: guessing 16 random characters is hopeless.
 pub const TOKEN_BYTES_MIN: usize = 16;

@@ -19,7 +19,7 @@ use crate::proto::chat;
 use crate::api::rate::SendLimiter;
 use super::shared_bytes::decoded;
 use super::shutdown::{ShutdownSignal, UntilShutdown};
-use super::status::{ApiError, frame_code, inbound_status, over_decode_limit};
+use crate::api::error::{ApiError, frame_code, inbound_status, over_decode_limit};
 use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::api::transport::{EncodingSlot, Inbound};
 

@@ -18,7 +18,7 @@ use crate::proto::confab_v1 as v1;
 use crate::api::rate::SendLimiter;
 use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
-use super::status::{ApiError, inbound_status, over_decode_limit};
+use crate::api::error::{ApiError, inbound_status, over_decode_limit};
 use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::api::transport::{EncodingSlot, Inbound, admit};
 

@@ -32,7 +32,6 @@ pub mod reflection;
 pub mod server;
 pub mod shared_bytes;
 pub mod shutdown;
-pub mod status;
 pub mod tls;
 
 pub use crate::proto;

@@ -43,7 +43,7 @@ use crate::proto::confab_v1 as v1;
 use crate::proto::confab_v1::chat_server::ChatServer;
 use crate::api::quota::Held;
 use super::shutdown::ShutdownWatch;
-use super::status::ApiError;
+use crate::api::error::ApiError;
 use crate::api::transport::EncodingSlot;
 
 /// The gRPC path of `confab.v1.Chat/Subscribe`.

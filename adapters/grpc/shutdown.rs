@@ -17,7 +17,7 @@ use tonic::Status;
 use tonic::server::NamedService;
 use tower::Service;
 
-use super::status::ApiError;
+use crate::api::error::ApiError;
 
 /// The server's shutdown as its busiest streams check it: one atomic load per poll.
 /// tokio-util's `CancellationToken::is_cancelled` takes the token's lock, which a thousand

@@ -1,6 +1,6 @@
 //! The one place where refusals become WebSocket close frames and HTTP responses.
 //!
-//! An [`ApiError`] is first classified by the gRPC mapping ([`crate::grpc::status`]), so every
+//! An [`ApiError`] is first classified by the gRPC mapping ([`crate::api::error`]), so every
 //! transport agrees on what kind of refusal it is; this module only translates that class into
 //! the WebSocket's close codes (RFC 6455 section 7.4.1) and HTTP statuses. The reason text is
 //! the same message a gRPC client would get.
@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tonic::{Code, Status};
 
-use crate::grpc::status::ApiError;
+use crate::api::error::ApiError;
 
 /// A close frame's reason is at most this many bytes (125 of control-frame payload, minus the
 /// two-byte code).

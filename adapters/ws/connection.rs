@@ -28,7 +28,7 @@ use crate::api::expiry::Expiry;
 use crate::proto::confab_v1 as v1;
 use crate::api::rate::SenderRate;
 use crate::grpc::shared_bytes::encode_event_frame;
-use crate::grpc::status::ApiError;
+use crate::api::error::ApiError;
 use crate::api::transport::{EncodingSlot, FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
 
 /// How long a connection's close frame may take to send before the socket is dropped instead.

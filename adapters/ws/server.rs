@@ -39,7 +39,7 @@ use crate::grpc::auth::{self as grpc_auth, Authenticator, Caller};
 use crate::api::convert;
 use crate::api::permissions::RoomAction;
 use crate::api::rate::SendLimiter;
-use crate::grpc::status::ApiError;
+use crate::api::error::ApiError;
 use crate::net::{Acceptor, ConnectionLimits, Guarded};
 
 /// Largest WebSocket message a client may send, in bytes (`--ws-frame-bytes-max`). Room for a

@@ -7,7 +7,7 @@
 
 use confab::grpc::convert;
 use confab::grpc::proto::confab_v1 as v1;
-use confab::grpc::status::ApiError;
+use confab::api::error::ApiError;
 use confab::ws::close::close_frame;
 use confab::ws::json;
 use libfuzzer_sys::fuzz_target;
