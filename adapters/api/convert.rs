@@ -1,4 +1,7 @@
-//! The one place where wire types (confab.v1 and the seed's chat) become engine types and back.
+//! The one place where wire types (confab.v1 and the seed's chat) become engine types and back,
+//! for every transport: gRPC sends these messages as protobuf, the WebSocket as protobuf or
+//! JSON ([`crate::ws::json`]). Reading them from a transport's own envelope (gRPC metadata, a
+//! WebSocket's query) is the transport's.
 
 use std::sync::Arc;
 
@@ -6,15 +9,12 @@ use confab_actors::RoomInfo;
 use confab_engine::{
     ChatMessage, ClientFrame, ClientMsgId, Draft, HistoryPage, Receipt, RoomEvent, RoomName, ServerFrame, UserName,
 };
-use tonic::metadata::MetadataMap;
 
+use super::error::{ApiError, ErrorKind, frame_kind};
 use crate::proto::{chat, confab_v1 as v1};
-use super::error::{ApiError, frame_code};
 
-/// The room the seed's ChatService uses when the `room` metadata key is absent.
-pub const DEFAULT_ROOM: &str = "lobby";
-
-/// The user a confab.v1 Session has when the `user` metadata key is absent.
+/// The user a confab.v1 session has when its client names none (no `user` metadata key on
+/// gRPC, no `user` query parameter on a WebSocket).
 pub const DEFAULT_USER: &str = "anonymous";
 
 /// A room name from a request field.
@@ -25,24 +25,6 @@ pub fn room(name: &str) -> Result<RoomName, ApiError> {
 /// A user name from a request field.
 pub fn user(name: &str) -> Result<UserName, ApiError> {
     UserName::new(name).map_err(ApiError::name("user"))
-}
-
-/// An ASCII metadata value, or `default` when the key is absent.
-fn metadata<'a>(metadata: &'a MetadataMap, key: &'static str, default: &'a str) -> Result<&'a str, ApiError> {
-    match metadata.get(key) {
-        None => Ok(default),
-        Some(value) => value.to_str().map_err(|_| ApiError::Malformed(format!("metadata {key:?} is not ASCII text"))),
-    }
-}
-
-/// The room named by the `room` metadata key (the seed's ChatService), default `lobby`.
-pub fn metadata_room(map: &MetadataMap) -> Result<RoomName, ApiError> {
-    RoomName::new(metadata(map, "room", DEFAULT_ROOM)?).map_err(ApiError::name("metadata room"))
-}
-
-/// The user named by the `user` metadata key (confab.v1 Session), default `anonymous`.
-pub fn metadata_user(map: &MetadataMap) -> Result<UserName, ApiError> {
-    UserName::new(metadata(map, "user", DEFAULT_USER)?).map_err(ApiError::name("metadata user"))
 }
 
 /// A draft from its parts.
@@ -159,7 +141,7 @@ pub fn server_frame(frame: &ServerFrame) -> v1::ServerFrame {
         ServerFrame::Left { room } => Frame::Left(v1::Left { room: room.to_string() }),
         ServerFrame::Error { room, error } => Frame::Error(v1::Error {
             room: room.as_ref().map(ToString::to_string).unwrap_or_default(),
-            code: frame_code(error) as i32,
+            code: error_code(frame_kind(error)),
             message: error.to_string(),
         }),
     };
@@ -168,9 +150,26 @@ pub fn server_frame(frame: &ServerFrame) -> v1::ServerFrame {
 
 /// An error frame for a refusal the transport makes itself inside a session (the send rate).
 pub fn error_frame(room: &str, error: ApiError) -> v1::ServerFrame {
-    let status = tonic::Status::from(error);
-    let error = v1::Error { room: room.to_owned(), code: status.code() as i32, message: status.message().to_owned() };
+    let error = v1::Error { room: room.to_owned(), code: error_code(error.kind()), message: error.to_string() };
     v1::ServerFrame { frame: Some(v1::server_frame::Frame::Error(error)) }
+}
+
+/// The `code` of an `Error` frame: a gRPC status code number, as `confab.v1` defines it (a
+/// client on any transport reads the numbers a gRPC status would carry, shutting down as
+/// UNAVAILABLE and a stalled reader as RESOURCE_EXHAUSTED).
+pub fn error_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::InvalidArgument => 3,
+        ErrorKind::NotFound => 5,
+        ErrorKind::PermissionDenied => 7,
+        ErrorKind::ResourceExhausted | ErrorKind::Stalled => 8,
+        ErrorKind::FailedPrecondition => 9,
+        ErrorKind::Aborted => 10,
+        ErrorKind::Internal => 13,
+        ErrorKind::Unavailable | ErrorKind::ShuttingDown => 14,
+        ErrorKind::DataLoss => 15,
+        ErrorKind::Unauthenticated => 16,
+    }
 }
 
 /// The seed's message for a room message: who said it and what.

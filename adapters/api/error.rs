@@ -1,13 +1,15 @@
-//! The one place where errors become gRPC statuses. Handlers work with [`ApiError`] and let `?`
-//! convert at the boundary, so every refusal gets the same code and a message naming the limit.
+//! The error vocabulary every transport shares. Handlers work with [`ApiError`] and let `?`
+//! convert at the boundary; each transport maps an error's [`ErrorKind`] to its own codes in
+//! one match (gRPC statuses in `grpc/status.rs`; WebSocket close codes and HTTP statuses in
+//! `ws/close.rs`) and sends its text as the message, so a refusal is the same kind, with the
+//! same message naming the limit, on every transport. Nothing here knows a transport.
 
 use confab_actors::{EngineError, Stalled, StreamEnd};
 use confab_engine::{FrameError, Lag, NameError, RateLimited, RoomError, SessionError, UploadError, UserName};
-use tonic::{Code, Status};
 
-use crate::api::permissions::RoomAction;
+use super::permissions::RoomAction;
 
-/// Why a request failed, before it becomes a [`Status`].
+/// Why a request failed, before a transport says it in its own vocabulary.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// A name or id in the request is invalid.
@@ -49,7 +51,7 @@ pub enum ApiError {
         flag: &'static str,
     },
     /// A gRPC message over the size the server decodes (tonic's limit, which it reports as
-    /// OUT_OF_RANGE; see [`over_decode_limit`]).
+    /// OUT_OF_RANGE; the gRPC transport recognises it).
     #[error("message is {bytes} bytes, over the server's gRPC message limit of {bytes_max} bytes")]
     MessageTooBig {
         /// Its size, as its length prefix gives it.
@@ -85,11 +87,11 @@ pub enum ApiError {
     },
     /// The sender is over one of its rates (`--sends-per-second-max`, `--send-burst-max`, and
     /// the typing and join rates), named with its flag.
-    #[error("{0} ({flag})", flag = crate::api::rate::rate_flag(.0.kind))]
+    #[error("{0} ({flag})", flag = super::rate::rate_flag(.0.kind))]
     RateLimited(#[from] RateLimited),
     /// The sender holds as much as its quota allows (rooms, sessions, uploads).
     #[error(transparent)]
-    Quota(#[from] crate::api::quota::QuotaExceeded),
+    Quota(#[from] super::quota::QuotaExceeded),
 }
 
 impl ApiError {
@@ -97,51 +99,24 @@ impl ApiError {
     pub fn name(field: &'static str) -> impl FnOnce(NameError) -> ApiError {
         move |source| ApiError::Name { field, source }
     }
-}
 
-/// The status code for a room refusal.
-fn room_code(error: &RoomError) -> Code {
-    match error {
-        RoomError::MessageTooBig { .. }
-        | RoomError::RoomFull { .. }
-        | RoomError::BatchTooLong { .. }
-        | RoomError::TooManyRooms { .. } => Code::ResourceExhausted,
-        RoomError::Retired | RoomError::Storage { .. } | RoomError::LogUnavailable { .. } => Code::Unavailable,
-        RoomError::NotFound => Code::NotFound,
-        RoomError::DataLoss { .. } => Code::DataLoss,
-    }
-}
-
-/// The status code for a refused session frame (also sent inside `Error` frames).
-pub fn frame_code(error: &FrameError) -> Code {
-    match error {
-        FrameError::Room(error) => room_code(error),
-        FrameError::Session(SessionError::Name(_)) => Code::InvalidArgument,
-        FrameError::Session(SessionError::TooManyRooms { .. }) => Code::ResourceExhausted,
-        FrameError::Session(
-            SessionError::NotJoined { .. }
-            | SessionError::AlreadyJoined { .. }
-            | SessionError::AckAhead { .. }
-            | SessionError::Closing,
-        ) => Code::FailedPrecondition,
-        FrameError::Session(SessionError::RoomStopped { .. }) => Code::Unavailable,
-    }
-}
-
-fn engine_code(error: &EngineError) -> Code {
-    match error {
-        EngineError::Room(error) => room_code(error),
-        EngineError::Upload(UploadError::Room(error)) => room_code(error),
-        EngineError::Upload(UploadError::TooManyMessages { .. } | UploadError::TooManyBytes { .. }) => {
-            Code::ResourceExhausted
+    /// What kind of refusal this is, for the transport to say in its own codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApiError::Name { .. } | ApiError::Malformed(_) => ErrorKind::InvalidArgument,
+            ApiError::Engine(error) => engine_kind(error),
+            ApiError::Lagged(_) | ApiError::FrameTooBig { .. } | ApiError::MessageTooBig { .. } => {
+                ErrorKind::ResourceExhausted
+            }
+            ApiError::Stalled(_) => ErrorKind::Stalled,
+            ApiError::ShuttingDown => ErrorKind::ShuttingDown,
+            ApiError::RoomStopped => ErrorKind::Unavailable,
+            ApiError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            ApiError::Impersonation { .. } | ApiError::Forbidden { .. } => ErrorKind::PermissionDenied,
+            ApiError::RateLimited(_) | ApiError::Quota(_) => ErrorKind::ResourceExhausted,
         }
-        EngineError::Upload(UploadError::Aborted) => Code::Aborted,
-        EngineError::SessionClosed | EngineError::Stopped => Code::Unavailable,
-        EngineError::NoRuntime | EngineError::Runtime(_) => Code::Internal,
     }
-}
 
-impl ApiError {
     /// What a stream's end ([`StreamEnd`], its last item) tells its client: a room that closed
     /// it for stalling or stopped under it is an error (the client must subscribe again); a
     /// session that finished or stopped ends it without one (at server shutdown the transport
@@ -155,70 +130,97 @@ impl ApiError {
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(error: ApiError) -> Status {
-        let code = match &error {
-            ApiError::Name { .. } | ApiError::Malformed(_) => Code::InvalidArgument,
-            ApiError::Engine(error) => engine_code(error),
-            ApiError::Lagged(_)
-            | ApiError::Stalled(_)
-            | ApiError::FrameTooBig { .. }
-            | ApiError::MessageTooBig { .. } => Code::ResourceExhausted,
-            ApiError::ShuttingDown | ApiError::RoomStopped => Code::Unavailable,
-            ApiError::Unauthenticated(_) => Code::Unauthenticated,
-            ApiError::Impersonation { .. } | ApiError::Forbidden { .. } => Code::PermissionDenied,
-            ApiError::RateLimited(_) | ApiError::Quota(_) => Code::ResourceExhausted,
-        };
-        Status::new(code, error.to_string())
+/// What kind of refusal an error is: the one classification every transport maps to its own
+/// codes. Most kinds are gRPC's status codes, the vocabulary `confab.v1` was designed in (a
+/// session's `Error` frame carries one as a number, [`super::convert::error_code`]); two more
+/// tell apart errors that share a gRPC code but not a WebSocket close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong: a bad name, a frame with no content, bytes that do not decode.
+    InvalidArgument,
+    /// The room does not exist.
+    NotFound,
+    /// Over a limit: a size, a rate, a quota, a subscriber's queue.
+    ResourceExhausted,
+    /// The session is not in a state for the frame (not joined, already joined, closing).
+    FailedPrecondition,
+    /// The upload was aborted.
+    Aborted,
+    /// Try again: the store or the log is unavailable, a room stopped, the engine stopped.
+    Unavailable,
+    /// The server is shutting down: unavailable, and the client should go elsewhere.
+    ShuttingDown,
+    /// The room closed a stream for reading nothing while lagging: a policy, where a size
+    /// limit would be [`ErrorKind::ResourceExhausted`].
+    Stalled,
+    /// No valid bearer token.
+    Unauthenticated,
+    /// The token does not allow it: another user's name, a room outside its permissions.
+    PermissionDenied,
+    /// A room's stored history is damaged.
+    DataLoss,
+    /// The server failed.
+    Internal,
+}
+
+#[cfg(test)]
+impl ErrorKind {
+    /// Every kind, for tests that check a transport's mapping of each.
+    pub(crate) const ALL: [ErrorKind; 12] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::ResourceExhausted,
+        ErrorKind::FailedPrecondition,
+        ErrorKind::Aborted,
+        ErrorKind::Unavailable,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Stalled,
+        ErrorKind::Unauthenticated,
+        ErrorKind::PermissionDenied,
+        ErrorKind::DataLoss,
+        ErrorKind::Internal,
+    ];
+}
+
+/// The kind of a room refusal.
+fn room_kind(error: &RoomError) -> ErrorKind {
+    match error {
+        RoomError::MessageTooBig { .. }
+        | RoomError::RoomFull { .. }
+        | RoomError::BatchTooLong { .. }
+        | RoomError::TooManyRooms { .. } => ErrorKind::ResourceExhausted,
+        RoomError::Retired | RoomError::Storage { .. } | RoomError::LogUnavailable { .. } => ErrorKind::Unavailable,
+        RoomError::NotFound => ErrorKind::NotFound,
+        RoomError::DataLoss { .. } => ErrorKind::DataLoss,
     }
 }
 
-/// The start of tonic's message when a received message is over its decoding limit
-/// (`tonic::codec::decode`, 0.14: "Error, decoded message length too large: found {len} bytes,
-/// the limit is: {limit} bytes"), which it sends as OUT_OF_RANGE.
-const DECODE_LIMIT_PREFIX: &str = "Error, decoded message length too large: found ";
-
-/// The refusal a status stands for if it is tonic's decode limit: a message over a size limit
-/// is RESOURCE_EXHAUSTED (as the README promises and grpc-go answers), not OUT_OF_RANGE.
-/// Recognised by its code and the exact start of tonic's message, so a handler's own
-/// OUT_OF_RANGE is never rewritten.
-pub fn over_decode_limit(status: &Status) -> Option<ApiError> {
-    if status.code() != Code::OutOfRange {
-        return None;
+/// The kind of a refused session frame (its code in `Error` frames).
+pub fn frame_kind(error: &FrameError) -> ErrorKind {
+    match error {
+        FrameError::Room(error) => room_kind(error),
+        FrameError::Session(SessionError::Name(_)) => ErrorKind::InvalidArgument,
+        FrameError::Session(SessionError::TooManyRooms { .. }) => ErrorKind::ResourceExhausted,
+        FrameError::Session(
+            SessionError::NotJoined { .. }
+            | SessionError::AlreadyJoined { .. }
+            | SessionError::AckAhead { .. }
+            | SessionError::Closing,
+        ) => ErrorKind::FailedPrecondition,
+        FrameError::Session(SessionError::RoomStopped { .. }) => ErrorKind::Unavailable,
     }
-    let rest = status.message().strip_prefix(DECODE_LIMIT_PREFIX)?;
-    let (bytes, rest) = rest.split_once(" bytes, the limit is: ")?;
-    let bytes_max = rest.strip_suffix(" bytes")?;
-    Some(ApiError::MessageTooBig { bytes: bytes.parse().ok()?, bytes_max: bytes_max.parse().ok()? })
 }
 
-/// The start of every protobuf decoding error's text (prost's `DecodeError`), which tonic
-/// reports as INTERNAL.
-const PROTOBUF_DECODE_ERROR: &str = "failed to decode Protobuf message: ";
-
-/// tonic's answer to a request the client got wrong, as the client's fault: a message that
-/// does not decode (tonic says INTERNAL) is INVALID_ARGUMENT, one over the decoding limit
-/// (OUT_OF_RANGE) is RESOURCE_EXHAUSTED. `None` for any other status. Applied to every final
-/// status (`observe`), so a flood of garbage is counted and logged as refusals, not failures.
-pub fn client_fault(status: &Status) -> Option<Status> {
-    if let Some(refusal) = over_decode_limit(status) {
-        return Some(refusal.into());
-    }
-    let malformed = status.code() == Code::Internal && status.message().starts_with(PROTOBUF_DECODE_ERROR);
-    malformed.then(|| Status::invalid_argument(format!("malformed message: {}", status.message())))
-}
-
-/// A status from the inbound stream of a client-streaming call: a chunk that does not decode
-/// is the client's fault (tonic reports it as INTERNAL), one over the decoding limit is
-/// RESOURCE_EXHAUSTED, anything else (cancelled, …) passes.
-pub fn inbound_status(status: Status) -> Status {
-    if let Some(refusal) = over_decode_limit(&status) {
-        return refusal.into();
-    }
-    if status.code() == Code::Internal {
-        Status::invalid_argument(format!("malformed message: {}", status.message()))
-    } else {
-        status
+fn engine_kind(error: &EngineError) -> ErrorKind {
+    match error {
+        EngineError::Room(error) => room_kind(error),
+        EngineError::Upload(UploadError::Room(error)) => room_kind(error),
+        EngineError::Upload(UploadError::TooManyMessages { .. } | UploadError::TooManyBytes { .. }) => {
+            ErrorKind::ResourceExhausted
+        }
+        EngineError::Upload(UploadError::Aborted) => ErrorKind::Aborted,
+        EngineError::SessionClosed | EngineError::Stopped => ErrorKind::Unavailable,
+        EngineError::NoRuntime | EngineError::Runtime(_) => ErrorKind::Internal,
     }
 }
 
@@ -228,45 +230,11 @@ mod tests {
 
     #[test]
     fn a_stream_whose_room_stopped_ends_unavailable_so_clients_resubscribe() {
-        let status = Status::from(ApiError::from_end(StreamEnd::RoomStopped).expect("an error, not a plain end"));
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.message().contains("after_seq"), "{status:?}");
+        let error = ApiError::from_end(StreamEnd::RoomStopped).expect("an error, not a plain end");
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert!(error.to_string().contains("after_seq"), "{error}");
         assert!(ApiError::from_end(StreamEnd::Finished).is_none(), "a finished session ends plainly");
         let stopped = FrameError::Session(SessionError::RoomStopped { room: "lobby".into() });
-        assert_eq!(frame_code(&stopped), Code::Unavailable, "and a session's error frame says the same");
-    }
-
-    #[test]
-    fn the_decode_limit_becomes_resource_exhausted() {
-        let tonic = Status::out_of_range(
-            "Error, decoded message length too large: found 8388613 bytes, the limit is: 4194304 bytes",
-        );
-        let refusal = over_decode_limit(&tonic).expect("recognised");
-        assert!(matches!(refusal, ApiError::MessageTooBig { bytes: 8_388_613, bytes_max: 4_194_304 }));
-        let status = inbound_status(tonic);
-        assert_eq!(status.code(), Code::ResourceExhausted);
-        assert!(status.message().contains("8388613 bytes") && status.message().contains("4194304"), "{status:?}");
-    }
-
-    #[test]
-    fn a_message_that_does_not_decode_is_the_clients_fault() {
-        let tonic = Status::internal("failed to decode Protobuf message: SendRequest.room: invalid string value");
-        let status = client_fault(&tonic).expect("recognised");
-        assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().contains("SendRequest.room"), "{status:?}");
-        assert!(client_fault(&Status::internal("the engine stopped")).is_none(), "a real failure stays INTERNAL");
-    }
-
-    #[test]
-    fn other_statuses_are_not_the_decode_limit() {
-        let others = [
-            Status::out_of_range("seq 9 is past the end"),
-            Status::internal("Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes"),
-            Status::out_of_range("Error, decoded message length too large: found many bytes, the limit is: 4 bytes"),
-            Status::out_of_range("Error, encoded message length too large: found 9 bytes, the limit is: 4 bytes"),
-        ];
-        for status in others {
-            assert!(over_decode_limit(&status).is_none(), "{status:?}");
-        }
+        assert_eq!(frame_kind(&stopped), ErrorKind::Unavailable, "and a session's error frame says the same");
     }
 }

@@ -22,7 +22,7 @@
 //!    only [`FrameSource`] and [`FrameSink`].
 //! 4. **Encode.** Engine results go back through `convert` (and the transport's encoding).
 //! 5. **Refuse.** Every refusal is an [`ApiError`]; the transport maps it to its own vocabulary
-//!    in exactly one place (gRPC: [`crate::api::error`]; WebSocket: [`crate::ws::close`]).
+//!    in exactly one place (gRPC: [`crate::grpc::status`]; WebSocket: [`crate::ws::close`]).
 //! 6. **Stop.** Open streams and sessions end when the server's shutdown token is cancelled,
 //!    so a shutdown never waits on an idle client.
 //!

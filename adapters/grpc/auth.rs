@@ -8,7 +8,7 @@
 //! A bearer found in the tokens table is that line's user; otherwise one shaped like a JWT
 //! (three dot-separated base64url parts) is verified as one, when the server has a JWT key.
 //! Services read the caller in one place, [`caller`], and derive every sender name from it with
-//! [`Caller::user`] or [`Caller::metadata_user`]:
+//! [`Caller::user`] (the Session's `user` metadata through [`super::metadata::user`]):
 //!
 //! - the name a client fills in (`SendRequest.user`, `UploadChunk.user`, `SubscribeRequest.user`,
 //!   the Session's `user` metadata, the seed's `Message.user`) may be empty, and then the
@@ -56,7 +56,6 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-use crate::api::convert;
 use crate::api::jwt::{JwtVerifier, looks_like_jwt};
 use crate::api::permissions::{RoomAction, RoomPatterns, RoomPermissions};
 use crate::api::error::ApiError;
@@ -250,22 +249,6 @@ impl Caller {
     /// empty claim stays "nobody" rather than becoming the token's user.
     pub fn optional_user(&self, claimed: &str, field: &'static str) -> Result<Option<UserName>, ApiError> {
         if claimed.is_empty() { Ok(None) } else { self.user(claimed, field).map(Some) }
-    }
-
-    /// The user of a confab.v1 Session, from its `user` metadata key.
-    pub fn metadata_user(&self, metadata: &MetadataMap) -> Result<UserName, ApiError> {
-        match self {
-            Caller::Anyone => convert::metadata_user(metadata),
-            Caller::User(user) => {
-                let claimed = match metadata.get("user") {
-                    None => "",
-                    Some(value) => {
-                        value.to_str().map_err(|_| ApiError::Malformed("metadata \"user\" is not ASCII text".into()))?
-                    }
-                };
-                Self::same(user, claimed, "metadata user")
-            }
-        }
     }
 
     fn same(user: &UserName, claimed: &str, field: &'static str) -> Result<UserName, ApiError> {
@@ -559,10 +542,5 @@ mod tests {
         assert!(status.message().contains("bob") && status.message().contains("ann"), "{}", status.message());
         assert_eq!(ann.optional_user("", "user").expect("nobody"), None);
         assert_eq!(Caller::Anyone.user("bob", "user").expect("open").as_str(), "bob");
-        let mut metadata = MetadataMap::new();
-        assert_eq!(ann.metadata_user(&metadata).expect("absent is me").as_str(), "ann");
-        metadata.insert("user", "bob".parse().expect("ascii"));
-        assert!(ann.metadata_user(&metadata).is_err());
-        assert_eq!(Caller::Anyone.metadata_user(&metadata).expect("open").as_str(), "bob");
     }
 }

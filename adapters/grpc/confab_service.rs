@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{caller, grant};
+use super::metadata;
 use crate::api::convert;
 use crate::api::expiry::{Expiry, UntilExpiry};
 use crate::api::permissions::RoomAction;
@@ -18,7 +19,8 @@ use crate::proto::confab_v1 as v1;
 use crate::api::rate::SendLimiter;
 use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
-use crate::api::error::{ApiError, inbound_status, over_decode_limit};
+use super::status::{inbound_status, over_decode_limit};
+use crate::api::error::ApiError;
 use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::api::transport::{EncodingSlot, Inbound, admit};
 
@@ -201,7 +203,7 @@ impl ConfabChat {
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<ResponseStream<Arc<[u8]>>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
-        let user = caller.metadata_user(request.metadata())?;
+        let user = metadata::user(&caller, request.metadata())?;
         let expiry = Expiry::of(&grant);
         let rate = self.limiter.sender(&caller, request.remote_addr());
         let inbound = request.into_inner().map(move |frame| admit(&grant, inbound_frame(frame)));

@@ -27,11 +27,13 @@ pub mod confab_service;
 pub mod deadline;
 pub mod health;
 pub mod idle;
+pub mod metadata;
 pub mod observe;
 pub mod reflection;
 pub mod server;
 pub mod shared_bytes;
 pub mod shutdown;
+pub mod status;
 pub mod tls;
 
 pub use crate::proto;

@@ -27,7 +27,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::{debug, info, trace, warn};
 
-use crate::api::error::client_fault;
+use super::status::client_fault;
 use crate::metrics::{RpcMetrics, RpcSeries};
 
 /// Refusals are summed up in at most one info line per this interval; each refusal itself is
