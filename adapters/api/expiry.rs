@@ -17,7 +17,7 @@ use futures::{Stream, StreamExt as _};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
-use crate::grpc::auth::Grant;
+use super::auth::Grant;
 use super::error::ApiError;
 
 /// When a call's token expires, on the runtime's clock.

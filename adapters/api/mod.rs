@@ -1,5 +1,6 @@
 //! The transport-neutral adapter layer.
 
+pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod expiry;

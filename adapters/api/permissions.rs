@@ -1,7 +1,7 @@
 //! Room permissions: which rooms a bearer may read and post to, as lists of patterns.
 //!
 //! A token (a JWT's `rooms` and `read_rooms` claims, or a tokens-file line's `rooms=` and
-//! `read_rooms=` fields, see [`crate::grpc::auth`]) may carry two lists:
+//! `read_rooms=` fields, see [`super::auth`]) may carry two lists:
 //!
 //! - `rooms`: rooms the bearer may read **and** post to;
 //! - `read_rooms`: rooms the bearer may only read.

@@ -22,9 +22,9 @@ use confab_actors::Engine;
 use confab_engine::{ClientFrame, RateKind, RateLimited, RoomName, SendRate, Time, TokenBucket, UserName, limits};
 use tokio::time::Instant;
 
-use crate::grpc::auth::Caller;
-use super::quota::{Held, QuotaLimits, Quotas, UploadBytes};
+use super::auth::Caller;
 use super::error::ApiError;
+use super::quota::{Held, QuotaLimits, Quotas, UploadBytes};
 
 /// The shared table is swept of buckets that have refilled (they are the same as new ones)
 /// once it grows past twice its size after the last sweep, and never below this many: sweeping

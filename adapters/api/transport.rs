@@ -6,8 +6,8 @@
 //! 1. **Identity.** Decide who the client is from the protocol (gRPC: the bearer token, else
 //!    the `user` metadata key; WebSocket: the token in the `confab.bearer.<base64url>`
 //!    subprotocol, else the `user` query parameter) through
-//!    [`Authenticator`](crate::grpc::auth::Authenticator) and
-//!    [`Caller`](crate::grpc::auth::Caller), so every transport applies the same identity rule
+//!    [`Authenticator`](super::auth::Authenticator) and
+//!    [`Caller`](super::auth::Caller), so every transport applies the same identity rule
 //!    and refuses the same names with the same message. The token's
 //!    [`Grant`] says which rooms it may read and post to ([`admit`] holds a session's frames to
 //!    it) and when it expires ([`super::expiry`]).
@@ -36,9 +36,9 @@ use confab_actors::{Engine, SessionItem, SessionSender, SharedEvent};
 use confab_engine::{ClientFrame, ServerFrame, UserName};
 use tokio_util::sync::CancellationToken;
 
-use crate::grpc::auth::Grant;
-use super::rate::{SenderRate, frame_rate};
+use super::auth::Grant;
 use super::error::ApiError;
+use super::rate::{SenderRate, frame_rate};
 use super::session_stream::{Admission, SessionGuard};
 
 /// What a transport read from its client.

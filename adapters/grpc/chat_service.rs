@@ -10,20 +10,20 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Caller, caller, grant};
 use super::confab_service::ResponseStream;
 use super::metadata;
-use crate::api::convert;
-use crate::api::expiry::Expiry;
-use crate::api::permissions::RoomAction;
-use crate::proto::chat;
-use crate::api::rate::SendLimiter;
 use super::shared_bytes::decoded;
 use super::shutdown::{ShutdownSignal, UntilShutdown};
 use super::status::{self, inbound_status, over_decode_limit};
+use crate::api::auth::{Caller, caller, grant};
+use crate::api::convert;
 use crate::api::error::{ApiError, frame_kind};
+use crate::api::expiry::Expiry;
+use crate::api::permissions::RoomAction;
+use crate::api::rate::SendLimiter;
 use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::api::transport::{EncodingSlot, Inbound};
+use crate::proto::chat;
 
 /// The seed's `chat.ChatService`.
 #[derive(Clone)]

@@ -10,19 +10,19 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{caller, grant};
 use super::metadata;
-use crate::api::convert;
-use crate::api::expiry::{Expiry, UntilExpiry};
-use crate::api::permissions::RoomAction;
-use crate::proto::confab_v1 as v1;
-use crate::api::rate::SendLimiter;
 use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
 use super::status::{inbound_status, over_decode_limit};
+use crate::api::auth::{caller, grant};
+use crate::api::convert;
 use crate::api::error::ApiError;
+use crate::api::expiry::{Expiry, UntilExpiry};
+use crate::api::permissions::RoomAction;
+use crate::api::rate::SendLimiter;
 use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
 use crate::api::transport::{EncodingSlot, Inbound, admit};
+use crate::proto::confab_v1 as v1;
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

@@ -4,7 +4,7 @@
 use confab_engine::{RoomName, UserName};
 use tonic::metadata::MetadataMap;
 
-use super::auth::Caller;
+use crate::api::auth::Caller;
 use crate::api::convert::DEFAULT_USER;
 use crate::api::error::ApiError;
 

@@ -4,7 +4,7 @@
 //! Besides `confab.v1.Chat` and `chat.ChatService`, the same port serves operations: health
 //! ([`health`](super::health)) and reflection ([`reflection`]), and every
 //! call passes the [`observe`](super::observe) layer (metrics and logs). The two chat services
-//! sit behind the token check ([`auth`](super::auth)); health and reflection do not, so load
+//! sit behind the token check ([`auth`](crate::api::auth)); health and reflection do not, so load
 //! balancers and tools can use them without a token.
 
 use std::future::Future;
@@ -28,19 +28,19 @@ use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, info};
 
-use super::auth::{Authenticator, Tokens};
 use super::cancel::CancelLayer;
 use super::chat_service::SeedChat;
 use super::confab_service::ConfabChat;
 use super::deadline::DeadlineLayer;
 use super::health::ServerHealth;
 use super::idle::{GRPC_CONNECTION_IDLE, GrpcConnectInfo, IdleClose, IdleLayer};
-use crate::api::jwt::JwtVerifier;
 use super::observe::ObserveLayer;
-use crate::api::rate::SendLimiter;
 use super::reflection;
 use super::shared_bytes::{confab_service, seed_service};
 use super::shutdown::EndAtShutdown;
+use crate::api::auth::{Authenticator, Tokens};
+use crate::api::jwt::JwtVerifier;
+use crate::api::rate::SendLimiter;
 use crate::metrics::RpcMetrics;
 use crate::net::{Acceptor, ConnectionLimits, Guarded, HTTP2_PREFACE_BYTES, Preface};
 

@@ -34,17 +34,17 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 use tower::Service;
 
-use super::auth::Authenticator;
 use super::chat_service::SeedChat;
 use super::confab_service::{ConfabChat, ResponseStream};
+use super::shutdown::ShutdownWatch;
+use crate::api::auth::Authenticator;
 use crate::api::convert;
+use crate::api::error::ApiError;
+use crate::api::quota::Held;
+use crate::api::transport::EncodingSlot;
 use crate::proto::chat::{self, chat_service_server::ChatServiceServer};
 use crate::proto::confab_v1 as v1;
 use crate::proto::confab_v1::chat_server::ChatServer;
-use crate::api::quota::Held;
-use super::shutdown::ShutdownWatch;
-use crate::api::error::ApiError;
-use crate::api::transport::EncodingSlot;
 
 /// The gRPC path of `confab.v1.Chat/Subscribe`.
 pub const SUBSCRIBE_PATH: &str = "/confab.v1.Chat/Subscribe";
@@ -427,8 +427,8 @@ pub(crate) mod tests {
 
     #[test]
     fn shared_seed_messages_decode_to_exactly_the_per_stream_conversion() {
-        use crate::grpc::chat_service::encode_seed_message;
         use crate::api::transport::EncodingSlot;
+        use crate::grpc::chat_service::encode_seed_message;
         let slot = EncodingSlot::SeedMessage.index();
         for event in events() {
             let RoomEvent::Message(message) = &event else { continue };

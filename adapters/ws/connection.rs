@@ -22,14 +22,14 @@ use tokio_util::sync::CancellationToken;
 use super::close::{close_frame, idle_close_frame};
 use super::json;
 use super::liveness::{Due, Liveness, LivenessConfig};
-use crate::grpc::auth::Grant;
+use crate::api::auth::Grant;
 use crate::api::convert;
-use crate::api::expiry::Expiry;
-use crate::proto::confab_v1 as v1;
-use crate::api::rate::SenderRate;
-use crate::grpc::shared_bytes::encode_event_frame;
 use crate::api::error::ApiError;
+use crate::api::expiry::Expiry;
+use crate::api::rate::SenderRate;
 use crate::api::transport::{EncodingSlot, FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
+use crate::grpc::shared_bytes::encode_event_frame;
+use crate::proto::confab_v1 as v1;
 
 /// How long a connection's close frame may take to send before the socket is dropped instead.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);

@@ -35,11 +35,11 @@ use super::close::{forbidden, http_refusal, too_many_connections};
 use super::connection::{self, ConnectionOptions, Format};
 use super::liveness::LivenessConfig;
 use super::{json, page};
-use crate::grpc::auth::{self as grpc_auth, Authenticator, Caller};
+use crate::api::auth::{self as grpc_auth, Authenticator, Caller};
 use crate::api::convert;
+use crate::api::error::ApiError;
 use crate::api::permissions::RoomAction;
 use crate::api::rate::SendLimiter;
-use crate::api::error::ApiError;
 use crate::net::{Acceptor, ConnectionLimits, Guarded};
 
 /// Largest WebSocket message a client may send, in bytes (`--ws-frame-bytes-max`). Room for a

@@ -1,6 +1,6 @@
-//! Bearer-token authentication and authorization: the tokens file, JWTs ([`crate::api::jwt`]), the
+//! Bearer-token authentication and authorization: the tokens file, JWTs ([`super::jwt`]), the
 //! interceptor that checks every call, the identity rule the services apply, and the room
-//! permissions ([`crate::api::permissions`]) every call is held to.
+//! permissions ([`super::permissions`]) every call is held to.
 //!
 //! The [`Authenticator`] runs before every call of both services. With a token table or a JWT
 //! key it requires `authorization: Bearer <token>` and puts the token's user into the request
@@ -22,7 +22,7 @@
 //! session's Send and Typing, the seed's SayHello and ChatStream) asks [`Grant::check`] first, and
 //! a refusal is PERMISSION_DENIED naming the user and the room. ListRooms lists only the rooms
 //! the bearer may read. Streams opened with an expiring token end with UNAUTHENTICATED when it
-//! expires ([`crate::api::expiry`]).
+//! expires ([`super::expiry`]).
 //!
 //! # The tokens file (`confab serve --tokens FILE`)
 //!
@@ -41,7 +41,7 @@
 //!
 //! A token's room patterns go on lines of their own right below it, each one word:
 //! `rooms=P1,P2,…` (read and post) or `read_rooms=P1,P2,…` (read only), usually indented;
-//! the patterns are those of a JWT's claims ([`crate::api::permissions`]), and `rooms=` alone
+//! the patterns are those of a JWT's claims ([`super::permissions`]), and `rooms=` alone
 //! allows no room. A token with neither line may use every room, as before. Older files keep
 //! their meaning: a line of one word was refused by every earlier version (a token with no
 //! user), so no valid older file holds one.
@@ -56,9 +56,9 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-use crate::api::jwt::{JwtVerifier, looks_like_jwt};
-use crate::api::permissions::{RoomAction, RoomPatterns, RoomPermissions};
-use crate::api::error::ApiError;
+use super::error::ApiError;
+use super::jwt::{JwtVerifier, looks_like_jwt};
+use super::permissions::{RoomAction, RoomPatterns, RoomPermissions};
 
 /// Shortest token accepted in a tokens file: guessing 16 random characters is hopeless.
 pub const TOKEN_BYTES_MIN: usize = 16;
