@@ -1,27 +1,28 @@
-//! Bearer-token authentication and authorization: the tokens file, JWTs ([`super::jwt`]), the
-//! interceptor that checks every call, the identity rule the services apply, and the room
-//! permissions ([`super::permissions`]) every call is held to.
+//! Bearer-token authentication and authorization, for every transport: the tokens file, JWTs
+//! ([`super::jwt`]), the identity rule, and the room permissions ([`super::permissions`])
+//! every call is held to.
 //!
-//! The [`Authenticator`] runs before every call of both services. With a token table or a JWT
-//! key it requires `authorization: Bearer <token>` and puts the token's user into the request
-//! extensions as [`Caller::User`]; without either (an open server) it puts [`Caller::Anyone`].
-//! A bearer found in the tokens table is that line's user; otherwise one shaped like a JWT
-//! (three dot-separated base64url parts) is verified as one, when the server has a JWT key.
-//! Services read the caller in one place, [`caller`], and derive every sender name from it with
-//! [`Caller::user`] (the Session's `user` metadata through [`super::metadata::user`]):
+//! The [`Authenticator`] checks a bearer token before every call or connection: with a token
+//! table or a JWT key it requires one and answers the token's user as [`Caller::User`];
+//! without either (an open server) it answers [`Caller::Anyone`]. A bearer found in the
+//! tokens table is that line's user; otherwise one shaped like a JWT (three dot-separated
+//! base64url parts) is verified as one, when the server has a JWT key. Each transport carries
+//! the token its own way (gRPC in `authorization: Bearer <token>` metadata, checked by the
+//! interceptor in `grpc/auth.rs`; a WebSocket in a subprotocol) and derives every sender name
+//! from the caller with [`Caller::user`]:
 //!
 //! - the name a client fills in (`SendRequest.user`, `UploadChunk.user`, `SubscribeRequest.user`,
-//!   the Session's `user` metadata, the seed's `Message.user`) may be empty, and then the
-//!   token's user is used, or equal to the token's user;
+//!   the Session's `user` metadata, the seed's `Message.user`, a WebSocket's `user` query
+//!   parameter) may be empty, and then the token's user is used, or equal to the token's user;
 //! - any other name is refused with PERMISSION_DENIED, never silently rewritten: a client that
 //!   claims to be someone else has a bug or bad intent, and either way it should hear about it.
 //!
-//! Beside the caller, the interceptor records the token's [`Grant`] ([`grant`]): the rooms it
-//! may read and post to, and when it expires (a JWT's `exp`). Every call that reads a room
-//! (Subscribe, History, a session's Join, a room snapshot) or posts to one (Send, uploads, a
-//! session's Send and Typing, the seed's SayHello and ChatStream) asks [`Grant::check`] first, and
-//! a refusal is PERMISSION_DENIED naming the user and the room. ListRooms lists only the rooms
-//! the bearer may read. Streams opened with an expiring token end with UNAUTHENTICATED when it
+//! Beside the caller, the authenticator answers the token's [`Grant`]: the rooms it may read
+//! and post to, and when it expires (a JWT's `exp`). Every call that reads a room (Subscribe,
+//! History, a session's Join, a room snapshot) or posts to one (Send, uploads, a session's Send
+//! and Typing, the seed's SayHello and ChatStream) asks [`Grant::check`] first, and a refusal
+//! is PERMISSION_DENIED naming the user and the room. ListRooms lists only the rooms the
+//! bearer may read. Streams opened with an expiring token end with UNAUTHENTICATED when it
 //! expires ([`super::expiry`]).
 //!
 //! # The tokens file (`confab serve --tokens FILE`)
@@ -52,9 +53,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use confab_engine::{ClientFrame, NameError, UserName};
-use tonic::metadata::MetadataMap;
-use tonic::service::Interceptor;
-use tonic::{Request, Status};
 
 use super::error::ApiError;
 use super::jwt::{JwtVerifier, looks_like_jwt};
@@ -66,8 +64,9 @@ pub const TOKEN_BYTES_MIN: usize = 16;
 /// Longest token accepted in a tokens file (it is sent with every call).
 pub const TOKEN_BYTES_MAX: usize = 256;
 
-/// The metadata key that carries the token.
-pub const AUTHORIZATION: &str = "authorization";
+/// The user of a session on an open server whose client names none (no `user` metadata on
+/// gRPC, no `user` query parameter on a WebSocket).
+pub const DEFAULT_USER: &str = "anonymous";
 
 /// A tokens file that cannot be used. The server refuses to start with it.
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +250,14 @@ impl Caller {
         if claimed.is_empty() { Ok(None) } else { self.user(claimed, field).map(Some) }
     }
 
+    /// The user of a session, from a name the client may leave out (`field`: the Session's
+    /// `user` metadata, a WebSocket's `user` query parameter): on an open server the name
+    /// given, [`DEFAULT_USER`] when none is; otherwise as [`Caller::user`].
+    pub fn session_user(&self, claimed: Option<&str>, field: &'static str) -> Result<UserName, ApiError> {
+        let default = if matches!(self, Caller::Anyone) { DEFAULT_USER } else { "" };
+        self.user(claimed.unwrap_or(default), field)
+    }
+
     fn same(user: &UserName, claimed: &str, field: &'static str) -> Result<UserName, ApiError> {
         if claimed.is_empty() || claimed == user.as_str() {
             Ok(user.clone())
@@ -258,22 +265,6 @@ impl Caller {
             Err(ApiError::Impersonation { field, claimed: claimed.to_owned(), user: user.clone() })
         }
     }
-}
-
-/// The caller the [`Authenticator`] recorded for `request`. A request without one never went
-/// through the interceptor; refusing it keeps a wiring mistake from opening the server.
-pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request.extensions().get::<Caller>().cloned().ok_or_else(|| no_identity().into())
-}
-
-/// The [`Grant`] the [`Authenticator`] recorded for `request`, refused like [`caller`] when
-/// the request skipped it.
-pub fn grant<T>(request: &Request<T>) -> Result<Grant, Status> {
-    request.extensions().get::<Grant>().cloned().ok_or_else(|| no_identity().into())
-}
-
-fn no_identity() -> ApiError {
-    ApiError::Unauthenticated("the call has no identity (the server is misconfigured)".into())
 }
 
 /// What one bearer may do: the rooms it may read and post to, and until when.
@@ -329,8 +320,8 @@ impl Grant {
     }
 }
 
-/// The interceptor in front of both services: checks the bearer token, records the [`Caller`]
-/// and its [`Grant`].
+/// Checks bearer tokens against the tokens file and the JWT key: the [`Caller`] and [`Grant`]
+/// of every call and connection (gRPC's interceptor is this type, in `grpc/auth.rs`).
 #[derive(Clone, Debug, Default)]
 pub struct Authenticator {
     /// `None`: no tokens file.
@@ -385,20 +376,6 @@ impl Authenticator {
             _ => Err(ApiError::Unauthenticated("unknown bearer token".into())),
         }
     }
-
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<(Caller, Grant), ApiError> {
-        if !self.is_required() {
-            return Ok((Caller::Anyone, Grant::open()));
-        }
-        let unauthenticated = |reason: &str| ApiError::Unauthenticated(reason.to_owned());
-        let header = metadata
-            .get(AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("this server needs `authorization: Bearer <token>` metadata"))?;
-        let header = header.to_str().map_err(|_| unauthenticated("the authorization metadata is not ASCII text"))?;
-        let token = bearer_token(header)
-            .ok_or_else(|| unauthenticated("the authorization metadata must be `Bearer <token>`"))?;
-        self.bearer(token)
-    }
 }
 
 /// The token of an `authorization` value `Bearer <token>`, if it is one.
@@ -406,30 +383,17 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim)
 }
 
-impl Interceptor for Authenticator {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let (caller, grant) = self.authenticate(request.metadata())?;
-        request.extensions_mut().insert(caller);
-        request.extensions_mut().insert(grant);
-        Ok(request)
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const ANN: &str = "ann-token-0123456789";
+    use crate::api::error::ErrorKind;
 
-    fn request_with(header: Option<&str>) -> Request<()> {
-        let mut request = Request::new(());
-        if let Some(header) = header {
-            request.metadata_mut().insert(AUTHORIZATION, header.parse().expect("ascii"));
-        }
-        request
-    }
+    /// A token of the file [`tokens`] reads, Ann's.
+    pub(crate) const ANN: &str = "ann-token-0123456789";
 
-    fn tokens() -> Arc<Tokens> {
+    /// A tokens file of two users.
+    pub(crate) fn tokens() -> Arc<Tokens> {
         Arc::new(Tokens::parse(&format!("# comment\n\n{ANN}  ann\nbob-token-9876543210 Bob Smith\n")).expect("valid"))
     }
 
@@ -477,9 +441,9 @@ mod tests {
         assert!(grant("bob-token-9876543210").allows("lobby", RoomAction::Post));
         assert!(!grant("carol-token-000000000").allows("lobby", RoomAction::Read));
         assert_eq!(tokens.restricted_count(), 2);
-        let status: Status = ann.check("lobby", RoomAction::Post).expect_err("not allowed").into();
-        assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert!(status.message().contains("user ann may not post to room 'lobby'"), "{}", status.message());
+        let error = ann.check("lobby", RoomAction::Post).expect_err("not allowed");
+        assert_eq!(error.kind(), ErrorKind::PermissionDenied);
+        assert!(error.to_string().contains("user ann may not post to room 'lobby'"), "{error}");
     }
 
     #[test]
@@ -509,27 +473,16 @@ mod tests {
     }
 
     #[test]
-    fn an_open_server_lets_anyone_in() {
-        let mut open = Authenticator::new(None);
-        let request = open.call(request_with(None)).expect("open");
-        assert_eq!(caller(&request).expect("recorded"), Caller::Anyone);
-    }
-
-    #[test]
     fn a_token_is_required_and_names_the_user() {
-        let mut auth = Authenticator::new(Some(tokens()));
-        let request = auth.call(request_with(Some(&format!("Bearer {ANN}")))).expect("valid token");
-        assert_eq!(caller(&request).expect("recorded"), Caller::User(UserName::new("ann").expect("name")));
-        for header in [None, Some("Bearer wrong-token-000000000"), Some(ANN), Some("Basic YW5uOnB3")] {
-            let status = auth.call(request_with(header)).expect_err("refused");
-            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{header:?}");
-            assert!(!status.message().is_empty());
+        let auth = Authenticator::new(Some(tokens()));
+        let (caller, _) = auth.authorize_token(Some(ANN)).expect("valid token");
+        assert_eq!(caller, Caller::User(UserName::new("ann").expect("name")));
+        for token in [None, Some("wrong-token-000000000"), Some("")] {
+            let error = auth.authorize_token(token).expect_err("refused");
+            assert_eq!(error.kind(), ErrorKind::Unauthenticated, "{token:?}");
+            assert!(!error.to_string().is_empty());
         }
-    }
-
-    #[test]
-    fn a_request_that_skipped_the_interceptor_has_no_identity() {
-        assert_eq!(caller(&Request::new(())).expect_err("no caller").code(), tonic::Code::Unauthenticated);
+        assert_eq!(Authenticator::new(None).authorize_token(None).expect("open").0, Caller::Anyone);
     }
 
     #[test]
@@ -537,10 +490,13 @@ mod tests {
         let ann = Caller::User(UserName::new("ann").expect("name"));
         assert_eq!(ann.user("", "user").expect("empty is me").as_str(), "ann");
         assert_eq!(ann.user("ann", "user").expect("same").as_str(), "ann");
-        let status: Status = ann.user("bob", "user").expect_err("someone else").into();
-        assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert!(status.message().contains("bob") && status.message().contains("ann"), "{}", status.message());
+        let error = ann.user("bob", "user").expect_err("someone else");
+        assert_eq!(error.kind(), ErrorKind::PermissionDenied);
+        assert!(error.to_string().contains("bob") && error.to_string().contains("ann"), "{error}");
         assert_eq!(ann.optional_user("", "user").expect("nobody"), None);
         assert_eq!(Caller::Anyone.user("bob", "user").expect("open").as_str(), "bob");
+        assert_eq!(ann.session_user(None, "user").expect("absent is me").as_str(), "ann");
+        assert!(ann.session_user(Some("bob"), "user").is_err());
+        assert_eq!(Caller::Anyone.session_user(None, "user").expect("open").as_str(), DEFAULT_USER);
     }
 }

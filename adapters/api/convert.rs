@@ -13,10 +13,6 @@ use confab_engine::{
 use super::error::{ApiError, ErrorKind, frame_kind};
 use crate::proto::{chat, confab_v1 as v1};
 
-/// The user a confab.v1 session has when its client names none (no `user` metadata key on
-/// gRPC, no `user` query parameter on a WebSocket).
-pub const DEFAULT_USER: &str = "anonymous";
-
 /// A room name from a request field.
 pub fn room(name: &str) -> Result<RoomName, ApiError> {
     RoomName::new(name).map_err(ApiError::name("room"))

@@ -10,12 +10,13 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{caller, grant};
 use super::confab_service::ResponseStream;
 use super::metadata;
 use super::shared_bytes::decoded;
 use super::shutdown::{ShutdownSignal, UntilShutdown};
 use super::status::{self, inbound_status, over_decode_limit};
-use crate::api::auth::{Caller, caller, grant};
+use crate::api::auth::Caller;
 use crate::api::convert;
 use crate::api::error::{ApiError, frame_kind};
 use crate::api::expiry::Expiry;

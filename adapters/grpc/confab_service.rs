@@ -10,11 +10,11 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{caller, grant};
 use super::metadata;
 use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
 use super::shutdown::{ShutdownSignal, ShutdownWatch};
 use super::status::{inbound_status, over_decode_limit};
-use crate::api::auth::{caller, grant};
 use crate::api::convert;
 use crate::api::error::ApiError;
 use crate::api::expiry::{Expiry, UntilExpiry};

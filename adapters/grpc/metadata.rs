@@ -5,36 +5,33 @@ use confab_engine::{RoomName, UserName};
 use tonic::metadata::MetadataMap;
 
 use crate::api::auth::Caller;
-use crate::api::convert::DEFAULT_USER;
 use crate::api::error::ApiError;
 
 /// The room the seed's ChatService uses when the `room` metadata key is absent.
 pub const DEFAULT_ROOM: &str = "lobby";
 
-/// An ASCII metadata value, or `default` when the key is absent.
-fn metadata<'a>(metadata: &'a MetadataMap, key: &'static str, default: &'a str) -> Result<&'a str, ApiError> {
-    match metadata.get(key) {
-        None => Ok(default),
-        Some(value) => value.to_str().map_err(|_| ApiError::Malformed(format!("metadata {key:?} is not ASCII text"))),
-    }
+/// An ASCII metadata value, `None` when the key is absent.
+fn metadata<'a>(metadata: &'a MetadataMap, key: &'static str) -> Result<Option<&'a str>, ApiError> {
+    metadata
+        .get(key)
+        .map(|value| value.to_str().map_err(|_| ApiError::Malformed(format!("metadata {key:?} is not ASCII text"))))
+        .transpose()
 }
 
 /// The room named by the `room` metadata key (the seed's ChatService), default `lobby`.
 pub fn room(map: &MetadataMap) -> Result<RoomName, ApiError> {
-    RoomName::new(metadata(map, "room", DEFAULT_ROOM)?).map_err(ApiError::name("metadata room"))
+    RoomName::new(metadata(map, "room")?.unwrap_or(DEFAULT_ROOM)).map_err(ApiError::name("metadata room"))
 }
 
-/// The user of a confab.v1 Session, from its `user` metadata key, under the identity rule
-/// ([`Caller::user`]): on an open server the name given, `anonymous` when none is; otherwise the
-/// token's user, which the key may leave out or repeat.
+/// The user of a confab.v1 Session, from its `user` metadata key ([`Caller::session_user`]).
 pub fn user(caller: &Caller, map: &MetadataMap) -> Result<UserName, ApiError> {
-    let default = if matches!(caller, Caller::Anyone) { DEFAULT_USER } else { "" };
-    caller.user(metadata(map, "user", default)?, "metadata user")
+    caller.session_user(metadata(map, "user")?, "metadata user")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::auth::DEFAULT_USER;
 
     #[test]
     fn a_sessions_user_follows_the_identity_rule() {

@@ -19,6 +19,7 @@
 //! - [`rate`]: send-rate limits per session, user or connection; [`deadline`]: `grpc-timeout`.
 //! - [`cancel`]: a client's reset is an error for the handler, not the end of its stream.
 
+pub mod auth;
 pub mod cancel;
 pub mod chat_service;
 pub mod client;
@@ -37,4 +38,4 @@ pub mod tls;
 
 pub use crate::proto;
 // Moved to the transport-neutral `api`; kept at their old paths for the command line.
-pub use crate::api::{auth, jwt, quota, rate};
+pub use crate::api::{jwt, quota, rate};
