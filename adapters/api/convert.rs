@@ -10,6 +10,8 @@ use confab_engine::{
     ChatMessage, ClientFrame, ClientMsgId, Draft, HistoryPage, Receipt, RoomEvent, RoomName, ServerFrame, UserName,
 };
 
+use prost::Message as _;
+
 use super::error::{ApiError, ErrorKind, frame_kind};
 use crate::proto::{chat, confab_v1 as v1};
 
@@ -168,6 +170,18 @@ pub fn error_code(kind: ErrorKind) -> i32 {
     }
 }
 
+/// A room event as `confab.v1.RoomEvent` bytes: the one conversion and encoding a shared event
+/// gets, whichever stream asks first.
+pub fn encode_room_event(event: &RoomEvent) -> Vec<u8> {
+    room_event(event).encode_to_vec()
+}
+
+/// A room event as the `confab.v1.ServerFrame` that carries it (a `Session`'s frame, and a
+/// WebSocket's in the binary format): made once, whichever reader asks first.
+pub fn encode_event_frame(event: &RoomEvent) -> Vec<u8> {
+    server_frame(&ServerFrame::Event(event.clone())).encode_to_vec()
+}
+
 /// The seed's message for a room message: who said it and what.
 pub fn seed_message(message: &ChatMessage) -> chat::Message {
     chat::Message { user: message.user.to_string(), content: message.body.to_string() }
@@ -176,4 +190,66 @@ pub fn seed_message(message: &ChatMessage) -> chat::Message {
 /// A seed message from the server itself.
 pub fn server_says(content: String) -> chat::Message {
     chat::Message { user: "Server".into(), content }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use confab_actors::SharedEvent;
+    use confab_engine::{
+        ChatMessage, ClientMsgId, Lag, ReadItem, Ring, RoomEvent, RoomName, SubscriberId, Time, UserName,
+    };
+    use prost::Message;
+
+    use super::*;
+    use crate::api::transport::EncodingSlot;
+
+    /// One event of each kind, for the encode-once tests of every wire format.
+    pub(crate) fn events() -> Vec<RoomEvent> {
+        let room = RoomName::new("lobby").expect("room");
+        let user = UserName::new("ann").expect("user");
+        let message = ChatMessage {
+            room: room.clone(),
+            seq: 1,
+            user: user.clone(),
+            client_msg_id: ClientMsgId::new("m-1").expect("id"),
+            body: Arc::from("héllo, wörld"),
+            accepted_at: Time::from_millis(1_700_000_000_123),
+        };
+        vec![
+            RoomEvent::Message(Arc::new(message)),
+            RoomEvent::Presence { room: room.clone(), user: user.clone(), present: true },
+            RoomEvent::Typing { room: room.clone(), user },
+            RoomEvent::Lagged { room: room.clone(), lag: Lag { missed_from: 2, missed_to: 9 } },
+            RoomEvent::Subscribed { room, epoch: 7, recovered: false, first_seq: 3 },
+        ]
+    }
+
+    /// Publishes `event` through a ring and reads it back as the shared item every reader gets.
+    pub(crate) fn published(event: RoomEvent) -> SharedEvent {
+        let seq_before = event.seq().map_or(0, |seq| seq - 1);
+        let mut ring = Ring::new(4, seq_before, 1_000);
+        ring.add_reader(SubscriberId(1), seq_before);
+        ring.push(event, Time::from_millis(0));
+        let mut read = Vec::new();
+        ring.read(SubscriberId(1), &mut read, 1);
+        match read.pop() {
+            Some(ReadItem::Event(published)) => SharedEvent::Shared(published),
+            other => panic!("expected the event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_session_frames_decode_to_exactly_the_per_stream_conversion() {
+        let slot = EncodingSlot::ConfabV1ServerFrame.index();
+        for event in events() {
+            let expected = server_frame(&ServerFrame::Event(event.clone()));
+            let shared = published(event.clone());
+            let first = shared.encoded(slot, encode_event_frame);
+            assert_eq!(v1::ServerFrame::decode(&first[..]).expect("decodes"), expected, "{event:?}");
+            let again = shared.encoded(slot, |_| panic!("encoded a second time"));
+            assert!(Arc::ptr_eq(&first, &again), "every session gets the same bytes");
+        }
+    }
 }

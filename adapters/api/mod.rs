@@ -9,4 +9,5 @@ pub mod permissions;
 pub mod quota;
 pub mod rate;
 pub mod session_stream;
+pub mod shutdown;
 pub mod transport;

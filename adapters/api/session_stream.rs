@@ -23,8 +23,8 @@ use tokio::time::Sleep;
 use super::error::ApiError;
 use super::quota::Held;
 use super::rate::{SenderRate, frame_rate};
+use super::shutdown::{ShutdownSignal, ShutdownWatch};
 use super::transport::Inbound;
-use crate::grpc::shutdown::{ShutdownSignal, ShutdownWatch};
 
 /// Client frames one poll takes at most before yielding: a client that sends without pause
 /// cannot keep its stream's task from serving others.

@@ -14,7 +14,7 @@ use super::auth::{caller, grant};
 use super::confab_service::ResponseStream;
 use super::metadata;
 use super::shared_bytes::decoded;
-use super::shutdown::{ShutdownSignal, UntilShutdown};
+use super::shutdown::UntilShutdown;
 use super::status::{self, inbound_status, over_decode_limit};
 use crate::api::auth::Caller;
 use crate::api::convert;
@@ -23,6 +23,7 @@ use crate::api::expiry::Expiry;
 use crate::api::permissions::RoomAction;
 use crate::api::rate::SendLimiter;
 use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
+use crate::api::shutdown::ShutdownSignal;
 use crate::api::transport::{EncodingSlot, Inbound};
 use crate::proto::chat;
 

@@ -12,8 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{caller, grant};
 use super::metadata;
-use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
-use super::shutdown::{ShutdownSignal, ShutdownWatch};
+use super::shared_bytes::{SharedSubscribeStream, decoded};
 use super::status::{inbound_status, over_decode_limit};
 use crate::api::convert;
 use crate::api::error::ApiError;
@@ -21,6 +20,7 @@ use crate::api::expiry::{Expiry, UntilExpiry};
 use crate::api::permissions::RoomAction;
 use crate::api::rate::SendLimiter;
 use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
+use crate::api::shutdown::{ShutdownSignal, ShutdownWatch};
 use crate::api::transport::{EncodingSlot, Inbound, admit};
 use crate::proto::confab_v1 as v1;
 
@@ -244,7 +244,7 @@ impl SessionOutput for SessionFrames {
         match item {
             SessionItem::Frame(frame) => Output::Item(Ok(convert::server_frame(frame).encode_to_vec().into())),
             SessionItem::Event(event) => {
-                Output::Item(Ok(event.encoded(EncodingSlot::ConfabV1ServerFrame.index(), encode_event_frame)))
+                Output::Item(Ok(event.encoded(EncodingSlot::ConfabV1ServerFrame.index(), convert::encode_event_frame)))
             }
             // Never asked: the session's end comes to `end`.
             SessionItem::End(_) => Output::Skip,
