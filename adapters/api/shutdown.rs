@@ -1,5 +1,5 @@
 //! The server's shutdown as the streams that check it on every poll see it: a
-//! [`ShutdownSignal`] per server, a [`ShutdownWatch`] per stream. The session pump
+//! [`ShutdownSignal`] per server, a `ShutdownWatch` per stream. The session pump
 //! ([`super::session_stream`]) checks one; so do the gRPC transport's response streams.
 
 use std::future::Future;

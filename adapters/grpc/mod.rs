@@ -1,9 +1,11 @@
-//! The gRPC transport: two tonic services over one [`Engine`](confab_actors::Engine).
+//! The gRPC transport: two tonic services over one [`Engine`](confab_actors::Engine), a thin
+//! mapping over the transport-neutral [`crate::api`] (conversion, errors, identity, rates,
+//! quotas, the session pump).
 //!
 //! - [`proto`]: the generated code for `confab.v1` and the seed's `chat` (with the tonic
 //!   clients and servers), re-exported from [`crate::proto`].
-//! - [`convert`]: wire <-> engine types, and nothing else.
-//! - [`status`]: every error -> `tonic::Status`, in one place.
+//! - [`status`]: every error's kind -> `tonic::Status`, in one place, and tonic's own answers
+//!   to a client's mistakes recognised as such.
 //! - [`confab_service`]: `confab.v1.Chat`; [`chat_service`]: `chat.ChatService`.
 //! - [`shared_bytes`]: encode once, share the bytes: `Subscribe` streams send each event's
 //!   `confab.v1` bytes made once for every stream, through a codec that takes them as they are.
@@ -12,12 +14,15 @@
 //! - [`reflection`]: server reflection (v1 and v1alpha) from the compiled-in descriptors.
 //! - [`observe`]: the layer every call passes: per-RPC metrics and logs of refusals and streams.
 //! - [`server`]: [`server::serve`] runs all of them on a listener until a shutdown future.
-//! - [`auth`]: bearer tokens, the interceptor in front of both services, the identity rule;
-//!   [`jwt`]: tokens signed by the operator's backend; [`permissions`]: the rooms a token may
-//!   read and post to; [`expiry`]: streams end when their token expires.
+//! - [`auth`]: the interceptor in front of both services (the token from `authorization`
+//!   metadata, checked by [`crate::api::auth`]); [`metadata`]: the names a call carries in
+//!   metadata (the seed's room, a Session's user).
 //! - [`tls`]: the server's certificate and key; [`client`]: connecting with a token and TLS.
-//! - [`rate`]: send-rate limits per session, user or connection; [`deadline`]: `grpc-timeout`.
+//! - [`deadline`]: `grpc-timeout`; [`idle`]: closing connections with no call.
 //! - [`cancel`]: a client's reset is an error for the handler, not the end of its stream.
+//!
+//! [`jwt`], [`quota`] and [`rate`] moved to [`crate::api`]; they are re-exported here so the
+//! command line's paths keep working.
 
 pub mod auth;
 pub mod cancel;
@@ -36,6 +41,5 @@ pub mod shutdown;
 pub mod status;
 pub mod tls;
 
-pub use crate::proto;
-// Moved to the transport-neutral `api`; kept at their old paths for the command line.
 pub use crate::api::{jwt, quota, rate};
+pub use crate::proto;

@@ -4,7 +4,7 @@
 //! Besides `confab.v1.Chat` and `chat.ChatService`, the same port serves operations: health
 //! ([`health`](super::health)) and reflection ([`reflection`]), and every
 //! call passes the [`observe`](super::observe) layer (metrics and logs). The two chat services
-//! sit behind the token check ([`auth`](crate::api::auth)); health and reflection do not, so load
+//! sit behind the token check ([`auth`](super::auth)); health and reflection do not, so load
 //! balancers and tools can use them without a token.
 
 use std::future::Future;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use confab::bench::{BenchOptions, Scenario, run};
 
-use confab::grpc::auth::Tokens;
+use confab::api::auth::Tokens;
 use confab::grpc::client::{ClientChannel, ClientSecurity, connect};
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
 use confab::grpc::proto::confab_v1::{
