@@ -105,6 +105,7 @@ mod tests {
     fn each_refusal_gets_its_close_code() {
         assert_eq!(close_frame(None).code, close_code::NORMAL);
         assert_eq!(close_frame(Some(ApiError::ShuttingDown)).code, close_code::AWAY);
+        assert_eq!(code(ErrorKind::Stalled), close_code::POLICY, "a policy, not a frame too big");
         assert_eq!(close_frame(Some(ApiError::Malformed("x".into()))).code, close_code::INVALID);
         let too_big = ApiError::FrameTooBig { bytes_max: 10, flag: "--ws-frame-bytes-max" };
         let frame = close_frame(Some(too_big));
