@@ -10,18 +10,22 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Caller, caller, grant};
+use super::auth::{caller, grant};
 use super::confab_service::ResponseStream;
-use super::convert;
-use super::expiry::Expiry;
-use super::permissions::RoomAction;
-use super::proto::chat;
-use super::rate::SendLimiter;
+use super::metadata;
 use super::shared_bytes::decoded;
-use super::shutdown::{ShutdownSignal, UntilShutdown};
-use super::status::{ApiError, frame_code, inbound_status, over_decode_limit};
-use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
-use crate::transport::{EncodingSlot, Inbound};
+use super::shutdown::UntilShutdown;
+use super::status::{self, inbound_status, over_decode_limit};
+use crate::api::auth::Caller;
+use crate::api::convert;
+use crate::api::error::{ApiError, frame_kind};
+use crate::api::expiry::Expiry;
+use crate::api::permissions::RoomAction;
+use crate::api::rate::SendLimiter;
+use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
+use crate::api::shutdown::ShutdownSignal;
+use crate::api::transport::{EncodingSlot, Inbound};
+use crate::proto::chat;
 
 /// The seed's `chat.ChatService`.
 #[derive(Clone)]
@@ -109,7 +113,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
     async fn say_hello(&self, request: Request<chat::Message>) -> Result<Response<chat::Message>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
         let rate = self.limiter.sender(&caller, request.remote_addr());
-        let room = convert::metadata_room(request.metadata())?;
+        let room = metadata::room(request.metadata())?;
         grant.check(room.as_str(), RoomAction::Post)?;
         rate.try_take(RateKind::Send).map_err(ApiError::from)?;
         rate.check_creation(&self.engine, &room)?;
@@ -128,7 +132,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
         request: Request<chat::Message>,
     ) -> Result<Response<Self::BroadcastMessagesStream>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
-        let room = convert::metadata_room(request.metadata())?;
+        let room = metadata::room(request.metadata())?;
         grant.check(room.as_str(), RoomAction::Read)?;
         // A replay holds up to a page of the room's history until its client reads it, so it
         // takes one of the sender's session slots: one client cannot hold thousands of pages.
@@ -152,7 +156,7 @@ impl chat::chat_service_server::ChatService for SeedChat {
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<chat::Message>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
-        let room = convert::metadata_room(request.metadata())?;
+        let room = metadata::room(request.metadata())?;
         grant.check(room.as_str(), RoomAction::Post)?;
         let expiry = Expiry::of(&grant);
         let rate = self.limiter.sender(&caller, request.remote_addr());
@@ -209,7 +213,7 @@ impl SeedChat {
         request: Request<Streaming<chat::Message>>,
     ) -> Result<ResponseStream<Arc<[u8]>>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
-        let room = convert::metadata_room(request.metadata())?;
+        let room = metadata::room(request.metadata())?;
         // Joins to read and posts: posting covers both.
         grant.check(room.as_str(), RoomAction::Post)?;
         let expiry = Expiry::of(&grant);
@@ -306,7 +310,7 @@ impl SessionOutput for SeedMessages {
             }
             SessionItem::Event(shared) => shared.event(),
             SessionItem::Frame(ServerFrame::Error { error, .. }) => {
-                return Output::Last(Err(Status::new(frame_code(error), error.to_string())));
+                return Output::Last(Err(Status::new(status::code(frame_kind(error)), error.to_string())));
             }
             SessionItem::Frame(ServerFrame::Event(event)) => event,
             // Never asked for the end: it comes to `end`.

@@ -11,16 +11,18 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{caller, grant};
-use super::convert;
-use super::expiry::{Expiry, UntilExpiry};
-use super::permissions::RoomAction;
-use super::proto::confab_v1 as v1;
-use super::rate::SendLimiter;
-use super::shared_bytes::{SharedSubscribeStream, decoded, encode_event_frame};
-use super::shutdown::{ShutdownSignal, ShutdownWatch};
-use super::status::{ApiError, inbound_status, over_decode_limit};
-use crate::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
-use crate::transport::{EncodingSlot, Inbound, admit};
+use super::metadata;
+use super::shared_bytes::{SharedSubscribeStream, decoded};
+use super::status::{inbound_status, over_decode_limit};
+use crate::api::convert;
+use crate::api::error::ApiError;
+use crate::api::expiry::{Expiry, UntilExpiry};
+use crate::api::permissions::RoomAction;
+use crate::api::rate::SendLimiter;
+use crate::api::session_stream::{Output, RatePolicy, SessionOutput, SessionStream};
+use crate::api::shutdown::{ShutdownSignal, ShutdownWatch};
+use crate::api::transport::{EncodingSlot, Inbound, admit};
+use crate::proto::confab_v1 as v1;
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -201,7 +203,7 @@ impl ConfabChat {
         request: Request<Streaming<v1::ClientFrame>>,
     ) -> Result<ResponseStream<Arc<[u8]>>, Status> {
         let (caller, grant) = (caller(&request)?, grant(&request)?);
-        let user = caller.metadata_user(request.metadata())?;
+        let user = metadata::user(&caller, request.metadata())?;
         let expiry = Expiry::of(&grant);
         let rate = self.limiter.sender(&caller, request.remote_addr());
         let inbound = request.into_inner().map(move |frame| admit(&grant, inbound_frame(frame)));
@@ -242,7 +244,7 @@ impl SessionOutput for SessionFrames {
         match item {
             SessionItem::Frame(frame) => Output::Item(Ok(convert::server_frame(frame).encode_to_vec().into())),
             SessionItem::Event(event) => {
-                Output::Item(Ok(event.encoded(EncodingSlot::ConfabV1ServerFrame.index(), encode_event_frame)))
+                Output::Item(Ok(event.encoded(EncodingSlot::ConfabV1ServerFrame.index(), convert::encode_event_frame)))
             }
             // Never asked: the session's end comes to `end`.
             SessionItem::End(_) => Output::Skip,

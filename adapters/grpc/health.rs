@@ -22,8 +22,9 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
 use super::confab_service::ResponseStream;
-use super::proto::{chat::chat_service_server, confab_v1::chat_server};
-use super::shutdown::{ShutdownSignal, UntilShutdown};
+use super::shutdown::UntilShutdown;
+use crate::api::shutdown::ShutdownSignal;
+use crate::proto::{chat::chat_service_server, confab_v1::chat_server};
 
 /// Every name health is reported for: the whole server (`""`, as the health protocol defines)
 /// and each service this server runs.

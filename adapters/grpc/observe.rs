@@ -387,7 +387,7 @@ mod tests {
     /// Every method of every service the server registers, from their descriptors.
     fn served_methods() -> Vec<String> {
         let sets = [
-            crate::grpc::proto::FILE_DESCRIPTOR_SET,
+            crate::proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,

@@ -10,7 +10,7 @@ use tonic_reflection::server::v1alpha::{
 };
 use tonic_reflection::server::{Builder, Error};
 
-use super::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::FILE_DESCRIPTOR_SET;
 
 /// The descriptor sets reflection serves (besides reflection's own).
 fn builder() -> Builder<'static> {

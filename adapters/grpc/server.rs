@@ -28,19 +28,19 @@ use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, info};
 
-use super::auth::{Authenticator, Tokens};
 use super::cancel::CancelLayer;
 use super::chat_service::SeedChat;
 use super::confab_service::ConfabChat;
 use super::deadline::DeadlineLayer;
 use super::health::ServerHealth;
 use super::idle::{GRPC_CONNECTION_IDLE, GrpcConnectInfo, IdleClose, IdleLayer};
-use super::jwt::JwtVerifier;
 use super::observe::ObserveLayer;
-use super::rate::SendLimiter;
 use super::reflection;
 use super::shared_bytes::{confab_service, seed_service};
 use super::shutdown::EndAtShutdown;
+use crate::api::auth::{Authenticator, Tokens};
+use crate::api::jwt::JwtVerifier;
+use crate::api::rate::SendLimiter;
 use crate::metrics::RpcMetrics;
 use crate::net::{Acceptor, ConnectionLimits, Guarded, HTTP2_PREFACE_BYTES, Preface};
 
@@ -70,7 +70,7 @@ pub enum ServeError {
 pub struct ServerOptions {
     /// Bearer tokens every chat call must carry; `None` serves anyone (an open server).
     pub tokens: Option<Arc<Tokens>>,
-    /// JWTs every chat call may carry instead ([`super::jwt`]); with neither this nor `tokens`
+    /// JWTs every chat call may carry instead ([`crate::api::jwt`]); with neither this nor `tokens`
     /// the server is open.
     pub jwt: Option<Arc<JwtVerifier>>,
     /// TLS on the listener ([`super::tls::server_config`]); `None` serves plaintext HTTP/2.

@@ -22,7 +22,6 @@ use std::task::{Context, Poll};
 
 use bytes::BufMut;
 use confab_actors::{RoomEvents, StreamItem};
-use confab_engine::{RoomEvent, ServerFrame};
 use futures::Stream;
 use futures::future::BoxFuture;
 use prost::Message;
@@ -34,17 +33,17 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 use tower::Service;
 
-use super::auth::Authenticator;
 use super::chat_service::SeedChat;
 use super::confab_service::{ConfabChat, ResponseStream};
-use super::convert;
-use super::proto::chat::{self, chat_service_server::ChatServiceServer};
-use super::proto::confab_v1 as v1;
-use super::proto::confab_v1::chat_server::ChatServer;
-use super::quota::Held;
-use super::shutdown::ShutdownWatch;
-use super::status::ApiError;
-use crate::transport::EncodingSlot;
+use crate::api::auth::Authenticator;
+use crate::api::convert;
+use crate::api::error::ApiError;
+use crate::api::quota::Held;
+use crate::api::shutdown::ShutdownWatch;
+use crate::api::transport::EncodingSlot;
+use crate::proto::chat::{self, chat_service_server::ChatServiceServer};
+use crate::proto::confab_v1 as v1;
+use crate::proto::confab_v1::chat_server::ChatServer;
 
 /// The gRPC path of `confab.v1.Chat/Subscribe`.
 pub const SUBSCRIBE_PATH: &str = "/confab.v1.Chat/Subscribe";
@@ -105,18 +104,6 @@ impl Encoder for SharedBytesEncoder {
     }
 }
 
-/// A room event as `confab.v1.RoomEvent` bytes: the one conversion and encoding a shared event
-/// gets, whichever stream asks first.
-pub fn encode_room_event(event: &RoomEvent) -> Vec<u8> {
-    convert::room_event(event).encode_to_vec()
-}
-
-/// A room event as the `confab.v1.ServerFrame` that carries it (a `Session`'s frame, and a
-/// WebSocket's in the binary format): made once, whichever reader asks first.
-pub fn encode_event_frame(event: &RoomEvent) -> Vec<u8> {
-    convert::server_frame(&ServerFrame::Event(event.clone())).encode_to_vec()
-}
-
 /// Shared bytes back to messages: what a generated service's method returns when it is called
 /// without its shared-bytes route (a plain `ChatServer` or `ChatServiceServer`).
 pub(crate) fn decoded<M, S>(shared: S) -> ResponseStream<M>
@@ -166,7 +153,7 @@ impl Stream for SharedSubscribeStream {
         }
         match this.events.poll_next_shared(cx) {
             Poll::Ready(Some(StreamItem::Next(event))) => {
-                Poll::Ready(Some(Ok(event.encoded(CONFAB_V1_ROOM_EVENT_SLOT, encode_room_event))))
+                Poll::Ready(Some(Ok(event.encoded(CONFAB_V1_ROOM_EVENT_SLOT, convert::encode_room_event))))
             }
             // Its last item: a status if the room closed it for stalling or stopped under it.
             Poll::Ready(Some(StreamItem::End(end))) => {
@@ -379,56 +366,20 @@ pub fn seed_service(seed: SeedChat, auth: Authenticator) -> SeedService {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::sync::Arc;
 
     use confab_actors::SharedEvent;
-    use confab_engine::{
-        ChatMessage, ClientMsgId, Lag, ReadItem, Ring, RoomEvent, RoomName, SubscriberId, Time, UserName,
-    };
+    use confab_engine::RoomEvent;
     use prost::Message;
 
     use super::*;
-
-    /// One event of each kind, for the encode-once tests of every wire format.
-    pub(crate) fn events() -> Vec<RoomEvent> {
-        let room = RoomName::new("lobby").expect("room");
-        let user = UserName::new("ann").expect("user");
-        let message = ChatMessage {
-            room: room.clone(),
-            seq: 1,
-            user: user.clone(),
-            client_msg_id: ClientMsgId::new("m-1").expect("id"),
-            body: Arc::from("héllo, wörld"),
-            accepted_at: Time::from_millis(1_700_000_000_123),
-        };
-        vec![
-            RoomEvent::Message(Arc::new(message)),
-            RoomEvent::Presence { room: room.clone(), user: user.clone(), present: true },
-            RoomEvent::Typing { room: room.clone(), user },
-            RoomEvent::Lagged { room: room.clone(), lag: Lag { missed_from: 2, missed_to: 9 } },
-            RoomEvent::Subscribed { room, epoch: 7, recovered: false, first_seq: 3 },
-        ]
-    }
-
-    /// Publishes `event` through a ring and reads it back as the shared item every reader gets.
-    pub(crate) fn published(event: RoomEvent) -> SharedEvent {
-        let seq_before = event.seq().map_or(0, |seq| seq - 1);
-        let mut ring = Ring::new(4, seq_before, 1_000);
-        ring.add_reader(SubscriberId(1), seq_before);
-        ring.push(event, Time::from_millis(0));
-        let mut read = Vec::new();
-        ring.read(SubscriberId(1), &mut read, 1);
-        match read.pop() {
-            Some(ReadItem::Event(published)) => SharedEvent::Shared(published),
-            other => panic!("expected the event, got {other:?}"),
-        }
-    }
+    use crate::api::convert::tests::{events, published};
 
     #[test]
     fn shared_seed_messages_decode_to_exactly_the_per_stream_conversion() {
+        use crate::api::transport::EncodingSlot;
         use crate::grpc::chat_service::encode_seed_message;
-        use crate::transport::EncodingSlot;
         let slot = EncodingSlot::SeedMessage.index();
         for event in events() {
             let RoomEvent::Message(message) = &event else { continue };
@@ -441,30 +392,16 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn shared_session_frames_decode_to_exactly_the_per_stream_conversion() {
-        use crate::transport::EncodingSlot;
-        let slot = EncodingSlot::ConfabV1ServerFrame.index();
-        for event in events() {
-            let expected = convert::server_frame(&ServerFrame::Event(event.clone()));
-            let shared = published(event.clone());
-            let first = shared.encoded(slot, encode_event_frame);
-            assert_eq!(v1::ServerFrame::decode(&first[..]).expect("decodes"), expected, "{event:?}");
-            let again = shared.encoded(slot, |_| panic!("encoded a second time"));
-            assert!(Arc::ptr_eq(&first, &again), "every session gets the same bytes");
-        }
-    }
-
-    #[test]
     fn shared_bytes_decode_to_exactly_the_per_stream_conversion() {
         for event in events() {
             let expected = convert::room_event(&event);
-            let own = SharedEvent::Own(event.clone()).encoded(CONFAB_V1_ROOM_EVENT_SLOT, encode_room_event);
+            let own = SharedEvent::Own(event.clone()).encoded(CONFAB_V1_ROOM_EVENT_SLOT, convert::encode_room_event);
             assert_eq!(v1::RoomEvent::decode(&own[..]).expect("decodes"), expected, "own {event:?}");
             if matches!(event, RoomEvent::Lagged { .. } | RoomEvent::Subscribed { .. }) {
                 continue; // never published: each subscriber's own
             }
             let shared = published(event.clone());
-            let first = shared.encoded(CONFAB_V1_ROOM_EVENT_SLOT, encode_room_event);
+            let first = shared.encoded(CONFAB_V1_ROOM_EVENT_SLOT, convert::encode_room_event);
             assert_eq!(v1::RoomEvent::decode(&first[..]).expect("decodes"), expected, "shared {event:?}");
             let again = shared.clone().encoded(CONFAB_V1_ROOM_EVENT_SLOT, |_| panic!("encoded a second time"));
             assert!(Arc::ptr_eq(&first, &again), "every reader gets the same bytes");

@@ -1,173 +1,31 @@
-//! The one place where errors become gRPC statuses. Handlers work with [`ApiError`] and let `?`
-//! convert at the boundary, so every refusal gets the same code and a message naming the limit.
+//! The one place where errors become gRPC statuses: an [`ApiError`]'s kind picks the code
+//! ([`code`]), its text is the message. Also where tonic's own answers to a client's mistake
+//! are recognised as the client's fault ([`client_fault`]).
 
-use confab_actors::{EngineError, Stalled, StreamEnd};
-use confab_engine::{FrameError, Lag, NameError, RateLimited, RoomError, SessionError, UploadError, UserName};
 use tonic::{Code, Status};
 
-use super::permissions::RoomAction;
+use crate::api::error::{ApiError, ErrorKind};
 
-/// Why a request failed, before it becomes a [`Status`].
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// A name or id in the request is invalid.
-    #[error("{field}: {source}")]
-    Name {
-        /// The request field or metadata key.
-        field: &'static str,
-        /// What is wrong.
-        source: NameError,
-    },
-    /// The engine refused or failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    /// A malformed request (a missing oneof, a chunk naming another room, bytes that do not
-    /// decode).
-    #[error("{0}")]
-    Malformed(String),
-    /// The subscriber fell behind on a stream that cannot carry a lag marker.
-    #[error("fell behind: missed messages {} to {}; reconnect and fetch them with History", .0.missed_from, .0.missed_to)]
-    Lagged(Lag),
-    /// The room closed the stream because its reader took nothing for the stall time while
-    /// lagging.
-    #[error(
-        "closed for reading nothing while lagging (the server's --subscriber-stall): missed messages {} to {} of room {}; resubscribe with after_seq {} to fetch them",
-        .0.lag.missed_from, .0.lag.missed_to, .0.room, .0.lag.missed_from.saturating_sub(1)
-    )]
-    Stalled(Stalled),
-    /// The subscription's room stopped after the stream carried everything it published (a
-    /// cluster node's room reloads after falling behind the log, or its actor failed).
-    /// Retryable: subscribing again with the last seq seen resumes exactly.
-    #[error("room stopped (it reloads); subscribe again with after_seq set to the last seq you received")]
-    RoomStopped,
-    /// A transport frame over the transport's size limit (the WebSocket's frames).
-    #[error("frame is over {flag} ({bytes_max} bytes)")]
-    FrameTooBig {
-        /// The limit, in bytes.
-        bytes_max: usize,
-        /// The server flag that sets it.
-        flag: &'static str,
-    },
-    /// A gRPC message over the size the server decodes (tonic's limit, which it reports as
-    /// OUT_OF_RANGE; see [`over_decode_limit`]).
-    #[error("message is {bytes} bytes, over the server's gRPC message limit of {bytes_max} bytes")]
-    MessageTooBig {
-        /// Its size, as its length prefix gives it.
-        bytes: usize,
-        /// The limit.
-        bytes_max: usize,
-    },
-    /// The server is shutting down.
-    #[error("server is shutting down")]
-    ShuttingDown,
-    /// No valid bearer token (the server runs with `--tokens`).
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The request names a user other than the one its token belongs to.
-    #[error("{field} is {claimed:?}, but the token belongs to {:?}: leave it empty or use your own name", .user.as_str())]
-    Impersonation {
-        /// The request field or metadata key.
-        field: &'static str,
-        /// The name in the request.
-        claimed: String,
-        /// The authenticated user.
-        user: UserName,
-    },
-    /// The token's room permissions do not allow this (`rooms`, `read_rooms`).
-    #[error("user {user} may not {action} room '{room}' (the token's rooms do not allow it)")]
-    Forbidden {
-        /// The token's user.
-        user: String,
-        /// What was refused.
-        action: RoomAction,
-        /// The room.
-        room: String,
-    },
-    /// The sender is over one of its rates (`--sends-per-second-max`, `--send-burst-max`, and
-    /// the typing and join rates), named with its flag.
-    #[error("{0} ({flag})", flag = super::rate::rate_flag(.0.kind))]
-    RateLimited(#[from] RateLimited),
-    /// The sender holds as much as its quota allows (rooms, sessions, uploads).
-    #[error(transparent)]
-    Quota(#[from] super::quota::QuotaExceeded),
-}
-
-impl ApiError {
-    /// A name error for `field`.
-    pub fn name(field: &'static str) -> impl FnOnce(NameError) -> ApiError {
-        move |source| ApiError::Name { field, source }
-    }
-}
-
-/// The status code for a room refusal.
-fn room_code(error: &RoomError) -> Code {
-    match error {
-        RoomError::MessageTooBig { .. }
-        | RoomError::RoomFull { .. }
-        | RoomError::BatchTooLong { .. }
-        | RoomError::TooManyRooms { .. } => Code::ResourceExhausted,
-        RoomError::Retired | RoomError::Storage { .. } | RoomError::LogUnavailable { .. } => Code::Unavailable,
-        RoomError::NotFound => Code::NotFound,
-        RoomError::DataLoss { .. } => Code::DataLoss,
-    }
-}
-
-/// The status code for a refused session frame (also sent inside `Error` frames).
-pub fn frame_code(error: &FrameError) -> Code {
-    match error {
-        FrameError::Room(error) => room_code(error),
-        FrameError::Session(SessionError::Name(_)) => Code::InvalidArgument,
-        FrameError::Session(SessionError::TooManyRooms { .. }) => Code::ResourceExhausted,
-        FrameError::Session(
-            SessionError::NotJoined { .. }
-            | SessionError::AlreadyJoined { .. }
-            | SessionError::AckAhead { .. }
-            | SessionError::Closing,
-        ) => Code::FailedPrecondition,
-    }
-}
-
-fn engine_code(error: &EngineError) -> Code {
-    match error {
-        EngineError::Room(error) => room_code(error),
-        EngineError::Upload(UploadError::Room(error)) => room_code(error),
-        EngineError::Upload(UploadError::TooManyMessages { .. } | UploadError::TooManyBytes { .. }) => {
-            Code::ResourceExhausted
-        }
-        EngineError::Upload(UploadError::Aborted) => Code::Aborted,
-        EngineError::SessionClosed | EngineError::Stopped => Code::Unavailable,
-    }
-}
-
-impl ApiError {
-    /// What a stream's end ([`StreamEnd`], its last item) tells its client: a room that closed
-    /// it for stalling or stopped under it is an error (the client must subscribe again); a
-    /// session that finished or stopped ends it without one (at server shutdown the transport
-    /// says [`ApiError::ShuttingDown`] itself, before a room's end could reach the client).
-    pub fn from_end(end: StreamEnd) -> Option<ApiError> {
-        match end {
-            StreamEnd::Stalled(stalled) => Some(ApiError::Stalled(stalled)),
-            StreamEnd::RoomStopped => Some(ApiError::RoomStopped),
-            _ => None,
-        }
+/// The status code of each kind of refusal. The same numbers go in a session's `Error` frames
+/// ([`crate::api::convert::error_code`]), so a gRPC client reads one vocabulary.
+pub fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::ResourceExhausted | ErrorKind::Stalled => Code::ResourceExhausted,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::Aborted => Code::Aborted,
+        ErrorKind::Unavailable | ErrorKind::ShuttingDown => Code::Unavailable,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::Internal => Code::Internal,
     }
 }
 
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
-        let code = match &error {
-            ApiError::Name { .. } | ApiError::Malformed(_) => Code::InvalidArgument,
-            ApiError::Engine(error) => engine_code(error),
-            ApiError::Lagged(_)
-            | ApiError::Stalled(_)
-            | ApiError::FrameTooBig { .. }
-            | ApiError::MessageTooBig { .. } => Code::ResourceExhausted,
-            ApiError::ShuttingDown | ApiError::RoomStopped => Code::Unavailable,
-            ApiError::Unauthenticated(_) => Code::Unauthenticated,
-            ApiError::Impersonation { .. } | ApiError::Forbidden { .. } => Code::PermissionDenied,
-            ApiError::RateLimited(_) | ApiError::Quota(_) => Code::ResourceExhausted,
-        };
-        Status::new(code, error.to_string())
+        Status::new(code(error.kind()), error.to_string())
     }
 }
 
@@ -225,11 +83,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stream_whose_room_stopped_ends_unavailable_so_clients_resubscribe() {
-        let status = Status::from(ApiError::from_end(StreamEnd::RoomStopped).expect("an error, not a plain end"));
+    fn a_status_and_an_error_frame_carry_the_same_code_for_each_kind() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(code(kind) as i32, crate::api::convert::error_code(kind), "{kind:?}");
+        }
+        // The two kinds gRPC does not tell apart from others keep their codes.
+        let status = Status::from(ApiError::ShuttingDown);
         assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.message().contains("after_seq"), "{status:?}");
-        assert!(ApiError::from_end(StreamEnd::Finished).is_none(), "a finished session ends plainly");
+        assert_eq!(status.message(), "server is shutting down");
+        assert_eq!(code(ErrorKind::Stalled), Code::ResourceExhausted);
     }
 
     #[test]

@@ -1,16 +1,15 @@
 //! The one place where refusals become WebSocket close frames and HTTP responses.
 //!
-//! An [`ApiError`] is first classified by the gRPC mapping ([`crate::grpc::status`]), so every
-//! transport agrees on what kind of refusal it is; this module only translates that class into
-//! the WebSocket's close codes (RFC 6455 section 7.4.1) and HTTP statuses. The reason text is
-//! the same message a gRPC client would get.
+//! An [`ApiError`]'s [`ErrorKind`] says what kind of refusal it is, as it does for every
+//! transport; this module translates the kind into the WebSocket's close codes (RFC 6455
+//! section 7.4.1, [`code`]) and HTTP statuses ([`http_status`]). The reason text is the
+//! same message a gRPC client would get.
 
 use axum::extract::ws::{CloseFrame, close_code};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tonic::{Code, Status};
 
-use crate::grpc::status::ApiError;
+use crate::api::error::{ApiError, ErrorKind};
 
 /// A close frame's reason is at most this many bytes (125 of control-frame payload, minus the
 /// two-byte code).
@@ -21,19 +20,26 @@ pub fn close_frame(reason: Option<ApiError>) -> CloseFrame {
     let Some(error) = reason else {
         return CloseFrame { code: close_code::NORMAL, reason: "session finished".into() };
     };
-    let shutting_down = matches!(error, ApiError::ShuttingDown);
-    // Closed for reading nothing while lagging: a policy, not a frame too big (1009).
-    let stalled = matches!(error, ApiError::Stalled(_));
-    let status = Status::from(error);
-    let code = match status.code() {
-        _ if shutting_down => close_code::AWAY,
-        _ if stalled => close_code::POLICY,
-        Code::InvalidArgument => close_code::INVALID,
-        Code::ResourceExhausted => close_code::SIZE,
-        Code::Unavailable => close_code::AGAIN,
-        _ => close_code::ERROR,
-    };
-    CloseFrame { code, reason: truncate(status.message(), CLOSE_REASON_BYTES_MAX).into() }
+    CloseFrame { code: code(error.kind()), reason: truncate(&error.to_string(), CLOSE_REASON_BYTES_MAX).into() }
+}
+
+/// The close code of each kind of refusal.
+pub fn code(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::ShuttingDown => close_code::AWAY,
+        // Closed for reading nothing while lagging: a policy, not a frame too big (1009).
+        ErrorKind::Stalled => close_code::POLICY,
+        ErrorKind::InvalidArgument => close_code::INVALID,
+        ErrorKind::ResourceExhausted => close_code::SIZE,
+        ErrorKind::Unavailable => close_code::AGAIN,
+        ErrorKind::NotFound
+        | ErrorKind::FailedPrecondition
+        | ErrorKind::Aborted
+        | ErrorKind::Unauthenticated
+        | ErrorKind::PermissionDenied
+        | ErrorKind::DataLoss
+        | ErrorKind::Internal => close_code::ERROR,
+    }
 }
 
 /// The close frame of a connection whose client sent nothing of its own for `idle_timeout`
@@ -45,17 +51,22 @@ pub fn idle_close_frame(idle_timeout: std::time::Duration) -> CloseFrame {
 
 /// The HTTP response for a request refused before (or instead of) an upgrade.
 pub fn http_refusal(error: ApiError) -> Response {
-    let status = Status::from(error);
-    let http = match status.code() {
-        Code::InvalidArgument => StatusCode::BAD_REQUEST,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (http, format!("{}\n", status.message())).into_response()
+    (http_status(error.kind()), format!("{error}\n")).into_response()
+}
+
+/// The HTTP status of each kind of refusal.
+pub fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::ResourceExhausted | ErrorKind::Stalled => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable | ErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::FailedPrecondition | ErrorKind::Aborted | ErrorKind::DataLoss | ErrorKind::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
 }
 
 /// A request refused for where it comes from (its `Host` or `Origin`): 403 with the reason.
@@ -94,10 +105,18 @@ mod tests {
     fn each_refusal_gets_its_close_code() {
         assert_eq!(close_frame(None).code, close_code::NORMAL);
         assert_eq!(close_frame(Some(ApiError::ShuttingDown)).code, close_code::AWAY);
+        assert_eq!(code(ErrorKind::Stalled), close_code::POLICY, "a policy, not a frame too big");
         assert_eq!(close_frame(Some(ApiError::Malformed("x".into()))).code, close_code::INVALID);
         let too_big = ApiError::FrameTooBig { bytes_max: 10, flag: "--ws-frame-bytes-max" };
         let frame = close_frame(Some(too_big));
         assert_eq!(frame.code, close_code::SIZE);
         assert!(frame.reason.as_str().contains("--ws-frame-bytes-max"), "{}", frame.reason.as_str());
+    }
+
+    #[test]
+    fn a_refused_request_gets_its_http_status() {
+        assert_eq!(http_refusal(ApiError::ShuttingDown).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(http_refusal(ApiError::Unauthenticated("no".into())).status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(http_status(ErrorKind::Stalled), StatusCode::TOO_MANY_REQUESTS);
     }
 }

@@ -22,14 +22,13 @@ use tokio_util::sync::CancellationToken;
 use super::close::{close_frame, idle_close_frame};
 use super::json;
 use super::liveness::{Due, Liveness, LivenessConfig};
-use crate::grpc::auth::Grant;
-use crate::grpc::convert;
-use crate::grpc::expiry::Expiry;
-use crate::grpc::proto::confab_v1 as v1;
-use crate::grpc::rate::SenderRate;
-use crate::grpc::shared_bytes::encode_event_frame;
-use crate::grpc::status::ApiError;
-use crate::transport::{EncodingSlot, FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
+use crate::api::auth::Grant;
+use crate::api::convert;
+use crate::api::error::ApiError;
+use crate::api::expiry::Expiry;
+use crate::api::rate::SenderRate;
+use crate::api::transport::{EncodingSlot, FrameSink, FrameSource, Gone, Inbound, admit, pump_session};
+use crate::proto::confab_v1 as v1;
 
 /// How long a connection's close frame may take to send before the socket is dropped instead.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -223,7 +222,7 @@ fn frame_bytes(format: Format, frame: v1::ServerFrame) -> Option<Vec<u8>> {
 fn encode_event(format: Format, event: &RoomEvent) -> Vec<u8> {
     match format {
         // The same bytes as a gRPC `Session`'s frame for the event: one slot serves both.
-        Format::Binary => encode_event_frame(event),
+        Format::Binary => convert::encode_event_frame(event),
         Format::Json => {
             frame_bytes(format, convert::server_frame(&ServerFrame::Event(event.clone()))).unwrap_or_default()
         }
@@ -295,7 +294,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::grpc::shared_bytes::tests::{events, published};
+    use crate::api::convert::tests::{events, published};
 
     /// The bytes a WebSocket writes for `ServerFrame::Event(event)` frame by frame.
     fn per_connection(format: Format, event: &RoomEvent) -> Option<Vec<u8>> {

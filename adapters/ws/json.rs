@@ -2,7 +2,7 @@
 //!
 //! It is the same messages as the protobuf encoding, flattened into one object with a `type`
 //! field, so it converts to and from the generated `confab.v1` types and nothing else (the
-//! engine conversion stays in [`crate::grpc::convert`]). Absent optional fields may be left
+//! engine conversion stays in [`crate::api::convert`]). Absent optional fields may be left
 //! out. Client frames:
 //!
 //! ```json
@@ -29,7 +29,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::grpc::proto::confab_v1 as v1;
+use crate::proto::confab_v1 as v1;
 
 /// A client frame as JSON.
 #[derive(Debug, Deserialize)]

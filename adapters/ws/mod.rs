@@ -18,7 +18,7 @@
 //! - [`server`]: the accept loop, TLS, the routes (`/` the page, `/confab.js` the client
 //!   module, `/ws`, `/rooms/{room}`), limits, shutdown.
 //! - [`access`]: the `Host` and `Origin` checks, and the token's subprotocol.
-//! - [`connection`]: one connection as a session, through [`crate::transport::pump_session`].
+//! - [`connection`]: one connection as a session, through [`crate::api::transport::pump_session`].
 //! - [`liveness`]: when a connection is pinged, declared dead, or closed as idle.
 //! - [`json`]: the JSON text encoding of the `confab.v1` frames.
 //! - [`close`]: refusals -> close codes and HTTP statuses, in one place.

@@ -35,11 +35,11 @@ use super::close::{forbidden, http_refusal, too_many_connections};
 use super::connection::{self, ConnectionOptions, Format};
 use super::liveness::LivenessConfig;
 use super::{json, page};
-use crate::grpc::auth::{self as grpc_auth, Authenticator, Caller};
-use crate::grpc::convert;
-use crate::grpc::permissions::RoomAction;
-use crate::grpc::rate::SendLimiter;
-use crate::grpc::status::ApiError;
+use crate::api::auth::{self, Authenticator};
+use crate::api::convert;
+use crate::api::error::ApiError;
+use crate::api::permissions::RoomAction;
+use crate::api::rate::SendLimiter;
 use crate::net::{Acceptor, ConnectionLimits, Guarded};
 
 /// Largest WebSocket message a client may send, in bytes (`--ws-frame-bytes-max`). Room for a
@@ -280,11 +280,7 @@ async fn connect(
         Ok(authorized) => authorized,
         Err(error) => return http_refusal(error),
     };
-    let identified = match &caller {
-        Caller::Anyone => convert::user(query.user.as_deref().unwrap_or(convert::DEFAULT_USER)),
-        caller => caller.user(query.user.as_deref().unwrap_or_default(), "user"),
-    };
-    let user = match identified {
+    let user = match caller.session_user(query.user.as_deref(), "user") {
         Ok(user) => user,
         Err(error) => return http_refusal(error),
     };
@@ -328,7 +324,7 @@ async fn room_info(
     if let Some(refused) = token_in_url_refusal(query.token.as_ref()) {
         return refused;
     }
-    let token = header_text(&headers, &header::AUTHORIZATION).and_then(grpc_auth::bearer_token);
+    let token = header_text(&headers, &header::AUTHORIZATION).and_then(auth::bearer_token);
     let grant = match shared.config.auth.authorize_token(token) {
         Ok((_, grant)) => grant,
         Err(error) => return http_refusal(error),

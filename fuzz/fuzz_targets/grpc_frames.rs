@@ -3,7 +3,7 @@
 //! input. Nothing may panic; a refused frame is an `ApiError`, which must map to a status.
 #![no_main]
 
-use confab::grpc::convert;
+use confab::api::convert;
 use confab::grpc::proto::{chat, confab_v1 as v1};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

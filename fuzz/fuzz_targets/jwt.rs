@@ -7,9 +7,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use confab::grpc::auth::{Authenticator, Tokens, bearer_token};
-use confab::grpc::jwt::{JwtPolicy, JwtVerifier, looks_like_jwt};
-use confab::grpc::permissions::{RoomAction, RoomPatterns, pattern_matches};
+use confab::api::auth::{Authenticator, Tokens, bearer_token};
+use confab::api::jwt::{JwtPolicy, JwtVerifier, looks_like_jwt};
+use confab::api::permissions::{RoomAction, RoomPatterns, pattern_matches};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use libfuzzer_sys::fuzz_target;
 

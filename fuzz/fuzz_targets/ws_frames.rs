@@ -5,9 +5,9 @@
 //! the message says. Nothing may panic.
 #![no_main]
 
-use confab::grpc::convert;
-use confab::grpc::proto::confab_v1 as v1;
-use confab::grpc::status::ApiError;
+use confab::api::convert;
+use confab::api::error::ApiError;
+use confab::proto::confab_v1 as v1;
 use confab::ws::close::close_frame;
 use confab::ws::json;
 use libfuzzer_sys::fuzz_target;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use confab::api::rate::{RateLimits, SendLimiter};
 use confab::bench::{BenchOptions, Scenario, run};
-use confab::grpc::rate::{RateLimits, SendLimiter};
 use confab::grpc::server::ServerOptions;
 use confab_engine::Limits;
 

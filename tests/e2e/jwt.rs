@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use confab::grpc::auth::{Authenticator, Tokens};
-use confab::grpc::jwt::{JwtPolicy, JwtVerifier};
+use confab::api::auth::{Authenticator, Tokens};
+use confab::api::jwt::{JwtPolicy, JwtVerifier};
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
 use confab::grpc::proto::confab_v1::{
     self as v1, HistoryRequest, ListRoomsRequest, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient,

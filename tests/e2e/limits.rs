@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab::grpc::auth::Tokens;
+use confab::api::auth::Tokens;
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
 use confab::grpc::proto::confab_v1::{
     self as v1, HistoryRequest, SendRequest, SubscribeRequest, UploadChunk, client_frame, room_event, server_frame,

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab::grpc::auth::Tokens;
+use confab::api::auth::Tokens;
+use confab::api::quota::QuotaLimits;
+use confab::api::rate::{RateLimits, SendLimiter};
 use confab::grpc::proto::chat;
 use confab::grpc::proto::confab_v1::{
     self as v1, HistoryRequest, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient, client_frame,
     room_event, server_frame,
 };
-use confab::grpc::quota::QuotaLimits;
-use confab::grpc::rate::{RateLimits, SendLimiter};
 use confab::grpc::server::ServerOptions;
 use confab_client::{ClientChannel, ClientSecurity, connect};
 use confab_engine::{Limits, SendRate};
@@ -614,7 +614,7 @@ where
 /// WebSockets draw on one send bucket and one session quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_websocket_and_grpc_calls_share_one_bucket_and_quota() {
-    use confab::grpc::auth::Authenticator;
+    use confab::api::auth::Authenticator;
     use confab::ws::access::{WS_PROTOCOL, token_protocol};
     use confab::ws::server::WsConfig;
     use serde_json::json;

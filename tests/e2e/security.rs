@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use confab::bench::{BenchOptions, Scenario, run};
 
-use confab::grpc::auth::Tokens;
+use confab::api::auth::Tokens;
 use confab::grpc::proto::chat::{self, chat_service_client::ChatServiceClient};
 use confab::grpc::proto::confab_v1::{
     self as v1, HistoryRequest, ListRoomsRequest, SendRequest, SubscribeRequest, UploadChunk, chat_client::ChatClient,

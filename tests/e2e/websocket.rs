@@ -457,7 +457,7 @@ async fn shutdown_does_not_wait_for_a_client_that_stopped_reading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_a_socket_needs_one_and_speaks_as_its_user_under_the_send_rate() {
-    use confab::grpc::auth::{Authenticator, Tokens};
+    use confab::api::auth::{Authenticator, Tokens};
     let tokens = Tokens::parse("ann-token-0123456789 ann\n").expect("tokens");
     let config = WsConfig {
         auth: Authenticator::new(Some(std::sync::Arc::new(tokens))),

@@ -1,4 +1,7 @@
-//! The one place where wire types (confab.v1 and the seed's chat) become engine types and back.
+//! The one place where wire types (confab.v1 and the seed's chat) become engine types and back,
+//! for every transport: gRPC sends these messages as protobuf, the WebSocket as protobuf or
+//! JSON ([`crate::ws::json`]). Reading them from a transport's own envelope (gRPC metadata, a
+//! WebSocket's query) is the transport's.
 
 use std::sync::Arc;
 
@@ -6,16 +9,11 @@ use confab_actors::RoomInfo;
 use confab_engine::{
     ChatMessage, ClientFrame, ClientMsgId, Draft, HistoryPage, Receipt, RoomEvent, RoomName, ServerFrame, UserName,
 };
-use tonic::metadata::MetadataMap;
 
-use super::proto::{chat, confab_v1 as v1};
-use super::status::{ApiError, frame_code};
+use prost::Message as _;
 
-/// The room the seed's ChatService uses when the `room` metadata key is absent.
-pub const DEFAULT_ROOM: &str = "lobby";
-
-/// The user a confab.v1 Session has when the `user` metadata key is absent.
-pub const DEFAULT_USER: &str = "anonymous";
+use super::error::{ApiError, ErrorKind, frame_kind};
+use crate::proto::{chat, confab_v1 as v1};
 
 /// A room name from a request field.
 pub fn room(name: &str) -> Result<RoomName, ApiError> {
@@ -25,24 +23,6 @@ pub fn room(name: &str) -> Result<RoomName, ApiError> {
 /// A user name from a request field.
 pub fn user(name: &str) -> Result<UserName, ApiError> {
     UserName::new(name).map_err(ApiError::name("user"))
-}
-
-/// An ASCII metadata value, or `default` when the key is absent.
-fn metadata<'a>(metadata: &'a MetadataMap, key: &'static str, default: &'a str) -> Result<&'a str, ApiError> {
-    match metadata.get(key) {
-        None => Ok(default),
-        Some(value) => value.to_str().map_err(|_| ApiError::Malformed(format!("metadata {key:?} is not ASCII text"))),
-    }
-}
-
-/// The room named by the `room` metadata key (the seed's ChatService), default `lobby`.
-pub fn metadata_room(map: &MetadataMap) -> Result<RoomName, ApiError> {
-    RoomName::new(metadata(map, "room", DEFAULT_ROOM)?).map_err(ApiError::name("metadata room"))
-}
-
-/// The user named by the `user` metadata key (confab.v1 Session), default `anonymous`.
-pub fn metadata_user(map: &MetadataMap) -> Result<UserName, ApiError> {
-    UserName::new(metadata(map, "user", DEFAULT_USER)?).map_err(ApiError::name("metadata user"))
 }
 
 /// A draft from its parts.
@@ -159,7 +139,7 @@ pub fn server_frame(frame: &ServerFrame) -> v1::ServerFrame {
         ServerFrame::Left { room, stopped } => Frame::Left(v1::Left { room: room.to_string(), stopped: *stopped }),
         ServerFrame::Error { room, error } => Frame::Error(v1::Error {
             room: room.as_ref().map(ToString::to_string).unwrap_or_default(),
-            code: frame_code(error) as i32,
+            code: error_code(frame_kind(error)),
             message: error.to_string(),
         }),
     };
@@ -168,9 +148,38 @@ pub fn server_frame(frame: &ServerFrame) -> v1::ServerFrame {
 
 /// An error frame for a refusal the transport makes itself inside a session (the send rate).
 pub fn error_frame(room: &str, error: ApiError) -> v1::ServerFrame {
-    let status = tonic::Status::from(error);
-    let error = v1::Error { room: room.to_owned(), code: status.code() as i32, message: status.message().to_owned() };
+    let error = v1::Error { room: room.to_owned(), code: error_code(error.kind()), message: error.to_string() };
     v1::ServerFrame { frame: Some(v1::server_frame::Frame::Error(error)) }
+}
+
+/// The `code` of an `Error` frame: a gRPC status code number, as `confab.v1` defines it (a
+/// client on any transport reads the numbers a gRPC status would carry, shutting down as
+/// UNAVAILABLE and a stalled reader as RESOURCE_EXHAUSTED).
+pub fn error_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::InvalidArgument => 3,
+        ErrorKind::NotFound => 5,
+        ErrorKind::PermissionDenied => 7,
+        ErrorKind::ResourceExhausted | ErrorKind::Stalled => 8,
+        ErrorKind::FailedPrecondition => 9,
+        ErrorKind::Aborted => 10,
+        ErrorKind::Internal => 13,
+        ErrorKind::Unavailable | ErrorKind::ShuttingDown => 14,
+        ErrorKind::DataLoss => 15,
+        ErrorKind::Unauthenticated => 16,
+    }
+}
+
+/// A room event as `confab.v1.RoomEvent` bytes: the one conversion and encoding a shared event
+/// gets, whichever stream asks first.
+pub fn encode_room_event(event: &RoomEvent) -> Vec<u8> {
+    room_event(event).encode_to_vec()
+}
+
+/// A room event as the `confab.v1.ServerFrame` that carries it (a `Session`'s frame, and a
+/// WebSocket's in the binary format): made once, whichever reader asks first.
+pub fn encode_event_frame(event: &RoomEvent) -> Vec<u8> {
+    server_frame(&ServerFrame::Event(event.clone())).encode_to_vec()
 }
 
 /// The seed's message for a room message: who said it and what.
@@ -181,4 +190,66 @@ pub fn seed_message(message: &ChatMessage) -> chat::Message {
 /// A seed message from the server itself.
 pub fn server_says(content: String) -> chat::Message {
     chat::Message { user: "Server".into(), content }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use confab_actors::SharedEvent;
+    use confab_engine::{
+        ChatMessage, ClientMsgId, Lag, ReadItem, Ring, RoomEvent, RoomName, SubscriberId, Time, UserName,
+    };
+    use prost::Message;
+
+    use super::*;
+    use crate::api::transport::EncodingSlot;
+
+    /// One event of each kind, for the encode-once tests of every wire format.
+    pub(crate) fn events() -> Vec<RoomEvent> {
+        let room = RoomName::new("lobby").expect("room");
+        let user = UserName::new("ann").expect("user");
+        let message = ChatMessage {
+            room: room.clone(),
+            seq: 1,
+            user: user.clone(),
+            client_msg_id: ClientMsgId::new("m-1").expect("id"),
+            body: Arc::from("héllo, wörld"),
+            accepted_at: Time::from_millis(1_700_000_000_123),
+        };
+        vec![
+            RoomEvent::Message(Arc::new(message)),
+            RoomEvent::Presence { room: room.clone(), user: user.clone(), present: true },
+            RoomEvent::Typing { room: room.clone(), user },
+            RoomEvent::Lagged { room: room.clone(), lag: Lag { missed_from: 2, missed_to: 9 } },
+            RoomEvent::Subscribed { room, epoch: 7, recovered: false, first_seq: 3 },
+        ]
+    }
+
+    /// Publishes `event` through a ring and reads it back as the shared item every reader gets.
+    pub(crate) fn published(event: RoomEvent) -> SharedEvent {
+        let seq_before = event.seq().map_or(0, |seq| seq - 1);
+        let mut ring = Ring::new(4, seq_before, 1_000);
+        ring.add_reader(SubscriberId(1), seq_before);
+        ring.push(event, Time::from_millis(0));
+        let mut read = Vec::new();
+        ring.read(SubscriberId(1), &mut read, 1);
+        match read.pop() {
+            Some(ReadItem::Event(published)) => SharedEvent::Shared(published),
+            other => panic!("expected the event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_session_frames_decode_to_exactly_the_per_stream_conversion() {
+        let slot = EncodingSlot::ConfabV1ServerFrame.index();
+        for event in events() {
+            let expected = server_frame(&ServerFrame::Event(event.clone()));
+            let shared = published(event.clone());
+            let first = shared.encoded(slot, encode_event_frame);
+            assert_eq!(v1::ServerFrame::decode(&first[..]).expect("decodes"), expected, "{event:?}");
+            let again = shared.encoded(slot, |_| panic!("encoded a second time"));
+            assert!(Arc::ptr_eq(&first, &again), "every session gets the same bytes");
+        }
+    }
 }

@@ -4,9 +4,9 @@
 //! expiring token is held to its [`Expiry`]: a response stream is wrapped in [`UntilExpiry`]
 //! (Subscribe, Session, the seed's ChatStream and BroadcastMessages), an upload's loop waits on
 //! [`Expiry::expired`] beside its next chunk, and a WebSocket connection runs under
-//! [`Expiry::bound`].
-//! Either way it ends with UNAUTHENTICATED (for a WebSocket, the close frame of that status).
-//! Tokens from the tokens file never expire, and then both cost one branch.
+//! [`Expiry::bound`]. Either way it ends with [`Expiry::error`], UNAUTHENTICATED (for a
+//! WebSocket, the close frame of that kind). Tokens from the tokens file never expire, and then
+//! both cost one branch.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,10 +15,9 @@ use std::time::SystemTime;
 
 use futures::{Stream, StreamExt as _};
 use tokio::time::{Instant, Sleep};
-use tonic::Status;
 
 use super::auth::Grant;
-use super::status::ApiError;
+use super::error::ApiError;
 
 /// When a call's token expires, on the runtime's clock.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +69,8 @@ impl Expiry {
     }
 }
 
-/// A response stream that ends with UNAUTHENTICATED when its token expires.
+/// A response stream that ends with UNAUTHENTICATED when its token expires: its last item is
+/// [`Expiry::error`] as the stream's own error type (a gRPC status).
 pub struct UntilExpiry<S> {
     inner: S,
     /// `None`: the token never expires.
@@ -78,11 +78,12 @@ pub struct UntilExpiry<S> {
     done: bool,
 }
 
-impl<S, T> Stream for UntilExpiry<S>
+impl<S, T, E> Stream for UntilExpiry<S>
 where
-    S: Stream<Item = Result<T, Status>> + Unpin,
+    S: Stream<Item = Result<T, E>> + Unpin,
+    E: From<ApiError>,
 {
-    type Item = Result<T, Status>;
+    type Item = Result<T, E>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -112,7 +113,8 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::grpc::permissions::RoomPermissions;
+    use crate::api::error::ErrorKind;
+    use crate::api::permissions::RoomPermissions;
 
     fn grant_expiring_in(left: Duration) -> Grant {
         let user = UserName::new("ann").expect("name");
@@ -122,9 +124,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_ends_unauthenticated_at_the_expiry() {
         let expiry = Expiry::of(&grant_expiring_in(Duration::from_secs(2)));
-        let mut stream = expiry.stream(futures::stream::pending::<Result<u32, Status>>());
-        let status = stream.next().await.expect("an item").expect_err("the expiry");
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let mut stream = expiry.stream(futures::stream::pending::<Result<u32, ApiError>>());
+        let error = stream.next().await.expect("an item").expect_err("the expiry");
+        assert_eq!(error.kind(), ErrorKind::Unauthenticated);
         assert!(stream.next().await.is_none());
     }
 
@@ -132,9 +134,9 @@ mod tests {
     async fn a_call_is_cut_at_the_expiry_and_never_without_one() {
         let expiry = Expiry::of(&grant_expiring_in(Duration::from_secs(1)));
         let cut = expiry.bound(futures::future::pending::<()>()).await.expect_err("cut");
-        assert_eq!(Status::from(cut).code(), tonic::Code::Unauthenticated);
+        assert_eq!(cut.kind(), ErrorKind::Unauthenticated);
         assert_eq!(Expiry::never().bound(async { 7 }).await.expect("no expiry"), 7);
-        let open = Expiry::of(&Grant::open()).stream(futures::stream::iter([Ok::<_, Status>(1)]));
+        let open = Expiry::of(&Grant::open()).stream(futures::stream::iter([Ok::<_, ApiError>(1)]));
         assert_eq!(open.map(|item| item.expect("ok")).collect::<Vec<_>>().await, vec![1]);
     }
 }

@@ -1,34 +1,38 @@
 //! The transport boundary: how a frontend turns its protocol into [`Engine`] calls.
 //!
 //! The engine and its actors never learn which transport a client uses. Everything a
-//! transport knows lives in the adapter, and every adapter follows the same recipe:
+//! transport knows lives in its adapter, everything transports share lives in [`crate::api`],
+//! and every adapter follows the same recipe:
 //!
-//! 1. **Identity.** Decide who the client is from the protocol (gRPC: the bearer token, else
-//!    the `user` metadata key; WebSocket: the token in the `confab.bearer.<base64url>`
-//!    subprotocol, else the `user` query parameter) through
-//!    [`Authenticator`](crate::grpc::auth::Authenticator) and
-//!    [`Caller`](crate::grpc::auth::Caller), so every transport applies the same identity rule
+//! 1. **Identity.** Take the bearer token and the name the client claims from the protocol
+//!    (gRPC: `authorization` and `user` metadata; WebSocket: the token in the
+//!    `confab.bearer.<base64url>` subprotocol and the `user` query parameter) and hand them to
+//!    the [`Authenticator`](super::auth::Authenticator) and
+//!    [`Caller`](super::auth::Caller), so every transport applies the same identity rule
 //!    and refuses the same names with the same message. The token's
 //!    [`Grant`] says which rooms it may read and post to ([`admit`] holds a session's frames to
-//!    it) and when it expires ([`crate::grpc::expiry`]).
-//! 2. **Decode.** Turn the wire frame into a `confab.v1` message (prost for protobuf bytes, or
-//!    another encoding of the same message, like the WebSocket's JSON), then into an engine type
-//!    with [`crate::grpc::convert`]. That module is the one place where wire meets engine.
+//!    it) and when it expires ([`super::expiry`]).
+//! 2. **Decode.** Turn the wire frame into a `confab.v1` message ([`crate::proto`]; prost for
+//!    protobuf bytes, or another encoding of the same message, like the WebSocket's JSON), then
+//!    into an engine type with [`super::convert`]. That module is the one place where wire
+//!    meets engine.
 //! 3. **Call the handle.** [`Engine::send`], `history`, `subscribe`, `upload`, or, for a
-//!    long-lived connection, [`Engine::open_session`]. A transport whose writer polls a
-//!    response stream (gRPC) drives the session with
-//!    [`SessionStream`](crate::session_stream::SessionStream), which needs no task of its own;
-//!    one that writes to a socket itself (WebSocket) uses [`pump_session`] below, implementing
-//!    only [`FrameSource`] and [`FrameSink`].
-//! 4. **Encode.** Engine results go back through `convert` (and the transport's encoding).
-//! 5. **Refuse.** Every refusal is an [`ApiError`]; the transport maps it to its own vocabulary
-//!    in exactly one place (gRPC: [`crate::grpc::status`]; WebSocket: [`crate::ws::close`]).
+//!    long-lived connection, [`Engine::open_session`], under the sender's rates and quotas
+//!    ([`super::rate::SendLimiter`]). A transport whose writer polls a response stream (gRPC)
+//!    drives the session with [`SessionStream`](super::session_stream::SessionStream), which
+//!    needs no task of its own; one that writes to a socket itself (WebSocket) uses
+//!    [`pump_session`] below, implementing only [`FrameSource`] and [`FrameSink`].
+//! 4. **Encode.** Engine results go back through `convert` (and the transport's encoding); a
+//!    room event's bytes are made once for every reader ([`EncodingSlot`]).
+//! 5. **Refuse.** Every refusal is an [`ApiError`]; the transport maps its
+//!    [`ErrorKind`](super::error::ErrorKind) to its own vocabulary in exactly one place (gRPC:
+//!    `grpc/status.rs`; WebSocket close codes and HTTP statuses: [`crate::ws::close`]).
 //! 6. **Stop.** Open streams and sessions end when the server's shutdown token is cancelled,
 //!    so a shutdown never waits on an idle client.
 //!
 //! Users of this boundary: the gRPC `confab.v1.Chat` and `chat.ChatService` services
-//! ([`crate::grpc`]), the WebSocket transport ([`crate::ws`]), and `examples/line_chat.rs`,
-//! which embeds the engine in a smol program without this crate's servers.
+//! (`grpc/`), the WebSocket transport ([`crate::ws`]), and `examples/line_chat.rs`, which
+//! embeds the engine in a smol program without this crate's servers.
 
 use std::future::Future;
 
@@ -36,10 +40,10 @@ use confab_actors::{Engine, SessionItem, SessionSender, SharedEvent};
 use confab_engine::{ClientFrame, ServerFrame, UserName};
 use tokio_util::sync::CancellationToken;
 
-use crate::grpc::auth::Grant;
-use crate::grpc::rate::{SenderRate, frame_rate};
-use crate::grpc::status::ApiError;
-use crate::session_stream::{Admission, SessionGuard};
+use super::auth::Grant;
+use super::error::ApiError;
+use super::rate::{SenderRate, frame_rate};
+use super::session_stream::{Admission, SessionGuard};
 
 /// What a transport read from its client.
 #[derive(Debug)]

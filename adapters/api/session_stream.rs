@@ -20,11 +20,11 @@ use confab_engine::{ClientFrame, RateLimited, RoomName, UserName};
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
-use crate::grpc::quota::Held;
-use crate::grpc::rate::{SenderRate, frame_rate};
-use crate::grpc::shutdown::{ShutdownSignal, ShutdownWatch};
-use crate::grpc::status::ApiError;
-use crate::transport::Inbound;
+use super::error::ApiError;
+use super::quota::Held;
+use super::rate::{SenderRate, frame_rate};
+use super::shutdown::{ShutdownSignal, ShutdownWatch};
+use super::transport::Inbound;
 
 /// Client frames one poll takes at most before yielding: a client that sends without pause
 /// cannot keep its stream's task from serving others.

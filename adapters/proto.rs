@@ -1,4 +1,6 @@
-//! Code generated from `proto/` by `build.rs` (protox + tonic-prost-build).
+//! Code generated from `proto/` by `build.rs` (protox + tonic-prost-build): the `confab.v1`
+//! messages every transport speaks (gRPC as protobuf, the WebSocket as protobuf or JSON), and
+//! the tonic clients and servers of the gRPC transport, which [`crate::grpc`] re-exports.
 
 /// `confab.v1`: the engine's own API.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -23,8 +23,8 @@ use confab_engine::{ClientFrame, RateKind, RateLimited, RoomName, SendRate, Time
 use tokio::time::Instant;
 
 use super::auth::Caller;
+use super::error::ApiError;
 use super::quota::{Held, QuotaLimits, Quotas, UploadBytes};
-use super::status::ApiError;
 
 /// The shared table is swept of buckets that have refilled (they are the same as new ones)
 /// once it grows past twice its size after the last sweep, and never below this many: sweeping
