@@ -80,6 +80,7 @@ pub struct RoomsPage {
 
 /// How an engine is set up.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// The limits it enforces.
     pub limits: Limits,
@@ -122,6 +123,42 @@ pub struct TestHooks {
 }
 
 impl EngineConfig {
+    /// With these limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// With history made durable in `store` ([`EngineConfig::storage`]).
+    pub fn with_storage(mut self, store: Arc<dyn HistoryStore>) -> Self {
+        self.storage = Some(store);
+        self
+    }
+
+    /// In cluster mode, over `replicated` ([`EngineConfig::replicated`]).
+    pub fn with_replicated(mut self, replicated: Replicated) -> Self {
+        self.replicated = Some(replicated);
+        self
+    }
+
+    /// With presence and typing across nodes ([`EngineConfig::presence`]).
+    pub fn with_presence(mut self, presence: PresenceConfig) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// With the first room's epoch ([`EngineConfig::epoch_base`]).
+    pub fn with_epoch_base(mut self, epoch_base: u64) -> Self {
+        self.epoch_base = epoch_base;
+        self
+    }
+
+    /// With engine time starting at `time_origin_ms` ([`EngineConfig::time_origin_ms`]).
+    pub fn with_time_origin_ms(mut self, time_origin_ms: u64) -> Self {
+        self.time_origin_ms = time_origin_ms;
+        self
+    }
+
     /// The test hooks' local log and injected bug (none without the `test-hooks` feature).
     fn hooks(&self) -> (Option<Arc<dyn RoomLog>>, Option<confab_engine::InjectedBug>) {
         #[cfg(feature = "test-hooks")]
@@ -707,6 +744,7 @@ impl Engine {
 /// One item of a [`RoomEvents`] or [`SessionEvents`] stream: what it carries, then, as its last
 /// item, why it ended; `None` follows the end.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Deliberately exhaustive: an item carries something or ends the stream, nothing else.
 pub enum StreamItem<T> {
     /// An event (of a room subscription) or a frame (of a session).
     Next(T),
@@ -859,6 +897,7 @@ impl Drop for SessionSender {
 
 /// What [`SessionSender::try_send`] did.
 #[derive(Debug)]
+// Deliberately exhaustive: a bounded mailbox takes the frame, is full, or is gone.
 pub enum TrySend {
     /// The session has the frame.
     Sent,
@@ -1025,6 +1064,7 @@ impl Stream for SessionEvents {
 
 /// One item of a session's output ([`SessionEvents::poll_next_shared`]).
 #[derive(Clone, Debug)]
+// Deliberately exhaustive: a frame for this session alone, a room's shared event, or the end.
 pub enum SessionItem {
     /// A frame for this session alone (acks, errors, `Left`, its own `Subscribed`).
     Frame(ServerFrame),

@@ -5,6 +5,7 @@ use confab_engine::{RoomError, UploadError};
 
 /// Why an engine call failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// A room refused the request.
     #[error(transparent)]

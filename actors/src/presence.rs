@@ -44,6 +44,7 @@ const RETELL_DELAY: Duration = Duration::from_millis(100);
 
 /// Why a [`PresenceBus`] could not do what was asked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BusError {
     /// The bus cannot be reached (no connection, closed).
     #[error("presence bus unavailable: {reason}")]

@@ -146,6 +146,7 @@ impl SharedRing {
 /// One event as a subscriber gets it: shared with every other subscriber of the room (and so
 /// are its encodings), or its own (its subscription's start, its backlog, its lag markers).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum SharedEvent {
     /// Published by the room once, for every subscriber.
     Shared(Arc<Published>),

@@ -85,6 +85,7 @@ struct UnknownOutcome {
 
 /// A snapshot of a room, for listings, operations and tests.
 #[derive(Clone, Debug, PartialEq, Eq, kameo::Reply)]
+#[non_exhaustive]
 pub struct RoomInfo {
     /// The room.
     pub name: RoomName,

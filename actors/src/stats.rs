@@ -27,6 +27,7 @@ pub(crate) struct EngineStats {
 /// A point-in-time copy of the engine's counters (each read on its own, so two counters may be
 /// a few events apart under load).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StatsSnapshot {
     /// Rooms live now (created or restored, not yet retired).
     pub rooms: u64,

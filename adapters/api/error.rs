@@ -219,6 +219,8 @@ fn engine_kind(error: &EngineError) -> ErrorKind {
         }
         EngineError::Upload(UploadError::Aborted) => ErrorKind::Aborted,
         EngineError::SessionClosed | EngineError::Stopped => ErrorKind::Unavailable,
+        // A refusal this layer does not know yet: a server fault until it is mapped.
+        _ => ErrorKind::Internal,
     }
 }
 

@@ -504,15 +504,9 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     // rooms per millisecond.
     let epoch_base = now_ms.saturating_mul(1_000);
     // In cluster mode rooms take the log's epoch instead (the same on every node).
-    let config = EngineConfig {
-        limits,
-        epoch_base,
-        storage,
-        replicated,
-        presence,
-        time_origin_ms: now_ms,
-        ..EngineConfig::default()
-    };
+    let mut config =
+        EngineConfig::default().with_limits(limits).with_epoch_base(epoch_base).with_time_origin_ms(now_ms);
+    (config.storage, config.replicated, config.presence) = (storage, replicated, presence);
     let metrics_listener = match args.metrics_listen {
         Some(metrics_address) => Some(
             tokio::net::TcpListener::bind(metrics_address)

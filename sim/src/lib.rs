@@ -34,7 +34,7 @@ mod trace;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_actors::{Engine, EngineConfig, PresenceConfig, Replicated, TestHooks};
+use confab_actors::{Engine, EngineConfig, PresenceConfig, Replicated};
 use confab_engine::RoomName;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -115,15 +115,11 @@ impl Backend {
     /// Starts node `node` (from 0) on its run `run` (0 at the start, one more per restart):
     /// in memory, over the store, or over the log as a writer unique to the run.
     fn start(&self, options: &SimOptions, node: usize, run: u64, now_ms: u64) -> Result<Engine, SimError> {
-        let mut config = EngineConfig {
-            limits: options.limits(),
-            test_hooks: TestHooks { injected_bug: options.injected_bug, ..TestHooks::default() },
-            // A restarted engine goes on with the run's clock and numbers its new rooms' epochs
-            // apart from the last run's, as a server started later does.
-            time_origin_ms: now_ms,
-            epoch_base: now_ms,
-            ..EngineConfig::default()
-        };
+        // A restarted engine goes on with the run's clock and numbers its new rooms' epochs
+        // apart from the last run's, as a server started later does.
+        let mut config =
+            EngineConfig::default().with_limits(options.limits()).with_time_origin_ms(now_ms).with_epoch_base(now_ms);
+        config.test_hooks.injected_bug = options.injected_bug;
         if let Some(log) = &self.log {
             let writer = run * u64::from(options.nodes) + node as u64 + 1;
             config.replicated = Some(Replicated::new(Arc::new(log.clone()), writer));

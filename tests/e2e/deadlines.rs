@@ -115,7 +115,7 @@ impl HistoryStore for GatedStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unary_call_past_its_deadline_is_deadline_exceeded_and_stored_at_most_once() {
     let store = GatedStore::new();
-    let config = EngineConfig { storage: Some(store.clone()), ..EngineConfig::default() };
+    let config = EngineConfig::default().with_storage(store.clone());
     let server = TestServer::start_with_engine(config, ServerOptions::default()).await;
     let mut bare_client = ChatClient::with_origin(bare(server.address).await, origin(server.address));
     let mut hurried = tonic::Request::new(send("deadline", "retry-me", "once"));

@@ -55,7 +55,7 @@ impl TestServer {
     }
 
     async fn start_with_options(limits: Limits, options: ServerOptions) -> Self {
-        Self::start_with_engine(EngineConfig { limits, ..EngineConfig::default() }, options).await
+        Self::start_with_engine(EngineConfig::default().with_limits(limits), options).await
     }
 
     async fn start_with_engine(config: EngineConfig, options: ServerOptions) -> Self {

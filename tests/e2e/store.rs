@@ -229,7 +229,7 @@ async fn a_clean_sigterm_leaves_a_store_that_needs_no_repair() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_store_turns_health_not_serving_and_writes_resume_when_it_commits() {
     let store = Arc::new(faulty_store::FaultyStore::new(None));
-    let config = EngineConfig { storage: Some(store.clone()), ..EngineConfig::default() };
+    let config = EngineConfig::default().with_storage(store.clone());
     let server = TestServer::start_with_engine(config, ServerOptions::default()).await;
     let mut chat = server.confab().await;
     let mut health = HealthClient::new(server.channel().await);

@@ -30,7 +30,7 @@ fn draft(who: &str, id: &str, body: &str) -> Draft {
 }
 
 fn engine_with(limits: Limits) -> Engine {
-    Engine::start(EngineConfig { limits, ..EngineConfig::default() }).expect("inside a tokio runtime")
+    Engine::start(EngineConfig::default().with_limits(limits)).expect("inside a tokio runtime")
 }
 
 /// The next event or frame a stream carries; `None` at its end, whatever the reason (tests of

@@ -13,7 +13,7 @@ use super::{room, user};
 
 fn node(bus: &MemoryBus, name: &str, incarnation: u64) -> Engine {
     let presence = PresenceConfig::new(Arc::new(bus.clone()), name, incarnation);
-    Engine::start(EngineConfig { presence: Some(presence), ..EngineConfig::default() }).expect("inside a tokio runtime")
+    Engine::start(EngineConfig::default().with_presence(presence)).expect("inside a tokio runtime")
 }
 
 #[tokio::test(flavor = "current_thread")]

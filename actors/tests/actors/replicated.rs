@@ -21,8 +21,7 @@ use super::room;
 
 fn node(log: &Arc<MemoryLog>, node: u64) -> Engine {
     let replicated = Replicated::new(Arc::clone(log) as _, node);
-    Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
-        .expect("inside a tokio runtime")
+    Engine::start(EngineConfig::default().with_replicated(replicated)).expect("inside a tokio runtime")
 }
 
 /// Runs a test's body with a deadline: a node that never answers fails the test instead of
@@ -273,8 +272,7 @@ impl RoomLog for FaultyLog {
 async fn without_quorum_senders_hear_unavailable_after_the_bound_and_health_says_why_until_it_recovers() {
     let log = Arc::new(FaultyLog::default());
     let replicated = Replicated::new(Arc::clone(&log) as _, 1);
-    let engine = Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
-        .expect("inside a tokio runtime");
+    let engine = Engine::start(EngineConfig::default().with_replicated(replicated)).expect("inside a tokio runtime");
     let lobby = room("lobby");
     let send = |id: &'static str| engine.send(&lobby, super::draft("ann", id, id));
     within(send("a")).await.expect("sent while the log has its quorum");
@@ -323,8 +321,7 @@ async fn a_load_whose_tail_stops_short_is_refused_and_the_node_keeps_serving() {
     let log = Arc::new(FaultyLog { short_tail_loads: true, ..FaultyLog::default() });
     let start = |node| {
         let replicated = Replicated::new(Arc::clone(&log) as _, node);
-        Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
-            .expect("inside a tokio runtime")
+        Engine::start(EngineConfig::default().with_replicated(replicated)).expect("inside a tokio runtime")
     };
     let (writer, late) = (start(1), start(2));
     let lobby = room("lobby");
@@ -347,8 +344,7 @@ async fn without_quorum_reads_get_what_the_cache_holds_exactly_and_the_rest_is_u
     use futures::StreamExt;
     let log = Arc::new(FaultyLog::default());
     let replicated = Replicated::new(Arc::clone(&log) as _, 1);
-    let engine = Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() })
-        .expect("inside a tokio runtime");
+    let engine = Engine::start(EngineConfig::default().with_replicated(replicated)).expect("inside a tokio runtime");
     let lobby = room("lobby");
     for id in ["a", "b", "c"] {
         within(engine.send(&lobby, super::draft("ann", id, id))).await.expect("sent while the log has its quorum");

@@ -13,7 +13,7 @@ use super::{draft, next, room, subscribed};
 const RETENTION: Retention = Retention { len_max: 10_000, age_max_ms: None };
 
 fn durable_engine(store: Arc<dyn HistoryStore>) -> Engine {
-    Engine::start(EngineConfig { storage: Some(store), ..EngineConfig::default() }).expect("engine")
+    Engine::start(EngineConfig::default().with_storage(store)).expect("engine")
 }
 
 /// A fresh directory under the system's temp dir, removed when dropped.
@@ -134,12 +134,9 @@ async fn history_survives_a_restart_in_the_redb_store() {
 async fn durable_sends_are_delivered_only_once_stored_and_retention_compacts() {
     let dir = TempDir::new("redb-retention");
     let store = Arc::new(RedbStore::open(&dir.0, Retention { len_max: 3, age_max_ms: None }).expect("open"));
-    let engine = Engine::start(EngineConfig {
-        storage: Some(store.clone()),
-        limits: Limits { history_len_max: 3, ..Limits::default() },
-        ..EngineConfig::default()
-    })
-    .expect("engine");
+    let limits = Limits { history_len_max: 3, ..Limits::default() };
+    let engine =
+        Engine::start(EngineConfig::default().with_storage(store.clone()).with_limits(limits)).expect("engine");
     let lobby = room("lobby");
     let mut events = engine.subscribe(&lobby, None, None).await.expect("subscribe");
     subscribed(&mut events).await;
@@ -470,8 +467,8 @@ fn a_damaged_room_record_is_reported_at_open_and_fences_only_that_room() {
 async fn a_room_reloaded_after_a_failed_commit_that_was_stored_anyway_writes_on() {
     let store = Arc::new(FaultyStore::new(None));
     let limits = Limits { room_idle_ms: 1, ..Limits::default() };
-    let engine = Engine::start(EngineConfig { storage: Some(store.clone()), limits, ..EngineConfig::default() })
-        .expect("engine");
+    let engine =
+        Engine::start(EngineConfig::default().with_storage(store.clone()).with_limits(limits)).expect("engine");
     let lobby = room("lobby");
     assert_eq!(engine.send(&lobby, draft("ann", "a", "one")).await.expect("send").seq, 1);
     // The commit reaches the disk but reports failure: the room rolls back to 1, the store

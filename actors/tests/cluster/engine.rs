@@ -25,7 +25,7 @@ async fn node(cluster: &NatsCluster, prefix: &str, node: u64) -> Engine {
         .stream_prefix(prefix);
     let log = ClusterLog::connect(&cluster.urls(), options).await.unwrap_or_else(|error| panic!("connect: {error}"));
     let replicated = Replicated::new(Arc::new(log), node);
-    Engine::start(EngineConfig { replicated: Some(replicated), ..EngineConfig::default() }).expect("in a runtime")
+    Engine::start(EngineConfig::default().with_replicated(replicated)).expect("in a runtime")
 }
 
 fn room(name: &str) -> RoomName {

@@ -29,8 +29,7 @@ async fn node(cluster: &NatsCluster, prefix: &str, name: &str, run: u64) -> Engi
     let bus = NatsPresenceBus::new(log.jetstream().client().clone(), subject);
     let presence = PresenceConfig::new(Arc::new(bus), name, run);
     let replicated = Replicated::new(Arc::new(log), run);
-    Engine::start(EngineConfig { replicated: Some(replicated), presence: Some(presence), ..EngineConfig::default() })
-        .expect("in a runtime")
+    Engine::start(EngineConfig::default().with_replicated(replicated).with_presence(presence)).expect("in a runtime")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
